@@ -1,0 +1,56 @@
+"""tokensieve: measure which tokens matter inside a transformer, and act on it."""
+
+from __future__ import annotations
+
+from .budget import ALLOCATORS, get_allocator
+from .cache import SieveCache, SieveLayer
+from .errors import (
+    BudgetError,
+    EmptyContextError,
+    InvalidKeepError,
+    ModelNotFoundError,
+    NotPreparedError,
+    PaddingError,
+    TokenSieveError,
+    UnknownMethodError,
+    UnsupportedArchitectureError,
+)
+from .methods import REGISTRY, Method, get_method, method_ids
+from .models import BUNDLED, DEFAULT_MODEL, load_model
+from .observe.hooks import prepare
+from .pipeline import Answer, Compressed, Prefill, Stats, compress, generate, prefill
+from .prompts import PromptFormat
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALLOCATORS",
+    "BUNDLED",
+    "DEFAULT_MODEL",
+    "REGISTRY",
+    "Answer",
+    "BudgetError",
+    "Compressed",
+    "EmptyContextError",
+    "InvalidKeepError",
+    "Method",
+    "ModelNotFoundError",
+    "NotPreparedError",
+    "PaddingError",
+    "Prefill",
+    "PromptFormat",
+    "SieveCache",
+    "SieveLayer",
+    "Stats",
+    "TokenSieveError",
+    "UnknownMethodError",
+    "UnsupportedArchitectureError",
+    "compress",
+    "generate",
+    "get_allocator",
+    "get_method",
+    "load_model",
+    "method_ids",
+    "prefill",
+    "prepare",
+]

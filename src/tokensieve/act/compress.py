@@ -1,0 +1,97 @@
+"""Score -> budget -> evict, for one layer or a whole cache."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor
+
+from ..budget import Allocator, get_allocator
+from ..errors import BudgetError, check_budget, check_keep
+from ..measure.memory import tensor_bytes
+from ..methods import Method, get_method
+from ..observe.capture import LayerObservation, observe
+from ..score.inputs import ScoreInputs
+from .evict import select
+
+if TYPE_CHECKING:
+    from ..cache import SieveCache, SieveLayer
+
+
+def real_length(valid: Tensor | None, n_tokens: int) -> int:
+    """The longest row's number of real (non-padding) tokens."""
+    return n_tokens if valid is None else int(valid.sum(-1).max())
+
+
+@dataclass
+class Plan:
+    """A method with its budget: ``keep`` (fraction of the context) or ``budget`` (tokens per head)."""
+
+    method: Method
+    keep: float | None = None
+    budget: int | None = None
+    allocator: Allocator = field(default_factory=lambda: get_allocator("uniform"))
+    seconds: float = 0.0  # time spent observing and evicting inside the forward
+    full_bytes: int = 0  # bytes each layer held just before its eviction (measured)
+
+    @classmethod
+    def make(
+        cls,
+        method: str | Method,
+        keep: float | None = None,
+        budget: int | None = None,
+        allocator: str | Allocator = "uniform",
+        **params: Any,
+    ) -> Plan:
+        if (keep is None) == (budget is None):
+            raise BudgetError("give exactly one of keep (a fraction in (0, 1]) or budget (tokens per head)")
+        if keep is not None:
+            check_keep(keep)
+        elif not isinstance(budget, int) or budget < 1:
+            raise BudgetError(f"token budget {budget!r} must be a positive integer (tokens kept per head)")
+        return cls(get_method(method, **params), keep, budget, get_allocator(allocator))
+
+    def mean_budget(self, n_tokens: int) -> int:
+        if self.keep is not None:
+            return max(1, min(n_tokens, round(self.keep * n_tokens)))
+        return check_budget(self.budget, n_tokens)
+
+    def layer_budgets(self, n_tokens: int, n_layers: int) -> list[int]:
+        return self.allocator.layer_budgets(self.mean_budget(n_tokens), n_layers, n_tokens)
+
+    def attach(self, cache: SieveCache) -> None:
+        """Compress each full-attention layer right after its prefill attention (peak = one full layer)."""
+        layers = cache.sieve_layers
+        budgets: list[int] = []
+
+        def on_attention(layer: SieveLayer, query: Tensor, scaling: float) -> None:
+            start = time.perf_counter()
+            if not budgets:
+                budgets.extend(self.layer_budgets(real_length(layer.valid, layer.n_held), len(layers)))
+            self.full_bytes += tensor_bytes((layer.keys, layer.values))
+            obs = observe(self.method.needs(), query, layer.keys, layer.valid, scaling)
+            compress_layer(layer, self.method, budgets[layers.index(layer)], obs, len(layers), inplace=True)
+            self.seconds += time.perf_counter() - start
+
+        for layer in layers:
+            layer.on_attention = on_attention
+
+
+def compress_layer(
+    layer: SieveLayer,
+    method: Method,
+    budget: int,
+    obs: LayerObservation | None,
+    n_layers: int = 1,
+    inplace: bool = False,
+) -> SieveLayer:
+    """Evict ``layer`` down to ``budget`` tokens per head by ``method``'s score (a no-op if it fits)."""
+    layer.on_attention = None
+    if budget >= layer.n_held:
+        return layer if inplace else layer.fork()
+    x = ScoreInputs(layer.keys, layer.values, layer.valid, obs, layer.layer_idx, n_layers)
+    scores = method.score(x)
+    idx = select(scores, budget, layer.valid, *method.protected(budget))
+    return layer.evict(idx, inplace=inplace)

@@ -1,0 +1,37 @@
+"""Turn scores into kept indices, with protected tokens handled the same way for every method."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def protection_mask(
+    valid: Tensor | None, batch: int, n_tokens: int, sinks: int, window: int, device=None
+) -> Tensor:
+    """Bool [B, T]: the first ``sinks`` and last ``window`` *real* tokens of each row (padding skipped)."""
+    if valid is None:
+        valid = torch.ones(batch, n_tokens, dtype=torch.bool, device=device)
+    rank = valid.long().cumsum(-1) - 1  # 0 for the first real token
+    back = valid.long().flip(-1).cumsum(-1).flip(-1) - 1  # 0 for the last real token
+    return valid & ((rank < sinks) | (back < window))
+
+
+def select(scores: Tensor, budget: int, valid: Tensor | None, sinks: int = 0, window: int = 0) -> Tensor:
+    """Indices [B, Hkv, budget] of the kept tokens, ascending. Protected tokens always win, padding
+    always loses (a row with fewer real tokens than the budget keeps all of them plus some padding,
+    which stays masked). Ties break towards the later token, deterministically."""
+    b, h, t = scores.shape
+    s = scores.float().nan_to_num(nan=float("-inf")).clone()
+    protect = protection_mask(valid, b, t, sinks, window, s.device)
+    s.masked_fill_(protect[:, None, :], float("inf"))
+    if valid is not None:
+        s.masked_fill_(~valid[:, None, :], float("-inf"))
+    # a stable sort over the reversed row breaks ties towards later tokens, deterministically
+    order = torch.argsort(s.flip(-1), dim=-1, descending=True, stable=True)[..., :budget]
+    return (t - 1 - order).sort(dim=-1).values
+
+
+def gather_tokens(x: Tensor, idx: Tensor) -> Tensor:
+    """x [B, H, T, D] -> [B, H, k, D] at per-head indices [B, H, k]."""
+    return x.gather(2, idx.unsqueeze(-1).expand(-1, -1, -1, x.shape[-1]))

@@ -1,0 +1,49 @@
+"""Method registry: one small file per method, one entry here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import UnknownMethodError
+from .a2sf import A2SF
+from .base import Method
+from .ems import EMS
+from .h2o import H2O
+from .keyformer import Keyformer
+from .knorm import KNorm
+from .random import Random
+from .scissorhands import Scissorhands
+from .snapkv import SnapKV
+from .streaming import Streaming
+from .tova import TOVA
+from .zipcache import ZipCache
+
+REGISTRY: dict[str, type[Method]] = {
+    cls.id: cls
+    for cls in (Streaming, H2O, Scissorhands, A2SF, Keyformer, SnapKV, TOVA, KNorm, ZipCache, EMS, Random)
+}
+
+
+def method_ids() -> list[str]:
+    return list(REGISTRY)
+
+
+def get_method(method: str | Method, **params: Any) -> Method:
+    """A method instance from its id (with optional parameter overrides), or the instance itself."""
+    if isinstance(method, Method):
+        if params:
+            raise TypeError("pass parameters either to the method instance or as keywords, not both")
+        return method
+    cls = REGISTRY.get(method)
+    if cls is None:
+        raise UnknownMethodError(
+            f"unknown method id {method!r}; choose one of: {', '.join(REGISTRY)} (see `tokensieve methods`)"
+        )
+    try:
+        return cls(**params)
+    except TypeError as e:
+        names = ", ".join(cls.__dataclass_fields__)
+        raise UnknownMethodError(f"bad parameter for method {method!r} ({e}); it takes: {names}") from None
+
+
+__all__ = ["REGISTRY", "Method", "get_method", "method_ids"]

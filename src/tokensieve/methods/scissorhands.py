@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from ..observe.capture import Needs
+from ..observe.stats import AboveUniform
+from ..score.inputs import ScoreInputs
+from .base import Method
+
+
+@dataclass
+class Scissorhands(Method):
+    """Persistence of importance: over the last ``history`` queries, count how often each token's
+    attention beat the uniform level 1/#keys. Ties (equal counts) go to the more recent token via
+    a tiny recency term; a recent window of 32 is protected as in the paper's buffer."""
+
+    id = "scissorhands"
+    paper = "Scissorhands: Exploiting the Persistence of Importance Hypothesis (Liu et al., 2023)"
+    rule = "count of queries in a history window where A[i, j] > 1/#keys"
+
+    window: float = 32
+    history: int | None = 256
+
+    def needs(self) -> Needs:
+        return Needs(stats=frozenset({AboveUniform(history=self.history)}))
+
+    def score(self, x: ScoreInputs) -> Tensor:
+        counts = x.stat(AboveUniform(history=self.history))
+        t = counts.shape[-1]
+        recency = (counts.new_tensor(range(t)) + 1) / (t + 1)  # < 1, so it only breaks ties
+        return counts + recency

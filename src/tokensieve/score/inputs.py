@@ -1,0 +1,58 @@
+"""The inputs a score function sees for one layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from ..observe.capture import LayerObservation
+from ..observe.stats import ColumnStat
+from .attention import attention_probs, visible_counts
+
+
+@dataclass
+class ScoreInputs:
+    """Keys and values ``[B, Hkv, T, D]`` (after RoPE), padding ``valid [B, T]`` and the layer's observation."""
+
+    keys: Tensor
+    values: Tensor
+    valid: Tensor | None
+    obs: LayerObservation | None
+    layer_idx: int = 0
+    n_layers: int = 1
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        b, h, t, _ = self.keys.shape
+        return b, h, t
+
+    def _obs(self, what: str) -> LayerObservation:
+        if self.obs is None:
+            raise RuntimeError(
+                f"this score needs {what}, but the prefill observed nothing for layer {self.layer_idx}"
+            )
+        return self.obs
+
+    def window_probs(self, window: int) -> Tensor:
+        """Attention ``[B, Hkv, G, w, T]`` of the last ``window`` prompt queries over every key."""
+        obs = self._obs("an observation window")
+        if window > obs.n_window:
+            raise RuntimeError(f"window {window} is larger than the {obs.n_window} rows the prefill captured")
+        n = obs.rows.numel()
+        q, rows = obs.queries[:, :, :, n - window :], obs.rows[n - window :]
+        return attention_probs(q.float(), self.keys.float(), rows, self.valid, obs.scaling)
+
+    def probe_probs(self) -> tuple[Tensor, Tensor]:
+        """Attention of every captured row (probes plus window), with their token indices."""
+        obs = self._obs("probe queries")
+        return attention_probs(
+            obs.queries.float(), self.keys.float(), obs.rows, self.valid, obs.scaling
+        ), obs.rows
+
+    def visible_counts(self, rows: Tensor) -> Tensor:
+        return visible_counts(rows, self.keys.shape[2], self.valid, self.keys.shape[0])
+
+    def stat(self, stat: ColumnStat) -> Tensor:
+        obs = self._obs(f"the column stat {stat.key}")
+        return obs.stats[stat.key]

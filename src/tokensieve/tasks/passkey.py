@@ -1,0 +1,51 @@
+"""A pass key hidden at a chosen depth in natural prose (the demo and the retrieval tests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from .corpus import paragraphs
+
+QUESTION = "What is the pass key mentioned in the text? Answer with the number only."
+
+
+def needle(key: str) -> str:
+    return f"The pass key is {key}. Remember it. {key} is the pass key."
+
+
+@dataclass
+class PassKey:
+    context: str
+    key: str
+    depth: float
+    question: str = QUESTION
+
+    def correct(self, answer: str) -> bool:
+        return self.key in answer
+
+
+def passkey_context(
+    tokenizer: PreTrainedTokenizerBase, n_tokens: int, depth: float, key: str = "68213"
+) -> PassKey:
+    """About ``n_tokens`` of prose (paragraphs cycled in order) with the needle inserted between paragraphs
+    at fraction ``depth`` of the text (0 = start, 1 = end)."""
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError(f"depth {depth} must be in [0, 1]")
+    budget = n_tokens - len(tokenizer.encode(needle(key), add_special_tokens=False))
+    chosen: list[str] = []
+    used = 0
+    paras = paragraphs()
+    i = 0
+    while used < budget:
+        p = paras[i % len(paras)]
+        cost = len(tokenizer.encode(p + "\n\n", add_special_tokens=False))
+        if used + cost > budget and chosen:
+            break
+        chosen.append(p)
+        used += cost
+        i += 1
+    at = round(depth * len(chosen))
+    chosen.insert(at, needle(key))
+    return PassKey("\n\n".join(chosen), key, depth)

@@ -132,9 +132,7 @@ class SieveLayer(DynamicLayer):
         else:
             new_block = mask[..., -q_len:]
         held = self.valid[:, :past] if self.valid is not None else new_block.new_ones(b, past)
-        return torch.cat(
-            [held[:, None, None, :].expand(b, 1, q_len, past), new_block.expand(b, 1, q_len, q_len)], -1
-        )
+        return torch.cat([held[:, None, None, :].expand(b, 1, q_len, past), new_block.expand(b, 1, q_len, q_len)], -1)
 
     def fork(self) -> SieveLayer:
         """A copy sharing tensors; safe because updates rebind new tensors instead of writing in place."""
@@ -147,9 +145,7 @@ class SieveLayer(DynamicLayer):
         out = self if inplace else copy.copy(self)
         out.keys, out.values = gather_tokens(self.keys, idx), gather_tokens(self.values, idx)
         if self.valid is not None:
-            kept = self.valid.gather(
-                1, idx[:, 0]
-            )  # padding sorts first in every head, so head 0 speaks for all
+            kept = self.valid.gather(1, idx[:, 0])  # padding sorts first in every head, so head 0 speaks for all
             out.valid = None if bool(kept.all()) else kept
         out.token_index = idx if self.token_index is None else self.token_index.gather(2, idx)
         out.on_attention = None
@@ -213,22 +209,22 @@ class SieveCache(DynamicCache):
     def sieve_layers(self) -> list[SieveLayer]:
         return [layer for layer in self.layers if isinstance(layer, SieveLayer)]
 
+    @property
+    def has_sliding_layers(self) -> bool:
+        return any(isinstance(layer, DynamicSlidingWindowLayer) for layer in self.layers)
+
     def fork(self) -> SieveCache:
         """A cheap copy that shares tensors: appending to it never touches this cache (updates rebind
         new tensors, nothing is written in place), so one compressed context can serve many questions."""
         out = copy.copy(self)
-        out.layers = [
-            layer.fork() if isinstance(layer, SieveLayer) else copy.copy(layer) for layer in self.layers
-        ]
+        out.layers = [layer.fork() if isinstance(layer, SieveLayer) else copy.copy(layer) for layer in self.layers]
         return out
 
     def kv_bytes(self) -> int:
         """Bytes actually held by the key and value tensors (their storages, counted once)."""
         from .measure.memory import tensor_bytes
 
-        return tensor_bytes(
-            t for layer in self.layers if layer.is_initialized for t in (layer.keys, layer.values)
-        )
+        return tensor_bytes(t for layer in self.layers if layer.is_initialized for t in (layer.keys, layer.values))
 
     def tokens_held(self) -> list[int]:
         return [layer.keys.shape[-2] if layer.is_initialized else 0 for layer in self.layers]

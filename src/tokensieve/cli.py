@@ -73,9 +73,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     Plan.make(args.method, keep=args.keep, budget=args.budget, allocator=args.allocator, **params)
     context = _context(args)
     if not context.strip():
-        raise TokenSieveError(
-            "the context is empty: pass --context TEXT or --context-file PATH with text in it"
-        )
+        raise TokenSieveError("the context is empty: pass --context TEXT or --context-file PATH with text in it")
     model, tok = load_model(args.model)
     ans = generate(
         model,
@@ -132,12 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_methods)
 
-    g = sub.add_parser(
-        "generate", help="compress a context, then answer a question from the compressed cache"
-    )
-    g.add_argument(
-        "--model", default="smollm2", help="bundled name (smollm2, gemma3-270m) or a local model dir"
-    )
+    g = sub.add_parser("generate", help="compress a context, then answer a question from the compressed cache")
+    g.add_argument("--model", default="smollm2", help="bundled name (smollm2, gemma3-270m) or a local model dir")
     g.add_argument("--method", required=True, help="method id (see `tokensieve methods`)")
     size = g.add_mutually_exclusive_group(required=True)
     size.add_argument("--keep", type=_keep, help="fraction of context tokens to keep, in (0, 1]")

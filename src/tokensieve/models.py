@@ -70,9 +70,7 @@ def convert(bundled: Bundled, force: bool = False) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = bundled.gguf_path()
-    _console.print(
-        f"[tokensieve] converting {gguf.name} to a cached safetensors copy in {out} (once, ~1 min)..."
-    )
+    _console.print(f"[tokensieve] converting {gguf.name} to a cached safetensors copy in {out} (once, ~1 min)...")
     start = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -108,9 +106,7 @@ def resolve(model: str | os.PathLike = DEFAULT_MODEL) -> Path:
     )
 
 
-def load_model(
-    model: str | os.PathLike = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, prepare: bool = True
-):
+def load_model(model: str | os.PathLike = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, prepare: bool = True):
     """(model, tokenizer) in eval mode, switched to tokensieve's attention unless ``prepare=False``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -121,9 +117,7 @@ def load_model(
 
     path = resolve(model)
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    lm = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, local_files_only=True, attn_implementation="sdpa"
-    )
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True, attn_implementation="sdpa")
     lm.eval()
     if prepare:
         prepare_model(lm)

@@ -77,14 +77,12 @@ def encode_context(context: Context, fmt: PromptFormat | None, pad_id: int) -> t
     if isinstance(context, Tensor):
         ids = context if context.dim() == 2 else context.unsqueeze(0)
         rows = [r.tolist() for r in ids]
-    elif isinstance(context, str) or (
-        isinstance(context, Sequence) and context and isinstance(context[0], str)
-    ):
+    elif isinstance(context, str) or (isinstance(context, Sequence) and context and isinstance(context[0], str)):
         texts = [context] if isinstance(context, str) else list(context)
-        if fmt is None:
-            raise TypeError("text contexts need a tokenizer")
         if any(not t.strip() for t in texts):
             raise EmptyContextError("the context is empty: pass the text (or token ids) to compress")
+        if fmt is None:
+            raise TypeError("text contexts need a tokenizer")
         rows = [fmt.context_ids(t) for t in texts]
     else:
         rows = [list(r) for r in context]
@@ -120,6 +118,10 @@ class Compressed:
         questions and one context row, the cache is repeated N times in the fork.
         """
         n, b = question_ids.shape[0], self.context_ids.shape[0]
+        if question_mask is not None and not bool(question_mask.all()) and self.cache.has_sliding_layers:
+            # sliding windows count slots, so padding between context and question would shrink them:
+            # run such questions one by one instead (exact), and right-pad the answers
+            return self._one_by_one(question_ids, question_mask, **kwargs)
         cache = self.cache.fork()
         ctx_ids, ctx_mask = self.context_ids, self.context_mask
         if n != b:
@@ -150,9 +152,25 @@ class Compressed:
         self.stats.new_tokens = out.shape[1] - input_ids.shape[1]
         return out[:, input_ids.shape[1] :]
 
-    def answer(
-        self, question: str | Sequence[str], max_new_tokens: int = 32, **kwargs: Any
-    ) -> str | list[str]:
+    def _one_by_one(self, question_ids: Tensor, question_mask: Tensor, **kwargs: Any) -> Tensor:
+        outs = []
+        for row in range(question_ids.shape[0]):
+            keep = question_mask[row].bool()
+            sub = self if self.context_ids.shape[0] == 1 else self._row(row)
+            outs.append(sub.generate(question_ids[row : row + 1, keep], **kwargs)[0])
+        pad = _pad_id(self.tokenizer, self.model)
+        width = max(len(o) for o in outs)
+        return torch.stack([torch.cat([o, o.new_full((width - len(o),), pad)]) for o in outs])
+
+    def _row(self, row: int) -> Compressed:
+        cache = self.cache.fork()
+        cache.batch_select_indices(torch.tensor([row]))
+        mask = None if self.context_mask is None else self.context_mask[row : row + 1]
+        return Compressed(
+            self.model, self.tokenizer, cache, self.context_ids[row : row + 1], mask, self.stats, self.method, self.keep
+        )
+
+    def answer(self, question: str | Sequence[str], max_new_tokens: int = 32, **kwargs: Any) -> str | list[str]:
         """Greedy (or sampled, with ``do_sample=True``) answers, decoded and stripped."""
         questions = [question] if isinstance(question, str) else list(question)
         fmt = self.fmt
@@ -213,9 +231,7 @@ class Prefill:
         plan = Plan.make(method, keep=keep, budget=budget, allocator=allocator, **params)
         missing = _missing(plan.method.needs(), self.needs)
         if missing:
-            raise ValueError(
-                f"the prefill did not observe {missing} for {plan.method.id}: pass it in methods="
-            )
+            raise ValueError(f"the prefill did not observe {missing} for {plan.method.id}: pass it in methods=")
         start = time.perf_counter()
         cache = self.cache.fork()
         layers = cache.sieve_layers
@@ -297,9 +313,7 @@ def prefill(
         layer.on_attention = record
     start = time.perf_counter()
     logits = _forward(model, ids, mask, cache)
-    return Prefill(
-        model, tokenizer, cache, observations, ids, mask, needs, time.perf_counter() - start, logits
-    )
+    return Prefill(model, tokenizer, cache, observations, ids, mask, needs, time.perf_counter() - start, logits)
 
 
 def compress(
@@ -375,9 +389,7 @@ def generate(
     start generation.
     """
     if not query_aware:
-        ctx = compress(
-            model, tokenizer, context, method, keep=keep, budget=budget, allocator=allocator, **params
-        )
+        ctx = compress(model, tokenizer, context, method, keep=keep, budget=budget, allocator=allocator, **params)
         text = ctx.answer(question, max_new_tokens=max_new_tokens)
         return Answer(text, ctx.stats, ctx.method, keep, budget, False)
     fmt = PromptFormat(tokenizer)

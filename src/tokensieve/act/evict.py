@@ -6,9 +6,7 @@ import torch
 from torch import Tensor
 
 
-def protection_mask(
-    valid: Tensor | None, batch: int, n_tokens: int, sinks: int, window: int, device=None
-) -> Tensor:
+def protection_mask(valid: Tensor | None, batch: int, n_tokens: int, sinks: int, window: int, device=None) -> Tensor:
     """Bool [B, T]: the first ``sinks`` and last ``window`` *real* tokens of each row (padding skipped)."""
     if valid is None:
         valid = torch.ones(batch, n_tokens, dtype=torch.bool, device=device)
@@ -21,7 +19,7 @@ def select(scores: Tensor, budget: int, valid: Tensor | None, sinks: int = 0, wi
     """Indices [B, Hkv, budget] of the kept tokens, ascending. Protected tokens always win, padding
     always loses (a row with fewer real tokens than the budget keeps all of them plus some padding,
     which stays masked). Ties break towards the later token, deterministically."""
-    b, h, t = scores.shape
+    b, _h, t = scores.shape
     s = scores.float().nan_to_num(nan=float("-inf")).clone()
     protect = protection_mask(valid, b, t, sinks, window, s.device)
     s.masked_fill_(protect[:, None, :], float("inf"))

@@ -72,7 +72,5 @@ def get_allocator(allocator: str | Allocator) -> Allocator:
     if isinstance(allocator, Allocator):
         return allocator
     if allocator not in ALLOCATORS:
-        raise UnknownMethodError(
-            f"unknown budget allocator {allocator!r}; choose one of: {', '.join(ALLOCATORS)}"
-        )
+        raise UnknownMethodError(f"unknown budget allocator {allocator!r}; choose one of: {', '.join(ALLOCATORS)}")
     return ALLOCATORS[allocator]()

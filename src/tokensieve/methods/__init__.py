@@ -19,8 +19,7 @@ from .tova import TOVA
 from .zipcache import ZipCache
 
 REGISTRY: dict[str, type[Method]] = {
-    cls.id: cls
-    for cls in (Streaming, H2O, Scissorhands, A2SF, Keyformer, SnapKV, TOVA, KNorm, ZipCache, EMS, Random)
+    cls.id: cls for cls in (Streaming, H2O, Scissorhands, A2SF, Keyformer, SnapKV, TOVA, KNorm, ZipCache, EMS, Random)
 }
 
 

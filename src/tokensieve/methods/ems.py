@@ -36,10 +36,8 @@ class EMS(Method):
         return Needs(window=self.local, stats=frozenset({AttnSum()}))
 
     def score(self, x: ScoreInputs) -> Tensor:
-        b, _, t = x.shape
+        _b, _, t = x.shape
         counts = x.visible_counts(torch.arange(t, device=x.keys.device)).clamp(min=1)
         glob = x.stat(AttnSum()) / counts.unsqueeze(1)
         loc = x.window_probs(self.local).sum(3).mean(2)
-        return self.alpha * _as_distribution(glob, x.valid) + (1 - self.alpha) * _as_distribution(
-            loc, x.valid
-        )
+        return self.alpha * _as_distribution(glob, x.valid) + (1 - self.alpha) * _as_distribution(loc, x.valid)

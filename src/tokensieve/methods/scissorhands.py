@@ -13,8 +13,8 @@ from .base import Method
 @dataclass
 class Scissorhands(Method):
     """Persistence of importance: over the last ``history`` queries, count how often each token's
-    attention beat the uniform level 1/#keys. Ties (equal counts) go to the more recent token via
-    a tiny recency term; a recent window of 32 is protected as in the paper's buffer."""
+    attention beat the uniform level 1/#keys. Ties (equal counts) go to the more recent token (the
+    shared tie-break of ``select``); a recent window of 32 is protected as in the paper's buffer."""
 
     id = "scissorhands"
     paper = "Scissorhands: Exploiting the Persistence of Importance Hypothesis (Liu et al., 2023)"
@@ -27,7 +27,4 @@ class Scissorhands(Method):
         return Needs(stats=frozenset({AboveUniform(history=self.history)}))
 
     def score(self, x: ScoreInputs) -> Tensor:
-        counts = x.stat(AboveUniform(history=self.history))
-        t = counts.shape[-1]
-        recency = (counts.new_tensor(range(t)) + 1) / (t + 1)  # < 1, so it only breaks ties
-        return counts + recency
+        return x.stat(AboveUniform(history=self.history))

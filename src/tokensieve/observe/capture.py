@@ -61,8 +61,6 @@ def observe(
     t = query.shape[-2]
     q = group_queries(query, keys.shape[1])
     window = min(needs.window, t)
-    rows = torch.cat([probe_rows(t, window, needs.probes, seed), torch.arange(t - window, t)]).to(
-        query.device
-    )
+    rows = torch.cat([probe_rows(t, window, needs.probes, seed), torch.arange(t - window, t)]).to(query.device)
     stats = accumulate(sorted(needs.stats, key=lambda s: s.key), q, keys, valid, scaling, max_chunk_bytes)
     return LayerObservation(q[:, :, :, rows].clone(), rows, window, stats, scaling)

@@ -32,7 +32,7 @@ _bound = threading.local()
 
 def bind(layer: SieveLayer) -> None:
     stale = getattr(_bound, "layer", None)
-    if stale is not None and stale.needs_tokensieve_attention:
+    if stale is not None and stale is not layer and stale.needs_tokensieve_attention:
         _bound.layer = None
         raise NotPreparedError(
             "the model is not using tokensieve's attention, so a compressed or observing cache cannot work: "
@@ -73,13 +73,9 @@ def check_architecture(model: PreTrainedModel) -> None:
     if getattr(model.config, "is_encoder_decoder", False):
         raise UnsupportedArchitectureError(f"{name} is an encoder-decoder model: {fix}")
     if not getattr(model, "_supports_attention_backend", False):
-        raise UnsupportedArchitectureError(
-            f"{name} does not route attention through transformers' interface: {fix}"
-        )
+        raise UnsupportedArchitectureError(f"{name} does not route attention through transformers' interface: {fix}")
     if getattr(config, "attn_logit_softcapping", None):
-        raise UnsupportedArchitectureError(
-            f"{name} uses attention logit soft-capping, which SDPA cannot run: {fix}"
-        )
+        raise UnsupportedArchitectureError(f"{name} uses attention logit soft-capping, which SDPA cannot run: {fix}")
     types = set(getattr(config, "layer_types", None) or ["full_attention"])
     if not types <= SUPPORTED_LAYER_TYPES:
         odd = ", ".join(sorted(types - SUPPORTED_LAYER_TYPES))

@@ -89,9 +89,7 @@ def gumbel_noise(seed: int, n_heads: int, rows: Tensor, n_keys: int) -> Tensor:
     return u.log_().neg_().log_().neg_().unsqueeze(0).to(rows.device)
 
 
-def row_chunks(
-    start: int, stop: int, n_heads: int, n_keys: int, batch: int, max_bytes: int
-) -> Iterator[Tensor]:
+def row_chunks(start: int, stop: int, n_heads: int, n_keys: int, batch: int, max_bytes: int) -> Iterator[Tensor]:
     """Yield ascending row ranges whose fp32 [B, H, rows, T] block fits in ``max_bytes``."""
     per_row = max(1, batch * n_heads * n_keys * 4)
     size = max(1, max_bytes // per_row)

@@ -29,26 +29,24 @@ class ScoreInputs:
 
     def _obs(self, what: str) -> LayerObservation:
         if self.obs is None:
-            raise RuntimeError(
-                f"this score needs {what}, but the prefill observed nothing for layer {self.layer_idx}"
-            )
+            raise RuntimeError(f"this score needs {what}, but the prefill observed nothing for layer {self.layer_idx}")
         return self.obs
 
     def window_probs(self, window: int) -> Tensor:
         """Attention ``[B, Hkv, G, w, T]`` of the last ``window`` prompt queries over every key."""
         obs = self._obs("an observation window")
-        if window > obs.n_window:
-            raise RuntimeError(f"window {window} is larger than the {obs.n_window} rows the prefill captured")
         n = obs.rows.numel()
+        if window > obs.n_window:
+            if obs.n_window < n or n < self.keys.shape[2]:  # more rows existed: the prefill captured too few
+                raise RuntimeError(f"window {window} is larger than the {obs.n_window} rows the prefill captured")
+            window = obs.n_window  # the whole (short) context is the window
         q, rows = obs.queries[:, :, :, n - window :], obs.rows[n - window :]
         return attention_probs(q.float(), self.keys.float(), rows, self.valid, obs.scaling)
 
     def probe_probs(self) -> tuple[Tensor, Tensor]:
         """Attention of every captured row (probes plus window), with their token indices."""
         obs = self._obs("probe queries")
-        return attention_probs(
-            obs.queries.float(), self.keys.float(), obs.rows, self.valid, obs.scaling
-        ), obs.rows
+        return attention_probs(obs.queries.float(), self.keys.float(), obs.rows, self.valid, obs.scaling), obs.rows
 
     def visible_counts(self, rows: Tensor) -> Tensor:
         return visible_counts(rows, self.keys.shape[2], self.valid, self.keys.shape[0])

@@ -9,6 +9,8 @@ from transformers import PreTrainedTokenizerBase
 from .corpus import paragraphs
 
 QUESTION = "What is the pass key mentioned in the text? Answer with the number only."
+# the repeated filler of the original pass-key benchmark (Landmark Attention, Mohtashami & Jaggi, 2023)
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 
 
 def needle(key: str) -> str:
@@ -27,16 +29,19 @@ class PassKey:
 
 
 def passkey_context(
-    tokenizer: PreTrainedTokenizerBase, n_tokens: int, depth: float, key: str = "68213"
+    tokenizer: PreTrainedTokenizerBase, n_tokens: int, depth: float, key: str = "68213", haystack: str = "prose"
 ) -> PassKey:
-    """About ``n_tokens`` of prose (paragraphs cycled in order) with the needle inserted between paragraphs
-    at fraction ``depth`` of the text (0 = start, 1 = end)."""
+    """About ``n_tokens`` of text with the needle inserted between paragraphs at fraction ``depth``
+    (0 = start, 1 = end). ``haystack`` is ``prose`` (the bundled essays, cycled in order) or ``filler``
+    (the classic repeated sentences)."""
     if not 0.0 <= depth <= 1.0:
         raise ValueError(f"depth {depth} must be in [0, 1]")
     budget = n_tokens - len(tokenizer.encode(needle(key), add_special_tokens=False))
     chosen: list[str] = []
     used = 0
-    paras = paragraphs()
+    if haystack not in ("prose", "filler"):
+        raise ValueError(f"haystack {haystack!r} must be 'prose' or 'filler'")
+    paras = paragraphs() if haystack == "prose" else (FILLER,)
     i = 0
     while used < budget:
         p = paras[i % len(paras)]

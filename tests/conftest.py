@@ -1,0 +1,102 @@
+"""Tiny random models of each supported architecture, built from configs (no download), and the real model."""
+
+from __future__ import annotations
+
+import copy
+import os
+from contextlib import contextmanager
+
+import pytest
+import torch
+from transformers import (
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+COMMON = dict(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+)
+
+
+def _llama():
+    return LlamaForCausalLM(LlamaConfig(**COMMON))
+
+
+def _mistral():
+    return MistralForCausalLM(MistralConfig(**COMMON, sliding_window=None))
+
+
+def _qwen2():
+    return Qwen2ForCausalLM(Qwen2Config(**COMMON))
+
+
+def _qwen3():
+    return Qwen3ForCausalLM(Qwen3Config(**COMMON, head_dim=16))
+
+
+def _gemma3():
+    cfg = Gemma3TextConfig(
+        **{**COMMON, "num_hidden_layers": 4},
+        head_dim=16,
+        sliding_window=8,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+        query_pre_attn_scalar=16,
+    )
+    return Gemma3ForCausalLM(cfg)
+
+
+ARCHS = {"llama": _llama, "mistral": _mistral, "qwen2": _qwen2, "qwen3": _qwen3, "gemma3": _gemma3}
+
+
+def make_model(arch: str, seed: int = 0, attn: str = "sdpa"):
+    torch.manual_seed(seed)
+    model = ARCHS[arch]().eval()
+    model.set_attn_implementation(attn)
+    return model
+
+
+def twin(model):
+    """An independent copy of ``model`` on plain SDPA: the reference that tokensieve must match."""
+    ref = type(model)(copy.deepcopy(model.config)).eval()
+    ref.load_state_dict(model.state_dict())
+    ref.set_attn_implementation("sdpa")
+    return ref
+
+
+@contextmanager
+def plain_sdpa(model):
+    """Run ``model`` on transformers' own SDPA attention inside the block (the bit-exact reference)."""
+    before = model.config._attn_implementation
+    model.set_attn_implementation("sdpa")
+    try:
+        yield model
+    finally:
+        model.set_attn_implementation(before)
+
+
+@pytest.fixture(params=list(ARCHS))
+def arch(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    import tokensieve
+
+    return tokensieve.load_model("smollm2")

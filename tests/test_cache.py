@@ -1,0 +1,249 @@
+"""The compressed cache inside real transformers forwards, on tiny random models of every architecture."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+import tokensieve as ts
+from conftest import make_model, twin
+from tokensieve.cache import SieveCache, SieveLayer
+from tokensieve.observe.hooks import sieve_attention
+
+T, Q = 40, 6
+
+
+def ids(seed: int, n: int, batch: int = 1) -> torch.Tensor:
+    return torch.randint(3, 128, (batch, n), generator=torch.Generator().manual_seed(seed))
+
+
+def reference(ref, ctx, question):
+    """Plain SDPA with a DynamicCache, fed the same way: the context, then the question."""
+    with torch.inference_mode():
+        cache = DynamicCache(config=ref.config)
+        first = ref(ctx, past_key_values=cache, logits_to_keep=1).logits[:, -1]
+        rest = ref(question, past_key_values=cache).logits
+    return first, rest
+
+
+# --- exactness -----------------------------------------------------------------------------------
+
+
+def test_nothing_evicted_is_bit_identical(arch):
+    model = ts.prepare(make_model(arch))
+    ref = twin(model)
+    ctx, question = ids(0, T), ids(1, Q)
+    first, rest = reference(ref, ctx, question)
+
+    pre = ts.prefill(model, None, ctx, methods=ts.method_ids())  # every observer on, outputs untouched
+    assert torch.equal(pre.last_logits, first)
+    for method in ts.method_ids():
+        c = pre.compress(method, keep=1.0)
+        with torch.inference_mode():
+            out = model(question, past_key_values=c.cache.fork()).logits
+        assert torch.equal(out, rest), method
+
+    c = ts.compress(model, None, ctx, "h2o", keep=1.0)  # the in-forward path too
+    with torch.inference_mode():
+        assert torch.equal(model(question, past_key_values=c.cache.fork()).logits, rest)
+
+
+def test_nothing_evicted_generates_identical_tokens(arch):
+    model = ts.prepare(make_model(arch))
+    ref = twin(model)
+    ctx, question = ids(2, T), ids(3, Q)
+    c = ts.compress(model, None, ctx, "snapkv", keep=1.0)
+    got = c.generate(question, max_new_tokens=12, output_scores=True, return_dict_in_generate=False)
+    with torch.inference_mode():
+        cache = DynamicCache(config=ref.config)
+        ref(ctx, past_key_values=cache)
+        full = torch.cat([ctx, question], 1)
+        want = ref.generate(
+            full,
+            attention_mask=torch.ones_like(full),
+            past_key_values=cache,
+            max_new_tokens=12,
+            do_sample=False,
+            pad_token_id=0,
+        )
+    assert torch.equal(got, want[:, full.shape[1] :])
+
+
+# --- eviction is masking, with true positions --------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3"])
+def test_eviction_equals_masking_the_evicted_tokens(arch):
+    """StreamingLLM keeps the same tokens everywhere, so the oracle is the full model with those
+    context columns masked for the question rows, at the true positions."""
+    model = ts.prepare(make_model(arch))
+    ref = twin(model)
+    ctx, question = ids(4, T), ids(5, Q)
+    c = ts.compress(model, None, ctx, "streaming", budget=12, sinks=3)
+    with torch.inference_mode():
+        got = model(question, past_key_values=c.cache.fork()).logits
+
+    kept = torch.zeros(T, dtype=torch.bool)
+    kept[:3] = kept[T - 9 :] = True
+    mask = torch.ones(T + Q, T + Q, dtype=torch.bool).tril()
+    mask[T:, :T] &= kept
+    with torch.inference_mode():
+        full = ref(torch.cat([ctx, question], 1), attention_mask=mask[None, None]).logits[:, T:]
+    torch.testing.assert_close(got, full, atol=2e-5, rtol=1e-4)
+
+
+def test_per_head_selection_equals_per_head_masking():
+    """One layer, a different kept set per KV head, several new queries: the rebuilt mask is exact."""
+    torch.manual_seed(0)
+    b, hkv, g, t, d, q_len = 2, 2, 2, 16, 8, 3
+    keys, values = torch.randn(b, hkv, t + q_len, d), torch.randn(b, hkv, t + q_len, d)
+    layer = SieveLayer(0)
+    layer.update(keys[:, :, :t], values[:, :, :t])
+    idx = torch.stack([torch.randperm(t)[:7].sort().values for _ in range(b * hkv)]).view(b, hkv, 7)
+    layer.evict(idx)
+    k, v = layer.update(keys[:, :, t:], values[:, :, t:])
+    query = torch.randn(b, hkv * g, q_len, d)
+    module = types.SimpleNamespace(num_key_value_groups=g, is_causal=True, layer_idx=0)
+    out, _ = sieve_attention(module, query, k, v, None, scaling=d**-0.5)
+
+    allowed = torch.zeros(b, hkv, q_len, t + q_len, dtype=torch.bool)
+    for bb in range(b):
+        for h in range(hkv):
+            allowed[bb, h, :, idx[bb, h]] = True
+    allowed[..., t:] = torch.ones(q_len, q_len, dtype=torch.bool).tril()
+    full = torch.nn.functional.scaled_dot_product_attention(
+        query,
+        keys.repeat_interleave(g, 1),
+        values.repeat_interleave(g, 1),
+        attn_mask=allowed.repeat_interleave(g, 1),
+        scale=d**-0.5,
+    ).transpose(1, 2)
+    torch.testing.assert_close(out, full)
+
+
+# --- memory really shrinks ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("allocator", ["uniform", "pyramid"])
+def test_kv_bytes_equal_kept_tokens_times_bytes_per_token(arch, allocator):
+    model = ts.prepare(make_model(arch))
+    c = ts.compress(model, None, ids(6, T), "snapkv", budget=10, allocator=allocator)
+    cfg = c.cache.config
+    per_token = 2 * cfg.num_key_value_heads * (getattr(cfg, "head_dim", None) or 16) * 4
+    held = c.cache.tokens_held()
+    assert c.stats.kv_bytes == sum(held) * per_token
+    sieve = [layer.keys.shape[-2] for layer in c.cache.sieve_layers]
+    if allocator == "uniform":
+        assert sieve == [10] * len(sieve)
+    else:
+        assert sum(sieve) == 10 * len(sieve) and sieve == sorted(sieve, reverse=True)
+    assert c.stats.kv_bytes_full == T * len(held) * per_token - sum(
+        (T - h) * per_token for h, layer in zip(held, c.cache.layers, strict=True) if not isinstance(layer, SieveLayer)
+    )
+
+
+# --- end to end through generate ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ts.method_ids())
+def test_every_method_generates_on_every_architecture(arch, method):
+    model = ts.prepare(make_model(arch))
+    c = ts.compress(model, None, ids(7, T), method, keep=0.3, allocator="pyramid" if method == "h2o" else "uniform")
+    before = (c.cache.kv_bytes(), c.cache.tokens_held())
+    greedy = c.generate(ids(8, Q), max_new_tokens=5, min_new_tokens=5)
+    torch.manual_seed(0)
+    sampled = c.generate(ids(8, 3, batch=2), max_new_tokens=5, min_new_tokens=5, do_sample=True, temperature=0.8)
+    assert greedy.shape == (1, 5) and sampled.shape == (2, 5)
+    assert (c.cache.kv_bytes(), c.cache.tokens_held()) == before  # questions run on forks
+
+
+def test_plain_generate_with_a_sieve_cache(arch):
+    model = make_model(arch)
+    cache = SieveCache(model, "snapkv", keep=0.25)
+    prompt = ids(9, T)
+    with torch.inference_mode():
+        out = model.generate(prompt, past_key_values=cache, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    assert out.shape == (1, T + 4)
+    assert all(layer.keys.shape[-2] == 10 + 3 for layer in cache.sieve_layers)  # 10 kept + 3 appended
+
+
+def test_multi_token_question_after_pyramid_matches_question_by_question():
+    """Pyramid gives each layer its own length; feeding the question at once or token by token agrees."""
+    model = ts.prepare(make_model("llama"))
+    c = ts.compress(model, None, ids(10, T), "h2o", keep=0.3, allocator="pyramid")
+    question = ids(11, Q)
+    with torch.inference_mode():
+        at_once = model(question, past_key_values=c.cache.fork()).logits
+        fork = c.cache.fork()
+        one_by_one = torch.cat([model(question[:, i : i + 1], past_key_values=fork).logits for i in range(Q)], 1)
+    torch.testing.assert_close(at_once, one_by_one, atol=1e-5, rtol=1e-4)
+
+
+# --- batches with left padding ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["snapkv", "h2o", "streaming", "zipcache"])
+def test_left_padded_batch_matches_rows_compressed_alone(method):
+    model = ts.prepare(make_model("qwen2"))
+    a, b = ids(12, 24)[0].tolist(), ids(13, 36)[0].tolist()
+    question = ids(14, Q)
+    batch = ts.compress(model, None, [a, b], method, budget=16)
+    with torch.inference_mode():
+        got = model(
+            question.expand(2, -1),
+            attention_mask=torch.cat([batch.context_mask, torch.ones(2, Q)], 1).long(),
+            past_key_values=batch.cache.fork(),
+            position_ids=None,
+        ).logits
+    for row, ctx in enumerate((a, b)):
+        alone = ts.compress(model, None, [ctx], method, budget=16)
+        with torch.inference_mode():
+            want = model(question, past_key_values=alone.cache.fork()).logits
+        torch.testing.assert_close(got[row : row + 1], want, atol=1e-4, rtol=1e-3)
+
+
+def test_short_row_keeps_all_its_tokens_plus_masked_padding():
+    model = ts.prepare(make_model("llama"))
+    a, b = ids(15, 10)[0].tolist(), ids(16, 40)[0].tolist()
+    batch = ts.compress(model, None, [a, b], "snapkv", keep=0.5)  # 20 per row: more than row a has
+    assert [layer.keys.shape[-2] for layer in batch.cache.sieve_layers] == [20] * 3
+    new_batch = batch.generate(ids(17, 4, batch=2), max_new_tokens=6)
+    alone = ts.compress(model, None, [a], "snapkv", keep=1.0).generate(ids(17, 4, batch=2)[:1], max_new_tokens=6)
+    assert torch.equal(new_batch[:1], alone)
+
+
+def test_several_questions_share_one_compressed_cache():
+    model = ts.prepare(make_model("gemma3"))
+    c = ts.compress(model, None, ids(18, T), "tova", keep=0.5)
+    q1, q2 = ids(19, 3)[0].tolist(), ids(20, 5)[0].tolist()
+    from tokensieve.pipeline import _left_pad
+
+    qs, mask = _left_pad([q1, q2], 0)
+    both = c.generate(qs, mask, max_new_tokens=4, min_new_tokens=4)
+    one = c.generate(torch.tensor([q1]), max_new_tokens=4, min_new_tokens=4)
+    two = c.generate(torch.tensor([q2]), max_new_tokens=4, min_new_tokens=4)
+    assert torch.equal(both, torch.cat([one, two]))
+
+
+# --- what is observed is what the model computes ----------------------------------------------
+
+
+def test_observed_window_attention_equals_transformers_eager_weights(arch):
+    """q and k after RoPE (and Gemma's q/k norms and query scalar), as transformers' eager attention sees them."""
+    model = ts.prepare(make_model(arch))
+    eager = twin(model)
+    eager.set_attn_implementation("eager")
+    ctx = ids(21, T)
+    pre = ts.prefill(model, None, ctx, methods=["snapkv"])
+    with torch.inference_mode():
+        weights = eager(ctx, output_attentions=True).attentions  # per layer [B, H, T, T]
+    for layer in pre.cache.sieve_layers:
+        from tokensieve.score.inputs import ScoreInputs
+
+        x = ScoreInputs(layer.keys, layer.values, layer.valid, pre.observations[layer.layer_idx])
+        got = x.window_probs(8)  # [B, Hkv, G, 8, T]
+        want = weights[layer.layer_idx][:, :, T - 8 :].reshape(got.shape)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

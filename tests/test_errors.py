@@ -1,0 +1,111 @@
+"""Bad input gets a typed exception from Python and a one-line error (exit 2) from the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import Gemma2Config, Gemma2ForCausalLM, T5Config, T5ForConditionalGeneration
+
+import tokensieve as ts
+from conftest import make_model
+from tokensieve.cache import SieveCache
+from tokensieve.cli import main
+
+CTX = torch.randint(3, 100, (1, 30), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return ts.prepare(make_model("llama"))
+
+
+@pytest.mark.parametrize("keep", [0, -0.5, 1.01, 7, float("nan")])
+def test_keep_outside_unit_interval(model, keep):
+    with pytest.raises(ts.InvalidKeepError, match=r"outside \(0, 1\]"):
+        ts.compress(model, None, CTX, "snapkv", keep=keep)
+
+
+@pytest.mark.parametrize("budget", [30, 31, 500])
+def test_budget_not_below_context(model, budget):
+    with pytest.raises(ts.BudgetError, match="not smaller than the context"):
+        ts.compress(model, None, CTX, "snapkv", budget=budget)
+
+
+def test_budget_must_be_positive_and_exclusive_with_keep(model):
+    with pytest.raises(ts.BudgetError, match="positive integer"):
+        ts.compress(model, None, CTX, "snapkv", budget=0)
+    with pytest.raises(ts.BudgetError, match="exactly one"):
+        ts.compress(model, None, CTX, "snapkv", keep=0.5, budget=4)
+
+
+@pytest.mark.parametrize("context", ["", "   \n", [], torch.empty(1, 0, dtype=torch.long)])
+def test_empty_context(model, context):
+    with pytest.raises(ts.EmptyContextError, match="context is empty"):
+        ts.compress(model, None, context, "snapkv", keep=0.5)
+
+
+def test_unknown_method_and_parameter(model):
+    with pytest.raises(ts.UnknownMethodError, match="unknown method id 'snapkvv'.*snapkv"):
+        ts.compress(model, None, CTX, "snapkvv", keep=0.5)
+    with pytest.raises(ts.UnknownMethodError, match="bad parameter for method 'snapkv'"):
+        ts.compress(model, None, CTX, "snapkv", keep=0.5, windw=3)
+
+
+def test_unsupported_architectures():
+    t5 = T5ForConditionalGeneration(T5Config(vocab_size=50, d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8))
+    with pytest.raises(ts.UnsupportedArchitectureError, match="encoder-decoder"):
+        ts.prepare(t5)
+    g2 = Gemma2ForCausalLM(
+        Gemma2Config(
+            vocab_size=50,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=8,
+        )
+    )
+    with pytest.raises(ts.UnsupportedArchitectureError, match="soft-capping"):
+        ts.prepare(g2)
+
+
+def test_cache_on_an_unprepared_model_fails_clearly():
+    plain = make_model("llama")
+    cache = SieveCache(plain.config, "snapkv", keep=0.5)  # a config only: the model stays on plain SDPA
+    with pytest.raises(ts.NotPreparedError, match=r"tokensieve.prepare\(model\)"), torch.inference_mode():
+        plain(CTX, past_key_values=cache)
+
+
+# --- CLI ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--method", "nope", "--keep", "0.5"], "unknown method id 'nope'"),
+        (["--method", "snapkv", "--keep", "1.5"], "outside (0, 1]"),
+        (["--method", "snapkv", "--keep", "0.5", "--param", "windw=3"], "bad parameter"),
+        (["--method", "snapkv", "--keep", "0.5", "--model", "/no/such/model"], "neither a bundled model"),
+    ],
+)
+def test_cli_errors_are_one_line(capsys, argv, needle):
+    rc = main(["generate", *argv, "--context", "some text", "--question", "q?"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and needle in err and err.startswith("tokensieve: error:") and "\n" not in err
+
+
+def test_cli_empty_context_file(capsys, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    rc = main(["generate", "--method", "snapkv", "--keep", "0.5", "--context-file", str(empty), "--question", "q"])
+    assert rc == 2 and "context is empty" in capsys.readouterr().err
+
+
+def test_cli_lists_methods_as_json(capsys):
+    assert main(["methods", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["id"] for r in rows] == ts.method_ids()
+    assert all(r["paper"] and r["rule"] for r in rows)

@@ -8,7 +8,7 @@ from torch import Tensor
 
 def full_attention(q: Tensor, k: Tensor, valid: Tensor | None, scaling: float) -> Tensor:
     """A [B, H, T, T] for queries [B, H, T, D] over keys [B, Hkv, T, D] (GQA: adjacent heads share a key head)."""
-    b, h, t, _ = q.shape
+    _, h, t, _ = q.shape
     kk = k.repeat_interleave(h // k.shape[1], dim=1)
     logits = (q @ kk.transpose(-1, -2)) * scaling
     allowed = torch.ones(t, t, dtype=torch.bool).tril()[None, None]

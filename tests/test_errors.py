@@ -47,7 +47,7 @@ def test_empty_context(model, context):
 
 
 def test_unknown_method_and_parameter(model):
-    with pytest.raises(ts.UnknownMethodError, match="unknown method id 'snapkvv'.*snapkv"):
+    with pytest.raises(ts.UnknownMethodError, match=r"unknown method id 'snapkvv'.*snapkv"):
         ts.compress(model, None, CTX, "snapkvv", keep=0.5)
     with pytest.raises(ts.UnknownMethodError, match="bad parameter for method 'snapkv'"):
         ts.compress(model, None, CTX, "snapkv", keep=0.5, windw=3)

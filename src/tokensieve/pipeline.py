@@ -29,7 +29,7 @@ from .measure.memory import tensor_bytes
 from .methods import Method, get_method
 from .observe.capture import LayerObservation, Needs, observe
 from .observe.hooks import prepare
-from .prompts import PromptFormat
+from .prompts import BASE_STOP, PromptFormat
 
 Context = str | Sequence[str] | Tensor | Sequence[Sequence[int]]
 
@@ -138,6 +138,10 @@ class Compressed:
         input_ids = torch.cat([ctx_ids, question_ids], -1).to(self.model.device)
         mask = torch.cat([ctx_mask, question_mask], -1).to(self.model.device)
         pad = _pad_id(self.tokenizer, self.model)
+        if self.tokenizer is not None and not PromptFormat(self.tokenizer).chat:
+            # base models run on past the answer into the next "Question:"; stop there
+            kwargs.setdefault("stop_strings", [BASE_STOP])
+            kwargs.setdefault("tokenizer", self.tokenizer)
         kwargs.setdefault("do_sample", False)
         if not kwargs["do_sample"]:
             kwargs.setdefault("temperature", None)
@@ -176,7 +180,7 @@ class Compressed:
         fmt = self.fmt
         ids, mask = _left_pad([fmt.question_ids(q) for q in questions], _pad_id(self.tokenizer, self.model))
         new = self.generate(ids, mask, max_new_tokens=max_new_tokens, **kwargs)
-        texts = [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
+        texts = [self.tokenizer.decode(row, skip_special_tokens=True).split(BASE_STOP)[0].strip() for row in new]
         return texts[0] if isinstance(question, str) else texts
 
 
@@ -407,5 +411,5 @@ def generate(
         **params,
     )
     new = ctx.generate(torch.tensor([ids[-1:]]), max_new_tokens=max_new_tokens)
-    text = tokenizer.decode(new[0], skip_special_tokens=True).strip()
+    text = tokenizer.decode(new[0], skip_special_tokens=True).split(BASE_STOP)[0].strip()
     return Answer(text, ctx.stats, ctx.method, keep, budget, True)

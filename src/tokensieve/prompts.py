@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 
 _MARK = "\u2063TOKENSIEVE-QUESTION\u2063"
+BASE_STOP = "\nQuestion:"  # where a base model's answer ends
 
 
 @dataclass

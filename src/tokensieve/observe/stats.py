@@ -33,7 +33,7 @@ class ColumnStat(ABC):
         return torch.ones(rows.numel())
 
     @abstractmethod
-    def term(self, probs: Tensor, logits: Tensor, rows: Tensor) -> Tensor: ...
+    def term(self, probs: Tensor, logits: Tensor, rows: Tensor, valid: Tensor | None) -> Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class AttnSum(ColumnStat):
     def row_weights(self, rows: Tensor, last_row: int) -> Tensor:
         return decay_weights(rows, last_row, self.decay)
 
-    def term(self, probs: Tensor, logits: Tensor, rows: Tensor) -> Tensor:
+    def term(self, probs: Tensor, logits: Tensor, rows: Tensor, valid: Tensor | None) -> Tensor:
         return probs
 
 
@@ -53,8 +53,9 @@ class AttnSum(ColumnStat):
 class AboveUniform(ColumnStat):
     """Scissorhands: how often A[i, j] exceeded the uniform level 1 / (#keys row i can see)."""
 
-    def term(self, probs: Tensor, logits: Tensor, rows: Tensor) -> Tensor:
-        n_visible = torch.isfinite(logits).sum(-1, keepdim=True).clamp(min=1)
+    def term(self, probs: Tensor, logits: Tensor, rows: Tensor, valid: Tensor | None) -> Tensor:
+        seen = rows + 1 if valid is None else valid.long().cumsum(-1)[:, rows]  # keys row i can see
+        n_visible = seen.view(-1, 1, 1, rows.numel(), 1).clamp(min=1)
         return (probs * n_visible > 1.0).float()
 
 
@@ -65,11 +66,11 @@ class GumbelSum(ColumnStat):
     tau: float = 1.0
     seed: int = 0
 
-    def term(self, probs: Tensor, logits: Tensor, rows: Tensor) -> Tensor:
+    def term(self, probs: Tensor, logits: Tensor, rows: Tensor, valid: Tensor | None) -> Tensor:
         b, hkv, g, n, t = logits.shape
         noisy = gumbel_noise(self.seed, hkv * g, rows, t).view(1, hkv, g, n, t).expand(b, -1, -1, -1, -1)
         noisy = noisy.contiguous() if b > 1 else noisy
-        return softmax_rows(noisy.add_(logits).div_(self.tau))
+        return softmax_rows(noisy.add_(logits).div_(self.tau), valid is not None)
 
 
 def chunk_logits(qs: Tensor, k_t: Tensor, lo: int, hi: int, valid: Tensor | None) -> Tensor:
@@ -83,7 +84,8 @@ def chunk_logits(qs: Tensor, k_t: Tensor, lo: int, hi: int, valid: Tensor | None
     tri = torch.ones(c, c, dtype=torch.bool, device=qs.device).triu(1)
     logits[..., lo:hi].masked_fill_(tri, float("-inf"))
     if valid is not None:
-        logits.masked_fill_(~valid[:, None, None, None, :hi], float("-inf"))
+        pad = torch.zeros(valid.shape[0], hi, device=qs.device).masked_fill_(~valid[:, :hi], float("-inf"))
+        logits.add_(pad[:, None, None, None, :])
     return logits
 
 
@@ -118,7 +120,7 @@ def accumulate(
             w = s.row_weights(rows, t - 1).to(q.device) * (rows >= s.first_row(t)).float()
             if not bool(w.any()):
                 continue
-            term = s.term(probs, logits, rows)
+            term = s.term(probs, logits, rows, valid)
             if valid is None and bool((w == 1).all()):
                 out[s.key][..., :hi] += term.sum((2, 3)) / g
             else:

@@ -32,20 +32,31 @@ def visible_mask(rows: Tensor, n_keys: int, valid: Tensor | None) -> Tensor:
     return mask
 
 
+def visible_bias(rows: Tensor, n_keys: int, valid: Tensor | None) -> Tensor:
+    """The same as an additive 0 / -inf float mask (adding is much faster than a broadcast masked_fill)."""
+    bias = torch.zeros(visible_mask(rows, n_keys, valid).shape, device=rows.device)
+    return bias.masked_fill_(~visible_mask(rows, n_keys, valid), float("-inf"))
+
+
 def attention_logits(q: Tensor, k: Tensor, rows: Tensor, valid: Tensor | None, scaling: float) -> Tensor:
     """Masked pre-softmax logits [B, Hkv, G, n, T'] with T' = rows[-1] + 1 (keys after the last row are unseen)."""
+    b, hkv, g, n, d = q.shape
     t = int(rows[-1]) + 1
-    logits = torch.einsum("bhgnd,bhtd->bhgnt", q, k[:, :, :t]) * scaling
-    return logits.masked_fill(~visible_mask(rows, t, valid), float("-inf"))
+    logits = torch.matmul((q * scaling).reshape(b, hkv, g * n, d), k[:, :, :t].transpose(-1, -2))
+    return logits.view(b, hkv, g, n, t).add_(visible_bias(rows, t, valid))
 
 
-def softmax_rows(logits: Tensor) -> Tensor:
-    """Softmax over keys; rows with no visible key (padding rows) become zeros, not NaN."""
-    return torch.softmax(logits, dim=-1).nan_to_num(0.0)
+def softmax_rows(logits: Tensor, padded: bool) -> Tensor:
+    """Softmax over keys; with padding, rows that see no key become zeros, not NaN."""
+    probs = torch.softmax(logits, dim=-1)
+    return probs.nan_to_num_(0.0) if padded else probs
 
 
 def attention_probs(q: Tensor, k: Tensor, rows: Tensor, valid: Tensor | None, scaling: float) -> Tensor:
-    return softmax_rows(attention_logits(q, k, rows, valid, scaling))
+    probs = torch.softmax(attention_logits(q, k, rows, valid, scaling), dim=-1)
+    if valid is not None:  # padding rows see nothing: zeros, not NaN
+        probs = probs.nan_to_num_(0.0).mul_(valid[:, rows].float()[:, None, None, :, None])
+    return probs
 
 
 def row_validity(rows: Tensor, valid: Tensor | None, batch: int) -> Tensor:

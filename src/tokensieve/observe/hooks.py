@@ -41,6 +41,15 @@ def bind(layer: SieveLayer) -> None:
     _bound.layer = layer
 
 
+def sdpa(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, **kwargs: Any):
+    """transformers' own SDPA attention: the exact path every layout falls back to."""
+    return sdpa_attention_forward(module, query, key, value, mask, **kwargs)
+
+
+def scaling_of(query: Tensor, kwargs: dict[str, Any]) -> float:
+    return float(kwargs.get("scaling") or query.shape[-1] ** -0.5)
+
+
 def sieve_attention(
     module: torch.nn.Module,
     query: Tensor,
@@ -51,14 +60,9 @@ def sieve_attention(
 ) -> tuple[Tensor, None]:
     layer = getattr(_bound, "layer", None)
     _bound.layer = None
-    if layer is None or layer.keys is not key:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    mask = layer.attention_mask(query.shape[-2], attention_mask)
-    out = sdpa_attention_forward(module, query, key, value, mask, **kwargs)
-    if layer.on_attention is not None:
-        scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
-        layer.on_attention(layer, query, float(scaling))
-    return out
+    if layer is None or not layer.owns(key):
+        return sdpa(module, query, key, value, attention_mask, **kwargs)
+    return layer.attend(module, query, key, value, attention_mask, **kwargs)
 
 
 def register() -> None:

@@ -1,4 +1,4 @@
-"""A transformers ``Cache`` whose full-attention layers can be compressed.
+"""Cache layers whose tokens can be evicted.
 
 ``SieveLayer`` follows transformers' own evicting layer (``DynamicSlidingWindowLayer``): it reports the
 number of tokens *seen* as its sequence length, so ``generate`` slices inputs and numbers positions
@@ -13,17 +13,13 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from transformers import PretrainedConfig
 from transformers.cache_utils import (
-    DynamicCache,
     DynamicLayer,
     DynamicSlidingWindowLayer,
-    get_layer_types_and_kwargs,
 )
 
-from .act.evict import gather_tokens
-from .errors import UnsupportedArchitectureError
-from .observe import hooks
+from ..act.evict import gather_tokens
+from ..observe import hooks
 
 OnAttention = Callable[["SieveLayer", Tensor, float], None]
 
@@ -107,6 +103,17 @@ class SieveLayer(DynamicLayer):
     def needs_tokensieve_attention(self) -> bool:
         return self.evicted or self.on_attention is not None
 
+    def owns(self, key: Tensor) -> bool:
+        """Whether ``key`` is what this layer's last ``update`` returned (the attention call is ours)."""
+        return self.keys is key
+
+    def attend(self, module, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, **kwargs):
+        """The attention of this layer's held slots. Other layouts (ragged, quantized, sparse) override it."""
+        out = hooks.sdpa(module, query, key, value, self.attention_mask(query.shape[-2], mask), **kwargs)
+        if self.on_attention is not None:
+            self.on_attention(self, query, hooks.scaling_of(query, kwargs))
+        return out
+
     def attention_mask(self, q_len: int, mask: Tensor | None) -> Tensor | None:
         """Record which new slots are padding and return the mask for this layer's held slots.
 
@@ -161,70 +168,3 @@ class CompactSlidingLayer(DynamicSlidingWindowLayer):
         if self.keys.untyped_storage().nbytes() > 2 * self.keys.nbytes:
             self.keys, self.values = self.keys.clone(), self.values.clone()
         return out
-
-
-class SieveCache(DynamicCache):
-    """A ``DynamicCache`` with ``SieveLayer`` for every full-attention layer.
-
-    Build it from a model to compress while generating (``SieveCache(model, method="snapkv", keep=0.25)``
-    compresses the prompt at the end of the prefill, layer by layer), or let ``tokensieve.compress`` and
-    ``tokensieve.prefill`` build one for you.
-    """
-
-    def __init__(
-        self,
-        model_or_config,
-        method=None,
-        *,
-        keep: float | None = None,
-        budget: int | None = None,
-        allocator="uniform",
-        **method_params,
-    ) -> None:
-        config = getattr(model_or_config, "config", model_or_config)
-        if not isinstance(config, PretrainedConfig):
-            raise TypeError("SieveCache needs a model or its config")
-        if config is not model_or_config:
-            hooks.prepare(model_or_config)
-        text = config.get_text_config(decoder=True)
-        types, kwargs = get_layer_types_and_kwargs(text)
-        layers = []
-        for i, (kind, kw) in enumerate(zip(types, kwargs, strict=True)):
-            if kind == "full_attention":
-                layers.append(SieveLayer(i))
-            elif kind == "sliding_attention":
-                layers.append(CompactSlidingLayer(**kw))
-            else:
-                raise UnsupportedArchitectureError(f"cache layer type {kind!r} is not supported")
-        super(DynamicCache, self).__init__(layers=layers)
-        self.config = text
-        if method is not None:
-            from .act.compress import Plan
-
-            Plan.make(method, keep=keep, budget=budget, allocator=allocator, **method_params).attach(self)
-        elif keep is not None or budget is not None:
-            raise TypeError("keep/budget need a method")
-
-    @property
-    def sieve_layers(self) -> list[SieveLayer]:
-        return [layer for layer in self.layers if isinstance(layer, SieveLayer)]
-
-    @property
-    def has_sliding_layers(self) -> bool:
-        return any(isinstance(layer, DynamicSlidingWindowLayer) for layer in self.layers)
-
-    def fork(self) -> SieveCache:
-        """A cheap copy that shares tensors: appending to it never touches this cache (updates rebind
-        new tensors, nothing is written in place), so one compressed context can serve many questions."""
-        out = copy.copy(self)
-        out.layers = [layer.fork() if isinstance(layer, SieveLayer) else copy.copy(layer) for layer in self.layers]
-        return out
-
-    def kv_bytes(self) -> int:
-        """Bytes actually held by the key and value tensors (their storages, counted once)."""
-        from .measure.memory import tensor_bytes
-
-        return tensor_bytes(t for layer in self.layers if layer.is_initialized for t in (layer.keys, layer.values))
-
-    def tokens_held(self) -> list[int]:
-        return [layer.keys.shape[-2] if layer.is_initialized else 0 for layer in self.layers]

@@ -1,0 +1,83 @@
+"""A transformers ``Cache`` whose full-attention layers can be compressed.
+
+Sliding-window layers are left as transformers builds them (they already bound their size), except
+that their prefill view is copied out so its memory is released.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from transformers import PretrainedConfig
+from transformers.cache_utils import DynamicCache, DynamicSlidingWindowLayer, get_layer_types_and_kwargs
+
+from ..errors import UnsupportedArchitectureError
+from ..observe import hooks
+from .layers import CompactSlidingLayer, SieveLayer
+
+
+class SieveCache(DynamicCache):
+    """A ``DynamicCache`` with ``SieveLayer`` for every full-attention layer.
+
+    Build it from a model to compress while generating (``SieveCache(model, method="snapkv", keep=0.25)``
+    compresses the prompt at the end of the prefill, layer by layer), or let ``tokensieve.compress`` and
+    ``tokensieve.prefill`` build one for you.
+    """
+
+    def __init__(
+        self,
+        model_or_config,
+        method=None,
+        *,
+        keep: float | None = None,
+        budget: int | None = None,
+        allocator="uniform",
+        **method_params,
+    ) -> None:
+        config = getattr(model_or_config, "config", model_or_config)
+        if not isinstance(config, PretrainedConfig):
+            raise TypeError("SieveCache needs a model or its config")
+        if config is not model_or_config:
+            hooks.prepare(model_or_config)
+        text = config.get_text_config(decoder=True)
+        types, kwargs = get_layer_types_and_kwargs(text)
+        layers = []
+        for i, (kind, kw) in enumerate(zip(types, kwargs, strict=True)):
+            if kind == "full_attention":
+                layers.append(SieveLayer(i))
+            elif kind == "sliding_attention":
+                layers.append(CompactSlidingLayer(**kw))
+            else:
+                raise UnsupportedArchitectureError(f"cache layer type {kind!r} is not supported")
+        super(DynamicCache, self).__init__(layers=layers)
+        self.config = text
+        if method is not None:
+            from ..act.compress import Plan
+
+            Plan.make(method, keep=keep, budget=budget, allocator=allocator, **method_params).attach(self)
+        elif keep is not None or budget is not None:
+            raise TypeError("keep/budget need a method")
+
+    @property
+    def sieve_layers(self) -> list[SieveLayer]:
+        return [layer for layer in self.layers if isinstance(layer, SieveLayer)]
+
+    @property
+    def has_sliding_layers(self) -> bool:
+        return any(isinstance(layer, DynamicSlidingWindowLayer) for layer in self.layers)
+
+    def fork(self) -> SieveCache:
+        """A cheap copy that shares tensors: appending to it never touches this cache (updates rebind
+        new tensors, nothing is written in place), so one compressed context can serve many questions."""
+        out = copy.copy(self)
+        out.layers = [layer.fork() if isinstance(layer, SieveLayer) else copy.copy(layer) for layer in self.layers]
+        return out
+
+    def kv_bytes(self) -> int:
+        """Bytes actually held by the key and value tensors (their storages, counted once)."""
+        from ..measure.memory import tensor_bytes
+
+        return tensor_bytes(t for layer in self.layers if layer.is_initialized for t in (layer.keys, layer.values))
+
+    def tokens_held(self) -> list[int]:
+        return [layer.keys.shape[-2] if layer.is_initialized else 0 for layer in self.layers]

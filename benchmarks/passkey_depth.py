@@ -32,10 +32,17 @@ def main() -> None:
         for key in KEYS:
             task = passkey_context(tok, args.tokens, depth, key=key)
             pre = ts.prefill(model, tok, task.context, methods=[args.method])
-            full = pre.full().answer(task.question)
-            unseen = pre.compress(args.method, keep=args.keep).answer(task.question)
+            full = pre.full().answer(task.question, answer_prefix=task.answer_prefix)
+            unseen = pre.compress(args.method, keep=args.keep).answer(task.question, answer_prefix=task.answer_prefix)
             aware = ts.generate(
-                model, tok, task.context, task.question, args.method, keep=args.keep, query_aware=True
+                model,
+                tok,
+                task.context,
+                task.question,
+                args.method,
+                keep=args.keep,
+                query_aware=True,
+                answer_prefix=task.answer_prefix,
             ).text
             row = {
                 "depth": depth,

@@ -65,7 +65,7 @@ def test_column_stats_equal_full_matrix(data, chunk_bytes):
         obs.stats[AboveUniform(history=9).key], group_mean(torch.einsum("bhij,bi->bhj", above, w * hist), HKV)
     )
 
-    noise = gumbel_noise(3, H, torch.arange(T), T)[0]  # [H, T, T]
+    noise = gumbel_noise(3, 1, torch.arange(T), T)[0]  # [1, T, T], shared by the heads
     kk = k.repeat_interleave(H // HKV, 1)
     logits = (q @ kk.transpose(-1, -2)) * SCALE
     allowed = torch.ones(T, T, dtype=torch.bool).tril()[None, None]

@@ -86,6 +86,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         allocator=args.allocator,
         query_aware=args.query_aware,
         max_new_tokens=args.max_new_tokens,
+        answer_prefix=args.answer_prefix,
         **params,
     )
     s = ans.stats
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--context", help="the context text itself")
     g.add_argument("--question", required=True)
     g.add_argument("--max-new-tokens", type=int, default=32)
+    g.add_argument("--answer-prefix", default="", help='text that starts the answer, e.g. "The pass key is"')
     g.add_argument("--allocator", default="uniform", choices=["uniform", "pyramid"])
     g.add_argument(
         "--query-aware",

@@ -32,20 +32,22 @@ def run_demo(model_name: str, method: str, keep: float, tokens: int, depth: floa
     key = str(random.Random(tokens).randint(10000, 99999))
     task = passkey_context(tok, tokens, depth, key)
     console.print(f"context: ~{tokens} tokens of bundled prose, pass key {key} hidden at depth {depth:.0%}")
-    console.print(f"question: {task.question}")
+    console.print(f"question: {task.question} (answer starts: {task.answer_prefix!r})")
     table = Table(title=f"{method} at keep={keep} ({1 / keep:.0f}x) vs the full cache")
     for col in ("cache", "answer", "correct", "KV cache (measured)", "prefill s", "compress s", "decode s"):
         table.add_column(col, overflow="fold")
 
     full = prefill(model, tok, task.context).full()
-    text = full.answer(task.question)
+    text = full.answer(task.question, answer_prefix=task.answer_prefix)
     _row(table, "full", text, task.correct(text), full.stats)
 
     ctx = compress(model, tok, task.context, method, keep=keep)
-    text = ctx.answer(task.question)
+    text = ctx.answer(task.question, answer_prefix=task.answer_prefix)
     _row(table, f"{method}, question unseen", text, task.correct(text), ctx.stats)
 
-    ans = generate(model, tok, task.context, task.question, method, keep=keep, query_aware=True)
+    ans = generate(
+        model, tok, task.context, task.question, method, keep=keep, query_aware=True, answer_prefix=task.answer_prefix
+    )
     _row(table, f"{method}, query-aware", ans.text, task.correct(ans.text), ans.stats)
     console.print(table)
     console.print(

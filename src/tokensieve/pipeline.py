@@ -29,7 +29,7 @@ from .measure.memory import tensor_bytes
 from .methods import Method, get_method
 from .observe.capture import LayerObservation, Needs, observe
 from .observe.hooks import prepare
-from .prompts import BASE_STOP, PromptFormat
+from .prompts import PromptFormat, StopAtText, clean_answer
 
 Context = str | Sequence[str] | Tensor | Sequence[Sequence[int]]
 
@@ -138,10 +138,9 @@ class Compressed:
         input_ids = torch.cat([ctx_ids, question_ids], -1).to(self.model.device)
         mask = torch.cat([ctx_mask, question_mask], -1).to(self.model.device)
         pad = _pad_id(self.tokenizer, self.model)
-        if self.tokenizer is not None and not PromptFormat(self.tokenizer).chat:
+        if self.tokenizer is not None and not PromptFormat(self.tokenizer).chat and "stopping_criteria" not in kwargs:
             # base models run on past the answer into the next "Question:"; stop there
-            kwargs.setdefault("stop_strings", [BASE_STOP])
-            kwargs.setdefault("tokenizer", self.tokenizer)
+            kwargs["stopping_criteria"] = [StopAtText(self.tokenizer, input_ids.shape[1])]
         kwargs.setdefault("do_sample", False)
         if not kwargs["do_sample"]:
             kwargs.setdefault("temperature", None)
@@ -174,13 +173,17 @@ class Compressed:
             self.model, self.tokenizer, cache, self.context_ids[row : row + 1], mask, self.stats, self.method, self.keep
         )
 
-    def answer(self, question: str | Sequence[str], max_new_tokens: int = 32, **kwargs: Any) -> str | list[str]:
-        """Greedy (or sampled, with ``do_sample=True``) answers, decoded and stripped."""
+    def answer(
+        self, question: str | Sequence[str], max_new_tokens: int = 32, answer_prefix: str = "", **kwargs: Any
+    ) -> str | list[str]:
+        """Greedy (or sampled, with ``do_sample=True``) answers, decoded and stripped. ``answer_prefix``
+        starts each answer for the model (see ``PromptFormat.question_ids``) and is not returned."""
         questions = [question] if isinstance(question, str) else list(question)
         fmt = self.fmt
-        ids, mask = _left_pad([fmt.question_ids(q) for q in questions], _pad_id(self.tokenizer, self.model))
+        rows = [fmt.question_ids(q, answer_prefix) for q in questions]
+        ids, mask = _left_pad(rows, _pad_id(self.tokenizer, self.model))
         new = self.generate(ids, mask, max_new_tokens=max_new_tokens, **kwargs)
-        texts = [self.tokenizer.decode(row, skip_special_tokens=True).split(BASE_STOP)[0].strip() for row in new]
+        texts = [clean_answer(self.tokenizer.decode(row, skip_special_tokens=True)) for row in new]
         return texts[0] if isinstance(question, str) else texts
 
 
@@ -383,6 +386,7 @@ def generate(
     allocator: str | Allocator = "uniform",
     query_aware: bool = False,
     max_new_tokens: int = 32,
+    answer_prefix: str = "",
     **params: Any,
 ) -> Answer:
     """One context, one question, one compressed cache.
@@ -394,12 +398,12 @@ def generate(
     """
     if not query_aware:
         ctx = compress(model, tokenizer, context, method, keep=keep, budget=budget, allocator=allocator, **params)
-        text = ctx.answer(question, max_new_tokens=max_new_tokens)
+        text = ctx.answer(question, max_new_tokens=max_new_tokens, answer_prefix=answer_prefix)
         return Answer(text, ctx.stats, ctx.method, keep, budget, False)
     fmt = PromptFormat(tokenizer)
     if not context.strip():
         raise EmptyContextError("the context is empty: pass the text to compress")
-    ids = fmt.context_ids(context) + fmt.question_ids(question)
+    ids = fmt.context_ids(context) + fmt.question_ids(question, answer_prefix)
     ctx = compress(
         model,
         tokenizer,
@@ -411,5 +415,5 @@ def generate(
         **params,
     )
     new = ctx.generate(torch.tensor([ids[-1:]]), max_new_tokens=max_new_tokens)
-    text = tokenizer.decode(new[0], skip_special_tokens=True).split(BASE_STOP)[0].strip()
+    text = clean_answer(tokenizer.decode(new[0], skip_special_tokens=True))
     return Answer(text, ctx.stats, ctx.method, keep, budget, True)

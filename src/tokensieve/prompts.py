@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from transformers import PreTrainedTokenizerBase
+import torch
+from transformers import PreTrainedTokenizerBase, StoppingCriteria
 
 _MARK = "\u2063TOKENSIEVE-QUESTION\u2063"
 BASE_STOP = "\nQuestion:"  # where a base model's answer ends
@@ -37,9 +38,31 @@ class PromptFormat:
             return self.tokenizer.encode(self._context_head + context, add_special_tokens=False)
         return self.tokenizer.encode(context, add_special_tokens=True)
 
-    def question_ids(self, question: str) -> list[int]:
+    def question_ids(self, question: str, answer_prefix: str = "") -> list[int]:
+        """The question turn; ``answer_prefix`` starts the answer for the model ("The pass key is"), which
+        keeps small and base models on task. The prefix is not part of the returned answer."""
         if self.chat:
-            text = self._context_tail + question + self._question_tail
+            text = self._context_tail + question + self._question_tail + answer_prefix
         else:
-            text = f"{self.separator}Question: {question}\nAnswer:"
+            text = f"{self.separator}Question: {question}\nAnswer:" + (" " + answer_prefix if answer_prefix else "")
         return self.tokenizer.encode(text, add_special_tokens=False)
+
+
+def clean_answer(text: str) -> str:
+    return text.split(BASE_STOP)[0].strip()
+
+
+class StopAtText(StoppingCriteria):
+    """Stop a row once its new text contains ``stop`` (a base model running on into the next "Question:").
+
+    transformers' ``stop_strings`` precomputes tables over the whole vocabulary on every call (seconds for
+    Gemma's 262k tokens); decoding the last few new tokens is enough here.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_len: int, stop: str = BASE_STOP, tail: int = 8):
+        self.tokenizer, self.prompt_len, self.stop, self.tail = tokenizer, prompt_len, stop, tail
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        new = input_ids[:, self.prompt_len :][:, -self.tail :]
+        done = [self.stop in self.tokenizer.decode(row, skip_special_tokens=True) for row in new]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)

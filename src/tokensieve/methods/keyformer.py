@@ -13,9 +13,10 @@ from .base import Method
 @dataclass
 class Keyformer(Method):
     """Key tokens by a Gumbel-softmax score: softmax((logits + g) / tau), g ~ Gumbel(0, 1), accumulated
-    over the prompt queries. The noise is a hash of (seed, head, row, column), so it does not depend on
-    chunking. At prefill tau is ``tau`` (tau_init); its rise across decode steps belongs to decode-time
-    eviction. A recent window of 20% of the budget is kept, as in the paper's key + recent split."""
+    over the prompt queries. The noise is drawn per (row, column) in seeded blocks, shared by the heads,
+    so it does not depend on chunking. At prefill tau is ``tau`` (tau_init); its rise across decode steps
+    belongs to decode-time eviction. A recent window of 20% of the budget is kept (the paper's key + recent
+    split)."""
 
     id = "keyformer"
     paper = "Keyformer: KV Cache Reduction through Key Tokens Selection (Adnan et al., 2024)"

@@ -23,6 +23,7 @@ class PassKey:
     key: str
     depth: float
     question: str = QUESTION
+    answer_prefix: str = "The pass key is"
 
     def correct(self, answer: str) -> bool:
         return self.key in answer

@@ -6,7 +6,9 @@ import types
 
 import pytest
 import torch
-from transformers import DynamicCache
+from transformers import AttentionInterface, DynamicCache
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import tokensieve as ts
 from conftest import make_model, twin
@@ -93,6 +95,39 @@ def test_eviction_equals_masking_the_evicted_tokens(arch):
     with torch.inference_mode():
         full = ref(torch.cat([ctx, question], 1), attention_mask=mask[None, None]).logits[:, T:]
     torch.testing.assert_close(got, full, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3"])
+@pytest.mark.parametrize("method,allocator", [("snapkv", "pyramid"), ("h2o", "uniform")])
+def test_compressed_model_equals_per_layer_per_head_masked_model(arch, method, allocator):
+    """The whole model on a compressed cache (different tokens per layer and per KV head) equals the full
+    model whose question rows cannot see, in each layer and head, the context tokens that were evicted."""
+    model = ts.prepare(make_model(arch))
+    ctx, question = ids(30, T), ids(31, Q)
+    c = ts.compress(model, None, ctx, method, keep=0.3, allocator=allocator)
+    with torch.inference_mode():
+        got = model(question, past_key_values=c.cache.fork()).logits
+
+    masks = {}
+    for layer in c.cache.sieve_layers:
+        kept = torch.zeros(1, layer.token_index.shape[1], T, dtype=torch.bool).scatter_(2, layer.token_index, True)
+        mask = torch.ones(T + Q, T + Q, dtype=torch.bool).tril().repeat(1, kept.shape[1], 1, 1)
+        mask[:, :, T:, :T] &= kept[:, :, None, :]
+        masks[layer.layer_idx] = mask
+
+    def oracle(module, query, key, value, attention_mask, **kwargs):
+        mask = masks.get(module.layer_idx, attention_mask)  # sliding layers keep the model's own mask
+        if module.layer_idx in masks:
+            mask = mask.repeat_interleave(query.shape[1] // key.shape[1], 1)
+        return sdpa_attention_forward(module, query, key, value, mask, **kwargs)
+
+    AttentionInterface.register("test_masked_oracle", oracle)
+    AttentionMaskInterface.register("test_masked_oracle", sdpa_mask)  # sliding layers need their masks built
+    ref = twin(model)
+    ref.set_attn_implementation("test_masked_oracle")
+    with torch.inference_mode():
+        want = ref(torch.cat([ctx, question], 1)).logits[:, T:]
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
 
 
 def test_per_head_selection_equals_per_head_masking():

@@ -45,11 +45,11 @@ def cmd_methods(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    table = Table(title="tokensieve methods (prefill eviction)")
-    for col in ("id", "paper", "rule"):
+    table = Table(title="tokensieve methods")
+    for col in ("id", "kind", "paper", "rule"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(r["id"], escape(r["paper"]), escape(r["rule"]))
+        table.add_row(r["id"], r["kind"], escape(r["paper"]), escape(r["rule"]))
     console.print(table)
     return 0
 

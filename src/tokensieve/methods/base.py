@@ -25,6 +25,7 @@ class Method(ABC):
     id: ClassVar[str]
     paper: ClassVar[str]
     rule: ClassVar[str]
+    kind: ClassVar[str] = "prefill eviction"  # the family `tokensieve methods` groups it under
 
     sinks: int = 0
     window: float = 0
@@ -45,4 +46,4 @@ class Method(ABC):
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def describe(self) -> dict[str, Any]:
-        return {"id": self.id, "paper": self.paper, "rule": self.rule, "defaults": self.params()}
+        return {"id": self.id, "kind": self.kind, "paper": self.paper, "rule": self.rule, "defaults": self.params()}

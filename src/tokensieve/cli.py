@@ -1,4 +1,4 @@
-"""Command line: ``tokensieve methods | generate | demo``."""
+"""Command line: ``tokensieve methods | generate | demo | bench``."""
 
 from __future__ import annotations
 
@@ -123,6 +123,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.model, args.method, args.keep, args.tokens, args.depth, console)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench.cli import run_bench
+
+    return run_bench(args, console)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tokensieve", description="Token importance for Hugging Face models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -166,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--tokens", type=int, default=2000)
     d.add_argument("--depth", type=float, default=0.5)
     d.set_defaults(func=cmd_demo)
+
+    from .bench.cli import add_arguments
+
+    b = sub.add_parser("bench", help="rank methods on offline long-context tasks: prefill once, compress many")
+    add_arguments(b)
+    b.set_defaults(func=cmd_bench)
     return p
 
 

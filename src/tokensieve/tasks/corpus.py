@@ -1,12 +1,85 @@
-"""Natural prose that ships with the package (original essays, MIT-licensed with the code)."""
+"""Natural prose available offline, with licences that allow using it.
+
+- ``essays``: the bundled essays (original text, MIT-licensed with the code), about 2.5k tokens.
+- ``pydoc``: the Python Language Reference topics that CPython ships in its standard library
+  (``pydoc_data.topics``, PSF licence), about 110k tokens of English technical prose. Read at run time
+  from the interpreter, never copied into the repository.
+- ``licenses``: the licence texts Debian ships in ``/usr/share/common-licenses`` (verbatim copying is
+  allowed), when that directory exists. Not in the default set, so results do not depend on the distro.
+
+The text of ``pydoc`` depends on the Python version; ``fingerprint()`` identifies what a run used.
+"""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from functools import cache
 from importlib.resources import files
+from pathlib import Path
+
+DEFAULT_SOURCES = ("essays", "pydoc")
+LICENSES_DIR = Path("/usr/share/common-licenses")
 
 
 @cache
 def paragraphs() -> tuple[str, ...]:
     text = files("tokensieve").joinpath("data/essays.txt").read_text(encoding="utf-8")
     return tuple(p.strip() for p in text.split("\n\n") if len(p.split()) > 12)
+
+
+def _essays() -> list[str]:
+    text = files("tokensieve").joinpath("data/essays.txt").read_text(encoding="utf-8")
+    return [text.strip()]
+
+
+def _pydoc() -> list[str]:
+    from pydoc_data.topics import topics
+
+    return [topics[k].strip() for k in sorted(topics)]
+
+
+def _licenses() -> list[str]:
+    if not LICENSES_DIR.is_dir():
+        raise FileNotFoundError(f"{LICENSES_DIR} does not exist on this machine: use the sources essays,pydoc")
+    seen, out = set(), []
+    for path in sorted(LICENSES_DIR.iterdir()):
+        real = path.resolve()  # GPL -> GPL-3 and similar links: each text once
+        if real.is_file() and real not in seen:
+            seen.add(real)
+            out.append(real.read_text(encoding="utf-8", errors="replace").strip())
+    return out
+
+
+SOURCES = {"essays": _essays, "pydoc": _pydoc, "licenses": _licenses}
+
+
+@cache
+def documents(sources: Sequence[str] = DEFAULT_SOURCES) -> tuple[str, ...]:
+    """Whole documents from ``sources``, in a fixed order."""
+    out: list[str] = []
+    for name in sources:
+        if name not in SOURCES:
+            raise ValueError(f"unknown corpus source {name!r}; choose from {', '.join(SOURCES)}")
+        out.extend(SOURCES[name]())
+    return tuple(out)
+
+
+@cache
+def prose_paragraphs(sources: Sequence[str] = DEFAULT_SOURCES) -> tuple[str, ...]:
+    """Paragraphs of running prose (line wraps undone; headings, rules and short code lines dropped)."""
+    out = []
+    for doc in documents(tuple(sources)):
+        for block in doc.split("\n\n"):
+            text = " ".join(block.split())
+            if len(text.split()) >= 12 and not set(text) <= set("*=-~ ") and text[-1] in ".:;)\"'":
+                out.append(text)
+    return tuple(out)
+
+
+def fingerprint(sources: Sequence[str] = DEFAULT_SOURCES) -> str:
+    """A short hash of the corpus text, recorded with results (``pydoc`` follows the Python version)."""
+    h = hashlib.sha256()
+    for doc in documents(tuple(sources)):
+        h.update(doc.encode())
+    return h.hexdigest()[:12]

@@ -1,0 +1,206 @@
+"""Run kvpress cells for ``tokensieve bench --compare kvpress``, in kvpress's own environment.
+
+kvpress 0.5.5 needs transformers < 5.3 (its hooks read ``cache_position``, which transformers 5.3+ no
+longer passes to attention layers), so it lives in a separate virtual environment and this script runs
+there as a subprocess: it imports only the standard library, torch, transformers, kvpress and the
+sibling ``metrics.py`` (loaded by path), never tokensieve.
+
+Protocol: the first stdin line is the setup ``{"model": dir, "threads": n}``; every further line is one
+job ``{"sample": {...}, "cells": [{"press": name, "params": {...}, "keep": k}, ...]}``. For each cell
+the worker prints one JSON line, then ``{"done": true}`` after the job. Retrieval cells go through
+kvpress's own ``KVPressTextGenerationPipeline``; fidelity cells apply the press exactly as that pipeline
+does (``with press(model): model.model(context)``) and then score the continuation teacher-forced.
+A ``press`` of ``null`` is the full cache.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+# run as a script, this file's folder is sys.path[0]: its siblings must not shadow real packages
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+import torch  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("ts_bench_metrics", _HERE / "metrics.py")
+metrics = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(metrics)
+
+# presses that need the attention matrix (kvpress reads it from eager attention)
+EAGER = {"ObservedAttentionPress"}
+
+
+def cache_bytes(cache) -> int:
+    """Bytes of the keys and values the cache holds (its tensors' own sizes; kvpress slices answers off)."""
+    total = 0
+    for layer in cache.layers:
+        for t in (layer.keys, layer.values):
+            if t is not None and t.numel():
+                total += t.numel() * t.element_size()
+    return total
+
+
+def held(cache) -> list[int]:
+    return [int(layer.keys.shape[-2]) for layer in cache.layers]
+
+
+class Worker:
+    def __init__(self, model_dir: str, threads: int | None) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        import kvpress
+        from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+        self.kvpress = kvpress
+        self.tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=torch.float32, local_files_only=True, attn_implementation="sdpa"
+        ).eval()
+        self.pipe = pipeline("kv-press-text-generation", model=self.model, tokenizer=self.tok, device="cpu")
+        self.version = kvpress.__version__ if hasattr(kvpress, "__version__") else _version("kvpress")
+
+    def press(self, name: str | None, params: dict, keep: float):
+        if name is None:
+            return None
+        cls = getattr(self.kvpress, name)
+        return cls(compression_ratio=round(1.0 - keep, 6), **params)
+
+    def attention(self, name: str | None) -> None:
+        want = "eager" if name in EAGER else "sdpa"
+        if self.model.config._attn_implementation != want:
+            self.model.set_attn_implementation(want)
+
+    def qa(self, sample: dict, cell: dict) -> dict:
+        from transformers import DynamicCache
+
+        press = self.press(cell["press"], cell.get("params", {}), cell["keep"])
+        self.attention(cell["press"])
+        answers, seconds, kv, tokens = [], 0.0, 0, []
+        pre = self.pipe.preprocess(sample["context"], questions=[""], answer_prefix="", max_context_length=10**9)
+        for q in sample["questions"]:
+            cache = DynamicCache()
+            start = time.perf_counter()
+            with torch.inference_mode():
+                out = self.pipe(
+                    sample["context"],
+                    # tokensieve's chat prompt puts a blank line between the context and the question
+                    question=sample.get("separator", "\n\n") + q["text"],
+                    answer_prefix=q["answer_prefix"],
+                    press=press,
+                    max_new_tokens=q["max_new_tokens"],
+                    cache=cache,
+                )
+            seconds += time.perf_counter() - start
+            answers.append(out["answer"])
+            kv, tokens = cache_bytes(cache), held(cache)
+        return {
+            "answers": answers,
+            "seconds": seconds,
+            "kv_bytes": kv,
+            "tokens_held": tokens,
+            "context_tokens": int(pre["context_ids"].shape[1]),
+        }
+
+    def fidelity(self, sample: dict, cell: dict, ref: dict) -> dict:
+        from transformers import DynamicCache
+
+        press = self.press(cell["press"], cell.get("params", {}), cell["keep"])
+        self.attention(cell["press"])
+        ctx = torch.tensor([sample["context_ids"]])
+        cont = torch.tensor(sample["continuation"])
+        t = ctx.shape[1]
+        cache = DynamicCache()
+        start = time.perf_counter()
+        with torch.inference_mode():
+            with press(self.model) if press is not None else _null():
+                out = self.model.model(input_ids=ctx, past_key_values=cache)  # as the kvpress pipeline does
+            kv, tokens = cache_bytes(cache), held(cache)
+            last = self.model.lm_head(out.last_hidden_state[:, -1])
+            inputs = cont[:-1].view(1, -1)
+            true_logits = self.model(
+                input_ids=inputs, past_key_values=cache, position_ids=torch.arange(t, t + inputs.shape[1])[None]
+            ).logits[0]
+            cache.crop(-inputs.shape[1])
+            if ref.get("greedy") is None:  # the full cache: decode its greedy continuation
+                g = [int(last.argmax())]
+                for i in range(sample["meta"]["greedy"] - 1):
+                    step = self.model(
+                        input_ids=torch.tensor([[g[-1]]]),
+                        past_key_values=cache,
+                        position_ids=torch.tensor([[t + i]]),
+                    ).logits[0, -1]
+                    g.append(int(step.argmax()))
+                cache.crop(-(len(g) - 1))
+                ref["greedy"] = g
+            g = torch.tensor(ref["greedy"])
+            greedy_logits = self.model(
+                input_ids=g[:-1].view(1, -1), past_key_values=cache, position_ids=torch.arange(t, t + len(g) - 1)[None]
+            ).logits[0]
+        seconds = time.perf_counter() - start
+        if "logprobs" not in ref:
+            ref["logprobs"] = metrics.reference(true_logits)
+        m = metrics.fidelity(true_logits, cont[1:], ref["logprobs"], greedy_logits, g[1:])
+        return {
+            "metrics": m,
+            "target_logprobs": metrics.target_logprobs(true_logits, cont[1:]),
+            "seconds": seconds,
+            "kv_bytes": kv,
+            "tokens_held": tokens,
+            "context_tokens": t,
+        }
+
+    def job(self, job: dict) -> None:
+        sample = job["sample"]
+        ref: dict = {}
+        cells = sorted(job["cells"], key=lambda c: c["press"] is not None)  # the full cache first
+        for cell in cells:
+            try:
+                if sample.get("context_ids") is not None:
+                    if cell["press"] is not None and not ref:
+                        self.fidelity(sample, {"press": None, "keep": 1.0}, ref)
+                    res = self.fidelity(sample, cell, ref)
+                else:
+                    res = self.qa(sample, cell)
+            except Exception as e:  # report, keep going: one failing press must not sink the run
+                res = {"error": f"{type(e).__name__}: {e}"}
+            emit({"cell": cell, **res})
+        emit({"done": True})
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _version(name: str) -> str:
+    from importlib.metadata import version
+
+    return version(name)
+
+
+def emit(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def main() -> None:
+    setup = json.loads(sys.stdin.readline())
+    worker = Worker(setup["model"], setup.get("threads"))
+    import transformers
+
+    emit({"ready": True, "kvpress": worker.version, "transformers": transformers.__version__})
+    for line in sys.stdin:
+        if line.strip():
+            worker.job(json.loads(line))
+
+
+if __name__ == "__main__":
+    main()

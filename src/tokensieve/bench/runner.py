@@ -337,7 +337,8 @@ def run(cfg: Config, console: Console | None = None, command: str = "") -> Path:
     )
     try:
         with open(path, "a") as f, Progress(*columns, console=console) as bar:
-            f.write(json.dumps({**meta(cfg), "command": command}) + "\n")
+            versions = bridge.versions if bridge is not None else None
+            f.write(json.dumps({**meta(cfg), "command": command, "kvpress_versions": versions}) + "\n")
             job = bar.add_task("cells", total=total)
             for todo in todos:
                 sample = todo.task.sample(env.tok, todo.length, todo.index, cfg.seed)

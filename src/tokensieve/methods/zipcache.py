@@ -27,6 +27,6 @@ class ZipCache(Method):
         return Needs(window=self.recent, probes=self.probes)
 
     def score(self, x: ScoreInputs) -> Tensor:
-        probs, rows = x.probe_probs()  # [B, Hkv, G, n, T]
+        probs, rows = x.probe_probs(self.recent, self.probes)  # [B, Hkv, G, n, T]
         summed = probs.sum(3).mean(2)
         return summed / x.visible_counts(rows).clamp(min=1).unsqueeze(1)

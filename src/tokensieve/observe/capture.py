@@ -32,20 +32,27 @@ class LayerObservation:
     n_window: int
     stats: dict[str, Tensor]
     scaling: float
+    seed: int = 0  # of the probe draw
 
     @property
     def nbytes(self) -> int:
         return self.queries.nbytes + sum(s.nbytes for s in self.stats.values())
 
 
+def probe_uniform(n_rows: int, seed: int = 0) -> Tensor:
+    """One seeded uniform draw per row, fixed by (n_rows, seed): what decides which rows are probes."""
+    return torch.rand(n_rows, generator=torch.Generator().manual_seed(seed))
+
+
 def probe_rows(n_rows: int, window: int, fraction: float, seed: int = 0) -> Tensor:
-    """A seeded random subset of the rows before the window (the same rows for every layer)."""
+    """The rows before the window whose draw is below ``fraction`` (about that fraction of them; the same
+    rows for every layer). A row's membership depends only on (n_rows, seed, row), so a smaller window or
+    fraction selects a subset of a larger one's rows: one prefill that captured the union serves every
+    method exactly as its own prefill would (see ``ScoreInputs.probe_probs``)."""
     head = max(0, n_rows - window)
-    n = round(fraction * head)
-    if n == 0:
+    if head == 0 or fraction <= 0:
         return torch.empty(0, dtype=torch.long)
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randperm(head, generator=gen)[:n].sort().values
+    return (probe_uniform(n_rows, seed)[:head] < fraction).nonzero().flatten()
 
 
 def observe(
@@ -63,4 +70,4 @@ def observe(
     window = min(needs.window, t)
     rows = torch.cat([probe_rows(t, window, needs.probes, seed), torch.arange(t - window, t)]).to(query.device)
     stats = accumulate(sorted(needs.stats, key=lambda s: s.key), q, keys, valid, scaling, max_chunk_bytes)
-    return LayerObservation(q[:, :, :, rows].clone(), rows, window, stats, scaling)
+    return LayerObservation(q[:, :, :, rows].clone(), rows, window, stats, scaling, seed)

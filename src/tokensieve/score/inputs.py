@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ..observe.capture import LayerObservation
+from ..observe.capture import LayerObservation, probe_uniform
 from ..observe.stats import ColumnStat
 from .attention import attention_probs, visible_counts
 
@@ -43,10 +43,19 @@ class ScoreInputs:
         q, rows = obs.queries[:, :, :, n - window :], obs.rows[n - window :]
         return attention_probs(q.float(), self.keys.float(), rows, self.valid, obs.scaling)
 
-    def probe_probs(self) -> tuple[Tensor, Tensor]:
-        """Attention of every captured row (probes plus window), with their token indices."""
+    def probe_probs(self, recent: int | None = None, fraction: float | None = None) -> tuple[Tensor, Tensor]:
+        """Attention of the captured probe and window rows, with their token indices. With ``recent`` and
+        ``fraction``, only the rows this setting would have captured alone: the last ``recent`` rows plus the
+        earlier rows whose probe draw is below ``fraction`` (a prefill shared with methods that need a larger
+        window or fraction captured a superset)."""
         obs = self._obs("probe queries")
-        return attention_probs(obs.queries.float(), self.keys.float(), obs.rows, self.valid, obs.scaling), obs.rows
+        q, rows = obs.queries, obs.rows
+        if recent is not None and fraction is not None:
+            t = self.keys.shape[2]
+            draw = probe_uniform(t, obs.seed).to(rows.device)[rows]
+            keep = (rows >= t - recent) | (draw < fraction)
+            q, rows = q[:, :, :, keep], rows[keep]
+        return attention_probs(q.float(), self.keys.float(), rows, self.valid, obs.scaling), rows
 
     def visible_counts(self, rows: Tensor) -> Tensor:
         return visible_counts(rows, self.keys.shape[2], self.valid, self.keys.shape[0])

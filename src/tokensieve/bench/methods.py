@@ -77,7 +77,14 @@ PRESSES: dict[str, Press] = {
     p.name: p
     for p in (
         Press("streaming", "StreamingLLMPress", "streaming", "streaming", "same rule: 4 sinks + most recent"),
-        Press("knorm", "KnormPress", "knorm", "knorm", "same rule: -||k||"),
+        Press(
+            "knorm",
+            "KnormPress",
+            "knorm",
+            "knorm",
+            "same rule, -||k||; exact ties are broken differently (a repeated token's keys have equal norms in "
+            "layer 0, as RoPE keeps norms: tokensieve keeps the later token, kvpress's torch.topk any of them)",
+        ),
         Press(
             "snapkv",
             "SnapKVPress",

@@ -337,6 +337,8 @@ def run(cfg: Config, console: Console | None = None, command: str = "") -> Path:
     )
     try:
         with open(path, "a") as f, Progress(*columns, console=console) as bar:
+            if f.tell() and not path.read_bytes().endswith(b"\n"):
+                f.write("\n")  # a line cut by an interrupted run stays alone (and is ignored)
             versions = bridge.versions if bridge is not None else None
             f.write(json.dumps({**meta(cfg), "command": command, "kvpress_versions": versions}) + "\n")
             job = bar.add_task("cells", total=total)

@@ -1,0 +1,346 @@
+"""tokensieve bench: task generators, scoring rules, prefill reuse, stacking, resume, report, kvpress agreement.
+
+Everything here runs on tiny random models and a byte-level tokenizer built in the test (one token per
+byte, so lengths and depths are easy to check); the real tokenizer's lengths are checked in test_real-style
+tests marked ``real`` at the end.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+import tokensieve as ts
+from conftest import COMMON, make_model
+from tokensieve.bench import cells as ev
+from tokensieve.bench.methods import PRESSES, MethodSpec, default_methods
+from tokensieve.bench.report import Results, write_summary
+from tokensieve.bench.runner import Config, load_done, run
+from tokensieve.cli import main
+from tokensieve.tasks import GROUPS, Item, Question, expand_tasks, get_task, score
+from tokensieve.tasks.ruler import spread_depth
+
+VOCAB = 258  # 256 bytes + eos + pad
+
+
+@pytest.fixture(scope="module")
+def byte_tok() -> PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, decoders, models
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    vocab = {c: i for i, c in enumerate(sorted(ByteLevel.alphabet()))}
+    vocab["<eos>"], vocab["<pad>"] = 256, 257
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
+
+
+def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**{**COMMON, "vocab_size": VOCAB, "max_position_embeddings": 4096}))
+    model.generation_config.eos_token_id = 256
+    model.generation_config.pad_token_id = 257
+    return model.eval()
+
+
+# --- scoring rules ------------------------------------------------------------------------------
+
+
+def test_scoring_rules():
+    one = Question("q", [Item("4821937")], "contains")
+    assert score("The number is 4821937.", one)[0] == 1.0
+    assert score("48219370", one)[0] == 0.0  # whole tokens only: a longer number is wrong
+    assert score("It is 4821936", one)[0] == 0.0
+    many = Question("q", [Item("Raven"), Item("owl"), Item("fox"), Item("e32a-77")], "recall")
+    s, hits = score("raven, OWL and e32a-77!", many)
+    assert s == 0.75 and hits == [True, True, False, True]
+    exact = Question("q", [Item("Blue sky")], "exact")
+    assert score(" blue sky. ", exact)[0] == 1.0 and score("the blue sky", exact)[0] == 0.0
+    with pytest.raises(ValueError, match="unknown scoring rule"):
+        score("x", Question("q", [Item("x")], "fuzzy"))
+
+
+# --- generators: lengths, placement, determinism --------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", GROUPS["all"])
+def test_every_task_fits_its_length_and_is_deterministic(byte_tok, spec):
+    task = get_task(spec)
+    fmt = ts.PromptFormat(byte_tok)
+    n = 1500
+    s = task.sample(byte_tok, n, 3)
+    again = task.sample(byte_tok, n, 3)
+    other = task.sample(byte_tok, n, 4)
+    assert s.to_dict() == again.to_dict() and s.to_dict() != other.to_dict()
+    if s.context_ids is not None:  # fidelity: exact length, true continuation
+        assert len(s.context_ids) == n and len(s.continuation) == task.continuation + 1
+        return
+    got = len(fmt.context_ids(s.context))
+    slack = 400 if "prose" in spec else 40  # within one sentence of the target (one byte per token here)
+    assert n - slack <= got <= n, (spec, got)
+    for q in s.questions:
+        for it in q.items:
+            assert it.text in s.context, it  # every expected item is in the context
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_needle_sits_at_its_depth(byte_tok, index):
+    s = get_task("niah_single").sample(byte_tok, 2000, index)
+    ids = ts.PromptFormat(byte_tok).context_ids(s.context)
+    item = s.questions[0].items[0]
+    needle = "One of the special magic numbers for"
+    pos = s.context.index(needle)  # one byte per token: the character offset is the token offset
+    assert s.context.count(item.text) == 1
+    assert abs(pos / len(ids) - item.depth) < 0.01
+    assert abs(item.depth - spread_depth(index)) < 0.03  # the requested depth, within a filler sentence
+
+
+def test_multi_needle_tasks(byte_tok):
+    mk = get_task("niah_multikey").sample(byte_tok, 2000, 0)
+    assert mk.context.count("One of the special magic numbers for") == 4  # the target + 3 distractors
+    mv = get_task("niah_multivalue").sample(byte_tok, 2000, 0)
+    key = mv.questions[0].text.split(" for ")[1].split(" mentioned")[0]
+    assert mv.context.count(f"numbers for {key} is:") == 4 and len(mv.questions[0].items) == 4
+    mq = get_task("niah_multiquery:value=word").sample(byte_tok, 2000, 0)
+    assert len({it.text for it in mq.questions[0].items}) == 4 and mq.questions[0].rule == "recall"
+    for s in (mk, mv, mq):
+        depths = [it.depth for it in s.questions[0].items]
+        assert all(0.0 <= d <= 1.0 for d in depths)
+
+
+def test_variable_tracking_chain_in_order(byte_tok):
+    s = get_task("vt").sample(byte_tok, 2000, 1)
+    names = [it.text for it in s.questions[0].items]
+    value = s.questions[0].text.split("value ")[1].split(" ")[0]
+    pos = [s.context.index(f"VAR {names[0]} = {value}.")]
+    pos += [s.context.index(f"VAR {b} = {a}.") for a, b in itertools.pairwise(names)]
+    assert pos == sorted(pos) and len(set(names)) == len(names)
+
+
+def test_common_and_frequent_words_have_unambiguous_answers(byte_tok):
+    for n in (1000, 4000):  # a long list needs the other words to repeat more: still strictly fewer
+        s = get_task("cwe").sample(byte_tok, n, 0)
+        words = [line.split(". ", 1)[1] for line in s.context.splitlines()[1:]]
+        counts = Counter(words)
+        common = {it.text for it in s.questions[0].items}
+        assert min(counts[w] for w in common) > max(c for w, c in counts.items() if w not in common)
+    s = get_task("fwe").sample(byte_tok, 2000, 2)
+    counts = Counter(s.context.splitlines()[1].split())
+    top = {it.text for it in s.questions[0].items}
+    assert min(counts[w] for w in top) > max(c for w, c in counts.items() if w not in top)
+
+
+def test_fidelity_samples_read_disjoint_text(byte_tok):
+    task = get_task("fidelity")
+    spans = []
+    for i in range(6):
+        s = task.sample(byte_tok, 1000, i)
+        spans.append((s.meta["start"], s.meta["start"] + 1000 + task.continuation + 1))
+    spans.sort()
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
+
+
+def test_task_specs_and_errors():
+    assert [t.spec() for t in expand_tasks("fidelity,niah_single:haystack=prose:value=uuid")] == [
+        "fidelity",
+        "niah_single:haystack=prose:value=uuid",
+    ]
+    with pytest.raises(ValueError, match="unknown task"):
+        get_task("niah_double")
+    with pytest.raises(ValueError, match="takes"):
+        get_task("niah_single:depth=3")
+
+
+# --- prefill once, compress many ------------------------------------------------------------------
+
+SPECS = [
+    *(m.label for m in default_methods()),
+    *(p.matched for p in PRESSES.values() if p.matched),
+    "h2o@pyramid",
+]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_cell_from_shared_prefill_equals_cell_from_its_own_prefill(arch):
+    model = ts.prepare(make_model(arch))
+    ctx = torch.randint(3, 128, (1, 150), generator=torch.Generator().manual_seed(0))
+    specs = [MethodSpec.parse(s) for s in SPECS]
+    shared = ts.prefill(model, None, ctx, methods=[s.method() for s in specs])
+    cont = torch.randint(3, 128, (12,), generator=torch.Generator().manual_seed(1))
+    for spec in specs:
+        for keep in (0.5, 0.1):
+            a = shared.compress(spec.method(), keep=keep, allocator=spec.allocator)
+            b = ts.compress(model, None, ctx, spec.method(), keep=keep, allocator=spec.allocator)
+            for la, lb in zip(a.cache.sieve_layers, b.cache.sieve_layers, strict=True):
+                assert torch.equal(la.token_index, lb.token_index), (spec.label, keep)
+                assert torch.equal(la.keys, lb.keys) and torch.equal(la.values, lb.values)
+            assert torch.equal(ev.forward_logits(a, cont), ev.forward_logits(b, cont)), spec.label
+
+
+def test_stacked_cells_equal_cells_alone():
+    model = ts.prepare(tiny_llama())
+    ctx = torch.randint(3, 250, (1, 120), generator=torch.Generator().manual_seed(2))
+    specs = [MethodSpec.parse(s) for s in ("snapkv", "h2o", "knorm", "streaming", "tova")]
+    pre = ts.prefill(model, None, ctx, methods=[s.method() for s in specs])
+    cells = [pre.compress(s.method(), keep=0.3) for s in specs]
+    assert ev.groups(cells, 8) == [[0, 1, 2, 3, 4]] and ev.groups(cells, 2) == [[0, 1], [2, 3], [4]]
+    stacked = ev.stack(cells)
+    cont = torch.randint(3, 250, (10,), generator=torch.Generator().manual_seed(3))
+    together = ev.forward_logits(stacked, cont)
+    for r, c in enumerate(cells):
+        torch.testing.assert_close(together[r : r + 1], ev.forward_logits(c, cont), atol=1e-5, rtol=1e-5)
+    q = torch.randint(3, 250, (1, 5), generator=torch.Generator().manual_seed(4))
+    rows = stacked.generate(q.expand(len(cells), -1), max_new_tokens=6, min_new_tokens=6)
+    for r, c in enumerate(cells):
+        assert torch.equal(rows[r], c.generate(q, max_new_tokens=6, min_new_tokens=6)[0])
+    # a pyramid cell has other per-layer sizes: it is evaluated in its own group
+    mixed = [*cells, pre.compress("snapkv", keep=0.3, allocator="pyramid")]
+    assert [len(g) for g in ev.groups(mixed, 8)] == [5, 1]
+
+
+# --- the runner: one JSON line per cell, resume, report -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, byte_tok) -> Path:
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_llama().save_pretrained(path)
+    byte_tok.save_pretrained(path)
+    return path
+
+
+def _config(tiny_dir: Path, out: Path, samples: int = 2, **kw) -> Config:
+    return Config(
+        tasks=expand_tasks("fidelity,niah_single"),
+        lengths=[300],
+        methods=[MethodSpec.parse(s) for s in ("snapkv", "knorm", "h2o@pyramid")],
+        keeps=[0.5, 0.25],
+        samples=samples,
+        out=out,
+        model=str(tiny_dir),
+        threads=None,
+        **kw,
+    )
+
+
+def _cells(path: Path) -> list[dict]:
+    return [
+        json.loads(ln) for ln in path.read_text().splitlines() if ln.startswith('{"type": "cell"') and ln[-1] == "}"
+    ]
+
+
+def test_runner_writes_one_line_per_cell_and_resumes(tiny_dir, tmp_path):
+    cfg = _config(tiny_dir, tmp_path / "run")
+    path = run(cfg)
+    cells = _cells(path)
+    assert len(cells) == 2 * 2 * (1 + 3 * 2)  # tasks x samples x (full + methods x keeps)
+    for c in cells:
+        assert {"score", "kv_bytes", "kv_bytes_full", "tokens_held", "prefill_seconds", "eval_seconds"} <= set(c)
+        assert 0.0 <= c["score"] <= 1.0
+        if c["method"] != "full":
+            assert c["kv_bytes"] < c["kv_bytes_full"]
+    fid = {(c["method"], c["keep"], c["sample"]): c for c in cells if c["kind"] == "fidelity"}
+    assert fid[("full", 1.0, 0)]["metrics"]["kl"] == 0.0 and fid[("full", 1.0, 0)]["metrics"]["top1"] == 1.0
+    assert fid[("knorm", 0.25, 0)]["metrics"]["kl"] > 0.0
+
+    run(cfg)  # everything is done: nothing is added
+    assert len(_cells(path)) == len(cells)
+
+    lines = path.read_text().splitlines()
+    kept = [ln for ln in lines if '"method": "knorm"' not in ln or '"sample": 1' not in ln]
+    path.write_text("\n".join(kept) + "\n" + '{"type": "cell", "engine": "tok')  # and a line cut mid-write
+    assert len(load_done(path)) == len(cells) - 4  # knorm x 2 keeps x 2 tasks of sample 1
+    run(cfg)
+    redone = [c for c in _cells(path) if c["method"] == "knorm" and c["sample"] == 1]
+    assert len(redone) == 4 and len(load_done(path)) == len(cells)
+    before = {(c["task"], c["keep"]): c["score"] for c in cells if c["method"] == "knorm" and c["sample"] == 1}
+    for c in redone:  # the same cell computed again (in a smaller batch) scores the same
+        assert c["score"] == pytest.approx(before[(c["task"], c["keep"])], abs=1e-6)
+
+
+def test_runner_cell_equals_its_own_prefill(tiny_dir, tmp_path):
+    """The sweep's fidelity metrics for one cell equal those computed with a prefill of its own."""
+    cfg = _config(tiny_dir, tmp_path / "run", samples=1)
+    cfg.tasks = expand_tasks("fidelity")
+    path = run(cfg)
+    rec = next(c for c in _cells(path) if c["method"] == "snapkv" and c["keep"] == 0.25)
+    model, tok = ts.load_model(str(tiny_dir))
+    sample = cfg.tasks[0].sample(tok, 300, 0)
+    ctx = torch.tensor([sample.context_ids])
+    full = ts.prefill(model, tok, ctx)
+    ref = ev.FidelityRef.build(full.full(), sample.continuation, int(full.last_logits[0].argmax()), 32)
+    own = ev.fidelity_rows(ts.compress(model, tok, ctx, "snapkv", keep=0.25), ref).value[0]
+    for k in ("nll", "kl", "top1", "greedy"):
+        assert rec["metrics"][k] == pytest.approx(own[k], abs=1e-5), k
+
+
+def test_report_and_plots(tiny_dir, tmp_path):
+    out = tmp_path / "run"
+    run(_config(tiny_dir, out, samples=1))
+    summary = write_summary(out).read_text()
+    assert "**full cache**" in summary and "| keep 0.5 | keep 0.25 |" in summary
+    assert "snapkv" in summary and "h2o@pyramid" in summary and "KV MiB" in summary
+    from tokensieve.bench.plots import write_plots
+
+    names = {p.name for p in write_plots(out)}
+    assert {"score_vs_keep.png", "needle_depth.png"} <= names
+    assert all((out / n).stat().st_size > 10_000 for n in names)
+    res = Results.load(out / "results.jsonl")
+    assert {c["method"] for c in res.cells} == {"full", "snapkv", "knorm", "h2o@pyramid"}
+
+
+def test_cli_bench_rejects_bad_input_in_one_line(capsys, tmp_path):
+    for argv, msg in (
+        (["--keep", "0.5,1.5"], "outside (0, 1]"),
+        (["--keep", "1.0"], "full cache"),
+        (["--tasks", "niah_double"], "unknown task"),
+        (["--methods", "snapkv,nope"], "unknown method id"),
+        (["--methods", "snapkv@wedge"], "unknown budget allocator"),
+        (["--compare", "vllm"], "only comparison"),
+    ):
+        rc = main(["bench", "--out", str(tmp_path / "x"), *argv])
+        err = capsys.readouterr().err
+        assert rc == 2 and msg in err and err.count("\n") == 1, (argv, err)
+    assert main(["bench", "--out", str(tmp_path / "missing"), "--report-only"]) == 2
+
+
+# --- kvpress: matched definitions give the same cells (needs .venv-kvpress; skipped otherwise) ----
+
+
+def test_kvpress_matched_presses_agree(tiny_dir):
+    """The same cells through kvpress (its own environment and hooks) and tokensieve agree to float rounding.
+    The context repeats no token: repeated tokens have equal key norms in layer 0 (RoPE keeps norms), and
+    the two libraries break such exact ties differently (tokensieve keeps the later token)."""
+    from tokensieve.bench.kvpress_bridge import Bridge, available
+    from tokensieve.tasks import Sample
+
+    if available() is None:
+        pytest.skip("kvpress environment not installed (scripts/setup_kvpress.sh)")
+    model, tok = ts.load_model(str(tiny_dir))
+    ids = (torch.randperm(250, generator=torch.Generator().manual_seed(5)) + 3).tolist()
+    sample = Sample("fidelity", 0, 200, context_ids=ids[:200], continuation=ids[200:217], meta={"greedy": 8})
+    ctx = torch.tensor([sample.context_ids])
+    names = ("streaming", "knorm", "observed_attention", "tova")
+    specs = [MethodSpec.parse(PRESSES[n].matched) for n in names]
+    pre = ts.prefill(model, tok, ctx, methods=[s.method() for s in specs])
+    ref = ev.FidelityRef.build(pre.full(), sample.continuation, int(pre.last_logits[0].argmax()), 8)
+    bridge = Bridge(str(tiny_dir), None)
+    try:
+        cells = [(None, 1.0), *((PRESSES[n], 0.5) for n in names)]
+        got = {p.name if p else "full": res for p, _, res in bridge.run(sample, cells)}
+    finally:
+        bridge.close()
+    for n, spec in zip(("full", *names), (None, *specs), strict=True):
+        c = pre.full() if spec is None else pre.compress(spec.method(), keep=0.5)
+        mine = ev.fidelity_rows(c, ref).value[0]
+        assert "error" not in got[n], got[n]
+        assert got[n]["kv_bytes"] == c.stats.kv_bytes, n
+        theirs = torch.tensor(got[n]["target_logprobs"])
+        torch.testing.assert_close(torch.tensor(mine["target_logprobs"]), theirs, atol=1e-5, rtol=0), n

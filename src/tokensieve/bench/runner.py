@@ -24,7 +24,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..pipeline import Compressed, Prefill, prefill
+from ..pipeline import Compressed, Prefill, compress, prefill
 from ..prompts import PromptFormat, clean_answer
 from ..tasks import Sample, Task
 from ..tasks.base import score
@@ -52,6 +52,11 @@ class Config:
     threads: int | None = 1
     max_batch: int = 8
     kvpress_python: str | None = None
+    naive: bool = False  # one prefill per cell (the cost the shared prefill avoids): for speed runs
+
+    @property
+    def engine(self) -> str:
+        return "tokensieve-naive" if self.naive else "tokensieve"
 
     def settings(self, task: Task) -> list[str]:
         return [AGNOSTIC, AWARE] if self.query_aware and task.kind == "retrieval" else [AGNOSTIC]
@@ -102,7 +107,7 @@ def plan(cfg: Config, done: set[tuple]) -> list[Todo]:
                     ts_cells[setting] = [
                         (m, k)
                         for m, k in want
-                        if ("tokensieve", task.spec(), length, index, m.label if m else FULL, k, setting) not in done
+                        if (cfg.engine, task.spec(), length, index, m.label if m else FULL, k, setting) not in done
                     ]
                 kv: list = []
                 if cfg.presses and (cfg.compare_samples is None or index < cfg.compare_samples):
@@ -166,9 +171,9 @@ def _record_stats(c: Compressed) -> dict[str, Any]:
 def run_tokensieve(
     env: Env, todo: Todo, sample: Sample, setting: str, cells: list, keep_logprobs: set[str]
 ) -> Iterator[dict[str, Any]]:
-    """Every tokensieve cell of one sample and setting, from one prefill."""
+    """Every tokensieve cell of one sample and setting, from one prefill (``naive``: one per cell)."""
     cfg, model, tok = env.cfg, env.model, env.tok
-    methods = [m.method() for m, _ in cells if m is not None]
+    methods = [] if cfg.naive else [m.method() for m, _ in cells if m is not None]
     wall = time.perf_counter()
     if sample.context_ids is not None:  # fidelity: plain token ids
         context = torch.tensor([sample.context_ids])
@@ -179,7 +184,7 @@ def run_tokensieve(
         ids = env.fmt.context_ids(sample.context) + env.fmt.question_ids(q.text, q.answer_prefix)
         context, last = torch.tensor([ids[:-1]]), ids[-1]
     pre: Prefill = prefill(model, tok, context, methods=methods)
-    base = _base(cfg, sample, todo.task, todo.length, setting, "tokensieve")
+    base = _base(cfg, sample, todo.task, todo.length, setting, cfg.engine)
     full = pre.full()
     ref = None
     if sample.context_ids is not None:
@@ -226,8 +231,11 @@ def run_tokensieve(
         )
     for keep in cfg.keeps:
         specs = [m for m, k in cells if m is not None and k == keep]
-        compressed = [pre.compress(m.method(), keep=keep, allocator=m.allocator) for m in specs]
-        for group in ev.groups(compressed, cfg.max_batch):
+        if cfg.naive:
+            compressed = [compress(model, tok, context, m.method(), keep=keep, allocator=m.allocator) for m in specs]
+        else:
+            compressed = [pre.compress(m.method(), keep=keep, allocator=m.allocator) for m in specs]
+        for group in ev.groups(compressed, 1 if cfg.naive else cfg.max_batch):
             batch = ev.stack([compressed[i] for i in group])
             out, seconds = evaluate(batch, len(group))
             for row, i in enumerate(group):
@@ -239,7 +247,7 @@ def run_tokensieve(
                         "keep": keep,
                         **out[row],
                         **_record_stats(c),
-                        "prefill_seconds": round(pre.seconds, 4),
+                        "prefill_seconds": round(c.stats.prefill_seconds if cfg.naive else pre.seconds, 4),
                         "eval_seconds": round(seconds / len(group), 4),
                         "batch": len(group),
                     },
@@ -249,7 +257,7 @@ def run_tokensieve(
         del compressed
     yield {
         "type": "sample",
-        "engine": "tokensieve",
+        "engine": cfg.engine,
         "task": todo.task.spec(),
         "length": todo.length,
         "sample": sample.index,

@@ -21,13 +21,15 @@ from .corpus import prose_paragraphs
 # the repeated filler of the pass-key benchmark (Landmark Attention) that RULER also uses as "noise"
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 HAYSTACKS = ("filler", "prose")
+MAX_WORDS = 30
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(*])")
 
 
 def sentences(haystack: str, rng: random.Random, sources: Sequence[str] | None = None) -> Iterator[str]:
     """An endless stream of sentences. Prose starts at a random paragraph of the corpus and runs on in
-    order (wrapping around), so different samples read different text; paragraph ends carry a blank line."""
+    order (wrapping around), so different samples read different text; paragraph ends carry a blank line.
+    Needles go between these pieces, so a needle may sit inside an overlong sentence, as in RULER."""
     if haystack == "filler":
         parts = _SENTENCE.split(FILLER)
         while True:
@@ -37,9 +39,16 @@ def sentences(haystack: str, rng: random.Random, sources: Sequence[str] | None =
     paras = prose_paragraphs(tuple(sources)) if sources else prose_paragraphs()
     i = rng.randrange(len(paras))
     while True:
-        parts = _SENTENCE.split(paras[i % len(paras)])
+        parts = [piece for s in _SENTENCE.split(paras[i % len(paras)]) for piece in _pieces(s)]
         yield from (*parts[:-1], parts[-1] + "\n")
         i += 1
+
+
+def _pieces(sentence: str, words: int = MAX_WORDS) -> list[str]:
+    """A long sentence (reference prose has some) as pieces of at most ``words`` words, so that fitting a
+    context to its length never leaves more than a short piece of slack."""
+    w = sentence.split(" ")
+    return [" ".join(w[i : i + words]) for i in range(0, len(w), words)]
 
 
 @dataclass

@@ -51,8 +51,8 @@ class Fidelity(Task):
 
     name = "fidelity"
     kind = "fidelity"
-    continuation: int = 64
-    greedy: int = 32
+    continuation: int = 32
+    greedy: int = 16
     sources: str = "+".join(DEFAULT_SOURCES)
     margin: int = 256  # slack per slot so that each span can start at a paragraph
 

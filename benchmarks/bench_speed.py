@@ -112,11 +112,12 @@ def report(out: Path, command: str) -> Path:
             "kvpress against tokensieve on the same cells (wall seconds per cell, mean over samples and keeps).",
             "kvpress prefills once per cell through its own pipeline; `one-shot` is tokensieve's `compress` +",
             "evaluation for the matched spec, also one prefill per cell; `in sweep` is the sample's sweep time",
-            "divided by its cells.",
+            "divided by its cells. Peak RSS is the process's high-water mark during the cell (model included; the",
+            "kvpress worker is its own process, tokensieve's one-shot cells run in the bench process).",
             "",
             "| length | press | matched spec | kvpress s/cell | tokensieve one-shot s/cell | ratio | "
-            "tokensieve in sweep s/cell | ratio |",
-            "|---:|---|---|---:|---:|---:|---:|---:|",
+            "tokensieve in sweep s/cell | ratio | kvpress peak RSS MiB | tokensieve one-shot peak RSS MiB |",
+            "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         groups = defaultdict(list)
         for c in kv:
@@ -125,15 +126,17 @@ def report(out: Path, command: str) -> Path:
             name = method.split(":", 1)[-1]
             spec = "full" if method == "full" else (PRESSES[name].matched if name in PRESSES else None)
             kv_s = mean(c["wall_seconds"] for c in cs)
+            kv_rss = mean(c["rss_peak"] / 2**20 for c in cs if c.get("rss_peak"))
             if spec is None:
-                lines.append(f"| {length} | {method} | - | {fmt(kv_s, 2)} | - | - | - | - |")
+                lines.append(f"| {length} | {method} | - | {fmt(kv_s, 2)} | - | - | - | - | {fmt(kv_rss)} | - |")
                 continue
             mine = [one_shot.get((c["task"], c["length"], c["sample"], spec, c["keep"])) for c in cs]
             os_s = mean(m["prefill_seconds"] + m["compress_seconds"] + m["eval_seconds"] for m in mine if m is not None)
             sw_s = mean(sweep_cost[(c["task"], c["length"], c["sample"])] for c in cs)
+            ts_rss = mean(m["rss_peak"] / 2**20 for m in mine if m is not None and m.get("rss_peak"))
             lines.append(
                 f"| {length} | {method} | {spec} | {fmt(kv_s, 2)} | {fmt(os_s, 2)} | {fmt(kv_s / os_s, 2)}x | "
-                f"{fmt(sw_s, 2)} | {fmt(kv_s / sw_s, 1)}x |"
+                f"{fmt(sw_s, 2)} | {fmt(kv_s / sw_s, 1)}x | {fmt(kv_rss)} | {fmt(ts_rss)} |"
             )
         all_kv = mean(c["wall_seconds"] for c in kv if c["method"] != "full")
         all_sw = mean(sweep_cost[(c["task"], c["length"], c["sample"])] for c in kv if c["method"] != "full")

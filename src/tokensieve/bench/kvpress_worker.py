@@ -159,6 +159,7 @@ class Worker:
         ref: dict = {}
         cells = sorted(job["cells"], key=lambda c: c["press"] is not None)  # the full cache first
         for cell in cells:
+            reset_peak_rss()
             try:
                 if sample.get("context_ids") is not None:
                     if cell["press"] is not None and not ref:
@@ -168,8 +169,28 @@ class Worker:
                     res = self.qa(sample, cell)
             except Exception as e:  # report, keep going: one failing press must not sink the run
                 res = {"error": f"{type(e).__name__}: {e}"}
-            emit({"cell": cell, **res})
+            emit({"cell": cell, **res, "rss_peak": peak_rss()})
         emit({"done": True})
+
+
+def reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS mark (Linux); the cell's own peak is then read from VmHWM."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 class _null:

@@ -6,7 +6,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from .report import FULL, Results, Row, aggregate
+from .report import FULL, Results, Row, aggregate, complete
 
 DEPTH_BINS = 5
 
@@ -21,13 +21,14 @@ def _plt():
 
 
 def score_vs_keep(rows: list[Row], path: Path, title: str) -> Path:
-    """One row of panels per length: all-tasks score, retrieval, fidelity top-1 and KL versus keep."""
+    """One row of panels per length: all-tasks score, retrieval, fidelity top-1, greedy and KL versus keep."""
     plt = _plt()
     lengths = sorted({r.length for r in rows})
     panels = [
         ("all tasks %", lambda r: 100 * r.all_tasks, False),
         ("retrieval %", lambda r: 100 * r.retrieval, False),
         ("fidelity top-1 %", lambda r: 100 * r.fidelity.get("top1", math.nan), False),
+        ("fidelity greedy %", lambda r: 100 * r.fidelity.get("greedy", math.nan), False),
         ("KL(full ‖ cell) nats", lambda r: r.fidelity.get("kl", math.nan), True),
     ]
     methods = sorted({r.method for r in rows} - {FULL})
@@ -152,7 +153,9 @@ def kvpress_agreement(res: Results, path: Path) -> Path | None:
 def write_plots(out: Path) -> list[Path]:
     res = Results.load(out / "results.jsonl")
     model = res.meta[-1].get("model", "") if res.meta else ""
-    made = [score_vs_keep(aggregate(res), out / "score_vs_keep.png", f"{model}: score vs keep (question unseen)")]
+    rows = aggregate(res)
+    rows = [r for length in sorted({r.length for r in rows}) for r in complete(rows, length)]
+    made = [score_vs_keep(rows, out / "score_vs_keep.png", f"{model}: score vs keep (question unseen)")]
     for maker, name in ((needle_heatmaps, "needle_depth.png"),):
         p = maker(res, out / name, model)
         if p:

@@ -143,15 +143,25 @@ def aggregate(res: Results, engine: str = "tokensieve", setting: str = "agnostic
     return rows
 
 
-def _pivot(rows: list[Row], length: int, value, digits: int = 1) -> list[str]:
-    keeps = sorted({r.keep for r in rows if r.length == length and r.method != FULL}, reverse=True)
-    table = {(r.method, r.keep): r for r in rows if r.length == length}
+def complete(rows: list[Row], length: int) -> list[Row]:
+    """The rows that ran every task and sample the full cache ran at this length: only they are comparable
+    in a pivot (specs added for the kvpress comparison ran on a subset and appear in the detail table)."""
     full = next((r for r in rows if r.length == length and r.method == FULL), None)
+    if full is None:
+        return [r for r in rows if r.length == length]
+    return [r for r in rows if r.length == length and r.n == full.n]
+
+
+def _pivot(rows: list[Row], length: int, value, digits: int = 1) -> list[str]:
+    rows = complete(rows, length)
+    keeps = sorted({r.keep for r in rows if r.method != FULL}, reverse=True)
+    table = {(r.method, r.keep): r for r in rows}
+    full = next((r for r in rows if r.method == FULL), None)
     head = "| method | " + " | ".join(f"keep {k:g}" for k in keeps) + " |"
     lines = [head, "|---|" + "---:|" * len(keeps)]
     if full is not None:
         lines.append("| **full cache** | " + " | ".join(fmt(value(full), digits) for _ in keeps) + " |")
-    for m in _order(r.method for r in rows if r.length == length):
+    for m in _order(r.method for r in rows):
         if m == FULL:
             continue
         cells = [fmt(value(table[(m, k)]), digits) if (m, k) in table else "-" for k in keeps]
@@ -166,15 +176,15 @@ def headline(rows: list[Row], length: int) -> list[str]:
 
 def _detail(rows: list[Row], length: int, tasks: list[str]) -> list[str]:
     head = (
-        "| method | keep | all % | retrieval % (±95%) | "
+        "| method | keep | samples | all % | retrieval % (±95%) | "
         + " | ".join(tasks)
         + " | top-1 % | greedy % | KL | ΔNLL | KV MiB | kept | compress ms | eval s/cell |"
     )
-    lines = [head, "|---|---:|" + "---:|" * (len(tasks) + 10)]
+    lines = [head, "|---|---:|---:|" + "---:|" * (len(tasks) + 10)]
     for r in (r for r in rows if r.length == length):
         f = r.fidelity
         lines.append(
-            f"| {r.method} | {r.keep:g} | {fmt(100 * r.all_tasks)} | {fmt(100 * r.retrieval)} ± "
+            f"| {r.method} | {r.keep:g} | {sum(r.n.values())} | {fmt(100 * r.all_tasks)} | {fmt(100 * r.retrieval)} ± "
             f"{fmt(100 * r.retrieval_ci)} | "
             + " | ".join(fmt(100 * r.tasks[t]) if t in r.tasks else "-" for t in tasks)
             + f" | {fmt(100 * f.get('top1', float('nan')))} | {fmt(100 * f.get('greedy', float('nan')))} | "

@@ -24,6 +24,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from ..measure.memory import peak_rss, reset_peak_rss, track_peak_rss
 from ..pipeline import Compressed, Prefill, compress, prefill
 from ..prompts import PromptFormat, clean_answer
 from ..tasks import Sample, Task
@@ -174,6 +175,7 @@ def run_tokensieve(
     """Every tokensieve cell of one sample and setting, from one prefill (``naive``: one per cell)."""
     cfg, model, tok = env.cfg, env.model, env.tok
     methods = [] if cfg.naive else [m.method() for m, _ in cells if m is not None]
+    reset_peak_rss()
     wall = time.perf_counter()
     if sample.context_ids is not None:  # fidelity: plain token ids
         context = torch.tensor([sample.context_ids])
@@ -231,11 +233,28 @@ def run_tokensieve(
         )
     for keep in cfg.keeps:
         specs = [m for m, k in cells if m is not None and k == keep]
-        if cfg.naive:
-            compressed = [compress(model, tok, context, m.method(), keep=keep, allocator=m.allocator) for m in specs]
-        else:
-            compressed = [pre.compress(m.method(), keep=keep, allocator=m.allocator) for m in specs]
-        for group in ev.groups(compressed, 1 if cfg.naive else cfg.max_batch):
+        if cfg.naive:  # each cell from its own prefill, evaluated alone, with its own peak RSS
+            for spec in specs:
+                with track_peak_rss() as rss:
+                    c = compress(model, tok, context, spec.method(), keep=keep, allocator=spec.allocator)
+                    out, seconds = evaluate(c, 1)
+                yield finish(
+                    {
+                        **base,
+                        "method": spec.label,
+                        "keep": keep,
+                        **out[0],
+                        **_record_stats(c),
+                        "prefill_seconds": round(c.stats.prefill_seconds, 4),
+                        "eval_seconds": round(seconds, 4),
+                        "batch": 1,
+                        "rss_peak": rss.peak,
+                    },
+                    spec.label,
+                )
+            continue
+        compressed = [pre.compress(m.method(), keep=keep, allocator=m.allocator) for m in specs]
+        for group in ev.groups(compressed, cfg.max_batch):
             batch = ev.stack([compressed[i] for i in group])
             out, seconds = evaluate(batch, len(group))
             for row, i in enumerate(group):
@@ -247,7 +266,7 @@ def run_tokensieve(
                         "keep": keep,
                         **out[row],
                         **_record_stats(c),
-                        "prefill_seconds": round(c.stats.prefill_seconds if cfg.naive else pre.seconds, 4),
+                        "prefill_seconds": round(pre.seconds, 4),
                         "eval_seconds": round(seconds / len(group), 4),
                         "batch": len(group),
                     },
@@ -266,6 +285,7 @@ def run_tokensieve(
         "prefill_seconds": round(pre.seconds, 4),
         "wall_seconds": round(time.perf_counter() - wall, 4),
         "observed_bytes": sum(o.nbytes for o in pre.observations.values()),
+        "rss_peak": peak_rss(),
     }
 
 
@@ -288,6 +308,7 @@ def run_kvpress(bridge, cfg: Config, todo: Todo, sample: Sample) -> Iterator[dic
             "kv_bytes": res["kv_bytes"],
             "tokens_held": round(sum(res["tokens_held"]) / max(1, len(res["tokens_held"])), 2),
             "wall_seconds": round(res["seconds"], 4),
+            "rss_peak": res.get("rss_peak"),
         }
 
 

@@ -9,6 +9,7 @@ one thread), each into its own folder under --out:
 
 - ``full``: the full cache only: one plain prefill plus the full cache's evaluation per sample;
 - ``sweep``: every cell from one shared prefill per sample, cells evaluated in batches (the bench);
+- ``unbatched``: the sweep with every cell evaluated alone (``--max-batch 1``);
 - ``naive``: every cell from its own prefill (``tokensieve.compress``), evaluated alone;
 - ``sweep`` also runs the kvpress presses (its own pipeline, one prefill per cell) on the same samples.
 
@@ -53,8 +54,14 @@ def configs(args: argparse.Namespace) -> dict[str, Config]:
     return {
         "full": Config(methods=[], out=out / "full", **common),
         "sweep": Config(methods=methods, out=out / "sweep", presses=presses, **common),
+        "unbatched": Config(methods=methods, out=out / "unbatched", max_batch=1, **common),
         "naive": Config(methods=methods, out=out / "naive", naive=True, **common),
     }
+
+
+def _load(folder: Path) -> Results:
+    path = folder / "results.jsonl"
+    return Results.load(path) if path.exists() else Results([], [], [])
 
 
 def per_sample(res: Results, engine: str) -> dict[int, list[float]]:
@@ -66,10 +73,12 @@ def per_sample(res: Results, engine: str) -> dict[int, list[float]]:
 
 
 def report(out: Path, command: str) -> Path:
-    full = Results.load(out / "full" / "results.jsonl")
-    sweep = Results.load(out / "sweep" / "results.jsonl")
-    naive = Results.load(out / "naive" / "results.jsonl")
+    full = _load(out / "full")
+    sweep = _load(out / "sweep")
+    naive = _load(out / "naive")
+    unbatched = _load(out / "unbatched")
     f, s, n = per_sample(full, "tokensieve"), per_sample(sweep, "tokensieve"), per_sample(naive, "tokensieve-naive")
+    u = per_sample(unbatched, "tokensieve")
     cells = defaultdict(list)
     for rec in sweep.samples:
         if rec["engine"] == "tokensieve":
@@ -85,16 +94,18 @@ def report(out: Path, command: str) -> Path:
         f"Threads: {', '.join(map(str, threads))}. Seconds are wall time per sample (the sample's every cell), mean",
         "over the samples. `full pass`: one plain prefill and the full cache's evaluation. `sweep`: the bench (one",
         "shared prefill with every method's observations, every compression, batched evaluation). `naive`: one",
-        "prefill per cell, each cell evaluated alone.",
+        "prefill per cell, each cell evaluated alone. `unbatched`: the sweep with every cell evaluated alone",
+        "(`--max-batch 1`), which shows what stacking cells into one batch saves.",
         "",
-        "| length | samples | cells/sample | full pass s | sweep s | naive s | sweep ÷ full pass | naive ÷ sweep |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| length | samples | cells/sample | full pass s | sweep s | unbatched sweep s | naive s | sweep ÷ full pass | "
+        "naive ÷ sweep |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for length in sorted(s):
-        fs, ss, ns = mean(f.get(length, [])), mean(s[length]), mean(n.get(length, []))
+        fs, ss, ns, us = (mean(x.get(length, [])) for x in (f, s, n, u))
         lines.append(
             f"| {length} | {len(s[length])} | {fmt(mean(cells[length]), 0)} | {fmt(fs, 2)} | {fmt(ss, 2)} | "
-            f"{fmt(ns, 2)} | {fmt(ss / fs, 2)} | {fmt(ns / ss, 1)} |"
+            f"{fmt(us, 2)} | {fmt(ns, 2)} | {fmt(ss / fs, 2)} | {fmt(ns / ss, 1)} |"
         )
     # kvpress: wall per cell against tokensieve's cells for the matched specs
     from tokensieve.bench.methods import PRESSES

@@ -40,7 +40,10 @@ class Results:
                 key = (rec["engine"], rec["task"], rec["length"], rec["sample"], rec["method"], rec["keep"])
                 cells[(*key, rec["setting"])] = rec  # a re-run cell replaces the old one
             elif kind == "sample":
-                samples[(rec["engine"], rec["task"], rec["length"], rec["sample"], rec["setting"])] = rec
+                # a sample resumed in several runs has several records: keep the one that ran the most cells
+                key = (rec["engine"], rec["task"], rec["length"], rec["sample"], rec["setting"])
+                if key not in samples or rec["cells"] >= samples[key]["cells"]:
+                    samples[key] = rec
             elif kind == "meta":
                 meta.append(rec)
         return cls(list(cells.values()), list(samples.values()), meta)
@@ -383,6 +386,9 @@ def _cost_section(res: Results, rows: list[Row]) -> list[str]:
             by[s["length"]].append(s)
     if not by:
         return []
+    for length, ss in by.items():  # samples that ran the whole sweep (not a later top-up of a few specs)
+        most = max(s["cells"] for s in ss)
+        by[length] = [s for s in ss if s["cells"] == most]
     lines += [
         "Per sample, from this run's own timings (a shared, noisy machine: see the dedicated speed run for ratios).",
         "`prefill` is the one forward pass with the union of every method's observations; `sweep` is everything",

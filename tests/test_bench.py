@@ -67,6 +67,32 @@ def test_scoring_rules():
         score("x", Question("q", [Item("x")], "fuzzy"))
 
 
+def test_fidelity_metrics_on_small_tensors():
+    from tokensieve.bench import metrics
+
+    torch.manual_seed(0)
+    ref_logits = torch.randn(6, 11)
+    targets = torch.tensor([1, 4, 2, 2, 9, 0])
+    ref = metrics.reference(ref_logits)
+    greedy_targets = ref_logits.argmax(-1)
+    same = metrics.fidelity(ref_logits, targets, ref, ref_logits, greedy_targets)
+    assert same["kl"] == pytest.approx(0.0, abs=1e-6) and same["top1"] == 1.0 and same["greedy"] == 1.0
+    assert same["nll"] == pytest.approx(float(-ref[torch.arange(6), targets].mean()))
+    cell = ref_logits.clone()
+    cell[3] = -cell[3]  # position 3 now predicts something else
+    m = metrics.fidelity(cell, targets, ref, cell, greedy_targets)
+    assert m["greedy"] == 3 / 6 and m["top1"] == pytest.approx(5 / 6) and m["kl"] > 0
+    p, q = ref[3].exp(), torch.log_softmax(cell[3], -1)
+    assert m["kl"] == pytest.approx(float((p * (ref[3] - q)).sum()) / 6, rel=1e-5)
+    short = ref.clone()
+    short[1, 4] -= 3.0  # only target 1 (token 4) is much likelier with the long context
+    long = metrics.long_positions(ref, short, targets)
+    assert long.tolist() == [False, True, False, False, False, False]
+    m = metrics.fidelity(cell, targets, ref, cell, greedy_targets, long)
+    assert m["n_long"] == 1 and m["kl_long"] == pytest.approx(0.0, abs=1e-6)
+    assert metrics.fidelity(cell, targets, ref, cell, greedy_targets, long & False)["kl_long"] is None
+
+
 # --- generators: lengths, placement, determinism --------------------------------------------------
 
 
@@ -343,7 +369,7 @@ def test_kvpress_matched_presses_agree(tiny_dir):
         assert "error" not in got[n], got[n]
         assert got[n]["kv_bytes"] == c.stats.kv_bytes, n
         theirs = torch.tensor(got[n]["target_logprobs"])
-        torch.testing.assert_close(torch.tensor(mine["target_logprobs"]), theirs, atol=1e-5, rtol=0), n
+        torch.testing.assert_close(torch.tensor(mine["target_logprobs"]), theirs, atol=3e-5, rtol=0), n
 
 
 # --- the real tokenizer and model ---------------------------------------------------------------------

@@ -140,13 +140,29 @@ class FidelityRef:
     targets: Tensor  # true continuation without its first token
     logprobs: Tensor  # the full cache's log-probs along the true continuation [L, V]
     greedy: Tensor  # the full cache's greedy continuation [G]
+    long: Tensor | None = None  # positions that need the long context (``metrics.long_positions``)
 
     @classmethod
-    def build(cls, full: Compressed, continuation: Sequence[int], first: int, greedy: int) -> FidelityRef:
+    def build(
+        cls,
+        full: Compressed,
+        continuation: Sequence[int],
+        first: int,
+        greedy: int,
+        short_context: Sequence[int] | None = None,
+    ) -> FidelityRef:
+        """``short_context``: the context's last tokens alone, to find the long-range positions."""
         cont = torch.tensor(list(continuation))
         logits = forward_logits(full, cont[:-1])[0]
         g = torch.tensor(greedy_continuation(full, first, greedy))
-        return cls(cont[:-1], cont[1:], metrics.reference(logits), g)
+        ref = metrics.reference(logits)
+        long = None
+        if short_context is not None:
+            ids = torch.tensor([[*short_context, *cont[:-1].tolist()]])
+            with torch.inference_mode():
+                short = full.model(input_ids=ids).logits[0, len(short_context) :]
+            long = metrics.long_positions(ref, metrics.reference(short), cont[1:])
+        return cls(cont[:-1], cont[1:], ref, g, long)
 
 
 def fidelity_rows(c: Compressed, ref: FidelityRef) -> Timed:
@@ -157,7 +173,7 @@ def fidelity_rows(c: Compressed, ref: FidelityRef) -> Timed:
     seconds = time.perf_counter() - start
     rows = [
         {
-            **metrics.fidelity(true_logits[r], ref.targets, ref.logprobs, greedy_logits[r], ref.greedy[1:]),
+            **metrics.fidelity(true_logits[r], ref.targets, ref.logprobs, greedy_logits[r], ref.greedy[1:], ref.long),
             "target_logprobs": metrics.target_logprobs(true_logits[r], ref.targets),
         }
         for r in range(true_logits.shape[0])

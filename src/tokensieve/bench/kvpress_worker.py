@@ -142,9 +142,14 @@ class Worker:
                 input_ids=g[:-1].view(1, -1), past_key_values=cache, position_ids=torch.arange(t, t + len(g) - 1)[None]
             ).logits[0]
         seconds = time.perf_counter() - start
-        if "logprobs" not in ref:
+        if "logprobs" not in ref:  # the full cache: also find the long-range positions (no press involved)
             ref["logprobs"] = metrics.reference(true_logits)
-        m = metrics.fidelity(true_logits, cont[1:], ref["logprobs"], greedy_logits, g[1:])
+            lead = sample["context_ids"][: sample["meta"].get("lead", 0)]
+            short = [*lead, *sample["context_ids"][len(lead) :][-metrics.SHORT_CONTEXT :]]
+            with torch.inference_mode():
+                logits = self.model(input_ids=torch.tensor([[*short, *cont[:-1].tolist()]])).logits[0, len(short) :]
+            ref["long"] = metrics.long_positions(ref["logprobs"], metrics.reference(logits), cont[1:])
+        m = metrics.fidelity(true_logits, cont[1:], ref["logprobs"], greedy_logits, g[1:], ref["long"])
         return {
             "metrics": m,
             "target_logprobs": metrics.target_logprobs(true_logits, cont[1:]),

@@ -21,15 +21,15 @@ def _plt():
 
 
 def score_vs_keep(rows: list[Row], path: Path, title: str) -> Path:
-    """One row of panels per length: all-tasks score, retrieval, fidelity top-1, greedy and KL versus keep."""
+    """One row of panels per length: retrieval, fidelity top-1, greedy, KL and long-range KL versus keep."""
     plt = _plt()
     lengths = sorted({r.length for r in rows})
     panels = [
-        ("all tasks %", lambda r: 100 * r.all_tasks, False),
         ("retrieval %", lambda r: 100 * r.retrieval, False),
         ("fidelity top-1 %", lambda r: 100 * r.fidelity.get("top1", math.nan), False),
         ("fidelity greedy %", lambda r: 100 * r.fidelity.get("greedy", math.nan), False),
         ("KL(full ‖ cell) nats", lambda r: r.fidelity.get("kl", math.nan), True),
+        ("KL, long-range tokens", lambda r: r.kl_long, True),
     ]
     methods = sorted({r.method for r in rows} - {FULL})
     cmap = plt.get_cmap("tab20")

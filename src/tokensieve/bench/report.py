@@ -85,6 +85,8 @@ class Row:
     fidelity: dict[str, float]
     fidelity_ci: dict[str, float]
     dnll: float
+    kl_long: float
+    dnll_long: float
     all_tasks: float
     kv_mib: float
     kept: float
@@ -94,10 +96,8 @@ class Row:
 
 def aggregate(res: Results, engine: str = "tokensieve", setting: str = "agnostic") -> list[Row]:
     cells = res.select(engine=engine, setting=setting)
-    full_nll = {
-        (c["task"], c["length"], c["sample"]): c["metrics"]["nll"]
-        for c in cells
-        if c["method"] == FULL and c.get("metrics")
+    full_m = {
+        (c["task"], c["length"], c["sample"]): c["metrics"] for c in cells if c["method"] == FULL and c.get("metrics")
     }
     by: dict[tuple, list[dict]] = defaultdict(list)
     for c in cells:
@@ -119,11 +119,14 @@ def aggregate(res: Results, engine: str = "tokensieve", setting: str = "agnostic
         fid = [c for c in cs if c["kind"] == "fidelity"]
         fidelity = {k: mean(c["metrics"][k] for c in fid) for k in FIDELITY_KEYS} if fid else {}
         fidelity_ci = {k: half_ci([c["metrics"][k] for c in fid]) for k in FIDELITY_KEYS} if fid else {}
-        dn = [
-            c["metrics"]["nll"] - full_nll[(c["task"], c["length"], c["sample"])]
-            for c in fid
-            if (c["task"], c["length"], c["sample"]) in full_nll
-        ]
+        dn, dn_long = [], []
+        for c in fid:
+            ref = full_m.get((c["task"], c["length"], c["sample"]))
+            if ref is not None:
+                dn.append(c["metrics"]["nll"] - ref["nll"])
+                if c["metrics"].get("nll_long") is not None and ref.get("nll_long") is not None:
+                    dn_long.append(c["metrics"]["nll_long"] - ref["nll_long"])
+        kl_long = [c["metrics"]["kl_long"] for c in fid if c["metrics"].get("kl_long") is not None]
         rows.append(
             Row(
                 length,
@@ -136,6 +139,8 @@ def aggregate(res: Results, engine: str = "tokensieve", setting: str = "agnostic
                 fidelity,
                 fidelity_ci,
                 mean(dn),
+                mean(kl_long),
+                mean(dn_long),
                 mean(task_means.values()),
                 mean(c["kv_bytes"] for c in cs) / 2**20,
                 mean(c["kv_bytes"] / c["kv_bytes_full"] for c in cs if c.get("kv_bytes_full")),
@@ -181,9 +186,9 @@ def _detail(rows: list[Row], length: int, tasks: list[str]) -> list[str]:
     head = (
         "| method | keep | samples | all % | retrieval % (±95%) | "
         + " | ".join(tasks)
-        + " | top-1 % | greedy % | KL | ΔNLL | KV MiB | kept | compress ms | eval s/cell |"
+        + " | top-1 % | greedy % | KL | ΔNLL | KL long | ΔNLL long | KV MiB | kept | compress ms | eval s/cell |"
     )
-    lines = [head, "|---|---:|---:|" + "---:|" * (len(tasks) + 10)]
+    lines = [head, "|---|---:|---:|" + "---:|" * (len(tasks) + 12)]
     for r in (r for r in rows if r.length == length):
         f = r.fidelity
         lines.append(
@@ -191,16 +196,17 @@ def _detail(rows: list[Row], length: int, tasks: list[str]) -> list[str]:
             f"{fmt(100 * r.retrieval_ci)} | "
             + " | ".join(fmt(100 * r.tasks[t]) if t in r.tasks else "-" for t in tasks)
             + f" | {fmt(100 * f.get('top1', float('nan')))} | {fmt(100 * f.get('greedy', float('nan')))} | "
-            f"{fmt(f.get('kl', float('nan')), 3)} | {fmt(r.dnll, 3)} | {fmt(r.kv_mib)} | {fmt(r.kept, 3)} | "
+            f"{fmt(f.get('kl', float('nan')), 3)} | {fmt(r.dnll, 3)} | {fmt(r.kl_long, 3)} | {fmt(r.dnll_long, 3)} | "
+            f"{fmt(r.kv_mib)} | {fmt(r.kept, 3)} | "
             f"{fmt(r.compress_ms)} | {fmt(r.eval_s, 2)} |"
         )
     return lines
 
 
-def _paired_sd(res: Results, metric, engine: str = "tokensieve") -> dict[str, float]:
+def _paired_sd(res: Results, metric, kind: str, engine: str = "tokensieve") -> dict[str, float]:
     """Per task kind: the median, over pairs of methods at the same (length, keep), of the standard
     deviation of per-sample differences. What decides how many samples resolve a difference."""
-    cells = res.select(engine=engine, setting="agnostic")
+    cells = res.select(engine=engine, setting="agnostic", kind=kind)
     by: dict[tuple, dict[str, dict[tuple, float]]] = defaultdict(lambda: defaultdict(dict))
     for c in cells:
         if c["method"] == FULL:
@@ -313,6 +319,14 @@ def write_summary(out: Path, command: str | None = None) -> Path:
         lines += [*_pivot(rows, length, lambda r: 100 * r.fidelity.get("top1", float("nan"))), ""]
         lines += [f"### {length} tokens: fidelity, KL(full ‖ compressed) nats/token (lower is better)", ""]
         lines += [*_pivot(rows, length, lambda r: r.fidelity.get("kl", float("nan")), 3), ""]
+        lines += [
+            f"### {length} tokens: fidelity on long-range tokens, KL nats/token (lower is better)",
+            "",
+            "Only the continuation tokens that the full context predicts at least 1 nat better than its last 128",
+            "tokens alone (about a fifth of them): where a cache must have kept something from further back.",
+            "",
+        ]
+        lines += [*_pivot(rows, length, lambda r: r.kl_long, 3), ""]
         lines += [f"### {length} tokens: retrieval tasks, mean score %", ""]
         lines += [*_pivot(rows, length, lambda r: 100 * r.retrieval), ""]
     lines += ["## Every cell", ""]
@@ -420,24 +434,43 @@ def _cost_section(res: Results, rows: list[Row]) -> list[str]:
 
 
 def _samples_section(res: Results, rows: list[Row]) -> list[str]:
-    sd = _paired_sd(res, lambda c: c["score"])
-    if not sd:
-        return []
+    metrics = (
+        ("fidelity: top-1 agreement", "fidelity", lambda c: c["metrics"]["top1"]),
+        ("fidelity: greedy agreement", "fidelity", lambda c: c["metrics"]["greedy"]),
+        ("retrieval: task score (all retrieval tasks pooled)", "retrieval", lambda c: c["score"]),
+    )
+    cost: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for smp in res.samples:
+        if smp["engine"] == "tokensieve" and smp["setting"] == "agnostic":
+            kind = "fidelity" if smp["task"].startswith("fidelity") else "retrieval"
+            cost[(kind, smp["length"])].append(smp["wall_seconds"])
     lines = [
         "## How many samples a 5-point difference needs",
         "",
-        "Two methods are compared on the same samples, so what matters is the spread of their per-sample score",
+        "Methods are compared on the same samples, so what matters is the spread of their per-sample score",
         "*differences*. With standard deviation `sd` of those differences, a 5-point difference is resolved at",
-        "95% once `1.96 * sd / sqrt(n) <= 0.05`, i.e. `n >= (1.96 * sd / 0.05)^2`. Measured in this run (median",
-        "over method pairs at the same length and keep):",
+        "95% once `1.96 * sd / sqrt(n) <= 0.05`, i.e. `n >= (1.96 * sd / 0.05)^2`. `sd` is measured in this run",
+        "(median over every pair of methods at the same length and keep); the cost is this run's sweep time per",
+        "sample (every method and keep), one thread on a shared machine.",
         "",
-        "| task kind | sd of paired differences | samples needed | samples per length here |",
-        "|---|---:|---:|---:|",
+        "| metric | sd of paired differences | samples needed | samples per length here | sweep s/sample (1k / 2k) |"
+        " one-core hours for the needed samples (1k + 2k) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    for kind, s in sorted(sd.items()):
-        need = math.ceil((1.96 * s / 0.05) ** 2)
+    any_row = False
+    for name, kind, metric in metrics:
+        sd = _paired_sd(res, metric, kind).get(kind)
+        if sd is None:
+            continue
+        any_row = True
+        need = math.ceil((1.96 * sd / 0.05) ** 2)
         full = res.select(engine="tokensieve", kind=kind, method=FULL, setting="agnostic")
-        per_len = len(full) / max(1, len({c["length"] for c in full}))
-        lines.append(f"| {kind} | {s:.3f} | {need} | {per_len:.0f} |")
+        lengths = sorted({c["length"] for c in full})
+        per_len = len(full) / max(1, len(lengths))
+        secs = [mean(cost[(kind, n)]) for n in lengths]
+        hours = need * sum(x for x in secs if not math.isnan(x)) / 3600
+        lines.append(
+            f"| {name} | {sd:.3f} | {need} | {per_len:.0f} | {' / '.join(fmt(x, 0) for x in secs)} | {hours:.1f} |"
+        )
     lines.append("")
-    return lines
+    return lines if any_row else []

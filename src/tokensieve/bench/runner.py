@@ -32,6 +32,7 @@ from ..tasks.base import score
 from ..tasks.corpus import fingerprint
 from . import cells as ev
 from .methods import MethodSpec, Press
+from .metrics import SHORT_CONTEXT
 
 FULL = "full"
 AGNOSTIC, AWARE = "agnostic", "aware"
@@ -169,9 +170,7 @@ def _record_stats(c: Compressed) -> dict[str, Any]:
     }
 
 
-def run_tokensieve(
-    env: Env, todo: Todo, sample: Sample, setting: str, cells: list, keep_logprobs: set[str]
-) -> Iterator[dict[str, Any]]:
+def run_tokensieve(env: Env, todo: Todo, sample: Sample, setting: str, cells: list) -> Iterator[dict[str, Any]]:
     """Every tokensieve cell of one sample and setting, from one prefill (``naive``: one per cell)."""
     cfg, model, tok = env.cfg, env.model, env.tok
     methods = [] if cfg.naive else [m.method() for m, _ in cells if m is not None]
@@ -192,7 +191,9 @@ def run_tokensieve(
     if sample.context_ids is not None:
         first = int(pre.last_logits[0].argmax())
         t0 = time.perf_counter()
-        ref = ev.FidelityRef.build(full, sample.continuation, first, sample.meta["greedy"])
+        lead = sample.context_ids[: sample.meta.get("lead", 0)]
+        short = [*lead, *sample.context_ids[len(lead) :][-SHORT_CONTEXT:]]
+        ref = ev.FidelityRef.build(full, sample.continuation, first, sample.meta["greedy"], short)
         ref_seconds = time.perf_counter() - t0
 
     def evaluate(c: Compressed, rows: int) -> tuple[list[dict[str, Any]], float]:
@@ -208,29 +209,20 @@ def run_tokensieve(
                 per_row[r].append(a)
         return [_retrieval_fields(sample, a) for a in per_row], seconds
 
-    def finish(rec: dict[str, Any], label: str) -> dict[str, Any]:
-        m = rec.get("metrics")
-        if m is not None and label not in keep_logprobs:
-            m.pop("target_logprobs", None)
-        return rec
-
     if any(m is None for m, _ in cells):
         out, seconds = evaluate(full, 1)
         if ref is not None:
             seconds += ref_seconds
-        yield finish(
-            {
-                **base,
-                "method": FULL,
-                "keep": 1.0,
-                **out[0],
-                **_record_stats(full),
-                "prefill_seconds": round(pre.seconds, 4),
-                "eval_seconds": round(seconds, 4),
-                "batch": 1,
-            },
-            FULL,
-        )
+        yield {
+            **base,
+            "method": FULL,
+            "keep": 1.0,
+            **out[0],
+            **_record_stats(full),
+            "prefill_seconds": round(pre.seconds, 4),
+            "eval_seconds": round(seconds, 4),
+            "batch": 1,
+        }
     for keep in cfg.keeps:
         specs = [m for m, k in cells if m is not None and k == keep]
         if cfg.naive:  # each cell from its own prefill, evaluated alone, with its own peak RSS
@@ -238,20 +230,17 @@ def run_tokensieve(
                 with track_peak_rss() as rss:
                     c = compress(model, tok, context, spec.method(), keep=keep, allocator=spec.allocator)
                     out, seconds = evaluate(c, 1)
-                yield finish(
-                    {
-                        **base,
-                        "method": spec.label,
-                        "keep": keep,
-                        **out[0],
-                        **_record_stats(c),
-                        "prefill_seconds": round(c.stats.prefill_seconds, 4),
-                        "eval_seconds": round(seconds, 4),
-                        "batch": 1,
-                        "rss_peak": rss.peak,
-                    },
-                    spec.label,
-                )
+                yield {
+                    **base,
+                    "method": spec.label,
+                    "keep": keep,
+                    **out[0],
+                    **_record_stats(c),
+                    "prefill_seconds": round(c.stats.prefill_seconds, 4),
+                    "eval_seconds": round(seconds, 4),
+                    "batch": 1,
+                    "rss_peak": rss.peak,
+                }
             continue
         compressed = [pre.compress(m.method(), keep=keep, allocator=m.allocator) for m in specs]
         for group in ev.groups(compressed, cfg.max_batch):
@@ -259,19 +248,16 @@ def run_tokensieve(
             out, seconds = evaluate(batch, len(group))
             for row, i in enumerate(group):
                 c = compressed[i]
-                yield finish(
-                    {
-                        **base,
-                        "method": specs[i].label,
-                        "keep": keep,
-                        **out[row],
-                        **_record_stats(c),
-                        "prefill_seconds": round(pre.seconds, 4),
-                        "eval_seconds": round(seconds / len(group), 4),
-                        "batch": len(group),
-                    },
-                    specs[i].label,
-                )
+                yield {
+                    **base,
+                    "method": specs[i].label,
+                    "keep": keep,
+                    **out[row],
+                    **_record_stats(c),
+                    "prefill_seconds": round(pre.seconds, 4),
+                    "eval_seconds": round(seconds / len(group), 4),
+                    "batch": len(group),
+                }
             del batch
         del compressed
     yield {
@@ -351,7 +337,6 @@ def run(cfg: Config, console: Console | None = None, command: str = "") -> Path:
         console.print(f"[tokensieve] all cells are already in {path}")
         return path
     env = Env(cfg)
-    matched = {p.matched for p in cfg.presses if p.matched} | {FULL}
     bridge = None
     if any(t.kvpress for t in todos):
         from .kvpress_bridge import Bridge
@@ -376,7 +361,7 @@ def run(cfg: Config, console: Console | None = None, command: str = "") -> Path:
                 name = f"{todo.task.spec()} @{todo.length} #{todo.index}"
                 for setting, cells in todo.tokensieve.items():
                     bar.update(job, description=f"{name} tokensieve/{setting}")
-                    for rec in run_tokensieve(env, todo, sample, setting, cells, matched if bridge else set()):
+                    for rec in run_tokensieve(env, todo, sample, setting, cells):
                         f.write(json.dumps(rec) + "\n")
                         f.flush()
                         if rec["type"] == "cell":

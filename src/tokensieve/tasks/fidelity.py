@@ -45,7 +45,11 @@ class Fidelity(Task):
     - ``top1``: fraction of those positions where both caches predict the same next token;
     - ``greedy``: the fraction of the full cache's ``greedy``-token greedy continuation that the compressed
       cache reproduces exactly before its first different token (free-running greedy agreement, computed
-      exactly from one teacher-forced pass: until the first mismatch both decodes are identical).
+      exactly from one teacher-forced pass: until the first mismatch both decodes are identical);
+    - ``nll_long``, ``kl_long``: the same at the long-range positions only, whose true token the full
+      context predicts at least 1 nat better than its last 128 tokens alone (LongPPL's criterion). Natural
+      text is mostly predictable from the recent tokens, which recency rules keep by construction; these
+      positions are where a cache must have kept something from further back.
     The cell's ``score`` is ``top1``.
     """
 
@@ -79,5 +83,11 @@ class Fidelity(Task):
             n_tokens,
             context_ids=lead + ids[:n_text],
             continuation=ids[n_text:],
-            meta={"start": start, "corpus": fingerprint(sources), "context_tokens": n_tokens, "greedy": self.greedy},
+            meta={
+                "start": start,
+                "corpus": fingerprint(sources),
+                "context_tokens": n_tokens,
+                "greedy": self.greedy,
+                "lead": len(lead),
+            },
         )

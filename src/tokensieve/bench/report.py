@@ -67,8 +67,8 @@ def fmt(x: float, digits: int = 1) -> str:
 
 
 def _order(methods: Iterable[str]) -> list[str]:
-    ms = sorted(set(methods) - {FULL})
-    return ([FULL] if FULL in set(methods) else []) + ms
+    names = set(methods)
+    return ([FULL] if FULL in names else []) + sorted(names - {FULL})
 
 
 @dataclass
@@ -178,8 +178,38 @@ def _pivot(rows: list[Row], length: int, value, digits: int = 1) -> list[str]:
 
 
 def headline(rows: list[Row], length: int) -> list[str]:
-    """The README table: all-tasks score per method x keep at one length."""
+    """The all-tasks score per method x keep at one length."""
     return _pivot(rows, length, lambda r: 100 * r.all_tasks)
+
+
+def compact(rows: list[Row], lengths: list[int]) -> list[str]:
+    """The README table: per length and method, three metrics, each as keep 0.5 / 0.25 / 0.1."""
+    metrics = (
+        ("fidelity top-1 %", lambda r: 100 * r.fidelity.get("top1", float("nan")), 1),
+        ("long-range KL (nats)", lambda r: r.kl_long, 3),
+        ("retrieval %", lambda r: 100 * r.retrieval, 0),
+    )
+    keeps: list[float] = []
+    lines = []
+    for length in lengths:
+        rs = complete(rows, length)
+        keeps = sorted({r.keep for r in rs if r.method != FULL}, reverse=True)
+        table = {(r.method, r.keep): r for r in rs}
+        full = next((r for r in rs if r.method == FULL), None)
+        for m in _order(r.method for r in rs):
+            vals = []
+            for _name, value, digits in metrics:
+                if m == FULL and full is not None:
+                    vals.append(fmt(value(full), digits))
+                else:
+                    vals.append(
+                        " / ".join(fmt(value(table[(m, k)]), digits) if (m, k) in table else "-" for k in keeps)
+                    )
+            name = "**full cache**" if m == FULL else m
+            lines.append(f"| {length} | {name} | " + " | ".join(vals) + " |")
+    ks = " / ".join(f"{k:g}" for k in keeps)
+    head = "| tokens | method | " + " | ".join(f"{n} (keep {ks})" for n, _, _ in metrics) + " |"
+    return [head, "|---:|---|---:|---:|---:|", *lines]
 
 
 def _detail(rows: list[Row], length: int, tasks: list[str]) -> list[str]:
@@ -309,6 +339,16 @@ def write_summary(out: Path, command: str | None = None) -> Path:
         "question and the answer prefix are appended to the compressed cache. Scores are percentages. `all` is",
         "the mean over tasks of each task's score (fidelity's score is its top-1 agreement with the full cache);",
         "`retrieval` is the mean over the retrieval tasks. KV MiB is measured from the cache tensors' storages.",
+        "",
+    ]
+    lines += [
+        "## Headline",
+        "",
+        "Fidelity top-1: how often the compressed cache predicts the same next token as the full cache along the",
+        "true continuation. Long-range KL: KL(full ‖ compressed) on the continuation tokens that need more than",
+        "the last 128 tokens. Retrieval: the mean score of the RULER-style tasks (question unseen).",
+        "",
+        *compact(rows, lengths),
         "",
     ]
     for length in lengths:

@@ -384,6 +384,9 @@ def write_summary(out: Path, command: str | None = None) -> Path:
         for length in sorted({r.length for r in aware}):
             lines += [f"### {length} tokens: retrieval score %", ""]
             lines += [*_pivot(aware, length, lambda r: 100 * r.retrieval), ""]
+    notes = out / "notes.md"
+    if notes.exists():  # the run's own commentary (planning, caveats), kept across --report-only rewrites
+        lines += [notes.read_text().rstrip(), ""]
     kvp = kvpress_rows(res)
     if kvp:
         lines += _kvpress_section(kvp, res)

@@ -193,15 +193,15 @@ SPECS = [
 ]
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma3"])
-def test_cell_from_shared_prefill_equals_cell_from_its_own_prefill(arch):
+@pytest.mark.parametrize("arch,keeps", [("llama", (0.5, 0.1)), ("gemma3", (0.3,))])
+def test_cell_from_shared_prefill_equals_cell_from_its_own_prefill(arch, keeps):
     model = ts.prepare(make_model(arch))
     ctx = torch.randint(3, 128, (1, 150), generator=torch.Generator().manual_seed(0))
     specs = [MethodSpec.parse(s) for s in SPECS]
     shared = ts.prefill(model, None, ctx, methods=[s.method() for s in specs])
     cont = torch.randint(3, 128, (12,), generator=torch.Generator().manual_seed(1))
     for spec in specs:
-        for keep in (0.5, 0.1):
+        for keep in keeps:
             a = shared.compress(spec.method(), keep=keep, allocator=spec.allocator)
             b = ts.compress(model, None, ctx, spec.method(), keep=keep, allocator=spec.allocator)
             for la, lb in zip(a.cache.sieve_layers, b.cache.sieve_layers, strict=True):
@@ -210,19 +210,20 @@ def test_cell_from_shared_prefill_equals_cell_from_its_own_prefill(arch):
             assert torch.equal(ev.forward_logits(a, cont), ev.forward_logits(b, cont)), spec.label
 
 
-def test_stacked_cells_equal_cells_alone():
-    model = ts.prepare(tiny_llama())
-    ctx = torch.randint(3, 250, (1, 120), generator=torch.Generator().manual_seed(2))
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_stacked_cells_equal_cells_alone(arch):
+    model = ts.prepare(tiny_llama() if arch == "llama" else make_model("gemma3"))
+    ctx = torch.randint(3, 120, (1, 120), generator=torch.Generator().manual_seed(2))
     specs = [MethodSpec.parse(s) for s in ("snapkv", "h2o", "knorm", "streaming", "tova")]
     pre = ts.prefill(model, None, ctx, methods=[s.method() for s in specs])
     cells = [pre.compress(s.method(), keep=0.3) for s in specs]
     assert ev.groups(cells, 8) == [[0, 1, 2, 3, 4]] and ev.groups(cells, 2) == [[0, 1], [2, 3], [4]]
     stacked = ev.stack(cells)
-    cont = torch.randint(3, 250, (10,), generator=torch.Generator().manual_seed(3))
+    cont = torch.randint(3, 120, (10,), generator=torch.Generator().manual_seed(3))
     together = ev.forward_logits(stacked, cont)
     for r, c in enumerate(cells):
         torch.testing.assert_close(together[r : r + 1], ev.forward_logits(c, cont), atol=1e-5, rtol=1e-5)
-    q = torch.randint(3, 250, (1, 5), generator=torch.Generator().manual_seed(4))
+    q = torch.randint(3, 120, (1, 5), generator=torch.Generator().manual_seed(4))
     rows = stacked.generate(q.expand(len(cells), -1), max_new_tokens=6, min_new_tokens=6)
     for r, c in enumerate(cells):
         assert torch.equal(rows[r], c.generate(q, max_new_tokens=6, min_new_tokens=6)[0])

@@ -64,11 +64,15 @@ class Worker:
         self.pipe = pipeline("kv-press-text-generation", model=self.model, tokenizer=self.tok, device="cpu")
         self.version = kvpress.__version__ if hasattr(kvpress, "__version__") else _version("kvpress")
 
-    def press(self, name: str | None, params: dict, keep: float):
+    def press(self, name: str | None, params: dict, keep: float, n_tokens: int):
+        """The press at the ratio that keeps exactly tokensieve's count, round(keep * T): kvpress keeps
+        int((1 - ratio) * T), which for ratio = 1 - keep can be one token fewer (2048 x 0.1: 204, not 205)."""
         if name is None:
             return None
+        n = max(1, min(n_tokens, round(keep * n_tokens)))
+        ratio = 1.0 - (n + 0.5) / n_tokens
         cls = getattr(self.kvpress, name)
-        return cls(compression_ratio=round(1.0 - keep, 6), **params)
+        return cls(compression_ratio=max(0.0, ratio), **params)
 
     def attention(self, name: str | None) -> None:
         want = "eager" if name in EAGER else "sdpa"
@@ -78,10 +82,10 @@ class Worker:
     def qa(self, sample: dict, cell: dict) -> dict:
         from transformers import DynamicCache
 
-        press = self.press(cell["press"], cell.get("params", {}), cell["keep"])
+        pre = self.pipe.preprocess(sample["context"], questions=[""], answer_prefix="", max_context_length=10**9)
+        press = self.press(cell["press"], cell.get("params", {}), cell["keep"], int(pre["context_ids"].shape[1]))
         self.attention(cell["press"])
         answers, seconds, kv, tokens = [], 0.0, 0, []
-        pre = self.pipe.preprocess(sample["context"], questions=[""], answer_prefix="", max_context_length=10**9)
         for q in sample["questions"]:
             cache = DynamicCache()
             start = time.perf_counter()
@@ -109,7 +113,7 @@ class Worker:
     def fidelity(self, sample: dict, cell: dict, ref: dict) -> dict:
         from transformers import DynamicCache
 
-        press = self.press(cell["press"], cell.get("params", {}), cell["keep"])
+        press = self.press(cell["press"], cell.get("params", {}), cell["keep"], len(sample["context_ids"]))
         self.attention(cell["press"])
         ctx = torch.tensor([sample["context_ids"]])
         cont = torch.tensor(sample["continuation"])

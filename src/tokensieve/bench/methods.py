@@ -112,10 +112,12 @@ PRESSES: dict[str, Press] = {
         Press(
             "pyramidkv",
             "PyramidKVPress",
+            "snapkv:window=64:kernel=5:pooling=avg",
             "snapkv:window=64:kernel=5:pooling=avg@pyramid",
-            "snapkv@pyramid",
-            "kvpress falls back to uniform budgets unless keep x T / 20 >= 64 (T >= 5120 at keep 0.25), so at these "
-            "lengths it equals its SnapKV; tokensieve's pyramid always slopes (beta 20)",
+            "kvpress uses uniform budgets unless keep x T / 20 >= 64 (T >= 5120 at keep 0.25), so at keep 0.25 and "
+            "0.1 here it computes exactly its SnapKV (the matched spec is therefore uniform SnapKV); where its "
+            "pyramid does slope (keep 0.5), decoding fails on layers of different lengths (an error cell). "
+            "tokensieve's pyramid (the nominal spec) slopes at every keep and decodes, each layer keeping its own mask",
         ),
         Press(
             "expected_attention",

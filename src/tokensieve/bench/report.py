@@ -7,7 +7,7 @@ import math
 import statistics as st
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +22,13 @@ class Results:
     cells: list[dict[str, Any]]
     samples: list[dict[str, Any]]
     meta: list[dict[str, Any]]
+    errors: list[dict[str, Any]] = field(default_factory=list)  # cells that failed (e.g. a kvpress press)
 
     @classmethod
     def load(cls, path: Path) -> Results:
         cells: dict[tuple, dict] = {}
         samples: dict[tuple, dict] = {}
-        meta = []
+        meta, errors = [], []
         for line in path.read_text().splitlines():
             if not line.strip():
                 continue
@@ -36,7 +37,9 @@ class Results:
             except json.JSONDecodeError:
                 continue
             kind = rec.get("type")
-            if kind == "cell" and "error" not in rec:
+            if kind == "cell" and "error" in rec:
+                errors.append(rec)
+            elif kind == "cell":
                 key = (rec["engine"], rec["task"], rec["length"], rec["sample"], rec["method"], rec["keep"])
                 cells[(*key, rec["setting"])] = rec  # a re-run cell replaces the old one
             elif kind == "sample":
@@ -46,7 +49,11 @@ class Results:
                     samples[key] = rec
             elif kind == "meta":
                 meta.append(rec)
-        return cls(list(cells.values()), list(samples.values()), meta)
+        done = {(c["engine"], c["task"], c["length"], c["sample"], c["method"], c["keep"]) for c in cells.values()}
+        errors = [
+            e for e in errors if (e["engine"], e["task"], e["length"], e["sample"], e["method"], e["keep"]) not in done
+        ]
+        return cls(list(cells.values()), list(samples.values()), meta, errors)
 
     def select(self, **want: Any) -> list[dict[str, Any]]:
         return [c for c in self.cells if all(c.get(k) == v for k, v in want.items())]
@@ -428,6 +435,14 @@ def _kvpress_section(kvp: list[dict[str, Any]], res: Results) -> list[str]:
             f"{fmt(r.get('matched_kl', float('nan')), 3)} | {fmt(r['kvpress_wall'], 2)} | {fmt(ts_wall, 2)} | "
             f"{fmt(r['kvpress_wall'] / ts_wall if ts_wall else float('nan'), 1)}x |"
         )
+    if res.errors:
+        lines += ["", "Cells that failed (recorded with their error, scored nowhere):", ""]
+        by: dict[tuple, list[dict]] = defaultdict(list)
+        for e in res.errors:
+            by[(e["engine"], e["method"], e["keep"], e["error"].split(":")[0])].append(e)
+        for (engine, method, keep, _kind), es in sorted(by.items()):
+            lengths = ", ".join(str(x) for x in sorted({e["length"] for e in es}))
+            lines.append(f"- {engine} `{method}` keep {keep:g} ({len(es)} cells, length {lengths}): `{es[0]['error']}`")
     lines += ["", "Where definitions differ:", ""]
     for p in PRESSES.values():
         lines.append(f"- `kvpress:{p.name}` ({p.cls}): {p.note}.")

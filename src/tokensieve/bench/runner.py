@@ -78,7 +78,7 @@ def load_done(path: Path) -> set[tuple]:
                 rec = json.loads(line)
             except json.JSONDecodeError:  # a line cut by an interrupted run: that cell runs again
                 continue
-            if rec.get("type") == "cell" and "error" not in rec:
+            if rec.get("type") == "cell":  # a failed cell too: failures are deterministic, not retried
                 done.add(cell_key(rec))
     return done
 

@@ -23,6 +23,8 @@ def _plt():
 def score_vs_keep(rows: list[Row], path: Path, title: str) -> Path:
     """One row of panels per length: retrieval, fidelity top-1, greedy, KL and long-range KL versus keep."""
     plt = _plt()
+    from matplotlib import ticker
+
     lengths = sorted({r.length for r in rows})
     panels = [
         ("retrieval %", lambda r: 100 * r.retrieval, False),
@@ -32,18 +34,23 @@ def score_vs_keep(rows: list[Row], path: Path, title: str) -> Path:
         ("KL, long-range tokens", lambda r: r.kl_long, True),
     ]
     methods = sorted({r.method for r in rows} - {FULL})
-    cmap = plt.get_cmap("tab20")
+    cmap = plt.get_cmap("tab10")
+    markers = "osD^v<>pXh"
+    style = {
+        m: {"color": cmap(i % 10), "marker": markers[i % 10], "ls": "-" if i < 10 else "--"}
+        for i, m in enumerate(methods)
+    }
     fig, axes = plt.subplots(len(lengths), len(panels), figsize=(4.2 * len(panels), 3.4 * len(lengths)), squeeze=False)
     for i, length in enumerate(lengths):
         rs = [r for r in rows if r.length == length]
         full = next((r for r in rs if r.method == FULL), None)
         for j, (name, value, log) in enumerate(panels):
             ax = axes[i][j]
-            for m_i, m in enumerate(methods):
+            for m in methods:
                 pts = sorted((r.keep, value(r)) for r in rs if r.method == m)
                 pts = [(k, v) for k, v in pts if not math.isnan(v) and (not log or v > 0)]
                 if pts:
-                    ax.plot(*zip(*pts, strict=True), marker="o", ms=3, lw=1.2, color=cmap(m_i % 20), label=m)
+                    ax.plot(*zip(*pts, strict=True), ms=3.5, lw=1.2, label=m, **style[m])
             if full is not None and not math.isnan(value(full)) and not log:
                 ax.axhline(value(full), color="black", ls="--", lw=1, label="full cache")
             ax.set_xscale("log")
@@ -52,12 +59,17 @@ def score_vs_keep(rows: list[Row], path: Path, title: str) -> Path:
             ax.minorticks_off()
             if log:
                 ax.set_yscale("log")
+                ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+                ax.yaxis.set_minor_formatter(ticker.NullFormatter())
             ax.set_title(f"{length} tokens: {name}", fontsize=9)
             ax.set_xlabel("keep ratio", fontsize=8)
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center right", fontsize=7, frameon=False)
+    legend: dict[str, object] = {}
+    for ax in axes.ravel():
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, h)
+    fig.legend(legend.values(), legend.keys(), loc="center right", fontsize=7, frameon=False)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.86, 0.97))
     fig.savefig(path, dpi=110)

@@ -51,7 +51,8 @@ def available(explicit: str | None = None) -> str | None:
         python = find_python(explicit)
     except KVPressUnavailable:
         return None
-    ok = subprocess.run([python, "-c", "import kvpress"], capture_output=True, timeout=300).returncode == 0
+    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('kvpress') is None)"  # no heavy import
+    ok = subprocess.run([python, "-c", probe], capture_output=True, timeout=60).returncode == 0
     return python if ok else None
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import statistics as st
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -450,44 +450,61 @@ def _kvpress_section(kvp: list[dict[str, Any]], res: Results) -> list[str]:
     return lines
 
 
+def _kind(task: str) -> str:
+    return "fidelity" if task.split(":")[0] == "fidelity" else "retrieval"
+
+
+def sweep_samples(res: Results) -> dict[tuple[int, str], list[dict[str, Any]]]:
+    """Per (length, task kind): the tokensieve sample records of the main sweep, i.e. with the most common
+    cell count (a later top-up run of a few specs on some samples is left out of costs)."""
+    by: dict[tuple[int, str], list[dict]] = defaultdict(list)
+    for smp in res.samples:
+        if smp["engine"] == "tokensieve" and smp["setting"] == "agnostic":
+            by[(smp["length"], _kind(smp["task"]))].append(smp)
+    for key, ss in by.items():
+        mode = Counter(x["cells"] for x in ss).most_common(1)[0][0]
+        by[key] = [x for x in ss if x["cells"] == mode]
+    return by
+
+
 def _cost_section(res: Results, rows: list[Row]) -> list[str]:
-    lines = ["## Cost of the sweep (prefill once, compress many)", ""]
-    by: dict[int, list[dict]] = defaultdict(list)
-    for s in res.samples:
-        if s["engine"] == "tokensieve" and s["setting"] == "agnostic":
-            by[s["length"]].append(s)
+    by = sweep_samples(res)
     if not by:
         return []
-    for length, ss in by.items():  # samples that ran the whole sweep (not a later top-up of a few specs)
-        most = max(s["cells"] for s in ss)
-        by[length] = [s for s in ss if s["cells"] == most]
-    lines += [
-        "Per sample, from this run's own timings (a shared, noisy machine: see the dedicated speed run for ratios).",
-        "`prefill` is the one forward pass with the union of every method's observations; `sweep` is everything",
-        "for the sample: prefill, every compression and every evaluation (answers or teacher-forced passes).",
-        "",
-        "| length | samples | cells/sample | prefill s | sweep s | sweep s/cell | kvpress full-cache pass s | "
-        "sweep ÷ full pass | naive ÷ sweep |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    kv_full = defaultdict(list)
+    spent: dict[tuple, dict[str, float]] = defaultdict(lambda: {"compress": 0.0, "eval": 0.0})
+    for c in res.select(engine="tokensieve", setting="agnostic"):
+        d = spent[(c["task"], c["length"], c["sample"])]
+        d["compress"] += c.get("compress_seconds", 0.0)
+        d["eval"] += c.get("eval_seconds", 0.0)
+    kv_full: dict[tuple[int, str], list[float]] = defaultdict(list)
     for c in res.select(engine="kvpress", method=FULL):
-        kv_full[c["length"]].append(c["wall_seconds"])
-    for length, ss in sorted(by.items()):
-        cells = mean(s["cells"] for s in ss)
-        sweep = mean(s["wall_seconds"] for s in ss)
-        full = mean(kv_full[length]) if kv_full[length] else float("nan")
-        lines.append(
-            f"| {length} | {len(ss)} | {fmt(cells, 0)} | {fmt(mean(s['prefill_seconds'] for s in ss), 2)} | "
-            f"{fmt(sweep, 2)} | {fmt(sweep / cells, 3)} | {fmt(full, 2)} | {fmt(sweep / full, 2)} | "
-            f"{fmt(cells * full / sweep, 1)} |"
-        )
-    lines += [
+        kv_full[(c["length"], c["kind"])].append(c["wall_seconds"])
+    lines = [
+        "## Cost of the sweep (prefill once, compress many)",
         "",
-        "The full-cache pass here is kvpress's `press=None` cell on the same samples (a plain prefill plus the same",
-        "evaluation, in kvpress's environment); the naive sweep is one such pass per cell.",
+        "Per sample of the main sweep, from this run's own timings (one thread on a shared, loaded machine; the",
+        "dedicated speed run gives the ratios to quote). `prefill`: the one forward pass with the union of every",
+        "method's observations; `compress`: every cell's scoring and eviction; `eval`: every cell's evaluation",
+        "(answers, or the teacher-forced passes), batched; `sweep`: all of it. `full pass`: kvpress's `press=None`",
+        "cell on the same kind of sample (a plain prefill plus the same evaluation, in kvpress's environment); the",
+        "naive sweep is one full pass per cell.",
         "",
+        "| length | task kind | samples | cells/sample | prefill s | compress s | eval s | sweep s | sweep s/cell | "
+        "full pass s | sweep ÷ full pass | naive ÷ sweep |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    for (length, kind), ss in sorted(by.items()):
+        cells = mean(x["cells"] for x in ss)
+        sweep = mean(x["wall_seconds"] for x in ss)
+        comp = mean(spent[(x["task"], x["length"], x["sample"])]["compress"] for x in ss)
+        ev = mean(spent[(x["task"], x["length"], x["sample"])]["eval"] for x in ss)
+        full = mean(kv_full[(length, kind)]) if kv_full[(length, kind)] else float("nan")
+        lines.append(
+            f"| {length} | {kind} | {len(ss)} | {fmt(cells, 0)} | {fmt(mean(x['prefill_seconds'] for x in ss), 2)} | "
+            f"{fmt(comp, 2)} | {fmt(ev, 2)} | {fmt(sweep, 2)} | {fmt(sweep / cells, 3)} | {fmt(full, 2)} | "
+            f"{fmt(sweep / full, 2)} | {fmt(cells * full / sweep, 1)} |"
+        )
+    lines.append("")
     return lines
 
 
@@ -497,11 +514,7 @@ def _samples_section(res: Results, rows: list[Row]) -> list[str]:
         ("fidelity: greedy agreement", "fidelity", lambda c: c["metrics"]["greedy"]),
         ("retrieval: task score (all retrieval tasks pooled)", "retrieval", lambda c: c["score"]),
     )
-    cost: dict[tuple[str, int], list[float]] = defaultdict(list)
-    for smp in res.samples:
-        if smp["engine"] == "tokensieve" and smp["setting"] == "agnostic":
-            kind = "fidelity" if smp["task"].startswith("fidelity") else "retrieval"
-            cost[(kind, smp["length"])].append(smp["wall_seconds"])
+    cost = {(kind, length): [x["wall_seconds"] for x in ss] for (length, kind), ss in sweep_samples(res).items()}
     lines = [
         "## How many samples a 5-point difference needs",
         "",
@@ -525,7 +538,7 @@ def _samples_section(res: Results, rows: list[Row]) -> list[str]:
         full = res.select(engine="tokensieve", kind=kind, method=FULL, setting="agnostic")
         lengths = sorted({c["length"] for c in full})
         per_len = len(full) / max(1, len(lengths))
-        secs = [mean(cost[(kind, n)]) for n in lengths]
+        secs = [mean(cost.get((kind, n), [])) for n in lengths]
         hours = need * sum(x for x in secs if not math.isnan(x)) / 3600
         lines.append(
             f"| {name} | {sd:.3f} | {need} | {per_len:.0f} | {' / '.join(fmt(x, 0) for x in secs)} | {hours:.1f} |"

@@ -435,6 +435,22 @@ def _kvpress_section(kvp: list[dict[str, Any]], res: Results) -> list[str]:
             f"{fmt(r.get('matched_kl', float('nan')), 3)} | {fmt(r['kvpress_wall'], 2)} | {fmt(ts_wall, 2)} | "
             f"{fmt(r['kvpress_wall'] / ts_wall if ts_wall else float('nan'), 1)}x |"
         )
+    # the wall-time ratio over every compressed kvpress cell, against tokensieve's sweep on the same samples
+    per_sample = {
+        (x["task"], x["length"], x["sample"]): x["wall_seconds"] / max(1, x["cells"])
+        for ss in sweep_samples(res).values()
+        for x in ss
+    }
+    for smp in res.samples:  # samples whose main sweep ran together with the kvpress comparison
+        if smp["engine"] == "tokensieve" and smp["setting"] == "agnostic":
+            per_sample.setdefault((smp["task"], smp["length"], smp["sample"]), smp["wall_seconds"] / smp["cells"])
+    lines += ["", "| length | kvpress cells | kvpress s/cell | tokensieve sweep s/cell, same samples | ratio |"]
+    lines.append("|---:|---:|---:|---:|---:|")
+    for length in sorted({c["length"] for c in res.select(engine="kvpress")}):
+        kv = [c for c in res.select(engine="kvpress", length=length) if c["method"] != FULL]
+        mine = [per_sample[k] for k in {(c["task"], c["length"], c["sample"]) for c in kv} if k in per_sample]
+        a, b = mean(c["wall_seconds"] for c in kv), mean(mine)
+        lines.append(f"| {length} | {len(kv)} | {fmt(a, 2)} | {fmt(b, 2)} | **{fmt(a / b, 1)}x** |")
     if res.errors:
         lines += ["", "Cells that failed (recorded with their error, scored nowhere):", ""]
         by: dict[tuple, list[dict]] = defaultdict(list)

@@ -61,3 +61,7 @@ def check_budget(budget: int, context_tokens: int) -> int:
 
 class CalibrationError(TokenSieveError, RuntimeError):
     pass
+
+
+class ParameterError(TokenSieveError, ValueError):
+    pass

@@ -11,6 +11,7 @@ from .ems import EMS
 from .h2o import H2O
 from .keyformer import Keyformer
 from .knorm import KNorm
+from .mikv import MiKV, ZipCacheQuant
 from .random import Random
 from .scissorhands import Scissorhands
 from .snapkv import SnapKV
@@ -21,6 +22,8 @@ from .zipcache import ZipCache
 REGISTRY: dict[str, type[Method]] = {
     cls.id: cls for cls in (Streaming, H2O, Scissorhands, A2SF, Keyformer, SnapKV, TOVA, KNorm, ZipCache, EMS, Random)
 }
+# keeping evicted information at low cost (the head-adaptive issue)
+REGISTRY.update({cls.id: cls for cls in (MiKV, ZipCacheQuant)})
 
 
 def method_ids() -> list[str]:

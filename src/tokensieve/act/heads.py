@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+import torch
 from torch import Tensor
 
 from .evict import rank, select
@@ -34,3 +36,27 @@ def evict_layer(
     from ..cache.ragged import RaggedLayer
 
     return RaggedLayer.from_dense(layer, rank(scores, layer.valid, sinks, window), counts)
+
+
+def head_counts(
+    scores: Tensor, budget: int, valid: Tensor | None, sinks: int, window: int, allocator: Allocator | None
+) -> Tensor:
+    """Tokens each (row, KV head) keeps ``[B, Hkv]``: the allocator's per-head budgets, or ``budget`` (at most the
+    row's real tokens)."""
+    counts = None if allocator is None else allocator.head_budgets(scores, budget, valid, sinks, window)
+    if counts is None:
+        b, h, t = scores.shape
+        real = torch.full((b,), t, device=scores.device) if valid is None else valid.sum(-1)
+        counts = real.clamp(max=budget)[:, None].expand(b, h)
+    return counts
+
+
+def head_segments(order: Tensor, counts: Tensor, valid: Tensor | None) -> Iterator[tuple[int, int, Tensor, Tensor]]:
+    """(row, head, kept, dropped) per (row, KV head): the first ``counts[b, h]`` of ``order`` (ascending) and the
+    real tokens after them (padding is neither kept nor dropped)."""
+    b, h, t = order.shape
+    for row in range(b):
+        n_real = t if valid is None else int(valid[row].sum())
+        for head in range(h):
+            k = min(int(counts[row, head]), n_real)
+            yield row, head, order[row, head, :k].sort().values, order[row, head, k:n_real].sort().values

@@ -7,12 +7,14 @@ from typing import Any
 from ..errors import UnknownMethodError
 from .a2sf import A2SF
 from .base import Method
+from .compresskv import CompressKV
 from .ems import EMS
 from .h2o import H2O
 from .keyformer import Keyformer
 from .knorm import KNorm
 from .mikv import MiKV, ZipCacheQuant
 from .random import Random
+from .razor import Razor
 from .scissorhands import Scissorhands
 from .snapkv import SnapKV
 from .streaming import Streaming
@@ -23,7 +25,7 @@ REGISTRY: dict[str, type[Method]] = {
     cls.id: cls for cls in (Streaming, H2O, Scissorhands, A2SF, Keyformer, SnapKV, TOVA, KNorm, ZipCache, EMS, Random)
 }
 # keeping evicted information at low cost (the head-adaptive issue)
-REGISTRY.update({cls.id: cls for cls in (MiKV, ZipCacheQuant)})
+REGISTRY.update({cls.id: cls for cls in (MiKV, ZipCacheQuant, Razor, CompressKV)})
 
 
 def method_ids() -> list[str]:

@@ -24,7 +24,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .act.compress import Plan, compress_layer, real_length
 from .budget import Allocator
 from .cache import SieveCache, SieveLayer
-from .errors import EmptyContextError
+from .errors import EmptyContextError, TokenSieveError
 from .measure.memory import tensor_bytes
 from .methods import Method, get_method
 from .observe.capture import LayerObservation, Needs, observe
@@ -236,6 +236,11 @@ class Prefill:
         **params: Any,
     ) -> Compressed:
         plan = Plan.make(method, keep=keep, budget=budget, allocator=allocator, **params).bind(self.model)
+        if hasattr(plan.method, "prepare_cache"):
+            raise TokenSieveError(
+                f"{plan.method.id} changes the attention of the prefill itself, which has already run: "
+                "use tokensieve.compress / generate (or SieveCache(model, ...)) instead of prefill().compress()"
+            )
         missing = _missing(plan.method.needs(), self.needs)
         if missing:
             raise ValueError(f"the prefill did not observe {missing} for {plan.method.id}: pass it in methods=")

@@ -69,6 +69,9 @@ class Plan:
 
     def attach(self, cache: SieveCache) -> None:
         """Compress each full-attention layer right after its prefill attention (peak = one full layer)."""
+        prepare_cache = getattr(self.method, "prepare_cache", None)
+        if prepare_cache is not None:  # methods that change the prefill's attention itself install their layers
+            prepare_cache(cache)
         layers = cache.sieve_layers
         budgets: list[int] = []
 

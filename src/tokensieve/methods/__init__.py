@@ -13,6 +13,7 @@ from .h2o import H2O
 from .keyformer import Keyformer
 from .knorm import KNorm
 from .mikv import MiKV, ZipCacheQuant
+from .modifiers import ACT, ZeroTuning
 from .random import Random
 from .razor import Razor
 from .scissorhands import Scissorhands
@@ -25,7 +26,7 @@ REGISTRY: dict[str, type[Method]] = {
     cls.id: cls for cls in (Streaming, H2O, Scissorhands, A2SF, Keyformer, SnapKV, TOVA, KNorm, ZipCache, EMS, Random)
 }
 # keeping evicted information at low cost (the head-adaptive issue)
-REGISTRY.update({cls.id: cls for cls in (MiKV, ZipCacheQuant, Razor, CompressKV)})
+REGISTRY.update({cls.id: cls for cls in (MiKV, ZipCacheQuant, Razor, CompressKV, ACT, ZeroTuning)})
 
 
 def method_ids() -> list[str]:

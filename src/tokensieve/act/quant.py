@@ -39,24 +39,43 @@ def group_size(group: int, dim: int) -> int:
     return g
 
 
+def _word(dim: int, bits: int) -> int:
+    """Bytes per packing word: 4 when the row allows it (unpacked 4 bytes at a time through an int32 view)."""
+    return 4 if dim % (4 * (8 // bits)) == 0 else 1
+
+
 def pack(codes: Tensor, bits: int) -> Tensor:
-    """uint8 codes ``[..., D]`` (each < 2**bits) -> ``[..., D * bits / 8]`` bytes, low bits first."""
+    """uint8 codes ``[..., D]`` (each < 2**bits) -> ``[..., D * bits / 8]`` bytes.
+
+    Layout: the row is cut into words of ``w`` bytes holding ``w * 8 / bits`` consecutive codes; code ``i * w + b``
+    of a word sits in byte ``b`` at bit ``bits * i``. With ``w = 4`` unpacking is one shift-and-mask of int32
+    words per bit position, about 4x faster on CPU than unpacking byte by byte."""
     if bits == 8:
         return codes.to(torch.uint8)
     per = 8 // bits
-    c = codes.to(torch.uint8).unflatten(-1, (-1, per))
-    out = c[..., 0].clone()
+    w = _word(codes.shape[-1], bits)
+    c = codes.to(torch.uint8).unflatten(-1, (-1, per, w))  # [..., words, per, w]
+    out = c[..., 0, :].clone()
     for i in range(1, per):
-        out |= c[..., i] << (bits * i)
-    return out
+        out |= c[..., i, :] << (bits * i)
+    return out.flatten(-2)
 
 
-def unpack(packed: Tensor, bits: int) -> Tensor:
+def unpack(packed: Tensor, bits: int, dim: int | None = None) -> Tensor:
     """The inverse of ``pack``: ``[..., D * bits / 8]`` bytes -> uint8 codes ``[..., D]``."""
     if bits == 8:
         return packed
-    shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device)
-    return ((packed.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)).flatten(-2)
+    per = 8 // bits
+    dim = packed.shape[-1] * per if dim is None else dim
+    w = _word(dim, bits)
+    mask = (1 << bits) - 1
+    if w == 4 and packed.is_contiguous() and packed.storage_offset() % 4 == 0:
+        words = packed.view(torch.int32)  # [..., words]
+        mask32 = mask * 0x01010101
+        parts = [(words >> (bits * i)) & mask32 for i in range(per)]
+        return torch.stack(parts, -1).view(torch.uint8).unflatten(-1, (per, 4)).flatten(-3)
+    b = packed.unflatten(-1, (-1, w))  # [..., words, w]
+    return torch.stack([(b >> (bits * i)) & mask for i in range(per)], -2).flatten(-3)
 
 
 def channel_factors(x: Tensor, valid: Tensor | None = None) -> Tensor:
@@ -99,14 +118,18 @@ class QTensor:
         )
 
     def dequantize(self, dtype: torch.dtype = torch.float32, out: Tensor | None = None) -> Tensor:
-        codes = unpack(self.packed, self.bits).unflatten(-1, (-1, self.group))
-        x = torch.addcmul(self.zero.to(dtype)[..., None], codes.to(dtype), self.scale.to(dtype)[..., None])
-        x = x.flatten(-2)
-        if self.channel is not None:
-            x = x.mul_(self.channel.to(dtype))
+        """Tokens ``[..., n, D]`` in ``dtype``, written into ``out`` when given: the codes are unpacked as bytes,
+        converted into ``out`` and scaled and shifted in place (no other full-size temporary)."""
+        codes = unpack(self.packed, self.bits, self.dim)
         if out is None:
-            return x
-        return out.copy_(x)
+            out = torch.empty(*self.packed.shape[:-1], self.dim, dtype=dtype, device=self.packed.device)
+        groups = (self.dim // self.group, self.group)
+        x = out.view(*out.shape[:-1], *groups)
+        x.copy_(codes.view(*codes.shape[:-1], *groups))
+        x.mul_(self.scale.to(dtype)[..., None]).add_(self.zero.to(dtype)[..., None])
+        if self.channel is not None:
+            out.mul_(self.channel.to(dtype))
+        return out
 
 
 def quantize(x: Tensor, bits: int, group: int = 32, balance: bool = False, valid: Tensor | None = None) -> QTensor:

@@ -201,6 +201,8 @@ class RaggedLayer(SieveLayer):
         valid = None if self.flat_valid is None else self.flat_valid[lo : lo + past]
         bias = None if self.flat_bias is None else self.flat_bias[lo : lo + past]
         if new_block is None:
+            if q_len == 1 and bias is None and valid is None:
+                return None  # the decode hot path: one new token sees every slot
             new_block = torch.ones(q_len, q_len, dtype=torch.bool, device=self.keys.device).tril()
         if bias is None and (valid is None or bool(valid.all())) and bool(new_block.all()):
             return None

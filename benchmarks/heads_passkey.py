@@ -5,7 +5,8 @@ Every configuration holds (about) ``--bytes`` of the full cache's bytes, measure
 and written per row. Mixed-precision rows choose their high-precision fraction so that codes + scales + zero
 points + full-precision tokens add up to the same bytes as eviction at keep = ``--bytes``.
 
-    .venv/bin/python benchmarks/heads_passkey.py --tokens 2000 --bytes 0.25 --out benchmarks/results/heads_passkey
+    .venv/bin/python benchmarks/heads_passkey.py --tokens 1500 --bytes 0.25 --configs core \
+        --out benchmarks/results/heads_passkey
 
 One prefill per (depth, key) and setting serves every configuration (``prefill().compress()``); results are
 appended per task to ``OUT.jsonl`` and a rerun skips the tasks already there.
@@ -65,14 +66,17 @@ def configs(target: float, head_dim: int, which: str = "core") -> list[tuple[str
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="smollm2")
-    p.add_argument("--tokens", type=int, default=2000)
+    p.add_argument("--tokens", type=int, default=1500)
     p.add_argument("--bytes", type=float, default=0.25, help="target fraction of the full cache's bytes")
     p.add_argument("--depths", default="0.1,0.3,0.5,0.7,0.9")
-    p.add_argument("--keys", type=int, default=4, help="how many of the 6 keys per depth")
+    p.add_argument("--keys", type=int, default=2, help="how many of the 6 keys per depth")
     p.add_argument("--settings", default="unseen,aware")
     p.add_argument("--configs", default="core", choices=["core", "others"])
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--out", default="benchmarks/results/heads_passkey")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, tok = ts.load_model(args.model)
     head_dim = model.config.head_dim

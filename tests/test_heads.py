@@ -251,3 +251,16 @@ def test_ragged_left_padded_batch_matches_rows_compressed_alone():
     one = c.generate(torch.tensor([q1]), max_new_tokens=4, min_new_tokens=4)
     two = c.generate(torch.tensor([q2]), max_new_tokens=4, min_new_tokens=4)
     assert torch.equal(both, torch.cat([one, two]))
+
+
+def test_bad_allocator_parameters_are_clear_errors(capsys):
+    from tokensieve.cli import main
+
+    with pytest.raises(ts.UnknownMethodError, match="bad parameter for allocator 'adakv'"):
+        ts.get_allocator("adakv", flor=0.1)
+    rc = main(["generate", "--method", "snapkv", "--keep", "0.5", "--allocator", "zipvl", "--allocator-param",
+               "tua=0.9", "--context", "some text", "--question", "q?"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "bad parameter for allocator 'zipvl'" in err and "\n" not in err
+    with pytest.raises(ts.UnknownMethodError, match="is a budget allocator"):
+        ts.get_method("adakv")

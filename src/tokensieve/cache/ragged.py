@@ -177,7 +177,7 @@ class RaggedLayer(SieveLayer):
         scaling = hooks.scaling_of(query, kwargs)
         new_block = None  # [B, q, q] bool: which new tokens each new query sees (causal + padding)
         if mask is not None:
-            new_block = mask[:, 0, :, -q_len:]
+            new_block = mask[:, 0, :, -q_len:].expand(b, q_len, q_len)
             if new_block.dtype != torch.bool:
                 new_block = new_block == 0
             self._record_new_validity(new_block[:, -1, :])

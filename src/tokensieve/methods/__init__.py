@@ -41,8 +41,11 @@ def get_method(method: str | Method, **params: Any) -> Method:
         return method
     cls = REGISTRY.get(method)
     if cls is None:
+        from ..budget import ALLOCATORS
+
+        hint = f"; {method!r} is a budget allocator: pass allocator={method!r}" if method in ALLOCATORS else ""
         raise UnknownMethodError(
-            f"unknown method id {method!r}; choose one of: {', '.join(REGISTRY)} (see `tokensieve methods`)"
+            f"unknown method id {method!r}; choose one of: {', '.join(REGISTRY)} (see `tokensieve methods`){hint}"
         )
     try:
         return cls(**params)

@@ -29,7 +29,7 @@ def rows(keep: float) -> list[tuple[str, str, dict]]:
     ``25% bytes`` row picks the full-precision fraction that holds 0.25."""
     return [
         (PLAIN, PLAIN, {}),
-        ("full", "h2o", dict(keep=1.0)),
+        ("full", "streaming", dict(keep=1.0)),  # observes nothing: tokensieve's cache, nothing evicted
         ("snapkv", "snapkv", dict(keep=keep)),
         ("snapkv + adakv", "snapkv", dict(keep=keep, allocator="adakv")),
         ("snapkv + zipvl", "snapkv", dict(keep=keep, allocator="zipvl")),

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..observe import hooks
@@ -36,7 +37,7 @@ class BiasedLayer(SieveLayer):
         raise TypeError("an attention-modified layer keeps every token")
 
     def attend(self, module, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, **kwargs):
-        b, n_q_heads, q_len, _ = query.shape
+        q_len = query.shape[2]
         scaling = hooks.scaling_of(query, kwargs)
         allowed = self.attention_mask(q_len, mask)
         if self.decide is not None:
@@ -45,18 +46,33 @@ class BiasedLayer(SieveLayer):
         if self.bias is None:
             out = hooks.sdpa(module, query, key, value, allowed, **kwargs)
         else:
-            n = self.keys.shape[-2]
-            bias = self.bias
-            if bias.shape[-1] < n:  # appended tokens: no bias
-                bias = torch.cat([bias, bias.new_zeros(*bias.shape[:2], n - bias.shape[-1])], -1)
-                self.bias = bias
-            if allowed is None:
-                allowed = torch.ones(q_len, n, dtype=torch.bool, device=query.device).tril(n - q_len)[None, None]
-            logits = bias[:, :, None, :].to(query.dtype).expand(b, n_q_heads, q_len, n)
-            out = hooks.sdpa(module, query, key, value, logits.masked_fill(~allowed, float("-inf")), **kwargs)
+            out = self._biased(query, key, value, allowed, scaling), None
         if self.on_attention is not None:
             self.on_attention(self, query, scaling)
         return out
+
+    def _biased(self, query: Tensor, key: Tensor, value: Tensor, allowed: Tensor | None, scaling: float) -> Tensor:
+        """SDPA with ``bias[b, h, j]`` added to every logit of column ``j``, without a [q, T] float mask per head:
+        the bias rides in one extra key dimension (query 1, key ``bias / scaling``), so the only mask is the
+        usual boolean one (or none, causal)."""
+        b, n_q_heads, q_len, _ = query.shape
+        n = key.shape[-2]
+        bias = self.bias
+        if bias.shape[-1] < n:  # appended tokens: no bias
+            bias = torch.cat([bias, bias.new_zeros(*bias.shape[:2], n - bias.shape[-1])], -1)
+            self.bias = bias
+        g = n_q_heads // key.shape[1]
+        keys = torch.cat([key.repeat_interleave(g, 1), (bias / scaling).to(key.dtype)[..., None]], -1)
+        queries = torch.cat([query, query.new_ones(b, n_q_heads, q_len, 1)], -1)
+        out = F.scaled_dot_product_attention(
+            queries,
+            keys,
+            value.repeat_interleave(g, 1),
+            attn_mask=allowed,
+            is_causal=allowed is None and q_len > 1,
+            scale=scaling,
+        )
+        return out.transpose(1, 2).contiguous()
 
     def _batch_apply(self, fn) -> None:
         super()._batch_apply(fn)

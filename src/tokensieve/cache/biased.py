@@ -55,24 +55,33 @@ class BiasedLayer(SieveLayer):
         """SDPA with ``bias[b, h, j]`` added to every logit of column ``j``, without a [q, T] float mask per head:
         the bias rides in one extra key dimension (query 1, key ``bias / scaling``), so the only mask is the
         usual boolean one (or none, causal)."""
-        b, n_q_heads, q_len, _ = query.shape
+        _, n_q_heads, q_len, _ = query.shape
         n = key.shape[-2]
         bias = self.bias
         if bias.shape[-1] < n:  # appended tokens: no bias
             bias = torch.cat([bias, bias.new_zeros(*bias.shape[:2], n - bias.shape[-1])], -1)
             self.bias = bias
-        g = n_q_heads // key.shape[1]
-        keys = torch.cat([key.repeat_interleave(g, 1), (bias / scaling).to(key.dtype)[..., None]], -1)
-        queries = torch.cat([query, query.new_ones(b, n_q_heads, q_len, 1)], -1)
-        out = F.scaled_dot_product_attention(
-            queries,
-            keys,
-            value.repeat_interleave(g, 1),
-            attn_mask=allowed,
-            is_causal=allowed is None and q_len > 1,
-            scale=scaling,
-        )
-        return out.transpose(1, 2).contiguous()
+        h_kv = key.shape[1]
+        g = n_q_heads // h_kv
+        d = query.shape[-1]
+        # q, k and v padded to one head size, a multiple of 8, so that SDPA keeps its fused (flash) CPU kernel
+        # instead of the math path (which would build the [T, T] attention matrix); one KV head's group at a
+        # time, so the padded copies stay small (a few MiB at 2k tokens) and the allocator reuses them
+        width = (d + 1 + 7) // 8 * 8
+        out = query.new_empty(query.shape[0], q_len, n_q_heads, d)
+        causal = allowed is None and q_len > 1
+        for kh in range(h_kv):
+            heads = slice(kh * g, (kh + 1) * g)
+            queries = F.pad(query[:, heads], (0, width - d), value=0.0)
+            queries[..., d] = 1.0
+            keys = F.pad(key[:, kh : kh + 1], (0, width - d), value=0.0).expand(-1, g, -1, -1).clone()
+            keys[..., d] = (bias[:, heads] / scaling).to(key.dtype)
+            values = F.pad(value[:, kh : kh + 1], (0, width - d), value=0.0).expand(-1, g, -1, -1)
+            o = F.scaled_dot_product_attention(
+                queries, keys, values, attn_mask=allowed, is_causal=causal, scale=scaling
+            )
+            out[:, :, heads] = o[..., :d].transpose(1, 2)
+        return out
 
     def _batch_apply(self, fn) -> None:
         super()._batch_apply(fn)

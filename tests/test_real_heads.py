@@ -84,7 +84,16 @@ def test_cli_generate_with_an_allocator_and_a_mixed_method(smollm2, capsys, tmp_
     _, tok = smollm2
     path = tmp_path / "ctx.txt"
     path.write_text(passkey_context(tok, 400, 0.3, key="52816").context)
-    base = ["generate", "--context-file", str(path), "--question", "What is the pass key?", "--json"]
+    base = [
+        "generate",
+        "--context-file",
+        str(path),
+        "--question",
+        "What is the pass key?",
+        "--max-new-tokens",
+        "4",
+        "--json",
+    ]
     assert main([*base, "--method", "h2o", "--keep", "0.5", "--allocator", "adakv"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["allocator"] == "adakv" and abs(out["kv_ratio"] - 0.5) < 0.01

@@ -90,6 +90,19 @@ def plain_sdpa(model):
         model.set_attn_implementation(before)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def calibration_dir(tmp_path_factory):
+    """Calibrations of the tiny random models go to a temporary directory, not the user's cache."""
+    path = tmp_path_factory.mktemp("calibration")
+    before = os.environ.get("TOKENSIEVE_CALIBRATION")
+    os.environ["TOKENSIEVE_CALIBRATION"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("TOKENSIEVE_CALIBRATION", None)
+    else:
+        os.environ["TOKENSIEVE_CALIBRATION"] = before
+
+
 @pytest.fixture(params=list(ARCHS))
 def arch(request) -> str:
     return request.param

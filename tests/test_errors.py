@@ -107,5 +107,6 @@ def test_cli_empty_context_file(capsys, tmp_path):
 def test_cli_lists_methods_as_json(capsys):
     assert main(["methods", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["id"] for r in rows] == ts.method_ids()
+    assert [r["id"] for r in rows if r["kind"] != "budget allocator"] == ts.method_ids()
+    assert [r["id"] for r in rows if r["kind"] == "budget allocator"] == list(ts.ALLOCATORS)
     assert all(r["paper"] and r["rule"] for r in rows)

@@ -1,4 +1,4 @@
-"""Command line: ``tokensieve methods | generate | demo | bench``."""
+"""Command line: ``tokensieve methods | generate | calibrate | sinks | demo | bench``."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .budget import ALLOCATORS
 from .errors import TokenSieveError
 
 # rich falls back to 80 columns off a terminal; tables of answers want more
@@ -42,6 +43,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
     from .methods import REGISTRY
 
     rows = [cls().describe() for cls in REGISTRY.values()]
+    rows += [cls().describe() for cls in ALLOCATORS.values()]  # budgets compose with every score
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -65,12 +67,14 @@ def _context(args: argparse.Namespace) -> str:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .act.compress import Plan
+    from .budget import get_allocator
     from .models import load_model
     from .pipeline import generate
 
     params = dict(args.param or [])
-    # fail fast on a bad method, parameter or keep, before loading the model
-    Plan.make(args.method, keep=args.keep, budget=args.budget, allocator=args.allocator, **params)
+    # fail fast on a bad method, allocator, parameter or keep, before loading the model
+    allocator = get_allocator(args.allocator, **dict(args.allocator_param or []))
+    Plan.make(args.method, keep=args.keep, budget=args.budget, allocator=allocator, **params)
     context = _context(args)
     if not context.strip():
         raise TokenSieveError("the context is empty: pass --context TEXT or --context-file PATH with text in it")
@@ -83,7 +87,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         args.method,
         keep=args.keep,
         budget=args.budget,
-        allocator=args.allocator,
+        allocator=allocator,
         query_aware=args.query_aware,
         max_new_tokens=args.max_new_tokens,
         answer_prefix=args.answer_prefix,
@@ -114,6 +118,89 @@ def cmd_generate(args: argparse.Namespace) -> int:
         for k, v in record.items():
             if k != "answer":
                 console.print(f"  {k}: {v}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .calibration import calibration_path, get_calibration
+    from .models import load_model
+
+    for name in ("induction", "echo"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise TokenSieveError(f"--{name} {getattr(args, name)} must be a fraction in [0, 1]")
+    model, tok = load_model(args.model)
+    cal = get_calibration(model, tok, force=args.force)
+    kept = cal.retrieval_kv_heads(args.induction, args.echo)
+    if args.json:
+        out = {
+            "key": cal.key,
+            "file": str(calibration_path(model)),
+            "layers": cal.layers,
+            "n_kv_heads": cal.n_kv_heads,
+            "induction": cal.induction.tolist(),
+            "echo": cal.echo.tolist(),
+            "retrieval": cal.retrieval.tolist(),
+            "layer_error": cal.layer_error.tolist(),
+            "razor_kv_heads": kept.tolist(),
+            "settings": cal.settings,
+        }
+        print(json.dumps(out))
+        return 0
+    table = Table(title=f"calibration of {args.model} ({cal.key}), cached in {calibration_path(model)}")
+    for col in ("layer", "induction (best head)", "echo (best head)", "retrieval (best head)", "layer error", "razor"):
+        table.add_column(col)
+    for r, layer in enumerate(cal.layers):
+        cells = []
+        for scores in (cal.induction[r], cal.echo[r], cal.retrieval[r]):
+            cells.append(f"{float(scores.max()):.3f} (h{int(scores.argmax())})")
+        whole = [str(h) for h in kept[r].nonzero().flatten().tolist()]
+        table.add_row(str(layer), *cells, f"{float(cal.layer_error[r]):.3f}", ", ".join(whole) or "-")
+    console.print(table)
+    n = int(kept.sum())
+    console.print(f"razor keeps {n} of {kept.numel()} KV heads whole ({n / kept.numel():.0%} of the cache)")
+    return 0
+
+
+def cmd_sinks(args: argparse.Namespace) -> int:
+    from .models import load_model
+    from .observe.sinks import sink_map
+    from .tasks.passkey import passkey_context
+
+    if not 0.0 < args.epsilon <= 1.0:
+        raise TokenSieveError(f"--epsilon {args.epsilon} must be an attention share in (0, 1], e.g. 0.3")
+    model, tok = load_model(args.model)
+    if args.context_file is not None or args.context is not None:
+        text = _context(args)
+        if not text.strip():
+            raise TokenSieveError("the context is empty: pass --context TEXT or --context-file PATH with text in it")
+    else:
+        text = passkey_context(tok, args.tokens, 0.5).context
+    smap = sink_map(model, tok, text, epsilon=args.epsilon, min_queries=args.min_queries)
+    if args.plot:
+        smap.plot(args.plot)
+    if args.json:
+        print(json.dumps(smap.to_json()))
+        return 0
+    first = smap.first_token_share()
+    table = Table(
+        title=f"attention sinks (mean share >= {args.epsilon}) in {args.model}, {smap.share.shape[-1]} tokens"
+    )
+    for col in ("layer", "first token share (mean / min over heads)", "other sinks: head token 'text' share"):
+        table.add_column(col, overflow="fold")
+    by_layer: dict[int, list[str]] = {}
+    for s_ in smap.sinks():
+        if s_.token > 0:
+            by_layer.setdefault(s_.layer, []).append(f"h{s_.head} {s_.token} {s_.text!r} {s_.share:.2f}")
+    for r, layer in enumerate(smap.layers):
+        others = by_layer.get(layer, [])
+        table.add_row(
+            str(layer),
+            f"{float(first[r].mean()):.2f} / {float(first[r].min()):.2f}",
+            escape("; ".join(others[:6]) + (f" (+{len(others) - 6})" if len(others) > 6 else "")),
+        )
+    console.print(table)
+    if args.plot:
+        console.print(f"plot: {args.plot}")
     return 0
 
 
@@ -149,7 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--question", required=True)
     g.add_argument("--max-new-tokens", type=int, default=32)
     g.add_argument("--answer-prefix", default="", help='text that starts the answer, e.g. "The pass key is"')
-    g.add_argument("--allocator", default="uniform", choices=["uniform", "pyramid"])
+    g.add_argument("--allocator", default="uniform", choices=list(ALLOCATORS), help="budget allocator")
+    g.add_argument(
+        "--allocator-param",
+        type=_param,
+        action="append",
+        metavar="NAME=VALUE",
+        help="override an allocator parameter, e.g. --allocator-param tau=0.9 (zipvl)",
+    )
     g.add_argument(
         "--query-aware",
         action="store_true",
@@ -164,6 +258,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--json", action="store_true", help="print one JSON object")
     g.set_defaults(func=cmd_generate)
+
+    c = sub.add_parser("calibrate", help="measure a model's retrieval heads once (razor, compresskv); cached")
+    c.add_argument("--model", default="smollm2")
+    c.add_argument("--force", action="store_true", help="measure again even if a calibration is cached")
+    c.add_argument("--induction", type=float, default=0.1, help="razor: fraction of KV heads kept by induction")
+    c.add_argument("--echo", type=float, default=0.02, help="razor: fraction of KV heads kept by echo")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_calibrate)
+
+    s = sub.add_parser("sinks", help="per-layer, per-head map of attention-sink tokens on a text")
+    s.add_argument("--model", default="smollm2")
+    src = s.add_mutually_exclusive_group()
+    src.add_argument("--context-file", help="text file to analyse")
+    src.add_argument("--context", help="the text itself")
+    s.add_argument("--tokens", type=int, default=1000, help="without a text: this many tokens of bundled prose")
+    s.add_argument("--epsilon", type=float, default=0.3, help="a sink takes at least this mean attention share")
+    s.add_argument("--min-queries", type=int, default=32, help="only tokens seen by this many queries qualify")
+    s.add_argument("--plot", help="write a PNG heat map (layers x heads) here")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_sinks)
 
     d = sub.add_parser("demo", help="the main job: a pass key in ~2k tokens, compressed 4x, answered")
     d.add_argument("--model", default="smollm2")

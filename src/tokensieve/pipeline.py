@@ -24,7 +24,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .act.compress import Plan, compress_layer, real_length
 from .budget import Allocator
 from .cache import SieveCache, SieveLayer
-from .errors import EmptyContextError
+from .errors import EmptyContextError, TokenSieveError
 from .measure.memory import tensor_bytes
 from .methods import Method, get_method
 from .observe.capture import LayerObservation, Needs, observe
@@ -235,7 +235,12 @@ class Prefill:
         allocator: str | Allocator = "uniform",
         **params: Any,
     ) -> Compressed:
-        plan = Plan.make(method, keep=keep, budget=budget, allocator=allocator, **params)
+        plan = Plan.make(method, keep=keep, budget=budget, allocator=allocator, **params).bind(self.model)
+        if hasattr(plan.method, "prepare_cache"):
+            raise TokenSieveError(
+                f"{plan.method.id} changes the attention of the prefill itself, which has already run: "
+                "use tokensieve.compress / generate (or SieveCache(model, ...)) instead of prefill().compress()"
+            )
         missing = _missing(plan.method.needs(), self.needs)
         if missing:
             raise ValueError(f"the prefill did not observe {missing} for {plan.method.id}: pass it in methods=")
@@ -244,7 +249,8 @@ class Prefill:
         layers = cache.sieve_layers
         budgets = plan.layer_budgets(self.context_tokens, len(layers))
         for k, layer in zip(budgets, layers, strict=True):
-            new = compress_layer(layer, plan.method, k, self.observations.get(layer.layer_idx), len(layers))
+            obs = self.observations.get(layer.layer_idx)
+            new = compress_layer(layer, plan.method, k, obs, len(layers), allocator=plan.allocator)
             cache.layers[layer.layer_idx] = new
         seconds = time.perf_counter() - start
         stats = Stats(
@@ -338,6 +344,7 @@ def compress(
     tokens per KV head; exactly one is required."""
     plan = Plan.make(method, keep=keep, budget=budget, allocator=allocator, **params)
     prepare(model)
+    plan.bind(model)
     fmt = PromptFormat(tokenizer) if tokenizer is not None else None
     ids, mask = encode_context(context, fmt, _pad_id(tokenizer, model))
     n_tokens = real_length(None if mask is None else mask.bool(), ids.shape[1])

@@ -14,7 +14,7 @@ from ..measure.memory import tensor_bytes
 from ..methods import Method, get_method
 from ..observe.capture import LayerObservation, observe
 from ..score.inputs import ScoreInputs
-from .evict import select
+from .heads import evict_layer
 
 if TYPE_CHECKING:
     from ..cache import SieveCache, SieveLayer
@@ -61,8 +61,17 @@ class Plan:
     def layer_budgets(self, n_tokens: int, n_layers: int) -> list[int]:
         return self.allocator.layer_budgets(self.mean_budget(n_tokens), n_layers, n_tokens)
 
+    def bind(self, model: Any) -> Plan:
+        """Give the method and allocator the model, for what they calibrate on it (cached per model)."""
+        self.method.bind(model)
+        self.allocator.bind(model)
+        return self
+
     def attach(self, cache: SieveCache) -> None:
         """Compress each full-attention layer right after its prefill attention (peak = one full layer)."""
+        prepare_cache = getattr(self.method, "prepare_cache", None)
+        if prepare_cache is not None:  # methods that change the prefill's attention itself install their layers
+            prepare_cache(cache)
         layers = cache.sieve_layers
         budgets: list[int] = []
 
@@ -72,7 +81,10 @@ class Plan:
                 budgets.extend(self.layer_budgets(real_length(layer.valid, layer.n_held), len(layers)))
             self.full_bytes += tensor_bytes((layer.keys, layer.values))
             obs = observe(self.method.needs(), query, layer.keys, layer.valid, scaling)
-            compress_layer(layer, self.method, budgets[layers.index(layer)], obs, len(layers), inplace=True)
+            k = budgets[layers.index(layer)]
+            new = compress_layer(layer, self.method, k, obs, len(layers), inplace=True, allocator=self.allocator)
+            if new is not layer:  # another layout (ragged, mixed precision) replaces the layer
+                cache.layers[layer.layer_idx] = new
             self.seconds += time.perf_counter() - start
 
         for layer in layers:
@@ -86,12 +98,16 @@ def compress_layer(
     obs: LayerObservation | None,
     n_layers: int = 1,
     inplace: bool = False,
+    allocator: Allocator | None = None,
 ) -> SieveLayer:
-    """Evict ``layer`` down to ``budget`` tokens per head by ``method``'s score (a no-op if it fits)."""
+    """Compress ``layer`` to ``budget`` tokens per head by ``method``'s score (a no-op if it fits): eviction
+    by default, with per-head budgets when ``allocator`` gives them; a method with its own ``act`` (merge,
+    quantize, retrieval heads) decides itself. The result may be a new layer of another layout."""
     layer.on_attention = None
     if budget >= layer.n_held:
         return layer if inplace else layer.fork()
     x = ScoreInputs(layer.keys, layer.values, layer.valid, obs, layer.layer_idx, n_layers)
-    scores = method.score(x)
-    idx = select(scores, budget, layer.valid, *method.protected(budget))
-    return layer.evict(idx, inplace=inplace)
+    act = getattr(method, "act", None)
+    if act is not None:
+        return act(layer, x, budget, allocator, inplace)
+    return evict_layer(layer, method.score(x), budget, *method.protected(budget), allocator, inplace)

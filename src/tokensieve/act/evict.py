@@ -15,10 +15,9 @@ def protection_mask(valid: Tensor | None, batch: int, n_tokens: int, sinks: int,
     return valid & ((rank < sinks) | (back < window))
 
 
-def select(scores: Tensor, budget: int, valid: Tensor | None, sinks: int = 0, window: int = 0) -> Tensor:
-    """Indices [B, Hkv, budget] of the kept tokens, ascending. Protected tokens always win, padding
-    always loses (a row with fewer real tokens than the budget keeps all of them plus some padding,
-    which stays masked). Ties break towards the later token, deterministically."""
+def rank(scores: Tensor, valid: Tensor | None, sinks: int = 0, window: int = 0) -> Tensor:
+    """Token indices [B, Hkv, T] from most to least wanted: protected tokens first, padding last, ties
+    towards the later token (deterministic)."""
     b, _h, t = scores.shape
     s = scores.float().nan_to_num(nan=float("-inf")).clone()
     protect = protection_mask(valid, b, t, sinks, window, s.device)
@@ -26,8 +25,14 @@ def select(scores: Tensor, budget: int, valid: Tensor | None, sinks: int = 0, wi
     if valid is not None:
         s.masked_fill_(~valid[:, None, :], float("-inf"))
     # a stable sort over the reversed row breaks ties towards later tokens, deterministically
-    order = torch.argsort(s.flip(-1), dim=-1, descending=True, stable=True)[..., :budget]
-    return (t - 1 - order).sort(dim=-1).values
+    return t - 1 - torch.argsort(s.flip(-1), dim=-1, descending=True, stable=True)
+
+
+def select(scores: Tensor, budget: int, valid: Tensor | None, sinks: int = 0, window: int = 0) -> Tensor:
+    """Indices [B, Hkv, budget] of the kept tokens, ascending. Protected tokens always win, padding
+    always loses (a row with fewer real tokens than the budget keeps all of them plus some padding,
+    which stays masked). Ties break towards the later token, deterministically."""
+    return rank(scores, valid, sinks, window)[..., :budget].sort(dim=-1).values
 
 
 def gather_tokens(x: Tensor, idx: Tensor) -> Tensor:

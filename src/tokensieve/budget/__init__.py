@@ -1,20 +1,16 @@
-"""How many tokens to keep where. An allocator turns a mean per-head budget into per-layer budgets."""
+"""How many tokens to keep where. An allocator turns a mean per-head budget into per-layer budgets,
+and optionally into per-head budgets inside a layer (head-adaptive, mass-threshold)."""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import UnknownMethodError
-
-
-@dataclass
-class Allocator(ABC):
-    id = "base"
-
-    @abstractmethod
-    def layer_budgets(self, budget: int, n_layers: int, n_tokens: int) -> list[int]:
-        """Per-layer token budgets (per KV head) that average ``budget`` and never exceed ``n_tokens``."""
+from .adakv import AdaKV
+from .base import Allocator, _round_capped
+from .compresskv import ErrorProportional
+from .zipvl import ZipVL
 
 
 @dataclass
@@ -22,6 +18,8 @@ class Uniform(Allocator):
     """The same budget in every layer and head."""
 
     id = "uniform"
+    paper = "baseline"
+    rule = "the same keep count in every layer and head"
 
     def layer_budgets(self, budget: int, n_layers: int, n_tokens: int) -> list[int]:
         return [min(budget, n_tokens)] * n_layers
@@ -34,6 +32,8 @@ class Pyramid(Allocator):
     a layer cannot hold more than the context, and what a capped layer cannot use goes to the others."""
 
     id = "pyramid"
+    paper = "PyramidKV: Dynamic KV Cache Compression based on Pyramidal Information Funneling (Cai et al., 2024)"
+    rule = "layer budgets fall linearly from the lowest layer to the highest"
     beta: float = 20.0
 
     def layer_budgets(self, budget: int, n_layers: int, n_tokens: int) -> list[int]:
@@ -45,32 +45,22 @@ class Pyramid(Allocator):
         return _round_capped(raw, budget * n_layers, n_tokens)
 
 
-def _round_capped(raw: list[float], total: int, cap: int) -> list[int]:
-    """Integers close to ``raw`` that sum to ``total`` (when the cap allows) with each in [1, cap]."""
-    out = [min(cap, max(1, int(r))) for r in raw]
-    remainder = [r - int(r) for r in raw]
-    order = sorted(range(len(raw)), key=lambda i: -remainder[i])
-    short = min(total, cap * len(raw)) - sum(out)
-    while short > 0:
-        progressed = False
-        for i in order:
-            if short == 0:
-                break
-            if out[i] < cap:
-                out[i] += 1
-                short -= 1
-                progressed = True
-        if not progressed:
-            break
-    return out
+ALLOCATORS: dict[str, type[Allocator]] = {cls.id: cls for cls in (Uniform, Pyramid, AdaKV, ZipVL, ErrorProportional)}
 
 
-ALLOCATORS: dict[str, type[Allocator]] = {"uniform": Uniform, "pyramid": Pyramid}
-
-
-def get_allocator(allocator: str | Allocator) -> Allocator:
+def get_allocator(allocator: str | Allocator, **params: Any) -> Allocator:
     if isinstance(allocator, Allocator):
+        if params:
+            raise TypeError("pass parameters either to the allocator instance or as keywords, not both")
         return allocator
     if allocator not in ALLOCATORS:
         raise UnknownMethodError(f"unknown budget allocator {allocator!r}; choose one of: {', '.join(ALLOCATORS)}")
-    return ALLOCATORS[allocator]()
+    cls = ALLOCATORS[allocator]
+    try:
+        return cls(**params)
+    except TypeError as e:
+        names = ", ".join(cls.__dataclass_fields__) or "no parameters"
+        raise UnknownMethodError(f"bad parameter for allocator {allocator!r} ({e}); it takes: {names}") from None
+
+
+__all__ = ["ALLOCATORS", "AdaKV", "Allocator", "ErrorProportional", "Pyramid", "Uniform", "ZipVL", "get_allocator"]

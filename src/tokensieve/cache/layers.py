@@ -103,6 +103,14 @@ class SieveLayer(DynamicLayer):
     def needs_tokensieve_attention(self) -> bool:
         return self.evicted or self.on_attention is not None
 
+    def held_tensors(self) -> list[Tensor | None]:
+        """Every tensor attention reads from this layer: what ``kv_bytes`` counts (other layouts add theirs)."""
+        return [self.keys, self.values]
+
+    def tokens_per_head(self) -> float:
+        """Slots held per (row, KV head); ragged layouts report their mean."""
+        return self.n_held
+
     def owns(self, key: Tensor) -> bool:
         """Whether ``key`` is what this layer's last ``update`` returned (the attention call is ours)."""
         return self.keys is key

@@ -54,7 +54,10 @@ class SieveCache(DynamicCache):
         if method is not None:
             from ..act.compress import Plan
 
-            Plan.make(method, keep=keep, budget=budget, allocator=allocator, **method_params).attach(self)
+            plan = Plan.make(method, keep=keep, budget=budget, allocator=allocator, **method_params)
+            if config is not model_or_config:
+                plan.bind(model_or_config)
+            plan.attach(self)
         elif keep is not None or budget is not None:
             raise TypeError("keep/budget need a method")
 
@@ -77,7 +80,17 @@ class SieveCache(DynamicCache):
         """Bytes actually held by the key and value tensors (their storages, counted once)."""
         from ..measure.memory import tensor_bytes
 
-        return tensor_bytes(t for layer in self.layers if layer.is_initialized for t in (layer.keys, layer.values))
+        return tensor_bytes(t for layer in self.layers if layer.is_initialized for t in _held(layer))
 
-    def tokens_held(self) -> list[int]:
-        return [layer.keys.shape[-2] if layer.is_initialized else 0 for layer in self.layers]
+    def tokens_held(self) -> list[float]:
+        """Slots held per KV head, per layer (the mean over heads for a ragged layer)."""
+        return [
+            (layer.tokens_per_head() if isinstance(layer, SieveLayer) else layer.keys.shape[-2])
+            if layer.is_initialized
+            else 0
+            for layer in self.layers
+        ]
+
+
+def _held(layer) -> list:
+    return layer.held_tensors() if isinstance(layer, SieveLayer) else [layer.keys, layer.values]

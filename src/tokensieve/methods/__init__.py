@@ -7,11 +7,15 @@ from typing import Any
 from ..errors import UnknownMethodError
 from .a2sf import A2SF
 from .base import Method
+from .compresskv import CompressKV
 from .ems import EMS
 from .h2o import H2O
 from .keyformer import Keyformer
 from .knorm import KNorm
+from .mikv import MiKV, ZipCacheQuant
+from .modifiers import ACT, ZeroTuning
 from .random import Random
+from .razor import Razor
 from .scissorhands import Scissorhands
 from .snapkv import SnapKV
 from .streaming import Streaming
@@ -21,6 +25,8 @@ from .zipcache import ZipCache
 REGISTRY: dict[str, type[Method]] = {
     cls.id: cls for cls in (Streaming, H2O, Scissorhands, A2SF, Keyformer, SnapKV, TOVA, KNorm, ZipCache, EMS, Random)
 }
+# keeping evicted information at low cost (the head-adaptive issue)
+REGISTRY.update({cls.id: cls for cls in (MiKV, ZipCacheQuant, Razor, CompressKV, ACT, ZeroTuning)})
 
 
 def method_ids() -> list[str]:
@@ -35,8 +41,11 @@ def get_method(method: str | Method, **params: Any) -> Method:
         return method
     cls = REGISTRY.get(method)
     if cls is None:
+        from ..budget import ALLOCATORS
+
+        hint = f"; {method!r} is a budget allocator: pass allocator={method!r}" if method in ALLOCATORS else ""
         raise UnknownMethodError(
-            f"unknown method id {method!r}; choose one of: {', '.join(REGISTRY)} (see `tokensieve methods`)"
+            f"unknown method id {method!r}; choose one of: {', '.join(REGISTRY)} (see `tokensieve methods`){hint}"
         )
     try:
         return cls(**params)

@@ -33,6 +33,10 @@ class Method(ABC):
     def needs(self) -> Needs:
         return Needs()
 
+    def bind(self, model: Any) -> None:
+        """Load or compute what the method needs from the model (a calibration); a no-op by default."""
+        return None
+
     @abstractmethod
     def score(self, x: ScoreInputs) -> Tensor: ...
 

@@ -1,0 +1,59 @@
+"""The allocator interface: how many tokens each layer, and each KV head inside a layer, keeps."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+from torch import Tensor
+
+
+@dataclass
+class Allocator(ABC):
+    """Two decisions: ``layer_budgets`` before the prefill (per-layer mean budgets per KV head), and
+    ``head_budgets`` when a layer is compressed, from its scores (None: every head keeps the layer budget).
+    An allocator composes with any method's score."""
+
+    id: ClassVar[str] = "base"
+    kind: ClassVar[str] = "budget allocator"
+    paper: ClassVar[str] = ""
+    rule: ClassVar[str] = ""
+
+    @abstractmethod
+    def layer_budgets(self, budget: int, n_layers: int, n_tokens: int) -> list[int]:
+        """Per-layer token budgets (per KV head) that average ``budget`` and never exceed ``n_tokens``."""
+
+    def head_budgets(self, scores: Tensor, budget: int, valid: Tensor | None, sinks: int, window: int) -> Tensor | None:
+        """Tokens each (row, KV head) of one layer keeps, ``[B, Hkv]`` long, or None for ``budget`` everywhere."""
+        return None
+
+    def bind(self, model: Any) -> None:
+        """Load or compute what this allocator needs from the model (calibration); a no-op by default."""
+        return None
+
+    def params(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "paper": self.paper, "rule": self.rule, "defaults": self.params()}
+
+
+def _round_capped(raw: list[float], total: int, cap: int) -> list[int]:
+    """Integers close to ``raw`` that sum to ``total`` (when the cap allows) with each in [1, cap]."""
+    out = [min(cap, max(1, int(r))) for r in raw]
+    remainder = [r - int(r) for r in raw]
+    order = sorted(range(len(raw)), key=lambda i: -remainder[i])
+    short = min(total, cap * len(raw)) - sum(out)
+    while short > 0:
+        progressed = False
+        for i in order:
+            if short == 0:
+                break
+            if out[i] < cap:
+                out[i] += 1
+                short -= 1
+                progressed = True
+        if not progressed:
+            break
+    return out

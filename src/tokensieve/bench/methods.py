@@ -103,10 +103,11 @@ PRESSES: dict[str, Press] = {
         Press(
             "observed_attention",
             "ObservedAttentionPress",
-            "ems:alpha=1",
+            "ems:alpha=1:merge=false",
             "h2o",
             "kvpress averages each key's attention over the queries that see it (needs eager attention, a full "
-            "T x T matrix); that is EMS's global score (ems:alpha=1). H2O sums instead (favouring early keys) and "
+            "T x T matrix); that is EMS's global score, evicting only (ems:alpha=1:merge=false). H2O sums "
+            "instead (favouring early keys) and "
             "keeps a recent half",
         ),
         Press(

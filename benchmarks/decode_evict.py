@@ -21,22 +21,9 @@ import time
 from pathlib import Path
 
 import torch
+from longprompt import continuation_ids
 
 FULL = "full"
-
-
-def prompt_ids(tok, n_tokens: int) -> torch.Tensor:
-    import tokensieve as ts
-    from tokensieve.tasks.corpus import paragraphs
-
-    fmt = ts.PromptFormat(tok)
-    paras, text, i = paragraphs(), [], 0
-    while len(tok.encode("\n\n".join(text))) < n_tokens:
-        text.append(paras[i % len(paras)])
-        i += 1
-    ids = tok.encode("\n\n".join(text))[:n_tokens]
-    question = "Write a long essay that continues the text above, in the same style, with many new details."
-    return torch.tensor([fmt.context_ids(tok.decode(ids)) + fmt.question_ids(question)])
 
 
 def run(model, cache, prompt: torch.Tensor, n_new: int, forced: torch.Tensor | None) -> dict:
@@ -101,7 +88,7 @@ def main() -> None:
     from transformers import DynamicCache
 
     model, tok = ts.load_model(args.model)
-    prompt = prompt_ids(tok, args.prompt_tokens)
+    prompt = continuation_ids(tok, args.prompt_tokens)
     # the reference may not stop early: EOS is suppressed by generating a fixed count, argmax over all
     rows = []
     ref = run(model, DynamicCache(config=model.config), prompt, args.new_tokens, None)

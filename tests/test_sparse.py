@@ -402,3 +402,16 @@ def test_sparse_errors():
     cache = SparseCache(model.config, "double_sparsity")  # a config cannot be calibrated
     with pytest.raises(ts.NotPreparedError, match="not calibrated"), torch.inference_mode():
         model(ids(10, 8), past_key_values=cache)
+
+
+def test_adopting_a_prefilled_cache_equals_prefilling_it():
+    model = ts.prepare(make_model("llama"))
+    prompt, new = ids(11, 50), ids(12, 4)
+    direct = SparseCache(model, "quest", read=12, page=4)
+    with torch.inference_mode():
+        model(prompt, past_key_values=direct)
+    pre = ts.prefill(model, None, prompt)
+    adopted = SparseCache(model, "quest", read=12, page=4).adopt(pre.cache)
+    got, want = feed(model, adopted, new), feed(model, direct, new)
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    assert pre.cache.layers[0].keys.shape[2] == 50  # the prefilled cache itself is untouched

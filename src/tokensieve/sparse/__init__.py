@@ -11,6 +11,7 @@ scores, and ``SparseLayer`` reads the top ones and runs exact attention over the
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from ..cache import SieveCache
@@ -100,6 +101,25 @@ class SparseCache(SieveCache):
         out["steps"] = means[0]["steps"]
         out["dense_layer_steps"] = sum(m["dense_steps"] for m in means)
         return out
+
+    def adopt(self, prefilled: SieveCache) -> SparseCache:
+        """Take over the tokens of an already prefilled ``SieveCache`` (shared, never written): one prefill,
+        then any number of methods and read budgets. Each layer's index is built at its next step."""
+        if len(prefilled.layers) != len(self.layers):
+            raise ValueError("the prefilled cache belongs to another model (its layer count differs)")
+        for i, (mine, theirs) in enumerate(zip(self.layers, prefilled.layers, strict=True)):
+            if not isinstance(mine, SparseLayer):
+                self.layers[i] = copy.copy(theirs)
+                continue
+            for name in ("keys", "values", "valid", "token_index", "cumulative_length", "is_initialized"):
+                setattr(mine, name, getattr(theirs, name))
+            if theirs.is_initialized:
+                mine.dtype, mine.device = theirs.dtype, theirs.device
+            if mine.token_index is not None:
+                raise ValueError("sparse decoding reads a whole cache: this one was compressed (tokens evicted)")
+            mine.index, mine.meter = None, Meter()
+        self.shared.clear()
+        return self
 
     def fork(self) -> SparseCache:
         out = super().fork()

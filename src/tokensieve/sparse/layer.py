@@ -17,12 +17,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..act.evict import gather_tokens, protection_mask, select
+from ..act.evict import gather_tokens, protection_mask
 from ..cache import SieveLayer
 from ..observe import hooks
 from ..score.attention import group_queries
 from .base import Index, SelectInputs, SparseMethod
-from .select import exact_topk, group_probs, logits, overlap
+from .select import exact_topk, group_probs, logits, overlap, top_slots
 
 
 @dataclass
@@ -90,7 +90,7 @@ class SparseLayer(SieveLayer):
     def attend(self, module, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, **kwargs):
         q_len = query.shape[-2]
         mask = self.attention_mask(q_len, mask)
-        if self.index is None:
+        if self.index is None:  # the prefill (or the first step after adopting a prefilled cache)
             self.index = self.method.build_index(self.keys, self.valid, self.rank)
         else:
             self.index = self.method.extend_index(self.index, self.keys, self.valid, q_len, self.rank)
@@ -112,7 +112,7 @@ class SparseLayer(SieveLayer):
             self.meter.add(1.0, 1.0)
             return hooks.sdpa(module, query, key, value, mask, **kwargs)
         sinks, window = self.method.protected(k)
-        idx = select(sel.scores.expand(b, hkv, s), k, self.valid, sinks, window)
+        idx = top_slots(sel.scores.expand(b, hkv, s), k, self.valid, sinks, window)
         read = torch.ones_like(idx, dtype=torch.bool)
         if self.valid is not None:
             read &= self.valid.gather(1, idx.flatten(1)).view_as(idx)

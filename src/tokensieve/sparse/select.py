@@ -31,6 +31,23 @@ def mask_padding(scores: Tensor, valid: Tensor | None) -> Tensor:
     return scores if valid is None else scores.masked_fill(~valid[:, None, :], NEG)
 
 
+def top_slots(scores: Tensor, k: int, valid: Tensor | None, sinks: int = 0, window: int = 0) -> Tensor:
+    """Indices [B, H, k] of the slots to read: the protected first ``sinks`` and last ``window`` real slots,
+    then the best scores; padding only when a row has fewer than ``k`` real slots. One ``topk``, no sort:
+    read order does not matter to attention."""
+    s = scores.float().clone()
+    if valid is None:
+        s[..., :sinks] = float("inf")
+        if window:
+            s[..., -window:] = float("inf")
+    else:
+        from ..act.evict import protection_mask
+
+        protect = protection_mask(valid, s.shape[0], s.shape[-1], sinks, window, s.device)
+        s = s.masked_fill(protect[:, None, :], float("inf")).masked_fill(~valid[:, None, :], NEG)
+    return s.nan_to_num_(nan=NEG).topk(k, dim=-1).indices
+
+
 # --- Quest: page bounds --------------------------------------------------------------------------
 
 

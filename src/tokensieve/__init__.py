@@ -5,6 +5,7 @@ from __future__ import annotations
 from .budget import ALLOCATORS, get_allocator
 from .cache import SieveCache, SieveLayer
 from .errors import (
+    BatchError,
     BudgetError,
     EmptyContextError,
     InvalidKeepError,
@@ -29,6 +30,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "REGISTRY",
     "Answer",
+    "BatchError",
     "BudgetError",
     "Compressed",
     "EmptyContextError",

@@ -57,3 +57,7 @@ def check_budget(budget: int, context_tokens: int) -> int:
             f"nothing would be evicted; use a budget below {context_tokens} or keep=1.0"
         )
     return budget
+
+
+class BatchError(TokenSieveError, ValueError):
+    pass

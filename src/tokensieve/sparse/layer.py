@@ -21,8 +21,11 @@ from ..act.evict import gather_tokens, protection_mask
 from ..cache import SieveLayer
 from ..observe import hooks
 from ..score.attention import group_queries
+from . import kernels
 from .base import Index, SelectInputs, SparseMethod
 from .select import exact_topk, group_probs, logits, overlap, top_slots
+
+USE_KERNELS = True  # on CUDA with Triton installed, read the selected slots with the Triton kernel
 
 
 @dataclass
@@ -121,6 +124,13 @@ class SparseLayer(SieveLayer):
             read &= (sel.keep.expand(b, hkv, s) | protect[:, None]).gather(-1, idx)
         if self.on_select is not None:
             self.on_select(self, idx[..., None].where(read[..., None], -1)[..., 0])
+        if USE_KERNELS and kernels.AVAILABLE and self.keys.is_cuda:
+            units = idx.masked_fill(~read, -1).to(torch.int32).contiguous()
+            out = kernels.sparse_decode_attention(
+                query[:, :, 0].contiguous(), self.keys, self.values, units, 1, scaling
+            )
+            self._record(q, idx, read, sel.scoring_read, n_real)
+            return out.unsqueeze(1), None  # [B, 1, H, D], as transformers' attention functions return
         g = query.shape[1] // hkv
         sub_mask = None if bool(read.all()) else read.repeat_interleave(g, 1)[:, :, None, :]
         out = hooks.sdpa(

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from . import kernels
 from .base import Index, SelectInputs, Selection, SparseMethod
 from .select import page_minmax, pages_to_tokens, quest_bounds
 
@@ -37,6 +38,9 @@ class Quest(SparseMethod):
         }
 
     def select(self, x: SelectInputs) -> Selection:
-        bounds = quest_bounds(x.q, x.index["min"], x.index["max"]).sum(2)  # [B, Hkv, P]
+        if x.q.is_cuda and kernels.AVAILABLE:  # one pass over the page summaries
+            bounds = kernels.quest_page_scores(x.q, x.index["min"], x.index["max"])
+        else:
+            bounds = quest_bounds(x.q, x.index["min"], x.index["max"]).sum(2)  # [B, Hkv, P]
         # scoring reads a min and a max vector per page: 2 / page of the keys
         return Selection(pages_to_tokens(bounds, self.page, x.keys.shape[2]), 2 / self.page)

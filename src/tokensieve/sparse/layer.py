@@ -30,34 +30,35 @@ USE_KERNELS = True  # on CUDA with Triton installed, read the selected slots wit
 
 @dataclass
 class Meter:
-    """Per-layer running sums over decode steps (divide by ``steps``)."""
+    """Per-layer running sums over decode steps. Values may be device tensors: nothing synchronises with
+    the GPU until ``mean()`` is read."""
 
     steps: int = 0
     dense_steps: int = 0
-    read: float = 0.0  # fraction of the K and V bytes touched (scoring + attended)
-    attended: float = 0.0  # fraction of the slots attended
-    recall: float = 0.0  # |selected & exact top-k| / k, k = the slots attended
-    iou: float = 0.0
-    mass: float = 0.0  # true attention mass on the selected slots
+    read: Tensor | float = 0.0  # fraction of the K and V bytes touched (scoring + attended)
+    attended: Tensor | float = 0.0  # fraction of the slots attended
+    recall: Tensor | float = 0.0  # |selected & exact top-k| / k, k = the slots attended
+    iou: Tensor | float = 0.0
+    mass: Tensor | float = 0.0  # true attention mass on the selected slots
 
-    def add(self, read: float, attended: float, recall: float = 1.0, iou: float = 1.0, mass: float = 1.0) -> None:
+    def add(self, read, attended, recall=1.0, iou=1.0, mass=1.0) -> None:
         self.steps += 1
-        self.read += read
-        self.attended += attended
-        self.recall += recall
-        self.iou += iou
-        self.mass += mass
+        self.read = self.read + read
+        self.attended = self.attended + attended
+        self.recall = self.recall + recall
+        self.iou = self.iou + iou
+        self.mass = self.mass + mass
 
     def mean(self) -> dict[str, float]:
         n = max(1, self.steps)
         return {
             "steps": self.steps,
             "dense_steps": self.dense_steps,
-            "read_fraction": self.read / n,
-            "attended_fraction": self.attended / n,
-            "recall": self.recall / n,
-            "iou": self.iou / n,
-            "attention_mass": self.mass / n,
+            "read_fraction": float(self.read) / n,
+            "attended_fraction": float(self.attended) / n,
+            "recall": float(self.recall) / n,
+            "iou": float(self.iou) / n,
+            "attention_mass": float(self.mass) / n,
         }
 
 
@@ -140,7 +141,7 @@ class SparseLayer(SieveLayer):
         return out
 
     def _record(self, q: Tensor, idx: Tensor, read: Tensor, scoring_read: float, n_real: int) -> None:
-        n_read = read.float().sum(-1).mean().item()
+        n_read = read.float().sum(-1).mean()  # stays on the device: no synchronisation per layer
         bytes_read = (scoring_read * n_real + 2 * n_read) / (2 * n_real)
         if not self.measure:
             self.meter.add(bytes_read, n_read / n_real)
@@ -151,7 +152,7 @@ class SparseLayer(SieveLayer):
         in_truth = torch.arange(truth.shape[-1], device=truth.device) < per_head[..., None]
         recall, iou = overlap(idx, truth, probs.shape[-1], read, in_truth)
         mass = (probs.gather(-1, idx) * read).sum(-1)
-        self.meter.add(bytes_read, n_read / n_real, recall.mean().item(), iou.mean().item(), mass.mean().item())
+        self.meter.add(bytes_read, n_read / n_real, recall.mean(), iou.mean(), mass.mean())
 
     def fork(self) -> SparseLayer:
         out = copy.copy(self)

@@ -45,7 +45,7 @@ def top_slots(scores: Tensor, k: int, valid: Tensor | None, sinks: int = 0, wind
 
         protect = protection_mask(valid, s.shape[0], s.shape[-1], sinks, window, s.device)
         s = s.masked_fill(protect[:, None, :], float("inf")).masked_fill(~valid[:, None, :], NEG)
-    return s.nan_to_num_(nan=NEG).topk(k, dim=-1).indices
+    return s.nan_to_num_(nan=NEG).topk(k, dim=-1, sorted=False).indices
 
 
 # --- Quest: page bounds --------------------------------------------------------------------------
@@ -111,7 +111,7 @@ def hierarchical_scores(
     if valid is not None:
         has_real = torch.cat([valid, valid.new_zeros(b, n_total * block - s)], 1).view(b, -1, block).any(-1)
         coarse = coarse.masked_fill(~has_real[:, None, :], NEG)
-    top = coarse.topk(min(n_blocks, n_total), dim=-1).indices  # [B, Hkv, nb]
+    top = coarse.topk(min(n_blocks, n_total), dim=-1, sorted=False).indices  # [B, Hkv, nb]
     slots = (top[..., None] * block + torch.arange(block, device=k.device)).flatten(2)  # [B, Hkv, nb * block]
     inside = slots < s
     slots = slots.clamp(max=s - 1)

@@ -107,6 +107,37 @@ def test_cli_empty_context_file(capsys, tmp_path):
 def test_cli_lists_methods_as_json(capsys):
     assert main(["methods", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["id"] for r in rows if r["kind"] != "budget allocator"] == ts.method_ids()
+    from tokensieve.prune import PRUNERS
+    from tokensieve.sparse import SPARSE
+
+    ids = [r["id"] for r in rows if r["kind"] != "budget allocator"]
+    assert ids == [*ts.method_ids(), *SPARSE, *PRUNERS]  # every family, each under its kind
     assert [r["id"] for r in rows if r["kind"] == "budget allocator"] == list(ts.ALLOCATORS)
-    assert all(r["paper"] and r["rule"] for r in rows)
+    assert all(r["paper"] and r["rule"] and r["kind"] for r in rows)
+    kinds = {r["id"]: r["kind"] for r in rows}
+    assert kinds["h2o"] == "prefill eviction + decode eviction" and kinds["snapkv"] == "prefill eviction"
+    assert kinds["quest"] == "sparse decoding" and kinds["lazyllm"] == "prefill pruning"
+
+
+# --- decode-time families ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--method", "knorm"], "does not act at decode time"),
+        (["--method", "h2o"], "needs --budget"),
+        (["--method", "h2o", "--budget", "64", "--read", "0.1"], "--read applies to sparse decoding"),
+        (["--method", "quest", "--budget", "64"], "apply to decode eviction"),
+        (["--method", "lazyllm", "--read", "0.5"], "--read applies to sparse decoding"),
+    ],
+)
+def test_cli_decode_bad_input_is_one_line_and_exit_2(capsys, args, message):
+    rc = main(["decode", *args, "--context", "some text", "--question", "q?"])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and err.count("\n") == 1
+
+
+def test_decode_api_rejects_a_prefill_only_method(model):
+    with pytest.raises(ts.UnknownMethodError, match="does not act at decode time"):
+        ts.decode(model, None, "text", "q?", "snapkv", budget=8)

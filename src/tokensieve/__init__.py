@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from .budget import ALLOCATORS, get_allocator
 from .cache import SieveCache, SieveLayer
+from .decoding import DecodeAnswer, DecodeStats, decode
 from .errors import (
+    BatchError,
     BudgetError,
     CalibrationError,
     EmptyContextError,
@@ -17,11 +19,14 @@ from .errors import (
     UnknownMethodError,
     UnsupportedArchitectureError,
 )
+from .evicting import DecodeCache
 from .methods import REGISTRY, Method, get_method, method_ids
 from .models import BUNDLED, DEFAULT_MODEL, load_model
 from .observe.hooks import prepare
 from .pipeline import Answer, Compressed, Prefill, Stats, compress, generate, prefill
 from .prompts import PromptFormat
+from .prune import prune
+from .sparse import SparseCache
 
 __version__ = "0.1.0"
 
@@ -31,9 +36,13 @@ __all__ = [
     "DEFAULT_MODEL",
     "REGISTRY",
     "Answer",
+    "BatchError",
     "BudgetError",
     "CalibrationError",
     "Compressed",
+    "DecodeAnswer",
+    "DecodeCache",
+    "DecodeStats",
     "EmptyContextError",
     "InvalidKeepError",
     "Method",
@@ -45,11 +54,13 @@ __all__ = [
     "PromptFormat",
     "SieveCache",
     "SieveLayer",
+    "SparseCache",
     "Stats",
     "TokenSieveError",
     "UnknownMethodError",
     "UnsupportedArchitectureError",
     "compress",
+    "decode",
     "generate",
     "get_allocator",
     "get_method",
@@ -57,4 +68,5 @@ __all__ = [
     "method_ids",
     "prefill",
     "prepare",
+    "prune",
 ]

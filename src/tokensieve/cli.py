@@ -1,4 +1,4 @@
-"""Command line: ``tokensieve methods | generate | calibrate | sinks | demo | bench``."""
+"""Command line: ``tokensieve methods | generate | decode | calibrate | sinks | demo | bench``."""
 
 from __future__ import annotations
 
@@ -40,10 +40,9 @@ def _keep(text: str) -> float:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from .methods import REGISTRY
+    from .catalog import describe_all
 
-    rows = [cls().describe() for cls in REGISTRY.values()]
-    rows += [cls().describe() for cls in ALLOCATORS.values()]  # budgets compose with every score
+    rows = describe_all()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -204,6 +203,56 @@ def cmd_sinks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_decode(args: argparse.Namespace) -> int:
+    from .decoding import decode, family_of
+    from .models import load_model
+
+    params = dict(args.param or [])
+    family = family_of(args.method)  # fail fast on a bad method before loading the model
+    if family == "decode eviction" and args.budget is None:
+        raise TokenSieveError(f"decode eviction with {args.method} needs --budget N (tokens held per KV head)")
+    if family != "decode eviction" and (args.budget is not None or args.prefill is not None):
+        raise TokenSieveError(f"--budget / --prefill apply to decode eviction, not to {family} ({args.method})")
+    if family != "sparse decoding" and args.read is not None:
+        raise TokenSieveError(f"--read applies to sparse decoding, not to {family} ({args.method})")
+    context = _context(args)
+    if not context.strip():
+        raise TokenSieveError("the context is empty: pass --context TEXT or --context-file PATH with text in it")
+    model, tok = load_model(args.model)
+    ans = decode(
+        model,
+        tok,
+        context,
+        args.question,
+        args.method,
+        budget=args.budget,
+        read=args.read,
+        prefill=args.prefill,
+        prefill_keep=args.prefill_keep,
+        max_new_tokens=args.max_new_tokens,
+        answer_prefix=args.answer_prefix,
+        measure=args.measure,
+        **params,
+    )
+    record = {"answer": ans.text, "model": str(args.model), **ans.stats.as_dict()}
+    if args.json:
+        print(json.dumps(record, default=str))
+    else:
+        console.print(f"[bold]answer:[/bold] {escape(ans.text)}")
+        for k, v in record.items():
+            if k != "answer":
+                console.print(f"  {k}: {escape(str(v))}")
+    return 0
+
+
+def _read(text: str) -> float | int:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--read takes a fraction in (0, 1] or a token count, not {text!r}") from None
+    return int(value) if value > 1 and value.is_integer() else value
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -278,6 +327,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--plot", help="write a PNG heat map (layers x heads) here")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_sinks)
+
+    dc = sub.add_parser(
+        "decode",
+        help="answer with a decode-time method: eviction while generating (--budget), sparse reads (--read), "
+        "or prefill pruning",
+    )
+    dc.add_argument("--model", default="smollm2", help="bundled name (smollm2, gemma3-270m) or a local model dir")
+    dc.add_argument("--method", required=True, help="a decode-time method id (see `tokensieve methods`)")
+    dc.add_argument("--budget", type=int, help="decode eviction: tokens held per KV head at every step")
+    dc.add_argument("--read", type=_read, help="sparse decoding: fraction of the cache read per step (default 1/8)")
+    dc.add_argument("--prefill", help="decode eviction: a prefill-eviction method that compresses the prompt first")
+    dc.add_argument("--prefill-keep", type=_keep, help="the prefill method's keep ratio")
+    src = dc.add_mutually_exclusive_group(required=True)
+    src.add_argument("--context-file", help="text file holding the context")
+    src.add_argument("--context", help="the context text itself")
+    dc.add_argument("--question", required=True)
+    dc.add_argument("--max-new-tokens", type=int, default=32)
+    dc.add_argument("--answer-prefix", default="", help='text that starts the answer, e.g. "The pass key is"')
+    dc.add_argument("--measure", action="store_true", help="sparse decoding: also measure selection recall")
+    dc.add_argument("--param", type=_param, action="append", metavar="NAME=VALUE", help="override a method parameter")
+    dc.add_argument("--json", action="store_true", help="print one JSON object")
+    dc.set_defaults(func=cmd_decode)
 
     d = sub.add_parser("demo", help="the main job: a pass key in ~2k tokens, compressed 4x, answered")
     d.add_argument("--model", default="smollm2")

@@ -65,3 +65,7 @@ class CalibrationError(TokenSieveError, RuntimeError):
 
 class ParameterError(TokenSieveError, ValueError):
     pass
+
+
+class BatchError(TokenSieveError, ValueError):
+    pass

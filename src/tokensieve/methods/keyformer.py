@@ -16,7 +16,7 @@ class Keyformer(Method):
     over the prompt queries. The noise is drawn per (row, column) in seeded blocks, shared by the heads,
     so it does not depend on chunking. At prefill tau is ``tau`` (tau_init); its rise across decode steps
     belongs to decode-time eviction. A recent window of 20% of the budget is kept (the paper's key + recent
-    split)."""
+    split). At decode time (``DecodeCache``) tau rises linearly to ``tau_end`` over ``tau_steps`` steps."""
 
     id = "keyformer"
     paper = "Keyformer: KV Cache Reduction through Key Tokens Selection (Adnan et al., 2024)"
@@ -25,6 +25,8 @@ class Keyformer(Method):
     window: float = 0.2
     tau: float = 1.0
     seed: int = 0
+    tau_end: float = 2.0
+    tau_steps: int = 512
 
     def needs(self) -> Needs:
         return Needs(stats=frozenset({GumbelSum(tau=self.tau, seed=self.seed)}))

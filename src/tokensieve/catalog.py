@@ -1,0 +1,26 @@
+"""Every method tokensieve implements, across families, for ``tokensieve methods``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def describe_all() -> list[dict[str, Any]]:
+    """One row per method id: prefill eviction (marked when it also evicts while generating), sparse
+    decoding, prefill pruning; then the budget allocators, which compose with every score."""
+    from .budget import ALLOCATORS
+    from .evicting import DECODE_RULES
+    from .methods import REGISTRY
+    from .prune import PRUNERS
+    from .sparse import SPARSE
+
+    rows = []
+    for cls in REGISTRY.values():
+        row = cls().describe()
+        if cls.id in DECODE_RULES:
+            row["kind"] = f"{row['kind']} + decode eviction"
+        rows.append(row)
+    rows += [cls().describe() for cls in SPARSE.values()]
+    rows += [cls().describe() for cls in PRUNERS.values()]
+    rows += [cls().describe() for cls in ALLOCATORS.values()]
+    return rows

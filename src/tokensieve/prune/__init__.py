@@ -1,0 +1,57 @@
+"""Prefill pruning: drop prompt tokens inside the prefill to cut time-to-first-token (LazyLLM, SpAtten).
+
+model, tok = tokensieve.load_model()
+with tokensieve.prune(model, "lazyllm") as cache:           # hooks live only inside this block
+    out = model.generate(**tok(prompt, return_tensors="pt"), past_key_values=cache, max_new_tokens=32)
+cache.engine.alive_per_layer                               # tokens each layer computed on
+
+A pruner (``lazyllm.py``, ``spatten.py``) is policy: where to prune, how much to keep, which attention
+ranks tokens. ``engine.py`` applies it with forward pre-hooks installed for the block only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from ..errors import UnknownMethodError
+from ..observe.hooks import prepare
+from .base import Pruner
+from .engine import PrunedCache, PruneEngine, decoder_layers
+from .lazyllm import LazyLLM
+from .spatten import SpAtten
+
+PRUNERS: dict[str, type[Pruner]] = {cls.id: cls for cls in (LazyLLM, SpAtten)}
+
+
+def get_pruner(method: str | Pruner, **params: Any) -> Pruner:
+    if isinstance(method, Pruner):
+        if params:
+            raise TypeError("pass parameters either to the pruner instance or as keywords, not both")
+        return method
+    cls = PRUNERS.get(method)
+    if cls is None:
+        raise UnknownMethodError(f"unknown prefill-pruning method {method!r}; choose one of: {', '.join(PRUNERS)}")
+    try:
+        return cls(**params)
+    except TypeError as e:
+        names = ", ".join(cls.__dataclass_fields__)
+        raise UnknownMethodError(f"bad parameter for method {method!r} ({e}); it takes: {names}") from None
+
+
+@contextmanager
+def prune(model, method: str | Pruner = "lazyllm", **params: Any) -> Iterator[PrunedCache]:
+    """A cache whose first forward (the prompt) is pruned by ``method``; later forwards generate from it
+    (LazyLLM revives pruned tokens the new queries need). Use the cache only inside the block."""
+    pruner = get_pruner(method, **params)
+    prepare(model)
+    cache = PrunedCache(model)
+    engine = PruneEngine(model, pruner, cache)
+    pruner.stages(len(decoder_layers(model)))  # validates the schedule against the model before any work
+    cache.engine = engine
+    with engine:
+        yield cache
+
+
+__all__ = ["PRUNERS", "PruneEngine", "PrunedCache", "Pruner", "get_pruner", "prune"]

@@ -141,3 +141,12 @@ def test_cli_decode_bad_input_is_one_line_and_exit_2(capsys, args, message):
 def test_decode_api_rejects_a_prefill_only_method(model):
     with pytest.raises(ts.UnknownMethodError, match="does not act at decode time"):
         ts.decode(model, None, "text", "q?", "snapkv", budget=8)
+
+
+@pytest.mark.parametrize(
+    "method,family",
+    [("quest", "sparse-decoding method"), ("lazyllm", "prefill-pruning method"), ("adakv", "budget allocator")],
+)
+def test_a_method_of_another_family_is_named_as_such(method, family):
+    with pytest.raises(ts.UnknownMethodError, match=family):
+        ts.get_method(method)

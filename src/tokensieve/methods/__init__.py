@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import UnknownMethodError
+from ..registry import instantiate
 from .a2sf import A2SF
 from .base import Method
 from .compresskv import CompressKV
@@ -35,23 +35,7 @@ def method_ids() -> list[str]:
 
 def get_method(method: str | Method, **params: Any) -> Method:
     """A method instance from its id (with optional parameter overrides), or the instance itself."""
-    if isinstance(method, Method):
-        if params:
-            raise TypeError("pass parameters either to the method instance or as keywords, not both")
-        return method
-    cls = REGISTRY.get(method)
-    if cls is None:
-        from ..budget import ALLOCATORS
-
-        hint = f"; {method!r} is a budget allocator: pass allocator={method!r}" if method in ALLOCATORS else ""
-        raise UnknownMethodError(
-            f"unknown method id {method!r}; choose one of: {', '.join(REGISTRY)} (see `tokensieve methods`){hint}"
-        )
-    try:
-        return cls(**params)
-    except TypeError as e:
-        names = ", ".join(cls.__dataclass_fields__)
-        raise UnknownMethodError(f"bad parameter for method {method!r} ({e}); it takes: {names}") from None
+    return instantiate(REGISTRY, Method, "method id", method, params)
 
 
 __all__ = ["REGISTRY", "Method", "get_method", "method_ids"]

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ..errors import UnknownMethodError
 from ..observe.hooks import prepare
+from ..registry import instantiate
 from .base import Pruner
 from .engine import PrunedCache, PruneEngine, decoder_layers
 from .lazyllm import LazyLLM
@@ -26,18 +26,7 @@ PRUNERS: dict[str, type[Pruner]] = {cls.id: cls for cls in (LazyLLM, SpAtten)}
 
 
 def get_pruner(method: str | Pruner, **params: Any) -> Pruner:
-    if isinstance(method, Pruner):
-        if params:
-            raise TypeError("pass parameters either to the pruner instance or as keywords, not both")
-        return method
-    cls = PRUNERS.get(method)
-    if cls is None:
-        raise UnknownMethodError(f"unknown prefill-pruning method {method!r}; choose one of: {', '.join(PRUNERS)}")
-    try:
-        return cls(**params)
-    except TypeError as e:
-        names = ", ".join(cls.__dataclass_fields__)
-        raise UnknownMethodError(f"bad parameter for method {method!r} ({e}); it takes: {names}") from None
+    return instantiate(PRUNERS, Pruner, "prefill-pruning method", method, params)
 
 
 @contextmanager

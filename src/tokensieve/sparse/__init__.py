@@ -15,7 +15,8 @@ import copy
 from typing import Any
 
 from ..cache import SieveCache
-from ..errors import BudgetError, UnknownMethodError
+from ..errors import BudgetError
+from ..registry import instantiate
 from .base import SelectInputs, Selection, SparseMethod
 from .double_sparsity import DoubleSparsity
 from .fasa import FASA
@@ -32,20 +33,7 @@ SPARSE: dict[str, type[SparseMethod]] = {
 
 
 def get_sparse(method: str | SparseMethod, **params: Any) -> SparseMethod:
-    if isinstance(method, SparseMethod):
-        if params:
-            raise TypeError("pass parameters either to the method instance or as keywords, not both")
-        return method
-    cls = SPARSE.get(method)
-    if cls is None:
-        raise UnknownMethodError(
-            f"unknown sparse-decoding method {method!r}; choose one of: {', '.join(SPARSE)} (see `tokensieve methods`)"
-        )
-    try:
-        return cls(**params)
-    except TypeError as e:
-        names = ", ".join(n for n in cls.__dataclass_fields__ if not n.startswith("_"))
-        raise UnknownMethodError(f"bad parameter for method {method!r} ({e}); it takes: {names}") from None
+    return instantiate(SPARSE, SparseMethod, "sparse-decoding method", method, params)
 
 
 def check_read(read: Any) -> float | int:

@@ -158,17 +158,27 @@ def aggregate(res: Results, engine: str = "tokensieve", setting: str = "agnostic
     return rows
 
 
-def complete(rows: list[Row], length: int) -> list[Row]:
-    """The rows that ran every task and sample the full cache ran at this length: only they are comparable
-    in a pivot (specs added for the kvpress comparison ran on a subset and appear in the detail table)."""
+FIDELITY_ONLY = "fidelity"
+RETRIEVAL_ONLY = "retrieval"
+
+
+def _covers(r: Row, full: Row, part: str | None) -> bool:
+    tasks = [t for t in full.n if part is None or (t == "fidelity") == (part == FIDELITY_ONLY)]
+    return bool(tasks) and all(r.n.get(t) == full.n[t] for t in tasks)
+
+
+def complete(rows: list[Row], length: int, part: str | None = None) -> list[Row]:
+    """The rows that ran every task and sample the full cache ran at this length (``part``: only its
+    fidelity or only its retrieval tasks): only they are comparable in a pivot (specs added for the kvpress
+    comparison ran on a subset and appear in the detail table)."""
     full = next((r for r in rows if r.length == length and r.method == FULL), None)
     if full is None:
         return [r for r in rows if r.length == length]
-    return [r for r in rows if r.length == length and r.n == full.n]
+    return [r for r in rows if r.length == length and _covers(r, full, part)]
 
 
-def _pivot(rows: list[Row], length: int, value, digits: int = 1) -> list[str]:
-    rows = complete(rows, length)
+def _pivot(rows: list[Row], length: int, value, digits: int = 1, part: str | None = None) -> list[str]:
+    rows = complete(rows, length, part)
     keeps = sorted({r.keep for r in rows if r.method != FULL}, reverse=True)
     table = {(r.method, r.keep): r for r in rows}
     full = next((r for r in rows if r.method == FULL), None)
@@ -192,20 +202,20 @@ def headline(rows: list[Row], length: int) -> list[str]:
 def compact(rows: list[Row], lengths: list[int]) -> list[str]:
     """The README table: per length and method, three metrics, each as keep 0.5 / 0.25 / 0.1."""
     metrics = (
-        ("fidelity top-1 %", lambda r: 100 * r.fidelity.get("top1", float("nan")), 1),
-        ("long-range KL (nats)", lambda r: r.kl_long, 3),
-        ("retrieval %", lambda r: 100 * r.retrieval, 0),
+        ("fidelity top-1 %", lambda r: 100 * r.fidelity.get("top1", float("nan")), 1, FIDELITY_ONLY),
+        ("long-range KL (nats)", lambda r: r.kl_long, 3, FIDELITY_ONLY),
+        ("retrieval %", lambda r: 100 * r.retrieval, 0, RETRIEVAL_ONLY),
     )
     keeps: list[float] = []
     lines = []
     for length in lengths:
-        rs = complete(rows, length)
+        rs = complete(rows, length, FIDELITY_ONLY)
         keeps = sorted({r.keep for r in rs if r.method != FULL}, reverse=True)
-        table = {(r.method, r.keep): r for r in rs}
         full = next((r for r in rs if r.method == FULL), None)
         for m in _order(r.method for r in rs):
             vals = []
-            for _name, value, digits in metrics:
+            for _name, value, digits, part in metrics:
+                table = {(r.method, r.keep): r for r in complete(rows, length, part)}
                 if m == FULL and full is not None:
                     vals.append(fmt(value(full), digits))
                 else:
@@ -215,7 +225,7 @@ def compact(rows: list[Row], lengths: list[int]) -> list[str]:
             name = "**full cache**" if m == FULL else m
             lines.append(f"| {length} | {name} | " + " | ".join(vals) + " |")
     ks = " / ".join(f"{k:g}" for k in keeps)
-    head = "| tokens | method | " + " | ".join(f"{n} (keep {ks})" for n, _, _ in metrics) + " |"
+    head = "| tokens | method | " + " | ".join(f"{n} (keep {ks})" for n, *_ in metrics) + " |"
     return [head, "|---:|---|---:|---:|---:|", *lines]
 
 
@@ -363,9 +373,9 @@ def write_summary(out: Path, command: str | None = None) -> Path:
         lines += [f"## {length} tokens: all-tasks score (up to {n} samples per task)", ""]
         lines += [*headline(rows, length), ""]
         lines += [f"### {length} tokens: fidelity, top-1 agreement with the full cache %", ""]
-        lines += [*_pivot(rows, length, lambda r: 100 * r.fidelity.get("top1", float("nan"))), ""]
+        lines += [*_pivot(rows, length, lambda r: 100 * r.fidelity.get("top1", float("nan")), 1, FIDELITY_ONLY), ""]
         lines += [f"### {length} tokens: fidelity, KL(full ‖ compressed) nats/token (lower is better)", ""]
-        lines += [*_pivot(rows, length, lambda r: r.fidelity.get("kl", float("nan")), 3), ""]
+        lines += [*_pivot(rows, length, lambda r: r.fidelity.get("kl", float("nan")), 3, FIDELITY_ONLY), ""]
         lines += [
             f"### {length} tokens: fidelity on long-range tokens, KL nats/token (lower is better)",
             "",
@@ -373,9 +383,9 @@ def write_summary(out: Path, command: str | None = None) -> Path:
             "tokens alone (about a fifth of them): where a cache must have kept something from further back.",
             "",
         ]
-        lines += [*_pivot(rows, length, lambda r: r.kl_long, 3), ""]
+        lines += [*_pivot(rows, length, lambda r: r.kl_long, 3, FIDELITY_ONLY), ""]
         lines += [f"### {length} tokens: retrieval tasks, mean score %", ""]
-        lines += [*_pivot(rows, length, lambda r: 100 * r.retrieval), ""]
+        lines += [*_pivot(rows, length, lambda r: 100 * r.retrieval, 0, RETRIEVAL_ONLY), ""]
     lines += ["## Every cell", ""]
     for length in lengths:
         lines += [f"### {length} tokens", "", *_detail(rows, length, tasks), ""]

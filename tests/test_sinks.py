@@ -139,3 +139,24 @@ def test_modifiers_generate_on_every_architecture(arch, method):
     batch = torch.cat([ids(10, 3), ids(11, 3)])
     sampled = c.generate(batch, max_new_tokens=4, min_new_tokens=4, do_sample=True, temperature=0.8)
     assert greedy.shape == (1, 4) and sampled.shape == (2, 4)
+
+
+@pytest.mark.parametrize("q_len,n,masked", [(1, 40, False), (5, 5, False), (5, 40, True)])
+def test_biased_decode_path_equals_the_padded_sdpa_path(q_len, n, masked):
+    """Without a mask, the layer only gets several queries when nothing precedes them (see attention_mask)."""
+    from tokensieve.cache.biased import BiasedLayer
+
+    g = torch.Generator().manual_seed(0)
+    b, h, h_kv, d = 2, 6, 2, 16
+    q, k, v = (torch.randn(b, hh, t, d, generator=g) for hh, t in ((h, q_len), (h_kv, n), (h_kv, n)))
+    bias = torch.randn(b, h, n, generator=g)
+    allowed = None
+    if masked:
+        allowed = torch.ones(b, 1, q_len, n, dtype=torch.bool).tril(n - q_len)
+        allowed[1, ..., :3] = False  # left padding in row 1
+    layer = BiasedLayer(0, lambda *a: None)
+    layer.bias = bias
+    small = layer._biased(q, k, v, allowed, 0.25)
+    layer.small_q = 0  # force the padded SDPA path
+    big = layer._biased(q, k, v, allowed, 0.25)
+    torch.testing.assert_close(small, big, atol=1e-5, rtol=1e-5)

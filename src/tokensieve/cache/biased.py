@@ -21,6 +21,8 @@ Decide = Callable[["BiasedLayer", Tensor, float], Tensor | None]
 
 
 class BiasedLayer(SieveLayer):
+    small_q = 16  # query blocks up to this size take the explicit-logits path
+
     def __init__(self, layer_idx: int, decide: Decide) -> None:
         super().__init__(layer_idx)
         self.decide: Decide | None = decide
@@ -64,6 +66,8 @@ class BiasedLayer(SieveLayer):
         h_kv = key.shape[1]
         g = n_q_heads // h_kv
         d = query.shape[-1]
+        if q_len <= self.small_q:  # decoding: [g x q, T] logits per KV head are small; no padded copies
+            return self._biased_small(query, key, value, allowed, scaling, bias, g)
         # q, k and v padded to one head size, a multiple of 8, so that SDPA keeps its fused (flash) CPU kernel
         # instead of the math path (which would build the [T, T] attention matrix); one KV head's group at a
         # time, so the padded copies stay small (a few MiB at 2k tokens) and the allocator reuses them
@@ -82,6 +86,22 @@ class BiasedLayer(SieveLayer):
             )
             out[:, :, heads] = o[..., :d].transpose(1, 2)
         return out
+
+    @staticmethod
+    def _biased_small(query, key, value, allowed, scaling, bias, g) -> Tensor:
+        b, n_q_heads, q_len, d = query.shape
+        h_kv, n = key.shape[1], key.shape[-2]
+        q = query.reshape(b, h_kv, g * q_len, d)
+        logits = torch.matmul(q, key.transpose(-1, -2)).mul_(scaling).view(b, n_q_heads, q_len, n)
+        logits += bias[:, :, None, :].to(logits.dtype)
+        if allowed is not None:
+            logits.masked_fill_(~allowed, float("-inf"))
+        elif q_len > 1:  # causal within the new block
+            logits.masked_fill_(
+                torch.ones(q_len, n, dtype=torch.bool, device=q.device).triu(n - q_len + 1), float("-inf")
+            )
+        probs = logits.softmax(-1).view(b, h_kv, g * q_len, n)
+        return torch.matmul(probs, value).view(b, n_q_heads, q_len, d).transpose(1, 2)
 
     def _batch_apply(self, fn) -> None:
         super()._batch_apply(fn)

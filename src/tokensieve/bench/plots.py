@@ -6,7 +6,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from .report import FULL, Results, Row, aggregate, complete
+from .report import FIDELITY_ONLY, FULL, RETRIEVAL_ONLY, Results, Row, aggregate, complete
 
 DEPTH_BINS = 5
 
@@ -27,13 +27,14 @@ def score_vs_keep(rows: list[Row], path: Path, title: str) -> Path:
 
     lengths = sorted({r.length for r in rows})
     panels = [
-        ("retrieval %", lambda r: 100 * r.retrieval, False),
-        ("fidelity top-1 %", lambda r: 100 * r.fidelity.get("top1", math.nan), False),
-        ("fidelity greedy %", lambda r: 100 * r.fidelity.get("greedy", math.nan), False),
-        ("KL(full ‖ cell) nats", lambda r: r.fidelity.get("kl", math.nan), True),
-        ("KL, long-range tokens", lambda r: r.kl_long, True),
+        ("retrieval %", lambda r: 100 * r.retrieval, False, RETRIEVAL_ONLY),
+        ("fidelity top-1 %", lambda r: 100 * r.fidelity.get("top1", math.nan), False, FIDELITY_ONLY),
+        ("fidelity greedy %", lambda r: 100 * r.fidelity.get("greedy", math.nan), False, FIDELITY_ONLY),
+        ("KL(full ‖ cell) nats", lambda r: r.fidelity.get("kl", math.nan), True, FIDELITY_ONLY),
+        ("KL, long-range tokens", lambda r: r.kl_long, True, FIDELITY_ONLY),
     ]
-    methods = sorted({r.method for r in rows} - {FULL})
+    shown = {r.method for n in lengths for *_, part in panels for r in complete(rows, n, part)}
+    methods = sorted(shown - {FULL})
     cmap = plt.get_cmap("tab10")
     markers = "osD^v<>pXh"
     style = {
@@ -42,9 +43,9 @@ def score_vs_keep(rows: list[Row], path: Path, title: str) -> Path:
     }
     fig, axes = plt.subplots(len(lengths), len(panels), figsize=(4.2 * len(panels), 3.4 * len(lengths)), squeeze=False)
     for i, length in enumerate(lengths):
-        rs = [r for r in rows if r.length == length]
-        full = next((r for r in rs if r.method == FULL), None)
-        for j, (name, value, log) in enumerate(panels):
+        full = next((r for r in rows if r.length == length and r.method == FULL), None)
+        for j, (name, value, log, part) in enumerate(panels):
+            rs = complete(rows, length, part)  # the methods that ran every sample of this panel's tasks
             ax = axes[i][j]
             for m in methods:
                 pts = sorted((r.keep, value(r)) for r in rs if r.method == m)
@@ -166,7 +167,6 @@ def write_plots(out: Path) -> list[Path]:
     res = Results.load(out / "results.jsonl")
     model = res.meta[-1].get("model", "") if res.meta else ""
     rows = aggregate(res)
-    rows = [r for length in sorted({r.length for r in rows}) for r in complete(rows, length)]
     made = [score_vs_keep(rows, out / "score_vs_keep.png", f"{model}: score vs keep (question unseen)")]
     for maker, name in ((needle_heatmaps, "needle_depth.png"),):
         p = maker(res, out / name, model)

@@ -23,6 +23,7 @@ from tokensieve.bench.methods import PRESSES, MethodSpec, default_methods
 from tokensieve.bench.report import Results, write_summary
 from tokensieve.bench.runner import Config, load_done, run
 from tokensieve.cli import main
+from tokensieve.sparse import get_sparse
 from tokensieve.tasks import GROUPS, Item, Question, expand_tasks, get_task, score
 from tokensieve.tasks.ruler import spread_depth
 
@@ -308,6 +309,36 @@ def test_runner_cell_equals_its_own_prefill(tiny_dir, tmp_path):
     own = ev.fidelity_rows(ts.compress(model, tok, ctx, "snapkv", keep=0.25), ref).value[0]
     for k in ("nll", "kl", "top1", "greedy"):
         assert rec["metrics"][k] == pytest.approx(own[k], abs=1e-5), k
+
+
+def test_sparse_decoding_cells_from_the_shared_prefill(tiny_dir, tmp_path):
+    """Sparse decoders ride the same prefill: keep is the read fraction, the cache is held whole, the
+    measured read is below 1, the cell equals one run from its own prefill (step by step, one token per
+    forward), and reading everything equals the full cache."""
+    cfg = _config(tiny_dir, tmp_path / "run", samples=1)
+    cfg.tasks = expand_tasks("fidelity")
+    cfg.methods = [MethodSpec.parse(s) for s in ("quest", "hisa")]
+    cfg.keeps = [0.25]
+    cells = _cells(run(cfg))
+    full = next(c for c in cells if c["method"] == "full")
+    for c in (c for c in cells if c["method"] != "full"):
+        assert c["kv_bytes"] == full["kv_bytes"] and c["keep"] == 0.25
+        assert 0.25 <= c["read"]["read_fraction"] < 0.6 and c["read"]["sparse_steps"] > 0
+        assert c["read"]["attended_fraction"] == pytest.approx(0.25, abs=0.02)
+    rec = next(c for c in cells if c["method"] == "quest")
+    model, tok = ts.load_model(str(tiny_dir))
+    sample = cfg.tasks[0].sample(tok, 300, 0)
+    pre = ts.prefill(model, tok, torch.tensor([sample.context_ids]))
+    ref = ev.FidelityRef.build(pre.full(), sample.continuation, int(pre.last_logits[0].argmax()), 32)
+    own = ev.fidelity_rows(ev.sparse_cell(pre, get_sparse("quest"), 0.25), ref).value[0]
+    for k in ("nll", "kl", "top1", "greedy"):
+        assert rec["metrics"][k] == pytest.approx(own[k], abs=1e-5), k
+    everything = ev.fidelity_rows(ev.sparse_cell(pre, get_sparse("quest"), 1.0), ref).value[0]
+    assert everything["top1"] == 1.0 and everything["kl"] < 1e-6
+    with pytest.raises(ts.UnknownMethodError, match="no allocator"):
+        MethodSpec.parse("quest@pyramid")
+    summary = write_summary(tmp_path / "run").read_text()
+    assert "## Sparse decoding: what each decode step read" in summary and "| quest | 0.25 |" in summary
 
 
 def test_report_and_plots(tiny_dir, tmp_path):

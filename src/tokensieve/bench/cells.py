@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..cache import SieveCache, SieveLayer
-from ..pipeline import Compressed, Stats
+from ..pipeline import Compressed, Prefill, Stats
 from ..prompts import PromptFormat, clean_answer
 from ..tasks.base import Question
 from . import metrics
@@ -112,11 +112,60 @@ def answer_last_token(c: Compressed, last: int, question: Question, rows: int) -
     return Timed(texts, seconds)
 
 
+def sparse_cell(pre: Prefill, method, read: float) -> Compressed:
+    """A sparse-decoding cell: the shared prefill's whole cache, read ``read`` of it per decode step. Its
+    layers pool the meters of every fork, so ``read_stats`` sees what the evaluation read."""
+    from ..sparse import SparseCache
+
+    start = time.perf_counter()
+    cache = SparseCache(pre.model, method, read=read, tokenizer=pre.tokenizer).adopt(pre.cache)
+    for layer in cache.sparse_layers:
+        layer.pool_meter = True
+    stats = Stats(
+        pre.context_tokens,
+        pre.cache.kv_bytes(),
+        cache.kv_bytes(),
+        cache.tokens_held(),
+        pre.seconds,
+        time.perf_counter() - start,
+    )
+    return Compressed(pre.model, pre.tokenizer, cache, pre.context_ids, pre.context_mask, stats, method.id, read)
+
+
+def read_stats(c: Compressed) -> dict[str, float] | None:
+    """Measured over the sparse (decode) steps only, mean over layers: the fraction of the cache's bytes
+    read (scoring + attended keys and values) and the fraction of slots attended; None for other caches."""
+    layers = getattr(c.cache, "sparse_layers", None)
+    if not layers:
+        return None
+    read, attended, steps = [], [], 0
+    for layer in layers:
+        m = layer.meter
+        n = m.steps - m.dense_steps
+        if n > 0:  # dense steps (the question's forward) add 1.0 to both sums
+            read.append((float(m.read) - m.dense_steps) / n)
+            attended.append((float(m.attended) - m.dense_steps) / n)
+            steps = max(steps, n)
+    if not read:
+        return {"sparse_steps": 0}
+    return {
+        "read_fraction": sum(read) / len(read),
+        "attended_fraction": sum(attended) / len(attended),
+        "sparse_steps": steps,
+    }
+
+
 def forward_logits(c: Compressed, ids: Tensor) -> Tensor:
-    """Teacher-forced logits [rows, L, V] of ``ids [L]`` appended to every row of a fork of the cache."""
+    """Teacher-forced logits [rows, L, V] of ``ids [L]`` appended to every row of a fork of the cache.
+    Sparse-decoding caches take the tokens one per forward, as decoding does (a multi-token forward is a
+    prefill and reads everything)."""
     rows = c.context_ids.shape[0]
+    cache = c.cache.fork()
     with torch.inference_mode():
-        out = c.model(input_ids=ids.view(1, -1).expand(rows, -1), past_key_values=c.cache.fork())
+        if getattr(cache, "sparse_layers", None):
+            steps = [c.model(input_ids=t.view(1, 1).expand(rows, 1), past_key_values=cache).logits for t in ids]
+            return torch.cat(steps, 1).float()
+        out = c.model(input_ids=ids.view(1, -1).expand(rows, -1), past_key_values=cache)
     return out.logits.float()
 
 
@@ -193,5 +242,7 @@ __all__ = [
     "forward_logits",
     "greedy_continuation",
     "groups",
+    "read_stats",
+    "sparse_cell",
     "stack",
 ]

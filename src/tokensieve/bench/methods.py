@@ -1,8 +1,10 @@
 """What the benchmark sweeps: tokensieve method specs and the kvpress presses they correspond to.
 
 A method spec is ``id[:param=value...][@allocator]``, e.g. ``snapkv``, ``snapkv:window=64:kernel=5``,
-``snapkv@pyramid``. The default sweep is every registered method whose kind is prefill eviction, so
-methods added to the registry are benchmarked without touching this file.
+``snapkv@pyramid``. A sparse-decoding id (``quest``, ``tidal``, ...) is swept too: it keeps the whole
+prefilled cache and its ``keep`` is the fraction of the cache read per decode step. The default sweep is
+every registered method whose kind is prefill eviction, so methods added to the registry are benchmarked
+without touching this file.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 from ..budget import ALLOCATORS
 from ..errors import UnknownMethodError
 from ..methods import REGISTRY, Method, get_method
+from ..sparse import SPARSE, SparseMethod, get_sparse
 from ..spec import join_spec, split_spec
 
 PREFILL_EVICTION = "prefill eviction"
@@ -30,6 +33,8 @@ class MethodSpec:
         name, params = split_spec(body)
         spec = cls(name, tuple(params.items()), allocator or "uniform")
         spec.method()  # fail early on an unknown id or parameter
+        if spec.sparse and spec.allocator != "uniform":
+            raise UnknownMethodError(f"{text!r}: a sparse-decoding method keeps the whole cache and takes no allocator")
         if spec.allocator not in ALLOCATORS:
             raise UnknownMethodError(
                 f"unknown budget allocator {spec.allocator!r} in {text!r}; choose one of: {', '.join(ALLOCATORS)}"
@@ -41,7 +46,14 @@ class MethodSpec:
         base = join_spec(self.id, dict(self.params))
         return base if self.allocator == "uniform" else f"{base}@{self.allocator}"
 
-    def method(self) -> Method:
+    @property
+    def sparse(self) -> bool:
+        """Sparse decoding: the whole cache is kept and ``keep`` is the fraction read per decode step."""
+        return self.id in SPARSE
+
+    def method(self) -> Method | SparseMethod:
+        if self.sparse:
+            return get_sparse(self.id, **dict(self.params))
         return get_method(self.id, **dict(self.params))
 
 

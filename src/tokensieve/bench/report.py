@@ -404,6 +404,7 @@ def write_summary(out: Path, command: str | None = None) -> Path:
     notes = out / "notes.md"
     if notes.exists():  # the run's own commentary (planning, caveats), kept across --report-only rewrites
         lines += [notes.read_text().rstrip(), ""]
+    lines += _sparse_section(res)
     kvp = kvpress_rows(res)
     if kvp:
         lines += _kvpress_section(kvp, res)
@@ -413,6 +414,38 @@ def write_summary(out: Path, command: str | None = None) -> Path:
     path = out / "summary.md"
     path.write_text(text)
     return path
+
+
+def _sparse_section(res: Results) -> list[str]:
+    """Sparse-decoding cells: they hold the whole cache; what they save is what each decode step reads."""
+    cells = [c for c in res.cells if c.get("read") and c["read"].get("sparse_steps")]
+    if not cells:
+        return []
+    by: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for c in cells:
+        by[(c["length"], c.get("setting", "agnostic"), c["method"], c["keep"], _kind(c["task"]))].append(c)
+    lines = [
+        "## Sparse decoding: what each decode step read",
+        "",
+        "Sparse-decoding specs keep the whole prefilled cache (KV MiB = the full cache's); `keep` is their read",
+        "budget, the fraction of held tokens attended per decode step. `read` is the measured fraction of the",
+        "cache's K/V bytes each decode step touched (scoring metadata or keys + the attended keys and values),",
+        "mean over layers and steps; the question's own forward is dense and not counted. Fidelity cells decode",
+        "the continuation one token per forward.",
+        "",
+        "| length | setting | method | keep (read budget) | tasks | cells | read % | attended % | score % |",
+        "|---:|---|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for (length, setting, method, keep, kind), cs in sorted(
+        by.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][4], kv[0][2], -kv[0][3])
+    ):
+        lines.append(
+            f"| {length} | {setting} | {method} | {keep:g} | {kind} | {len(cs)} | "
+            f"{fmt(100 * mean(c['read']['read_fraction'] for c in cs))} | "
+            f"{fmt(100 * mean(c['read']['attended_fraction'] for c in cs))} | "
+            f"{fmt(100 * mean(c['score'] for c in cs))} |"
+        )
+    return [*lines, ""]
 
 
 def _kvpress_section(kvp: list[dict[str, Any]], res: Results) -> list[str]:

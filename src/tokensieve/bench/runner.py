@@ -170,10 +170,15 @@ def _record_stats(c: Compressed) -> dict[str, Any]:
     }
 
 
+def _read_fields(c: Compressed) -> dict[str, Any]:
+    stats = ev.read_stats(c)
+    return {} if stats is None else {"read": {k: round(v, 5) for k, v in stats.items()}}
+
+
 def run_tokensieve(env: Env, todo: Todo, sample: Sample, setting: str, cells: list) -> Iterator[dict[str, Any]]:
     """Every tokensieve cell of one sample and setting, from one prefill (``naive``: one per cell)."""
     cfg, model, tok = env.cfg, env.model, env.tok
-    methods = [] if cfg.naive else [m.method() for m, _ in cells if m is not None]
+    methods = [] if cfg.naive else [m.method() for m, _ in cells if m is not None and not m.sparse]
     reset_peak_rss()
     wall = time.perf_counter()
     if sample.context_ids is not None:  # fidelity: plain token ids
@@ -228,7 +233,10 @@ def run_tokensieve(env: Env, todo: Todo, sample: Sample, setting: str, cells: li
         if cfg.naive:  # each cell from its own prefill, evaluated alone, with its own peak RSS
             for spec in specs:
                 with track_peak_rss() as rss:
-                    c = compress(model, tok, context, spec.method(), keep=keep, allocator=spec.allocator)
+                    if spec.sparse:
+                        c = ev.sparse_cell(prefill(model, tok, context), spec.method(), keep)
+                    else:
+                        c = compress(model, tok, context, spec.method(), keep=keep, allocator=spec.allocator)
                     out, seconds = evaluate(c, 1)
                 yield {
                     **base,
@@ -240,9 +248,15 @@ def run_tokensieve(env: Env, todo: Todo, sample: Sample, setting: str, cells: li
                     "eval_seconds": round(seconds, 4),
                     "batch": 1,
                     "rss_peak": rss.peak,
+                    **_read_fields(c),
                 }
             continue
-        compressed = [pre.compress(m.method(), keep=keep, allocator=m.allocator) for m in specs]
+        compressed = [
+            ev.sparse_cell(pre, m.method(), keep)
+            if m.sparse
+            else pre.compress(m.method(), keep=keep, allocator=m.allocator)
+            for m in specs
+        ]
         for group in ev.groups(compressed, cfg.max_batch):
             batch = ev.stack([compressed[i] for i in group])
             out, seconds = evaluate(batch, len(group))
@@ -257,6 +271,7 @@ def run_tokensieve(env: Env, todo: Todo, sample: Sample, setting: str, cells: li
                     "prefill_seconds": round(pre.seconds, 4),
                     "eval_seconds": round(seconds / len(group), 4),
                     "batch": len(group),
+                    **_read_fields(c),
                 }
             del batch
         del compressed

@@ -78,6 +78,7 @@ class SparseLayer(SieveLayer):
         self.shared = shared if shared is not None else {}
         self.measure = measure
         self.meter = Meter()
+        self.pool_meter = False  # True: forks add to this layer's meter (the bench measures through forks)
         self.index: Index | None = None
         self.on_select: Callable[[SparseLayer, Tensor], None] | None = None  # tests: sees the read slots
 
@@ -157,7 +158,8 @@ class SparseLayer(SieveLayer):
     def fork(self) -> SparseLayer:
         out = copy.copy(self)
         out.on_attention = None
-        out.meter = Meter()
+        if not self.pool_meter:
+            out.meter = Meter()
         return out
 
     def reset(self) -> None:

@@ -277,3 +277,12 @@ def test_decode_errors(llama):
 def test_rules_need_what_they_read():
     for method in METHODS:
         assert isinstance(decode_rule(get_method(method)).needs(), Needs)
+
+
+@pytest.mark.parametrize("prefill", ["ems", "mikv", "razor", "zerotuning"])
+def test_prefill_methods_that_do_more_than_evict_are_refused(llama, prefill):
+    """Decode eviction carries a prefill method's *selection* on; merging, quantizing or whole heads would be
+    silently dropped, so they are refused (ems evicting only is fine)."""
+    with pytest.raises(ts.TokenSieveError, match="does more than evict"):
+        DecodeCache(llama, "h2o", budget=32, prefill=prefill, prefill_keep=0.5)
+    DecodeCache(llama, "h2o", budget=32, prefill=get_method("ems", merge=False), prefill_keep=0.5)

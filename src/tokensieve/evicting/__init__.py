@@ -16,7 +16,7 @@ from typing import Any
 
 from ..act.compress import Plan
 from ..cache import SieveCache
-from ..errors import BudgetError, UnknownMethodError
+from ..errors import BudgetError, TokenSieveError, UnknownMethodError
 from ..methods import Method, get_method
 from .layer import EvictingLayer, PrefillPlan
 from .rules import AboveUniformHistory, AccumulatedAttention, DecodeRule, GumbelAccumulated, LastQuery
@@ -76,6 +76,12 @@ class DecodeCache(SieveCache):
             if prefill_keep is None and prefill_budget is None:
                 prefill_budget = budget
             p = Plan.make(prefill, keep=prefill_keep, budget=prefill_budget)
+            if not getattr(p.method, "evicts_only", not hasattr(p.method, "act")):
+                raise TokenSieveError(
+                    f"prefill={p.method.id!r} does more than evict (it merges, quantizes or keeps heads whole), which "
+                    "decode eviction cannot carry on: pass a prefill-eviction method (e.g. snapkv), or ems with "
+                    "merge=False"
+                )
             plan = PrefillPlan(p.method, p.keep, p.budget)
         elif prefill_keep is not None or prefill_budget is not None:
             raise TypeError("prefill_keep / prefill_budget need a prefill method")

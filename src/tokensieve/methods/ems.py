@@ -49,6 +49,10 @@ class EMS(Method):
     merge: bool = True
     threshold: float = 0.9
 
+    @property
+    def evicts_only(self) -> bool:  # what decode eviction can compose with
+        return not self.merge
+
     def needs(self) -> Needs:
         return Needs(window=self.local, stats=frozenset({AttnSum()}))
 

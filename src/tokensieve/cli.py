@@ -56,12 +56,17 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def _context(args: argparse.Namespace) -> str:
+    """The context text (never empty)."""
     if args.context_file is not None:
         path = Path(args.context_file)
         if not path.is_file():
             raise TokenSieveError(f"context file {str(path)!r} does not exist: pass a readable text file")
-        return path.read_text(encoding="utf-8")
-    return args.context
+        text = path.read_text(encoding="utf-8")
+    else:
+        text = args.context
+    if not text.strip():
+        raise TokenSieveError("the context is empty: pass --context TEXT or --context-file PATH with text in it")
+    return text
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -75,8 +80,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     allocator = get_allocator(args.allocator, **dict(args.allocator_param or []))
     Plan.make(args.method, keep=args.keep, budget=args.budget, allocator=allocator, **params)
     context = _context(args)
-    if not context.strip():
-        raise TokenSieveError("the context is empty: pass --context TEXT or --context-file PATH with text in it")
     model, tok = load_model(args.model)
     ans = generate(
         model,
@@ -170,8 +173,6 @@ def cmd_sinks(args: argparse.Namespace) -> int:
     model, tok = load_model(args.model)
     if args.context_file is not None or args.context is not None:
         text = _context(args)
-        if not text.strip():
-            raise TokenSieveError("the context is empty: pass --context TEXT or --context-file PATH with text in it")
     else:
         text = passkey_context(tok, args.tokens, 0.5).context
     smap = sink_map(model, tok, text, epsilon=args.epsilon, min_queries=args.min_queries)
@@ -216,8 +217,6 @@ def cmd_decode(args: argparse.Namespace) -> int:
     if family != "sparse decoding" and args.read is not None:
         raise TokenSieveError(f"--read applies to sparse decoding, not to {family} ({args.method})")
     context = _context(args)
-    if not context.strip():
-        raise TokenSieveError("the context is empty: pass --context TEXT or --context-file PATH with text in it")
     model, tok = load_model(args.model)
     ans = decode(
         model,

@@ -113,3 +113,14 @@ def test_cli_generate_json(smollm2, capsys, tmp_path):
     ):
         assert key in out
     assert out["method"] == "snapkv" and out["kv_bytes"] < out["kv_bytes_full"]
+
+
+def test_demo_runs_and_reports_every_row(smollm2, capsys):
+    from rich.console import Console
+
+    from tokensieve.demo import run_demo
+
+    assert run_demo("smollm2", "snapkv", 0.25, 600, 0.5, Console(width=250)) == 0
+    out = capsys.readouterr().out
+    for row in ("full", "snapkv, question unseen", "snapkv, query-aware", "mikv fp32 17% + INT2", "(25%)"):
+        assert row in out, row

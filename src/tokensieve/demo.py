@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .measure.memory import mib
+from .methods import get_method
 from .models import load_model
 from .pipeline import Stats, compress, generate, prefill
 from .tasks.passkey import passkey_context
@@ -49,9 +50,19 @@ def run_demo(model_name: str, method: str, keep: float, tokens: int, depth: floa
         model, tok, task.context, task.question, method, keep=keep, query_aware=True, answer_prefix=task.answer_prefix
     )
     _row(table, f"{method}, query-aware", ans.text, task.correct(ans.text), ans.stats)
+
+    # the same bytes, nothing dropped: the top tokens (by SnapKV's score) in fp32, every other token in INT2
+    mixed = get_method("mikv", importance="snapkv", lo_bits=2)
+    cfg = model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    hi = mixed.keep_for_bytes(keep, head_dim)
+    ctx = compress(model, tok, task.context, mixed, keep=hi)
+    text = ctx.answer(task.question, answer_prefix=task.answer_prefix)
+    _row(table, f"mikv fp32 {hi:.0%} + INT2, question unseen", text, task.correct(text), ctx.stats)
     console.print(table)
     console.print(
         "question unseen: the context is compressed alone and the question comes afterwards (cache reuse).\n"
-        "query-aware: the question is part of the compressed prompt, as in SnapKV's original setting."
+        "query-aware: the question is part of the compressed prompt, as in SnapKV's original setting.\n"
+        f"mikv: the same bytes as {method} at keep={keep}, with the evicted tokens kept in INT2 instead of dropped."
     )
     return 0

@@ -74,6 +74,13 @@ class MiKV(Method):
         lo = 0.0 if not self.lo_bits else bytes_per_token(head_dim, self.lo_bits, self.group, full_bytes)
         return (keep * hi + (1 - keep) * lo) / full
 
+    def keep_for_bytes(self, fraction: float, head_dim: int, full_bytes: int = 4) -> float:
+        """The ``keep`` whose held bytes are ``fraction`` of the full cache's (the inverse of byte_fraction)."""
+        lo, one = self.byte_fraction(0.0, head_dim, full_bytes), self.byte_fraction(1.0, head_dim, full_bytes)
+        if not lo < fraction <= one:
+            raise BudgetError(f"{fraction:.3f} of the bytes is outside what {self.id} can hold ({lo:.3f}, {one:.3f}]")
+        return (fraction - lo) / (one - lo)
+
     def act(self, layer: SieveLayer, x: ScoreInputs, budget: int, allocator: Allocator | None, inplace: bool):
         from ..cache.quantized import MixedLayer
 

@@ -124,7 +124,9 @@ def report(out: Path, command: str) -> Path:
             "kvpress prefills once per cell through its own pipeline; `one-shot` is tokensieve's `compress` +",
             "evaluation for the matched spec, also one prefill per cell; `in sweep` is the sample's sweep time",
             "divided by its cells. Peak RSS is the process's high-water mark during the cell (model included; the",
-            "kvpress worker is its own process, tokensieve's one-shot cells run in the bench process).",
+            "kvpress worker is its own process, tokensieve's one-shot cells run in the bench process, which by then",
+            "holds the heap of every earlier run in it, so its figure is that process's floor, not the cell's: for",
+            "per-method peak RSS from fresh processes see benchmarks/results/core_smollm2.md).",
             "",
             "| length | press | matched spec | kvpress s/cell | tokensieve one-shot s/cell | ratio | "
             "tokensieve in sweep s/cell | ratio | kvpress peak RSS MiB | tokensieve one-shot peak RSS MiB |",

@@ -341,6 +341,24 @@ def test_sparse_decoding_cells_from_the_shared_prefill(tiny_dir, tmp_path):
     assert "## Sparse decoding: what each decode step read" in summary and "| quest | 0.25 |" in summary
 
 
+def test_attention_modifiers_run_once_per_sample_from_their_own_prefill(tiny_dir, tmp_path):
+    cfg = _config(tiny_dir, tmp_path / "run", samples=1)
+    cfg.tasks = expand_tasks("fidelity")
+    cfg.methods = [MethodSpec.parse(s) for s in ("zerotuning:gamma=0.5", "snapkv")]
+    cells = _cells(run(cfg))
+    mod = [c for c in cells if c["method"].startswith("zerotuning")]
+    assert [c["keep"] for c in mod] == [1.0] and mod[0]["kv_bytes"] == mod[0]["kv_bytes_full"]
+    assert sorted(c["keep"] for c in cells if c["method"] == "snapkv") == [0.25, 0.5]
+    model, tok = ts.load_model(str(tiny_dir))
+    sample = cfg.tasks[0].sample(tok, 300, 0)
+    ctx = torch.tensor([sample.context_ids])
+    pre = ts.prefill(model, tok, ctx)
+    ref = ev.FidelityRef.build(pre.full(), sample.continuation, int(pre.last_logits[0].argmax()), 32)
+    own = ev.fidelity_rows(ts.compress(model, tok, ctx, "zerotuning", keep=1.0, gamma=0.5), ref).value[0]
+    assert mod[0]["metrics"]["kl"] == pytest.approx(own["kl"], abs=1e-6) and own["kl"] > 0
+    assert "(all tokens)" in write_summary(tmp_path / "run").read_text()
+
+
 def test_report_and_plots(tiny_dir, tmp_path):
     out = tmp_path / "run"
     run(_config(tiny_dir, out, samples=1))

@@ -47,6 +47,13 @@ class MethodSpec:
         return base if self.allocator == "uniform" else f"{base}@{self.allocator}"
 
     @property
+    def modifier(self) -> bool:
+        """An attention modifier: it changes the prefill itself and keeps every token, so each of its cells
+        has its own prefill and runs once per sample, at keep 1.0."""
+        cls = REGISTRY.get(self.id)
+        return cls is not None and hasattr(cls, "prepare_cache")
+
+    @property
     def sparse(self) -> bool:
         """Sparse decoding: the whole cache is kept and ``keep`` is the fraction read per decode step."""
         return self.id in SPARSE

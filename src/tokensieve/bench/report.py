@@ -210,7 +210,7 @@ def compact(rows: list[Row], lengths: list[int]) -> list[str]:
     lines = []
     for length in lengths:
         rs = complete(rows, length, FIDELITY_ONLY)
-        keeps = sorted({r.keep for r in rs if r.method != FULL}, reverse=True)
+        keeps = sorted({r.keep for r in rs if r.method != FULL and r.keep < 1}, reverse=True)
         full = next((r for r in rs if r.method == FULL), None)
         for m in _order(r.method for r in rs):
             vals = []
@@ -218,6 +218,8 @@ def compact(rows: list[Row], lengths: list[int]) -> list[str]:
                 table = {(r.method, r.keep): r for r in complete(rows, length, part)}
                 if m == FULL and full is not None:
                     vals.append(fmt(value(full), digits))
+                elif (m, 1.0) in table:  # an attention modifier: every token kept, one value
+                    vals.append(f"{fmt(value(table[(m, 1.0)]), digits)} (all tokens)")
                 else:
                     vals.append(
                         " / ".join(fmt(value(table[(m, k)]), digits) if (m, k) in table else "-" for k in keeps)

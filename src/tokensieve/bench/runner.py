@@ -105,7 +105,8 @@ def plan(cfg: Config, done: set[tuple]) -> list[Todo]:
             for task in cfg.tasks:
                 ts_cells: dict[str, list] = {}
                 for setting in cfg.settings(task):
-                    want = [(None, 1.0)] + [(m, k) for k in cfg.keeps for m in cfg.methods]
+                    want = [(None, 1.0)] + [(m, 1.0) for m in cfg.methods if m.modifier]
+                    want += [(m, k) for k in cfg.keeps for m in cfg.methods if not m.modifier]
                     ts_cells[setting] = [
                         (m, k)
                         for m, k in want
@@ -178,7 +179,8 @@ def _read_fields(c: Compressed) -> dict[str, Any]:
 def run_tokensieve(env: Env, todo: Todo, sample: Sample, setting: str, cells: list) -> Iterator[dict[str, Any]]:
     """Every tokensieve cell of one sample and setting, from one prefill (``naive``: one per cell)."""
     cfg, model, tok = env.cfg, env.model, env.tok
-    methods = [] if cfg.naive else [m.method() for m, _ in cells if m is not None and not m.sparse]
+    shared = [m for m, _ in cells if m is not None and not m.sparse and not m.modifier]
+    methods = [] if cfg.naive else [m.method() for m in shared]
     reset_peak_rss()
     wall = time.perf_counter()
     if sample.context_ids is not None:  # fidelity: plain token ids
@@ -228,8 +230,23 @@ def run_tokensieve(env: Env, todo: Todo, sample: Sample, setting: str, cells: li
             "eval_seconds": round(seconds, 4),
             "batch": 1,
         }
+    for spec in (m for m, _ in cells if m is not None and m.modifier):  # their own prefill, keep 1.0
+        with track_peak_rss() as rss:
+            c = compress(model, tok, context, spec.method(), keep=1.0)
+            out, seconds = evaluate(c, 1)
+        yield {
+            **base,
+            "method": spec.label,
+            "keep": 1.0,
+            **out[0],
+            **_record_stats(c),
+            "prefill_seconds": round(c.stats.prefill_seconds, 4),
+            "eval_seconds": round(seconds, 4),
+            "batch": 1,
+            "rss_peak": rss.peak,
+        }
     for keep in cfg.keeps:
-        specs = [m for m, k in cells if m is not None and k == keep]
+        specs = [m for m, k in cells if m is not None and k == keep and not m.modifier]
         if cfg.naive:  # each cell from its own prefill, evaluated alone, with its own peak RSS
             for spec in specs:
                 with track_peak_rss() as rss:

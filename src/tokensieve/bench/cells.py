@@ -133,25 +133,20 @@ def sparse_cell(pre: Prefill, method, read: float) -> Compressed:
 
 
 def read_stats(c: Compressed) -> dict[str, float] | None:
-    """Measured over the sparse (decode) steps only, mean over layers: the fraction of the cache's bytes
-    read (scoring + attended keys and values) and the fraction of slots attended; None for other caches."""
+    """Measured over the decode steps, mean over layers: the fraction of the cache's bytes read (scoring +
+    attended keys and values; a layer that reads everything, such as TidalDecode's selection layers, counts
+    1) and the fraction of slots attended; None for other caches. Multi-token forwards (the question) are
+    dense and not metered."""
     layers = getattr(c.cache, "sparse_layers", None)
     if not layers:
         return None
-    read, attended, steps = [], [], 0
-    for layer in layers:
-        m = layer.meter
-        n = m.steps - m.dense_steps
-        if n > 0:  # dense steps (the question's forward) add 1.0 to both sums
-            read.append((float(m.read) - m.dense_steps) / n)
-            attended.append((float(m.attended) - m.dense_steps) / n)
-            steps = max(steps, n)
-    if not read:
+    metered = [layer.meter for layer in layers if layer.meter.steps]
+    if not metered:
         return {"sparse_steps": 0}
     return {
-        "read_fraction": sum(read) / len(read),
-        "attended_fraction": sum(attended) / len(attended),
-        "sparse_steps": steps,
+        "read_fraction": sum(float(m.read) / m.steps for m in metered) / len(metered),
+        "attended_fraction": sum(float(m.attended) / m.steps for m in metered) / len(metered),
+        "sparse_steps": max(m.steps for m in metered),
     }
 
 

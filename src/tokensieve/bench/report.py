@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .methods import PRESSES
+from .methods import PRESSES, default_methods
 
 FULL = "full"
 FIDELITY_KEYS = ("nll", "kl", "top1", "greedy")
@@ -533,7 +533,10 @@ def _cost_section(res: Results, rows: list[Row]) -> list[str]:
     if not by:
         return []
     spent: dict[tuple, dict[str, float]] = defaultdict(lambda: {"compress": 0.0, "eval": 0.0})
+    main = {FULL, *(m.label for m in default_methods())}  # cells of later top-up runs are not the sweep's
     for c in res.select(engine="tokensieve", setting="agnostic"):
+        if c["method"] not in main:
+            continue
         d = spent[(c["task"], c["length"], c["sample"])]
         d["compress"] += c.get("compress_seconds", 0.0)
         d["eval"] += c.get("eval_seconds", 0.0)

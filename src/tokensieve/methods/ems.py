@@ -42,7 +42,10 @@ class EMS(Method):
 
     id = "ems"
     paper = "EMS: Adaptive Evict-then-Merge Strategy for Head-wise KV Cache Compression (2024)"
-    rule = "alpha * norm(sum_i A[i, j] / #queries) + (1 - alpha) * norm(sum_{i in window} A[i, j])"
+    rule = (
+        "alpha * norm(sum_i A[i, j] / #queries) + (1 - alpha) * norm(sum_{i in window} A[i, j]); evicted tokens "
+        "with key cosine >= threshold merged into the nearest kept one"
+    )
 
     local: int = 32
     alpha: float = 0.5

@@ -101,10 +101,6 @@ class RaggedLayer(SieveLayer):
         hooks.bind(self)
         return key_states, value_states
 
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        held = self.n_held
-        return held + query_length, self.cumulative_length - held
-
     def crop(self, tokens_to_remove: int) -> None:
         if tokens_to_remove > 0:
             raise ValueError("crop takes a negative count of tokens to remove from the end")

@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from tokensieve.compat import with_cache
+
 PLAIN = "plain"
 
 
@@ -39,7 +41,7 @@ def cell(model_name: str, method: str, n_tokens: int, keep: float) -> dict:
             start = time.perf_counter()
             with torch.inference_mode():
                 cache = DynamicCache(config=model.config)
-                model(ids, past_key_values=cache, logits_to_keep=1)
+                model(ids, **with_cache(model, cache), logits_to_keep=1)
             out["prefill_seconds"] = time.perf_counter() - start
             out["kv_bytes"] = out["kv_bytes_full"] = sum(
                 layer.keys.untyped_storage().nbytes() + layer.values.untyped_storage().nbytes()

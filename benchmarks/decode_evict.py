@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from tokensieve.compat import with_cache
+
 FULL = "full"
 
 
@@ -50,7 +52,7 @@ def run(model, cache, prompt: torch.Tensor, forced: list[int], label: str) -> di
     argmax, nlls, times = [], [], []
     with torch.inference_mode():
         start = time.perf_counter()
-        logits = model(prompt, past_key_values=cache, logits_to_keep=1).logits[:, -1]
+        logits = model(prompt, **with_cache(model, cache), logits_to_keep=1).logits[:, -1]
         ttft = time.perf_counter() - start
         peak = kv_bytes()
         for step, nxt in enumerate(forced):
@@ -59,7 +61,7 @@ def run(model, cache, prompt: torch.Tensor, forced: list[int], label: str) -> di
             if step == len(forced) - 1:
                 break
             t0 = time.perf_counter()
-            logits = model(torch.tensor([[nxt]]), past_key_values=cache).logits[:, -1]
+            logits = model(torch.tensor([[nxt]]), **with_cache(model, cache)).logits[:, -1]
             times.append(time.perf_counter() - t0)
             peak = max(peak, kv_bytes())
             if (step + 1) % 500 == 0:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from tokensieve.compat import with_cache
+
 
 def main() -> None:
     from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
@@ -55,18 +57,18 @@ def main() -> None:
             for name, (m, make) in variants.items():
                 cache = make()
                 with torch.inference_mode():
-                    m(prompt, past_key_values=cache, logits_to_keep=1)
+                    m(prompt, **with_cache(m, cache), logits_to_keep=1)
                     times, logits = [], None
                     for i in range(25):
                         torch.cuda.synchronize()
                         t0 = time.perf_counter()
-                        out = m(step, past_key_values=cache).logits
+                        out = m(step, **with_cache(m, cache)).logits
                         torch.cuda.synchronize()
                         times.append(time.perf_counter() - t0)
                         if i == 0:
                             logits = out.float()
                     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-                        m(step, past_key_values=cache)
+                        m(step, **with_cache(m, cache))
                         torch.cuda.synchronize()
                 top = sorted(
                     ((e.key, e.device_time_total) for e in prof.key_averages()), key=lambda kv: -kv[1]

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from tokensieve.compat import with_cache
+
 
 def load_kernels():
     """The kernel and selection modules; standalone from their files if the package cannot be imported
@@ -326,7 +328,7 @@ def integration_check(dev) -> dict:
             t0 = time.perf_counter()
             with torch.inference_mode():
                 gen = model.generate(
-                    prompt, past_key_values=cache, max_new_tokens=16, min_new_tokens=16, do_sample=False
+                    prompt, **with_cache(model, cache), max_new_tokens=16, min_new_tokens=16, do_sample=False
                 )
             torch.cuda.synchronize()
             res[use] = (gen[0, 3000:].tolist(), time.perf_counter() - t0)

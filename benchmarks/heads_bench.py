@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from tokensieve.compat import with_cache
+
 PLAIN = "plain"
 
 
@@ -94,7 +96,7 @@ def cell(args: argparse.Namespace, label: str, method: str, params: dict) -> dic
             start = time.perf_counter()
             cache = DynamicCache(config=model.config)
             with torch.inference_mode():
-                model(ids, past_key_values=cache, logits_to_keep=1)
+                model(ids, **with_cache(model, cache), logits_to_keep=1)
             out["prefill_seconds"] = time.perf_counter() - start
             full = sum(t.untyped_storage().nbytes() for layer in cache.layers for t in (layer.keys, layer.values))
             out["kv_bytes"] = out["kv_bytes_full"] = full
@@ -119,7 +121,7 @@ def cell(args: argparse.Namespace, label: str, method: str, params: dict) -> dic
                 model.generate(
                     input_ids=full_ids,
                     attention_mask=torch.ones_like(full_ids),
-                    past_key_values=cache,
+                    **with_cache(model, cache),
                     pad_token_id=0,
                     temperature=None,
                     top_p=None,

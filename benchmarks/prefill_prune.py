@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from tokensieve.compat import with_cache
+
 SCHEDULES = {
     "0.5,0.75@0.7,0.5": ((0.5, 0.75), (0.7, 0.5)),
     "0.25,0.5,0.75@0.7,0.5,0.35": ((0.25, 0.5, 0.75), (0.7, 0.5, 0.35)),
@@ -37,7 +39,7 @@ def plain_ttft(model, ids: torch.Tensor) -> tuple[float, list[int]]:
     cache = DynamicCache(config=model.config)
     meter = _Meter(cache)
     with torch.inference_mode():
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache,
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **with_cache(model, cache),
                              max_new_tokens=8, do_sample=False, temperature=None, top_p=None, top_k=None,
                              stopping_criteria=[meter])  # fmt: skip
     return meter.first - meter.start, out[0, ids.shape[1] :].tolist()

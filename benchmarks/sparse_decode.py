@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from longprompt import continuation_ids
 
+from tokensieve.compat import with_cache
+
 DEPTHS = (0.1, 0.5, 0.9)
 KEYS = ("40507", "88213")
 
@@ -42,7 +44,7 @@ def step_loop(model, cache, first_logits: torch.Tensor, n: int, forced: list[int
             nll -= float(torch.log_softmax(logits.float(), -1).view(-1)[nxt])
             tokens.append(nxt)
             t0 = time.perf_counter()
-            logits = model(torch.tensor([[nxt]]), past_key_values=cache).logits[:, -1]
+            logits = model(torch.tensor([[nxt]]), **with_cache(model, cache)).logits[:, -1]
             times.append(time.perf_counter() - t0)
     return {"tokens": tokens, "times": times, "agree": agree / n, "nll": nll / n}
 
@@ -113,7 +115,7 @@ def main() -> None:
         dense = step_loop(model, pre.cache.fork(), pre.last_logits, args.fidelity_tokens, None)
         plain_cache = DynamicCache(config=model.config)
         with torch.inference_mode():
-            plain_first = model(ids, past_key_values=plain_cache, logits_to_keep=1).logits[:, -1]
+            plain_first = model(ids, **with_cache(model, plain_cache), logits_to_keep=1).logits[:, -1]
         plain = step_loop(model, plain_cache, plain_first, args.timed_steps, dense["tokens"])
         d = cell(length, "dense", None)
         d.update(agree=1.0, nll=dense["nll"], step_ms=1e3 * statistics.median(plain["times"]), context=ids.shape[1])

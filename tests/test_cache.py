@@ -13,6 +13,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 import tokensieve as ts
 from conftest import make_model, twin
 from tokensieve.cache import SieveCache, SieveLayer
+from tokensieve.compat import with_cache
 from tokensieve.observe.hooks import sieve_attention
 
 T, Q = 40, 6
@@ -28,8 +29,8 @@ def reference(ref, ctx, question):
     """Plain SDPA with a DynamicCache, fed the same way: the context, then the question."""
     with torch.inference_mode():
         cache = DynamicCache(config=ref.config)
-        first = ref(ctx, past_key_values=cache, logits_to_keep=1).logits[:, -1]
-        rest = ref(question, past_key_values=cache).logits
+        first = ref(ctx, **with_cache(ref, cache), logits_to_keep=1).logits[:, -1]
+        rest = ref(question, **with_cache(ref, cache)).logits
     return first, rest
 
 
@@ -47,12 +48,12 @@ def test_nothing_evicted_is_bit_identical(arch):
     for method in COMPRESSING:
         c = pre.compress(method, keep=1.0)
         with torch.inference_mode():
-            out = model(question, past_key_values=c.cache.fork()).logits
+            out = model(question, **with_cache(model, c.cache.fork())).logits
         assert torch.equal(out, rest), method
 
     c = ts.compress(model, None, ctx, "h2o", keep=1.0)  # the in-forward path too
     with torch.inference_mode():
-        assert torch.equal(model(question, past_key_values=c.cache.fork()).logits, rest)
+        assert torch.equal(model(question, **with_cache(model, c.cache.fork())).logits, rest)
 
 
 def test_nothing_evicted_generates_identical_tokens(arch):
@@ -63,12 +64,12 @@ def test_nothing_evicted_generates_identical_tokens(arch):
     got = c.generate(question, max_new_tokens=12, output_scores=True, return_dict_in_generate=False)
     with torch.inference_mode():
         cache = DynamicCache(config=ref.config)
-        ref(ctx, past_key_values=cache)
+        ref(ctx, **with_cache(ref, cache))
         full = torch.cat([ctx, question], 1)
         want = ref.generate(
             full,
             attention_mask=torch.ones_like(full),
-            past_key_values=cache,
+            **with_cache(ref, cache),
             max_new_tokens=12,
             do_sample=False,
             pad_token_id=0,
@@ -88,7 +89,7 @@ def test_eviction_equals_masking_the_evicted_tokens(arch):
     ctx, question = ids(4, T), ids(5, Q)
     c = ts.compress(model, None, ctx, "streaming", budget=12, sinks=3)
     with torch.inference_mode():
-        got = model(question, past_key_values=c.cache.fork()).logits
+        got = model(question, **with_cache(model, c.cache.fork())).logits
 
     kept = torch.zeros(T, dtype=torch.bool)
     kept[:3] = kept[T - 9 :] = True
@@ -108,7 +109,7 @@ def test_compressed_model_equals_per_layer_per_head_masked_model(arch, method, a
     ctx, question = ids(30, T), ids(31, Q)
     c = ts.compress(model, None, ctx, method, keep=0.3, allocator=allocator)
     with torch.inference_mode():
-        got = model(question, past_key_values=c.cache.fork()).logits
+        got = model(question, **with_cache(model, c.cache.fork())).logits
 
     masks = {}
     for layer in c.cache.sieve_layers:
@@ -202,7 +203,7 @@ def test_plain_generate_with_a_sieve_cache(arch):
     cache = SieveCache(model, "snapkv", keep=0.25)
     prompt = ids(9, T)
     with torch.inference_mode():
-        out = model.generate(prompt, past_key_values=cache, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+        out = model.generate(prompt, **with_cache(model, cache), max_new_tokens=4, min_new_tokens=4, do_sample=False)
     assert out.shape == (1, T + 4)
     assert all(layer.keys.shape[-2] == 10 + 3 for layer in cache.sieve_layers)  # 10 kept + 3 appended
 
@@ -213,9 +214,9 @@ def test_multi_token_question_after_pyramid_matches_question_by_question():
     c = ts.compress(model, None, ids(10, T), "h2o", keep=0.3, allocator="pyramid")
     question = ids(11, Q)
     with torch.inference_mode():
-        at_once = model(question, past_key_values=c.cache.fork()).logits
+        at_once = model(question, **with_cache(model, c.cache.fork())).logits
         fork = c.cache.fork()
-        one_by_one = torch.cat([model(question[:, i : i + 1], past_key_values=fork).logits for i in range(Q)], 1)
+        one_by_one = torch.cat([model(question[:, i : i + 1], **with_cache(model, fork)).logits for i in range(Q)], 1)
     torch.testing.assert_close(at_once, one_by_one, atol=1e-5, rtol=1e-4)
 
 
@@ -232,13 +233,13 @@ def test_left_padded_batch_matches_rows_compressed_alone(method):
         got = model(
             question.expand(2, -1),
             attention_mask=torch.cat([batch.context_mask, torch.ones(2, Q)], 1).long(),
-            past_key_values=batch.cache.fork(),
+            **with_cache(model, batch.cache.fork()),
             position_ids=None,
         ).logits
     for row, ctx in enumerate((a, b)):
         alone = ts.compress(model, None, [ctx], method, budget=16)
         with torch.inference_mode():
-            want = model(question, past_key_values=alone.cache.fork()).logits
+            want = model(question, **with_cache(model, alone.cache.fork())).logits
         torch.testing.assert_close(got[row : row + 1], want, atol=1e-4, rtol=1e-3)
 
 

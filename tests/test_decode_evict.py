@@ -12,6 +12,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import tokensieve as ts
 from conftest import make_model, twin
+from tokensieve.compat import with_cache
 from tokensieve.evicting import DECODE_RULES, DecodeCache, decode_rule
 from tokensieve.evicting.rules import GumbelAccumulated
 from tokensieve.methods import get_method
@@ -35,7 +36,7 @@ def feed(model, cache, tokens: torch.Tensor) -> list[torch.Tensor]:
     out = []
     with torch.inference_mode():
         for i in range(tokens.shape[1]):
-            out.append(model(tokens[:, i : i + 1], past_key_values=cache).logits[:, -1])
+            out.append(model(tokens[:, i : i + 1], **with_cache(model, cache)).logits[:, -1])
     return out
 
 
@@ -63,7 +64,7 @@ def test_budget_holds_at_every_step(llama, method, lengths, budget, steps):
         out = llama.generate(
             prompt,
             attention_mask=mask,
-            past_key_values=cache,
+            **with_cache(llama, cache),
             max_new_tokens=steps,
             min_new_tokens=steps,
             do_sample=False,
@@ -105,10 +106,10 @@ def test_incremental_scores_equal_recomputed_scores(arch, padded, method, params
     cache = DecodeCache(model, method, budget=1000, **params)
     full_mask = None if mask is None else torch.cat([mask, torch.ones_like(new)], 1)
     with torch.inference_mode():
-        model(prompt, attention_mask=mask, past_key_values=cache)
+        model(prompt, attention_mask=mask, **with_cache(model, cache))
         for lo, hi in [(0, 3), *((i, i + 1) for i in range(3, 8))]:
             m = None if full_mask is None else full_mask[:, : prompt.shape[1] + hi]
-            model(new[:, lo:hi], attention_mask=m, past_key_values=cache)
+            model(new[:, lo:hi], attention_mask=m, **with_cache(model, cache))
 
     rule = decode_rule(get_method(method, **params))
     pre = ts.prefill(model, None, [r + n for r, n in zip(rows, new.tolist(), strict=True)], needs=rule.needs())
@@ -140,7 +141,7 @@ def test_decode_eviction_equals_masked_attention_and_scores_are_the_oracle_sums(
     cache = DecodeCache(model, "h2o", budget=budget)
     held: dict[int, list[torch.Tensor]] = {layer.layer_idx: [] for layer in cache.evicting_layers}
     with torch.inference_mode():
-        model(prompt, past_key_values=cache)
+        model(prompt, **with_cache(model, cache))
     for layer in cache.evicting_layers:  # before each step's eviction: what that step's query attended
         layer.attention_mask = _recording(layer, held[layer.layer_idx])
     got = torch.stack(feed(model, cache, new), 1)
@@ -201,9 +202,9 @@ def test_nothing_evicted_is_bit_identical(arch, method):
     prompt, new = ids(5, 24), ids(6, 6)
     cache = DecodeCache(model, method, budget=64)
     with torch.inference_mode():
-        first = model(prompt, past_key_values=cache).logits
+        first = model(prompt, **with_cache(model, cache)).logits
         ref_cache = DynamicCache(config=ref.config)
-        want_first = ref(prompt, past_key_values=ref_cache).logits
+        want_first = ref(prompt, **with_cache(ref, ref_cache)).logits
     got, want = feed(model, cache, new), feed(ref, ref_cache, new)
     assert torch.equal(first, want_first)
     assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
@@ -214,7 +215,9 @@ def test_every_decode_method_generates_on_every_architecture(arch, method):
     model = ts.prepare(make_model(arch))
     cache = DecodeCache(model, method, budget=12)
     with torch.inference_mode():
-        out = model.generate(ids(7, 30), past_key_values=cache, max_new_tokens=10, min_new_tokens=10, do_sample=False)
+        out = model.generate(
+            ids(7, 30), **with_cache(model, cache), max_new_tokens=10, min_new_tokens=10, do_sample=False
+        )
     assert out.shape == (1, 40)
     assert all(layer.n_held == 12 for layer in cache.evicting_layers)
 
@@ -230,7 +233,7 @@ def test_left_padded_batch_matches_rows_decoded_alone(llama, method):
         both = llama.generate(
             prompt,
             attention_mask=mask,
-            past_key_values=cache,
+            **with_cache(llama, cache),
             max_new_tokens=12,
             min_new_tokens=12,
             do_sample=False,
@@ -239,7 +242,7 @@ def test_left_padded_batch_matches_rows_decoded_alone(llama, method):
         for row, p in enumerate((a, b)):
             alone = llama.generate(
                 torch.tensor([p]),
-                past_key_values=DecodeCache(llama, method, budget=10),
+                **with_cache(llama, DecodeCache(llama, method, budget=10)),
                 max_new_tokens=12,
                 min_new_tokens=12,
                 do_sample=False,
@@ -254,7 +257,7 @@ def test_prefill_compression_composes_with_decode_eviction(llama):
     prompt = ids(10, 40)
     cache = DecodeCache(llama, "h2o", budget=16, prefill="snapkv", prefill_keep=0.3)
     with torch.inference_mode():
-        llama(prompt, past_key_values=cache)
+        llama(prompt, **with_cache(llama, cache))
     alone = ts.compress(llama, None, prompt, "snapkv", keep=0.3)
     for layer, ref in zip(cache.evicting_layers, alone.cache.sieve_layers, strict=True):
         assert torch.equal(layer.token_index, ref.token_index)

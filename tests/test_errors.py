@@ -12,6 +12,7 @@ import tokensieve as ts
 from conftest import make_model
 from tokensieve.cache import SieveCache
 from tokensieve.cli import main
+from tokensieve.compat import with_cache
 
 CTX = torch.randint(3, 100, (1, 30), generator=torch.Generator().manual_seed(0))
 
@@ -76,7 +77,7 @@ def test_cache_on_an_unprepared_model_fails_clearly():
     plain = make_model("llama")
     cache = SieveCache(plain.config, "snapkv", keep=0.5)  # a config only: the model stays on plain SDPA
     with pytest.raises(ts.NotPreparedError, match=r"tokensieve.prepare\(model\)"), torch.inference_mode():
-        plain(CTX, past_key_values=cache)
+        plain(CTX, **with_cache(plain, cache))
 
 
 # --- CLI ------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from tokensieve.budget import AdaKV, ZipVL
 from tokensieve.budget.adakv import head_distributions
 from tokensieve.cache import SieveLayer
 from tokensieve.cache.ragged import RaggedLayer
+from tokensieve.compat import with_cache
 from tokensieve.observe.hooks import sieve_attention
 
 T, Q = 40, 6
@@ -73,7 +74,7 @@ def test_ragged_model_equals_per_head_masked_model(arch, method, allocator):
     if allocator == "adakv":
         assert any(isinstance(layer, RaggedLayer) for layer in c.cache.layers)
     with torch.inference_mode():
-        got = model(question, past_key_values=c.cache.fork()).logits
+        got = model(question, **with_cache(model, c.cache.fork())).logits
     torch.testing.assert_close(got, masked_oracle(model, c.cache, ctx, question), atol=2e-5, rtol=1e-4)
 
 
@@ -82,9 +83,9 @@ def test_ragged_decoding_token_by_token_equals_at_once():
     c = ts.compress(model, None, ids(10, T), "snapkv", keep=0.3, allocator="adakv", window=4)
     question = ids(11, 20)  # more new tokens than the spare room: the segments regrow on the way
     with torch.inference_mode():
-        at_once = model(question, past_key_values=c.cache.fork()).logits
+        at_once = model(question, **with_cache(model, c.cache.fork())).logits
         fork = c.cache.fork()
-        one_by_one = torch.cat([model(question[:, i : i + 1], past_key_values=fork).logits for i in range(20)], 1)
+        one_by_one = torch.cat([model(question[:, i : i + 1], **with_cache(model, fork)).logits for i in range(20)], 1)
     torch.testing.assert_close(at_once, one_by_one, atol=1e-5, rtol=1e-4)
 
 
@@ -137,7 +138,7 @@ def test_ragged_kv_bytes_are_the_sum_of_kept_tokens(arch, allocator):
     # decoding appends, with at most `grow` spare slots per segment
     cache = c.cache.fork()
     with torch.inference_mode():
-        model(ids(7, 3), past_key_values=cache)
+        model(ids(7, 3), **with_cache(model, cache))
     spare = sum(len(layer.lengths) for layer in cache.layers if isinstance(layer, RaggedLayer)) * RaggedLayer.grow
     grown = c.stats.kv_bytes + 3 * sum(
         (len(layer.lengths) if isinstance(layer, RaggedLayer) else layer.keys.shape[1]) * per_slot
@@ -196,10 +197,10 @@ def test_nothing_evicted_is_bit_identical_with_head_budgets(arch):
     for allocator in ("adakv", "zipvl"):
         c = ts.compress(model, None, ctx, "snapkv", keep=1.0, allocator=allocator)
         with torch.inference_mode():
-            got = model(question, past_key_values=c.cache.fork()).logits
+            got = model(question, **with_cache(model, c.cache.fork())).logits
             cache = ts.SieveCache(ref.config)  # an empty cache, no eviction: the plain path
-            ref(ctx, past_key_values=cache)
-            want = ref(question, past_key_values=cache).logits
+            ref(ctx, **with_cache(ref, cache))
+            want = ref(question, **with_cache(ref, cache)).logits
         assert torch.equal(got, want), allocator
 
 
@@ -219,7 +220,7 @@ def test_plain_generate_with_a_head_adaptive_cache(arch):
     model = make_model(arch)
     cache = ts.SieveCache(model, "snapkv", keep=0.25, allocator="adakv", window=4)
     with torch.inference_mode():
-        out = model.generate(ids(9, T), past_key_values=cache, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+        out = model.generate(ids(9, T), **with_cache(model, cache), max_new_tokens=4, min_new_tokens=4, do_sample=False)
     assert out.shape == (1, T + 4)
     assert all(layer.tokens_per_head() == 10 + 3 for layer in cache.sieve_layers)  # 10 kept + 3 appended
 
@@ -234,12 +235,12 @@ def test_ragged_left_padded_batch_matches_rows_compressed_alone():
         got = model(
             question.expand(2, -1),
             attention_mask=torch.cat([batch.context_mask, torch.ones(2, Q)], 1).long(),
-            past_key_values=batch.cache.fork(),
+            **with_cache(model, batch.cache.fork()),
         ).logits
     for row, ctx in enumerate((a, b)):
         alone = ts.compress(model, None, [ctx], "snapkv", budget=16, allocator="adakv", window=4)
         with torch.inference_mode():
-            want = model(question, past_key_values=alone.cache.fork()).logits
+            want = model(question, **with_cache(model, alone.cache.fork())).logits
         torch.testing.assert_close(got[row : row + 1], want, atol=1e-4, rtol=1e-3)
     # several left-padded questions on one ragged context agree with asking them one by one
     c = ts.compress(model, None, [b], "snapkv", budget=16, allocator="adakv", window=4)

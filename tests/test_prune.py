@@ -10,6 +10,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import tokensieve as ts
 from conftest import make_model, twin
+from tokensieve.compat import with_cache
 from tokensieve.prune import PRUNERS, decoder_layers, prune
 
 NON_SLIDING = ["llama", "mistral", "qwen2", "qwen3"]
@@ -27,12 +28,12 @@ def test_nothing_pruned_is_bit_identical(arch, method):
     ref = twin(model)
     prompt, new = ids(1, T), ids(2, 4)
     with prune(model, method, keep=(1.0, 1.0, 1.0)) as cache, torch.inference_mode():
-        got = [model(prompt, past_key_values=cache).logits]
-        got += [model(new[:, i : i + 1], past_key_values=cache).logits for i in range(4)]
+        got = [model(prompt, **with_cache(model, cache)).logits]
+        got += [model(new[:, i : i + 1], **with_cache(model, cache)).logits for i in range(4)]
     with torch.inference_mode():
         rc = DynamicCache(config=ref.config)
-        want = [ref(prompt, past_key_values=rc).logits]
-        want += [ref(new[:, i : i + 1], past_key_values=rc).logits for i in range(4)]
+        want = [ref(prompt, **with_cache(ref, rc)).logits]
+        want += [ref(new[:, i : i + 1], **with_cache(ref, rc)).logits for i in range(4)]
     assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
     assert all(not layer._forward_pre_hooks for layer in decoder_layers(model))  # nothing left behind
 
@@ -80,7 +81,7 @@ def test_pruned_prefill_equals_the_per_layer_masked_model_and_follows_its_rule(a
     rows = 5 if method == "spatten" else 1  # LazyLLM ranks by the last token alone
     with prune(model, method, keep=(0.6, 0.3), layers=(1, 2), rows=rows, sinks=1) as cache:
         with torch.inference_mode():
-            got = model(prompt, past_key_values=cache).logits[:, -1]
+            got = model(prompt, **with_cache(model, cache)).logits[:, -1]
         alive = [
             layer.token_index[0, 0] if layer.token_index is not None else torch.arange(T) for layer in cache.layers
         ]
@@ -120,12 +121,12 @@ def test_lazyllm_revival_equals_the_masked_model():
     prompt, new = ids(4, T), ids(5, 1)
     with prune(model, "lazyllm", keep=(0.5, 0.25), layers=(1, 3)) as cache:
         with torch.inference_mode():
-            model(prompt, past_key_values=cache)
+            model(prompt, **with_cache(model, cache))
             alive = [
                 layer.token_index[0, 0].clone() if layer.token_index is not None else torch.arange(T)
                 for layer in cache.layers
             ]
-            got = model(new, past_key_values=cache).logits[:, -1]
+            got = model(new, **with_cache(model, cache)).logits[:, -1]
         after = [
             layer.token_index[0, 0] if layer.token_index is not None else torch.arange(T + 1) for layer in cache.layers
         ]
@@ -153,7 +154,7 @@ def test_lazyllm_revival_equals_the_masked_model():
 def test_every_pruner_generates(arch, method):
     model = ts.prepare(make_model(arch))
     with prune(model, method) as cache, torch.inference_mode():
-        out = model.generate(ids(6, T), past_key_values=cache, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+        out = model.generate(ids(6, T), **with_cache(model, cache), max_new_tokens=8, min_new_tokens=8, do_sample=False)
     assert out.shape == (1, T + 8)
     assert cache.engine.alive_per_layer == [40, 28, 14]  # 3 layers: stages at layers 1 (0.7) and 2 (0.35)
     if method == "spatten":  # cascade: pruned tokens stay pruned while generating
@@ -176,7 +177,7 @@ def test_prune_errors():
         prune(model, "lazyllm") as cache,
         torch.inference_mode(),
     ):
-        model(ids(7, T, batch=2), past_key_values=cache)
+        model(ids(7, T, batch=2), **with_cache(model, cache))
     with (
         pytest.raises(ts.UnsupportedArchitectureError, match="sliding window"),
         prune(ts.prepare(make_model("gemma3")), "lazyllm"),

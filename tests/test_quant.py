@@ -12,6 +12,7 @@ import tokensieve as ts
 from conftest import make_model, twin
 from tokensieve.act.quant import bytes_per_token, error_bound, pack, quantize, unpack
 from tokensieve.cache.quantized import MixedLayer
+from tokensieve.compat import with_cache
 from tokensieve.measure.memory import tensor_bytes
 
 T, Q = 40, 6
@@ -107,7 +108,7 @@ def test_mixed_cache_equals_model_on_the_dequantized_cache(arch, method, params)
     ctx, question = ids(30, T), ids(31, Q)
     c = ts.compress(model, None, ctx, method, keep=0.3, **params)
     with torch.inference_mode():
-        got = model(question, past_key_values=c.cache.fork()).logits
+        got = model(question, **with_cache(model, c.cache.fork())).logits
     views = {layer.layer_idx: dense_view(layer, T) for layer in c.cache.sieve_layers}
     assert all(bool(v[2].all()) for v in views.values())  # every token is still held
 
@@ -154,12 +155,12 @@ def test_mixed_cache_batches_padding_and_questions():
         got = model(
             question.expand(2, -1),
             attention_mask=torch.cat([batch.context_mask, torch.ones(2, Q)], 1).long(),
-            past_key_values=batch.cache.fork(),
+            **with_cache(model, batch.cache.fork()),
         ).logits
     for row, ctx in enumerate((a, b)):
         alone = ts.compress(model, None, [ctx], "mikv", budget=16)
         with torch.inference_mode():
-            want = model(question, past_key_values=alone.cache.fork()).logits
+            want = model(question, **with_cache(model, alone.cache.fork())).logits
         # left padding shifts a row's RoPE positions: its keys are rotated, so they quantize to slightly
         # different codes than alone (attention is rotation-invariant, quantization is not)
         torch.testing.assert_close(got[row : row + 1], want, atol=5e-3, rtol=1e-2)

@@ -11,6 +11,7 @@ from transformers import DynamicCache
 import tokensieve as ts
 from conftest import plain_sdpa
 from tokensieve.cli import main
+from tokensieve.compat import with_cache
 from tokensieve.tasks.passkey import passkey_context
 
 pytestmark = pytest.mark.real
@@ -57,11 +58,11 @@ def test_real_model_nothing_evicted_is_bit_identical(smollm2):
     pre = ts.prefill(model, tok, task.context, methods=["snapkv", "h2o", "zipcache"])
     question = torch.tensor([ts.PromptFormat(tok).question_ids(task.question, task.answer_prefix)])
     with torch.inference_mode():
-        got = model(question, past_key_values=pre.compress("h2o", keep=1.0).cache.fork()).logits
+        got = model(question, **with_cache(model, pre.compress("h2o", keep=1.0).cache.fork())).logits
         with plain_sdpa(model):  # the same weights in memory, on transformers' own SDPA path
             cache = DynamicCache(config=model.config)
-            first = model(pre.context_ids, past_key_values=cache, logits_to_keep=1).logits[:, -1]
-            want = model(question, past_key_values=cache).logits
+            first = model(pre.context_ids, **with_cache(model, cache), logits_to_keep=1).logits[:, -1]
+            want = model(question, **with_cache(model, cache)).logits
     assert torch.equal(pre.last_logits, first) and torch.equal(got, want)
 
 

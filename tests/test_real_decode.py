@@ -12,6 +12,7 @@ from transformers import DynamicCache
 import tokensieve as ts
 from conftest import plain_sdpa
 from tokensieve.cli import main
+from tokensieve.compat import with_cache
 from tokensieve.tasks.passkey import passkey_context
 
 pytestmark = pytest.mark.real
@@ -57,12 +58,12 @@ def test_real_model_nothing_pruned_is_bit_identical(smollm2):
     task = passkey_context(tok, 300, 0.5)
     ids = torch.tensor([ts.PromptFormat(tok).context_ids(task.context)])
     with ts.prune(model, "lazyllm", keep=(1.0, 1.0, 1.0)) as cache, torch.inference_mode():
-        got = model(ids, past_key_values=cache).logits
-        nxt = model(ids[:, -1:], past_key_values=cache).logits
+        got = model(ids, **with_cache(model, cache)).logits
+        nxt = model(ids[:, -1:], **with_cache(model, cache)).logits
     with plain_sdpa(model), torch.inference_mode():
         ref = DynamicCache(config=model.config)
-        want = model(ids, past_key_values=ref).logits
-        want_next = model(ids[:, -1:], past_key_values=ref).logits
+        want = model(ids, **with_cache(model, ref)).logits
+        want_next = model(ids[:, -1:], **with_cache(model, ref)).logits
     assert torch.equal(got, want) and torch.equal(nxt, want_next)
 
 

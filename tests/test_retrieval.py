@@ -15,6 +15,7 @@ from tokensieve.act.merge import merge_into
 from tokensieve.budget import ErrorProportional
 from tokensieve.cache.ragged import RaggedLayer
 from tokensieve.calibration import calibrate, calibration_path, get_calibration
+from tokensieve.compat import with_cache
 from tokensieve.methods.compresskv import srh_scores
 from tokensieve.observe.hooks import sieve_attention
 
@@ -60,8 +61,8 @@ def test_razor_keeps_retrieval_heads_whole_so_copying_survives(planted, calibrat
     stream = ts.compress(planted, None, ctx, "streaming", keep=0.6)
     assert razor.stats.kv_bytes <= stream.stats.kv_bytes
     with torch.inference_mode():
-        assert planted(question, past_key_values=razor.cache.fork()).logits[0, -1].argmax() == r[6]
-        assert planted(question, past_key_values=stream.cache.fork()).logits[0, -1].argmax() != r[6]
+        assert planted(question, **with_cache(planted, razor.cache.fork())).logits[0, -1].argmax() == r[6]
+        assert planted(question, **with_cache(planted, stream.cache.fork())).logits[0, -1].argmax() != r[6]
     # the layout: the induction head (layer 1, KV head 1) holds every token, the others sinks + window + 1
     layers = razor.cache.layers
     window = razor_window = (round(0.6 * 21) * 4 - 21) // 3 - 1
@@ -184,9 +185,9 @@ def test_ems_without_merges_equals_plain_eviction(arch):
     for layer in merged.cache.sieve_layers:  # threshold -1: every evicted real token is folded into a slot
         assert math.isclose(float(layer.flat_bias.exp().sum()), layer.n_kv_heads * T, rel_tol=1e-5)
     with torch.inference_mode():
-        a = model(question, past_key_values=evict.cache.fork()).logits
-        b = model(question, past_key_values=unmerged.cache.fork()).logits
-        c = model(question, past_key_values=merged.cache.fork()).logits
+        a = model(question, **with_cache(model, evict.cache.fork())).logits
+        b = model(question, **with_cache(model, unmerged.cache.fork())).logits
+        c = model(question, **with_cache(model, merged.cache.fork())).logits
     torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
     assert not torch.allclose(a, c)
     assert merged.stats.kv_bytes <= evict.stats.kv_bytes * (1 + 4 / (2 * 16 * 4)) + 1  # + 4-byte weight per slot

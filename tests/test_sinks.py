@@ -11,6 +11,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import tokensieve as ts
 from conftest import make_model, twin
+from tokensieve.compat import with_cache
 from tokensieve.observe.sinks import sink_map
 
 T, Q = 40, 5
@@ -87,14 +88,14 @@ def test_zerotuning_scales_the_initial_tokens_attention():
     ctx, question = ids(2, T), ids(3, Q)
     c = ts.compress(model, None, ctx, "zerotuning", keep=1.0, gamma=0.3, first_layer=1)
     with torch.inference_mode():
-        got = model(question, past_key_values=c.cache.fork()).logits
+        got = model(question, **with_cache(model, c.cache.fork())).logits
     bias = torch.zeros(4, T)
     bias[:, 0] = math.log(0.3)
     want = biased_oracle(model, {1: bias, 2: bias}, ctx, question)
     torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
     plain = ts.compress(model, None, ctx, "h2o", keep=1.0)
     with torch.inference_mode():
-        assert not torch.allclose(got, model(question, past_key_values=plain.cache.fork()).logits, atol=1e-3)
+        assert not torch.allclose(got, model(question, **with_cache(model, plain.cache.fork())).logits, atol=1e-3)
 
 
 def test_act_damps_the_hidden_sinks_it_measures():
@@ -112,7 +113,7 @@ def test_act_damps_the_hidden_sinks_it_measures():
         assert torch.equal(layer.bias[0, :, :T] != 0, sink)
         biases[layer.layer_idx] = torch.where(sink, math.log(0.4), 0.0)
     with torch.inference_mode():
-        got = model(question, past_key_values=c.cache.fork()).logits
+        got = model(question, **with_cache(model, c.cache.fork())).logits
     # the oracle uses the sinks measured on the prompt for the question rows too (they are fixed at prefill)
     torch.testing.assert_close(got, biased_oracle(model, biases, ctx, question), atol=2e-5, rtol=1e-4)
 

@@ -10,6 +10,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import tokensieve as ts
 from conftest import make_model, twin
+from tokensieve.compat import with_cache
 from tokensieve.pipeline import _left_pad
 from tokensieve.sparse import SPARSE, SelectInputs, SparseCache, get_sparse
 from tokensieve.sparse.calibrate import LayerSample
@@ -239,7 +240,7 @@ def ids(seed: int, n: int, batch: int = 1) -> torch.Tensor:
 
 def feed(model, cache, tokens):
     with torch.inference_mode():
-        return [model(tokens[:, i : i + 1], past_key_values=cache).logits[:, -1] for i in range(tokens.shape[1])]
+        return [model(tokens[:, i : i + 1], **with_cache(model, cache)).logits[:, -1] for i in range(tokens.shape[1])]
 
 
 @pytest.mark.parametrize("method", list(SPARSE))
@@ -249,9 +250,9 @@ def test_reading_everything_is_bit_identical(arch, method):
     prompt, new = ids(1, 30), ids(2, 5)
     cache = SparseCache(model, method, read=1.0, **TINY.get(method, {}))
     with torch.inference_mode():
-        first = model(prompt, past_key_values=cache).logits
+        first = model(prompt, **with_cache(model, cache)).logits
         ref_cache = DynamicCache(config=ref.config)
-        assert torch.equal(first, ref(prompt, past_key_values=ref_cache).logits)
+        assert torch.equal(first, ref(prompt, **with_cache(ref, ref_cache)).logits)
     assert all(torch.equal(a, b) for a, b in zip(feed(model, cache, new), feed(ref, ref_cache, new), strict=True))
 
 
@@ -267,7 +268,7 @@ def test_sparse_step_equals_full_attention_masked_to_the_read_slots(method):
     for layer in cache.sparse_layers:
         layer.on_select = lambda layer, idx: reads[layer.layer_idx].append(idx)
     with torch.inference_mode():
-        model(prompt, past_key_values=cache)
+        model(prompt, **with_cache(model, cache))
     got = torch.stack(feed(model, cache, new), 1)
 
     masks = {}
@@ -304,7 +305,9 @@ def test_every_sparse_method_generates_on_every_architecture(arch, method):
     model = ts.prepare(make_model(arch))
     cache = SparseCache(model, method, read=0.25, measure=True, **TINY.get(method, {}))
     with torch.inference_mode():
-        out = model.generate(ids(5, 60), past_key_values=cache, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+        out = model.generate(
+            ids(5, 60), **with_cache(model, cache), max_new_tokens=8, min_new_tokens=8, do_sample=False
+        )
     assert out.shape == (1, 68)
     assert [layer.n_held for layer in cache.sparse_layers] == [67] * len(cache.sparse_layers)  # nothing evicted
     r = cache.report()
@@ -325,7 +328,7 @@ def test_left_padded_batch_matches_rows_alone(method):
         both = model.generate(
             prompt,
             attention_mask=mask,
-            past_key_values=SparseCache(model, method, **kw),
+            **with_cache(model, SparseCache(model, method, **kw)),
             max_new_tokens=6,
             min_new_tokens=6,
             do_sample=False,
@@ -334,7 +337,7 @@ def test_left_padded_batch_matches_rows_alone(method):
         for row, p in enumerate((a, b)):
             alone = model.generate(
                 torch.tensor([p]),
-                past_key_values=SparseCache(model, method, **kw),
+                **with_cache(model, SparseCache(model, method, **kw)),
                 max_new_tokens=6,
                 min_new_tokens=6,
                 do_sample=False,
@@ -355,7 +358,7 @@ def test_padded_batch_never_reads_padding(method):
         out = model.generate(
             prompt,
             attention_mask=mask,
-            past_key_values=cache,
+            **with_cache(model, cache),
             max_new_tokens=6,
             min_new_tokens=6,
             do_sample=False,
@@ -370,7 +373,7 @@ def test_read_fraction_is_measured_from_what_was_read():
     model = ts.prepare(make_model("llama"))
     cache = SparseCache(model, "quest", read=8, page=4, sinks=0, window=0)
     with torch.inference_mode():
-        model(ids(8, 63), past_key_values=cache)
+        model(ids(8, 63), **with_cache(model, cache))
     feed(model, cache, ids(9, 1))  # one step over 64 slots: 2/4 of the keys to score, 8 slots' K and V
     assert cache.report()["read_fraction"] == pytest.approx((0.5 * 64 + 2 * 8) / (2 * 64))
     assert cache.report()["attended_fraction"] == pytest.approx(8 / 64)
@@ -401,7 +404,7 @@ def test_sparse_errors():
             SparseCache(model, "quest", read=bad)
     cache = SparseCache(model.config, "double_sparsity")  # a config cannot be calibrated
     with pytest.raises(ts.NotPreparedError, match="not calibrated"), torch.inference_mode():
-        model(ids(10, 8), past_key_values=cache)
+        model(ids(10, 8), **with_cache(model, cache))
 
 
 def test_adopting_a_prefilled_cache_equals_prefilling_it():
@@ -409,7 +412,7 @@ def test_adopting_a_prefilled_cache_equals_prefilling_it():
     prompt, new = ids(11, 50), ids(12, 4)
     direct = SparseCache(model, "quest", read=12, page=4)
     with torch.inference_mode():
-        model(prompt, past_key_values=direct)
+        model(prompt, **with_cache(model, direct))
     pre = ts.prefill(model, None, prompt)
     adopted = SparseCache(model, "quest", read=12, page=4).adopt(pre.cache)
     got, want = feed(model, adopted, new), feed(model, direct, new)

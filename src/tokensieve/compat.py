@@ -2,6 +2,7 @@
 
 Each item says in one line what it relies on. Code elsewhere calls these helpers instead of
 touching transformers' private names, so a transformers release that moves one breaks here only.
+Tested range: see ``TESTED_TRANSFORMERS`` (the floor and the newest release, both run in CI).
 """
 
 from __future__ import annotations
@@ -11,6 +12,19 @@ import inspect
 from typing import Any
 
 import torch
+import transformers
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from .errors import EngagementError
+
+TRANSFORMERS_VERSION: str = transformers.__version__
+# the floor and the newest release the test suite runs on (CI runs both; pyproject and README say the same)
+TESTED_TRANSFORMERS: tuple[str, str] = ("5.0.0", "5.24.0")
+
+# --- the cache argument -------------------------------------------------------------------------------------------
+_CACHE_NAMES = ("cache", "past_key_values")
 
 
 @functools.cache
@@ -18,10 +32,9 @@ def _cache_arg_of(cls: type) -> str:
     # transformers 5.24 renamed `past_key_values=` to `cache=` on forward (the old name warns, then goes);
     # earlier releases silently ignore `cache=` in forward, so the name is detected, never assumed.
     params = inspect.signature(cls.forward).parameters
-    if "cache" in params:
-        return "cache"
-    if "past_key_values" in params:
-        return "past_key_values"
+    for name in _CACHE_NAMES:
+        if name in params:
+            return name
     raise TypeError(f"{cls.__name__}.forward takes neither `cache` nor `past_key_values`")
 
 
@@ -33,3 +46,128 @@ def cache_arg(model: torch.nn.Module) -> str:
 def with_cache(model: torch.nn.Module, cache: Any, **kwargs: Any) -> dict[str, Any]:
     """`kwargs` plus the cache under the name this model's forward takes it: `model(**with_cache(m, c, ...))`."""
     return {**kwargs, cache_arg(model): cache}
+
+
+def given_cache(kwargs: dict[str, Any]) -> Any:
+    """The cache a model-level call was given under either name (a caller's old name still reaches forward)."""
+    return next((kwargs[n] for n in _CACHE_NAMES if kwargs.get(n) is not None), None)
+
+
+def call_cache(module: torch.nn.Module, kwargs: dict[str, Any]) -> Any:
+    """The cache a forward (pre-)hook of ``module`` sees in its call kwargs, under the name ``module.forward``
+    takes (decoder layers follow the same rename as the model: `cache=` from 5.24); None if it takes neither."""
+    try:
+        return kwargs.get(_cache_arg_of(type(module)))
+    except TypeError:
+        return None
+
+
+# --- the decoder-layer call convention ----------------------------------------------------------------------------
+# Relies on: decoder layers are called as `layer(hidden_states, attention_mask=..., position_ids=...,
+# position_embeddings=(cos, sin), cache=..., ...)`, hidden states positional or as `hidden_states=`, the mask a
+# 4-D [B, 1, Q, K] tensor (or None) and every other per-token argument with its token axis at 1 (0 when 1-D).
+def layer_hidden(args: tuple, kwargs: dict[str, Any]) -> Any:
+    """The hidden states a decoder layer is called with (positional, or popped from ``kwargs``)."""
+    return args[0] if args else kwargs.pop("hidden_states")
+
+
+def layer_call(hidden: Any, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+    """What a forward pre-hook returns to call the layer on ``hidden`` instead, everything else as given."""
+    return (hidden, *args[1:]), kwargs
+
+
+LAYER_MASK_ARG = "attention_mask"  # the 4-D mask's keyword in a decoder layer's call
+
+
+# --- cache layers --------------------------------------------------------------------------------------------------
+# Relies on: `DynamicLayer` keeps `keys`/`values` [B, H, T, D] and `is_initialized`, its `update(k, v)` appends by
+# concatenation, and layers may be subclassed; `DynamicSlidingWindowLayer` is the sliding-window layer.
+BaseLayer = DynamicLayer
+SlidingLayer = DynamicSlidingWindowLayer
+
+
+def dynamic_update(layer: DynamicLayer, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`DynamicLayer.update` itself, skipping any override in between (an append of new slots at the end)."""
+    return DynamicLayer.update(layer, keys, values)
+
+
+def mark_initialized(layer: DynamicLayer, keys: torch.Tensor) -> None:
+    # Relies on: a layer's `is_initialized`, `device` and (before 5.24 only) `dtype` mirror its tensors; setting all
+    # three keeps every release's methods working on a layer whose tensors were set directly.
+    layer.is_initialized, layer.device, layer.dtype = True, keys.device, keys.dtype
+
+
+def adopt_layer(mine: DynamicLayer, theirs: DynamicLayer, names: tuple[str, ...] = ()) -> None:
+    """Make ``mine`` hold ``theirs``'s tensors (shared): keys, values, ``names`` and the mirrored attributes."""
+    for name in ("keys", "values", "is_initialized", *names):
+        setattr(mine, name, getattr(theirs, name))
+    if theirs.is_initialized:  # 5.24's lazy_initialization no longer sets `dtype`: derive both from the tensors
+        mark_initialized(mine, theirs.keys)
+
+
+# --- caches --------------------------------------------------------------------------------------------------------
+# Relies on: `get_layer_types_and_kwargs(text_config)` gives each layer's type and its layer's constructor kwargs,
+# and `Cache.__init__(layers=...)` takes prebuilt layers (DynamicCache's own __init__ would build its own).
+def layer_types_and_kwargs(config: Any) -> tuple[list[str], list[dict]]:
+    from transformers import cache_utils
+
+    fn = getattr(cache_utils, "get_layer_types_and_kwargs", None)
+    if fn is not None:
+        return fn(config)
+    # older releases: read the types off the layers DynamicCache itself builds for this config (public API)
+    types, kwargs = [], []
+    for layer in DynamicCache(config=config).layers:
+        sliding = isinstance(layer, DynamicSlidingWindowLayer)
+        types.append("sliding_attention" if sliding else "full_attention")
+        kwargs.append({"sliding_window": layer.sliding_window} if sliding else {})
+    return types, kwargs
+
+
+def init_cache_layers(cache: Cache, layers: list) -> None:
+    Cache.__init__(cache, layers=layers)
+
+
+def set_cache_layer(cache: Cache, i: int, layer: Any) -> None:
+    # Relies on: `cache.layers` is a plain list indexed by layer_idx that the cache reads on every update.
+    cache.layers[i] = layer
+
+
+# `PreTrainedConfig` is the name from 5.x; `PretrainedConfig` is the legacy alias (kept for older releases).
+PreTrainedConfig = getattr(transformers, "PreTrainedConfig", None) or transformers.PretrainedConfig
+
+
+# --- attention -----------------------------------------------------------------------------------------------------
+# Relies on: `sdpa_attention_forward(module, q, k, v, mask, **kw)` is the SDPA path models call, `sdpa_mask` builds
+# SDPA's boolean masks, both interfaces take `register(name, fn)`, a model sets `_supports_attention_backend` when
+# its attention goes through the interface, and `config._attn_implementation` names the one in use.
+sdpa = sdpa_attention_forward
+SDPA_MASK = sdpa_mask
+
+
+def register_attention(name: str, attention: Any, mask: Any = sdpa_mask) -> None:
+    transformers.AttentionInterface.register(name, attention)
+    AttentionMaskInterface.register(name, mask)
+
+
+def supports_attention_backend(model: torch.nn.Module) -> bool:
+    return bool(getattr(model, "_supports_attention_backend", False))
+
+
+def attn_implementation(model: torch.nn.Module) -> str | None:
+    return getattr(model.config, "_attn_implementation", None)
+
+
+# Relies on: an attention layer calls `cache.update(...)` and then its attention function right away, on the same
+# thread, with the keys `update` returned: `observe.hooks` binds the layer in `update` and picks it up there.
+# `check_engaged` below turns a break of that order (attention never reached us) into an error.
+
+
+# --- engagement ----------------------------------------------------------------------------------------------------
+def not_engaged(what: str, model: Any, detail: str) -> EngagementError:
+    """The error for a mechanism that was attached but did nothing: it names the mechanism, the model class and
+    the transformers version, so a release that renamed something shows up as an error, not as a silent no-op."""
+    name = type(model).__name__ if model is not None else "the model"
+    return EngagementError(
+        f"{what} did not engage on {name} with transformers {TRANSFORMERS_VERSION}: {detail}; tokensieve is tested "
+        f"on transformers {TESTED_TRANSFORMERS[0]}..{TESTED_TRANSFORMERS[1]} (pin one of those or report the model)"
+    )

@@ -19,10 +19,11 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria
 
+from . import compat
 from .errors import EmptyContextError, UnknownMethodError
 from .evicting import DECODE_RULES, DecodeCache, check_decode_budget
 from .measure.memory import tensor_bytes
-from .observe.hooks import prepare
+from .observe.hooks import engaged, prepare
 from .prompts import PromptFormat, StopAtText, clean_answer
 from .prune import PRUNERS, prune
 from .sparse import SPARSE, SparseCache, check_read
@@ -141,9 +142,9 @@ def decode(
             cache = stack.enter_context(prune(model, method, **params))
         meter = _Meter(cache)
         criteria = [meter] + ([] if fmt.chat else [StopAtText(tokenizer, ids.shape[1])])
-        with torch.inference_mode():
+        with torch.inference_mode(), engaged(cache, model, f"{family} ({method})"):
             out = model.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache,
+                input_ids=ids, attention_mask=torch.ones_like(ids), **compat.with_cache(model, cache),
                 max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
                 stopping_criteria=criteria, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
             )  # fmt: skip

@@ -69,3 +69,7 @@ class ParameterError(TokenSieveError, ValueError):
 
 class BatchError(TokenSieveError, ValueError):
     pass
+
+
+class EngagementError(NotPreparedError):
+    """Something tokensieve attached to a model did not act during the forward it was attached for."""

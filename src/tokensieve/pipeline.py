@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from . import compat
 from .act.compress import Plan, compress_layer, real_length
 from .budget import Allocator
 from .cache import SieveCache, SieveLayer
@@ -28,7 +29,7 @@ from .errors import EmptyContextError, TokenSieveError
 from .measure.memory import tensor_bytes
 from .methods import Method, get_method
 from .observe.capture import LayerObservation, Needs, observe
-from .observe.hooks import prepare
+from .observe.hooks import engaged, prepare
 from .prompts import PromptFormat, StopAtText, clean_answer
 
 Context = str | Sequence[str] | Tensor | Sequence[Sequence[int]]
@@ -147,9 +148,13 @@ class Compressed:
             kwargs.setdefault("top_p", None)
             kwargs.setdefault("top_k", None)
         start = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), engaged(cache, self.model, f"the {self.method} cache"):
             out = self.model.generate(
-                input_ids=input_ids, attention_mask=mask, past_key_values=cache, pad_token_id=pad, **kwargs
+                input_ids=input_ids,
+                attention_mask=mask,
+                **compat.with_cache(self.model, cache),
+                pad_token_id=pad,
+                **kwargs,
             )
         self.stats.decode_seconds = time.perf_counter() - start
         self.stats.new_tokens = out.shape[1] - input_ids.shape[1]
@@ -251,7 +256,7 @@ class Prefill:
         for k, layer in zip(budgets, layers, strict=True):
             obs = self.observations.get(layer.layer_idx)
             new = compress_layer(layer, plan.method, k, obs, len(layers), allocator=plan.allocator)
-            cache.layers[layer.layer_idx] = new
+            compat.set_cache_layer(cache, layer.layer_idx, new)
         seconds = time.perf_counter() - start
         stats = Stats(
             self.context_tokens,
@@ -291,12 +296,12 @@ def _needs(methods: Sequence[str | Method]) -> Needs:
     return out
 
 
-def _forward(model: PreTrainedModel, ids: Tensor, mask: Tensor | None, cache: SieveCache) -> Tensor:
-    with torch.inference_mode():
+def _forward(model: PreTrainedModel, ids: Tensor, mask: Tensor | None, cache: SieveCache, what: str) -> Tensor:
+    with torch.inference_mode(), engaged(cache, model, what, observed=True):  # every observer / compression ran
         out = model(
             input_ids=ids.to(model.device),
             attention_mask=None if mask is None else mask.to(model.device),
-            past_key_values=cache,
+            **compat.with_cache(model, cache),
             use_cache=True,
             logits_to_keep=1,
         )
@@ -325,7 +330,7 @@ def prefill(
     for layer in cache.sieve_layers:
         layer.on_attention = record
     start = time.perf_counter()
-    logits = _forward(model, ids, mask, cache)
+    logits = _forward(model, ids, mask, cache, "the observing prefill")
     return Prefill(model, tokenizer, cache, observations, ids, mask, needs, time.perf_counter() - start, logits)
 
 
@@ -352,7 +357,7 @@ def compress(
     cache = SieveCache(model.config)
     plan.attach(cache)
     start = time.perf_counter()
-    _forward(model, ids, mask, cache)
+    _forward(model, ids, mask, cache, f"compression ({plan.method.id})")
     total = time.perf_counter() - start
     # measured: each full layer's bytes just before its eviction, plus the layers that were not compressed
     others = tensor_bytes(

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
+from .. import compat
 from ..budget import Allocator, get_allocator
 from ..errors import BudgetError, check_budget, check_keep
 from ..measure.memory import tensor_bytes
@@ -84,7 +85,7 @@ class Plan:
             k = budgets[layers.index(layer)]
             new = compress_layer(layer, self.method, k, obs, len(layers), inplace=True, allocator=self.allocator)
             if new is not layer:  # another layout (ragged, mixed precision) replaces the layer
-                cache.layers[layer.layer_idx] = new
+                compat.set_cache_layer(cache, layer.layer_idx, new)
             self.seconds += time.perf_counter() - start
 
         for layer in layers:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .. import compat
 from ..cache import SieveCache, SieveLayer
 from ..pipeline import Compressed, Prefill, Stats
 from ..prompts import PromptFormat, clean_answer
@@ -74,11 +75,11 @@ def stack(cells: Sequence[Compressed]) -> Compressed:
                     ti = torch.arange(x.n_held, device=x.keys.device).expand(*x.keys.shape[:2], -1)
                 index.append(ti)
             new.token_index = torch.cat(index)
-            cache.layers[i] = new
+            compat.set_cache_layer(cache, i, new)
         else:  # not compressed (sliding window): the same tensors in every cell, repeated per row
             other = copy.copy(layer)
             other.batch_repeat_interleave(n)
-            cache.layers[i] = other
+            compat.set_cache_layer(cache, i, other)
     stats = copy.copy(first.stats)
     return Compressed(
         first.model, first.tokenizer, cache, first.context_ids.expand(n, -1), None, stats, "stacked", first.keep
@@ -158,9 +159,11 @@ def forward_logits(c: Compressed, ids: Tensor) -> Tensor:
     cache = c.cache.fork()
     with torch.inference_mode():
         if getattr(cache, "sparse_layers", None):
-            steps = [c.model(input_ids=t.view(1, 1).expand(rows, 1), past_key_values=cache).logits for t in ids]
+            steps = [
+                c.model(input_ids=t.view(1, 1).expand(rows, 1), **compat.with_cache(c.model, cache)).logits for t in ids
+            ]
             return torch.cat(steps, 1).float()
-        out = c.model(input_ids=ids.view(1, -1).expand(rows, -1), past_key_values=cache)
+        out = c.model(input_ids=ids.view(1, -1).expand(rows, -1), **compat.with_cache(c.model, cache))
     return out.logits.float()
 
 
@@ -171,7 +174,7 @@ def greedy_continuation(c: Compressed, first: int, n: int) -> list[int]:
     out = [first]
     with torch.inference_mode():
         for _ in range(n - 1):
-            logits = c.model(input_ids=torch.tensor([[out[-1]]]), past_key_values=cache).logits[0, -1]
+            logits = c.model(input_ids=torch.tensor([[out[-1]]]), **compat.with_cache(c.model, cache)).logits[0, -1]
             out.append(int(logits.argmax()))
     return out
 

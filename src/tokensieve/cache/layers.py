@@ -13,18 +13,15 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from transformers.cache_utils import (
-    DynamicLayer,
-    DynamicSlidingWindowLayer,
-)
 
+from .. import compat
 from ..act.evict import gather_tokens
 from ..observe import hooks
 
 OnAttention = Callable[["SieveLayer", Tensor, float], None]
 
 
-class SieveLayer(DynamicLayer):
+class SieveLayer(compat.BaseLayer):
     """Keys and values ``[B, Hkv, T, D]`` plus what eviction needs to stay exact:
 
     - ``valid [B, T]``: False for padding slots (None when there is none),
@@ -167,7 +164,7 @@ class SieveLayer(DynamicLayer):
         return out
 
 
-class CompactSlidingLayer(DynamicSlidingWindowLayer):
+class CompactSlidingLayer(compat.SlidingLayer):
     """transformers' sliding layer keeps a *view* of the whole prefill, so its storage still holds every
     prompt token; copying the window out frees that memory (measured by ``kv_bytes``)."""
 

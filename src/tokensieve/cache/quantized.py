@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from .. import compat
 from ..act.quant import QTensor, quantize
 from ..observe import hooks
 from .layers import SieveLayer
@@ -92,7 +93,7 @@ class MixedLayer(SieveLayer):
         dense = layer.evict(full_idx, inplace=False)
         out.keys, out.values = dense.keys, dense.values
         out.token_index, out.valid = dense.token_index, dense.valid
-        out.dtype, out.device, out.is_initialized = layer.keys.dtype, layer.keys.device, True
+        compat.mark_initialized(out, layer.keys)
         out.tiers = tiers
         return out
 

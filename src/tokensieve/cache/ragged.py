@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import compat
 from ..observe import hooks
 from .layers import SieveLayer
 
@@ -70,7 +71,7 @@ class RaggedLayer(SieveLayer):
         if bias is not None:
             flat = torch.cat(bias).float()
             out.flat_bias = None if bool((flat == 0).all()) else flat
-        out.dtype, out.device, out.is_initialized = out.keys.dtype, out.keys.device, True
+        compat.mark_initialized(out, out.keys)
         return out
 
     @classmethod

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import copy
 
-from transformers import PretrainedConfig
-from transformers.cache_utils import DynamicCache, DynamicSlidingWindowLayer, get_layer_types_and_kwargs
+from transformers.cache_utils import DynamicCache
 
+from .. import compat
 from ..errors import UnsupportedArchitectureError
 from ..observe import hooks
 from .layers import CompactSlidingLayer, SieveLayer
@@ -35,12 +35,12 @@ class SieveCache(DynamicCache):
         **method_params,
     ) -> None:
         config = getattr(model_or_config, "config", model_or_config)
-        if not isinstance(config, PretrainedConfig):
+        if not isinstance(config, compat.PreTrainedConfig):
             raise TypeError("SieveCache needs a model or its config")
         if config is not model_or_config:
             hooks.prepare(model_or_config)
         text = config.get_text_config(decoder=True)
-        types, kwargs = get_layer_types_and_kwargs(text)
+        types, kwargs = compat.layer_types_and_kwargs(text)
         layers = []
         for i, (kind, kw) in enumerate(zip(types, kwargs, strict=True)):
             if kind == "full_attention":
@@ -49,7 +49,7 @@ class SieveCache(DynamicCache):
                 layers.append(CompactSlidingLayer(**kw))
             else:
                 raise UnsupportedArchitectureError(f"cache layer type {kind!r} is not supported")
-        super(DynamicCache, self).__init__(layers=layers)
+        compat.init_cache_layers(self, layers)  # DynamicCache's own __init__ would build its own layers
         self.config = text
         if method is not None:
             from ..act.compress import Plan
@@ -67,7 +67,7 @@ class SieveCache(DynamicCache):
 
     @property
     def has_sliding_layers(self) -> bool:
-        return any(isinstance(layer, DynamicSlidingWindowLayer) for layer in self.layers)
+        return any(isinstance(layer, compat.SlidingLayer) for layer in self.layers)
 
     def fork(self) -> SieveCache:
         """A cheap copy that shares tensors: appending to it never touches this cache (updates rebind

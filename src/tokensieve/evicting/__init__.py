@@ -2,7 +2,7 @@
 
 model, tok = tokensieve.load_model()
 cache = tokensieve.DecodeCache(model, "h2o", budget=256)   # never more than 256 tokens per head
-out = model.generate(**tok(prompt, return_tensors="pt"), past_key_values=cache, max_new_tokens=2000)
+out = model.generate(**tok(prompt, return_tensors="pt"), **with_cache(model, cache), max_new_tokens=2000)
 cache.peak_kv_bytes()                                        # measured from the tensors' storages
 
 A method's decode rule carries its prefill score forward one query at a time (``rules.py``); the layer
@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .. import compat
 from ..act.compress import Plan
 from ..cache import SieveCache
 from ..errors import BudgetError, TokenSieveError, UnknownMethodError
@@ -90,9 +91,8 @@ class DecodeCache(SieveCache):
         sinks, window = m.protected(budget)
         layers = self.sieve_layers
         for layer in layers:
-            self.layers[layer.layer_idx] = EvictingLayer(
-                layer.layer_idx, rule, budget, sinks, window, len(layers), plan
-            )
+            new = EvictingLayer(layer.layer_idx, rule, budget, sinks, window, len(layers), plan)
+            compat.set_cache_layer(self, layer.layer_idx, new)
 
     @property
     def evicting_layers(self) -> list[EvictingLayer]:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import Tensor
 
+from .. import compat
 from ..errors import BudgetError
 from ..observe.stats import AttnSum, accumulate
 from ..score.attention import visible_counts
@@ -28,7 +29,7 @@ class Modifier(Method):
         from ..cache.biased import BiasedLayer
 
         for layer in cache.sieve_layers:
-            cache.layers[layer.layer_idx] = BiasedLayer(layer.layer_idx, self.bias)
+            compat.set_cache_layer(cache, layer.layer_idx, BiasedLayer(layer.layer_idx, self.bias))
 
     def bias(self, layer: BiasedLayer, query: Tensor, scaling: float) -> Tensor | None:
         raise NotImplementedError

@@ -10,15 +10,16 @@ gets its per-layer mask after eviction and sees the queries it must observe. Lay
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from transformers import AttentionInterface, PreTrainedModel
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers import PreTrainedModel
 
-from ..errors import NotPreparedError, UnsupportedArchitectureError
+from .. import compat
+from ..errors import EngagementError, NotPreparedError, UnsupportedArchitectureError
 
 if TYPE_CHECKING:
     from ..cache import SieveLayer
@@ -38,12 +39,13 @@ def bind(layer: SieveLayer) -> None:
             "the model is not using tokensieve's attention, so a compressed or observing cache cannot work: "
             "call tokensieve.prepare(model) (or build the cache with SieveCache(model, ...))"
         )
+    layer.n_updates = getattr(layer, "n_updates", 0) + 1
     _bound.layer = layer
 
 
 def sdpa(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, **kwargs: Any):
     """transformers' own SDPA attention: the exact path every layout falls back to."""
-    return sdpa_attention_forward(module, query, key, value, mask, **kwargs)
+    return compat.sdpa(module, query, key, value, mask, **kwargs)
 
 
 def scaling_of(query: Tensor, kwargs: dict[str, Any]) -> float:
@@ -62,12 +64,12 @@ def sieve_attention(
     _bound.layer = None
     if layer is None or not layer.owns(key):
         return sdpa(module, query, key, value, attention_mask, **kwargs)
+    layer.n_attends = getattr(layer, "n_attends", 0) + 1
     return layer.attend(module, query, key, value, attention_mask, **kwargs)
 
 
 def register() -> None:
-    AttentionInterface.register(ATTENTION, sieve_attention)
-    AttentionMaskInterface.register(ATTENTION, sdpa_mask)
+    compat.register_attention(ATTENTION, sieve_attention)
 
 
 def check_architecture(model: PreTrainedModel) -> None:
@@ -76,7 +78,7 @@ def check_architecture(model: PreTrainedModel) -> None:
     fix = f"tokensieve supports decoder-only attention models such as {', '.join(TESTED_MODEL_TYPES)}"
     if getattr(model.config, "is_encoder_decoder", False):
         raise UnsupportedArchitectureError(f"{name} is an encoder-decoder model: {fix}")
-    if not getattr(model, "_supports_attention_backend", False):
+    if not compat.supports_attention_backend(model):
         raise UnsupportedArchitectureError(f"{name} does not route attention through transformers' interface: {fix}")
     if getattr(config, "attn_logit_softcapping", None):
         raise UnsupportedArchitectureError(f"{name} uses attention logit soft-capping, which SDPA cannot run: {fix}")
@@ -95,6 +97,38 @@ def prepare(model: PreTrainedModel) -> PreTrainedModel:
     """Check the architecture and switch the model to tokensieve's attention (idempotent)."""
     check_architecture(model)
     register()
-    if model.config._attn_implementation != ATTENTION:
+    if compat.attn_implementation(model) != ATTENTION:
         model.set_attn_implementation(ATTENTION)
     return model
+
+
+def check_engaged(cache: Any, model: Any, what: str, observed: bool = False) -> None:
+    """Raise unless every tokensieve layer of ``cache`` that the model updated also ran its attention through
+    tokensieve (and at least one was updated): a cache whose attention never reached us compressed nothing.
+    ``observed``: the prefill was to run each layer's observer once (a compression plan): check none is left."""
+    layers = getattr(cache, "sieve_layers", [])
+    if not layers:
+        return
+    updates = [getattr(layer, "n_updates", 0) for layer in layers]
+    attends = [getattr(layer, "n_attends", 0) for layer in layers]
+    if not any(updates):
+        raise compat.not_engaged(what, model, "the model never updated the cache it was given (renamed argument?)")
+    missed = [layer.layer_idx for layer, u, a in zip(layers, updates, attends, strict=True) if a < u]
+    if missed:
+        raise compat.not_engaged(what, model, f"layers {missed} updated the cache but their attention bypassed it")
+    pending = [layer.layer_idx for layer in layers if layer.on_attention is not None]
+    if observed and pending:
+        raise compat.not_engaged(what, model, f"layers {pending} were never observed after their prefill")
+
+
+@contextmanager
+def engaged(cache: Any, model: Any, what: str, observed: bool = False) -> Iterator[None]:
+    """Run a forward or ``generate`` with ``cache``, then ``check_engaged``; a layer found bypassed on the way
+    (the bind's stale check) is reported the same way, naming ``what``, the model class and transformers."""
+    try:
+        yield
+    except NotPreparedError as e:
+        if isinstance(e, EngagementError):
+            raise
+        raise compat.not_engaged(what, model, str(e)) from e
+    check_engaged(cache, model, what, observed)

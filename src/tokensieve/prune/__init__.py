@@ -2,7 +2,7 @@
 
 model, tok = tokensieve.load_model()
 with tokensieve.prune(model, "lazyllm") as cache:           # hooks live only inside this block
-    out = model.generate(**tok(prompt, return_tensors="pt"), past_key_values=cache, max_new_tokens=32)
+    out = model.generate(**tok(prompt, return_tensors="pt"), **with_cache(model, cache), max_new_tokens=32)
 cache.engine.alive_per_layer                               # tokens each layer computed on
 
 A pruner (``lazyllm.py``, ``spatten.py``) is policy: where to prune, how much to keep, which attention

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import compat
 from ..act.evict import select
 from ..cache import SieveCache
 from ..errors import BatchError, PaddingError, UnsupportedArchitectureError
@@ -68,7 +69,7 @@ class PrunedCache(SieveCache):
                 "are all full attention (load it with sliding_window=None, or prune a Llama/Qwen/Mistral model)"
             )
         for layer in self.sieve_layers:
-            self.layers[layer.layer_idx] = PrunedLayer(layer.layer_idx)
+            compat.set_cache_layer(self, layer.layer_idx, PrunedLayer(layer.layer_idx))
 
 
 class PruneEngine:
@@ -91,9 +92,14 @@ class PruneEngine:
         self.extra: dict[str, Any] = {}  # this step's revived rows' per-token kwargs
         self.alive_per_layer: list[int] = []
         self.revived: dict[int, int] = {}  # stage -> tokens revived there while generating
+        self.name = getattr(pruner, "id", type(pruner).__name__)
+        self.carried = False  # the current model forward was given this engine's cache
+        self.engaged = 0  # decoder layers whose pre-hook found the cache in this forward
 
     # --- install / remove ---------------------------------------------------------------------------
     def __enter__(self) -> PruneEngine:
+        self.handles.append(self.model.register_forward_pre_hook(self._model_pre_hook, with_kwargs=True))
+        self.handles.append(self.model.register_forward_hook(self._model_post_hook, with_kwargs=True))
         for i, layer in enumerate(self.layers):
             self.handles.append(layer.register_forward_pre_hook(self._pre_hook(i), with_kwargs=True))
         for layer in self.cache.sieve_layers:
@@ -110,11 +116,26 @@ class PruneEngine:
             layer.rows = None
 
     # --- the hooks ------------------------------------------------------------------------------------
+    def _model_pre_hook(self, module, args, kwargs) -> None:
+        self.carried = compat.given_cache(kwargs) is self.cache
+        self.engaged = 0
+
+    def _model_post_hook(self, module, args, kwargs, output) -> None:
+        # no silent no-op: a forward given our cache must have passed it to every decoder layer we hooked
+        carried, self.carried = self.carried, False
+        if carried and self.engaged != len(self.layers):
+            raise compat.not_engaged(
+                f"prefill pruning ({self.name})",
+                self.model,
+                f"{self.engaged} of {len(self.layers)} decoder layers were called with the cache it was given",
+            )
+
     def _pre_hook(self, i: int):
         def hook(module, args, kwargs):
-            if kwargs.get("past_key_values") is not self.cache:
+            if compat.call_cache(module, kwargs) is not self.cache:
                 return None
-            hidden = args[0] if args else kwargs.pop("hidden_states")
+            self.engaged += 1
+            hidden = compat.layer_hidden(args, kwargs)
             if i == 0:
                 self._start(hidden, kwargs)
             if i in self.stages:
@@ -125,14 +146,14 @@ class PruneEngine:
                 layer.rows = self.rows
             if self.prefill:
                 self.alive_per_layer.append(int(self.rows.numel()))
-            return (hidden, *args[1:]), kwargs
+            return compat.layer_call(hidden, args, kwargs)
 
         return hook
 
     def _start(self, hidden: Tensor, kwargs: dict[str, Any]) -> None:
         if hidden.shape[0] != 1:
             raise BatchError("prefill pruning runs one sequence at a time (batch size 1): prune each row separately")
-        mask = kwargs.get("attention_mask")
+        mask = kwargs.get(compat.LAYER_MASK_ARG)
         seen = self.cache.layers[0].cumulative_length
         q = hidden.shape[1]
         self.prefill = self.prompt_len is None
@@ -163,7 +184,7 @@ class PruneEngine:
             self.aux[i] = {
                 "positions": self.alive[gone],
                 "hidden": hidden[:, gone],
-                "kwargs": {k: take(v, self.alive[gone], full) for k, v in kwargs.items() if k != "attention_mask"},
+                "kwargs": {k: take(v, self.alive[gone], full) for k, v in kwargs.items() if k != compat.LAYER_MASK_ARG},
             }
         self.alive = self.alive[rel]
         self.rows = self.alive
@@ -202,7 +223,7 @@ class PruneEngine:
         if not self.extra:
             return kwargs
         out = {k: join(self.extra[k], v) if k in self.extra else v for k, v in kwargs.items()}
-        out["attention_mask"] = None  # the layer masks revived rows by position itself
+        out[compat.LAYER_MASK_ARG] = None  # the layer masks revived rows by position itself
         return out
 
     # --- importance ----------------------------------------------------------------------------------

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from transformers.cache_utils import DynamicLayer
 
+from .. import compat
 from ..cache import SieveLayer
 from ..observe import hooks
 
@@ -33,7 +33,7 @@ class PrunedLayer(SieveLayer):
         if self._contiguous(n):
             return super().update(key_states, value_states)
         before = self.n_held
-        keys, values = DynamicLayer.update(self, key_states, value_states)
+        keys, values = compat.dynamic_update(self, key_states, value_states)
         b, h = keys.shape[:2]
         old = self.token_index if self.token_index is not None else torch.arange(before).expand(b, h, before)
         self.token_index = torch.cat([old, self.rows.to(keys.device).expand(b, h, n)], -1)

@@ -2,7 +2,7 @@
 
 model, tok = tokensieve.load_model()
 cache = tokensieve.SparseCache(model, "quest", read=1 / 8, measure=True)
-out = model.generate(**tok(prompt, return_tensors="pt"), past_key_values=cache, max_new_tokens=64)
+out = model.generate(**tok(prompt, return_tensors="pt"), **with_cache(model, cache), max_new_tokens=64)
 cache.report()     # per-step fraction of the cache read, recall / IoU against the exact top-k, mass
 
 Selection functions are pure (``select.py``); a method (one file each) turns a decode query into slot
@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from .. import compat
 from ..cache import SieveCache
 from ..errors import BudgetError
 from ..registry import instantiate
@@ -72,8 +73,8 @@ class SparseCache(SieveCache):
         self.method, self.read, self.shared = m, read, {}
         layers = self.sieve_layers
         for rank, layer in enumerate(layers):
-            self.layers[layer.layer_idx] = SparseLayer(
-                layer.layer_idx, m, read, rank, len(layers), self.shared, measure
+            compat.set_cache_layer(
+                self, layer.layer_idx, SparseLayer(layer.layer_idx, m, read, rank, len(layers), self.shared, measure)
             )
 
     @property
@@ -97,12 +98,9 @@ class SparseCache(SieveCache):
             raise ValueError("the prefilled cache belongs to another model (its layer count differs)")
         for i, (mine, theirs) in enumerate(zip(self.layers, prefilled.layers, strict=True)):
             if not isinstance(mine, SparseLayer):
-                self.layers[i] = copy.copy(theirs)
+                compat.set_cache_layer(self, i, copy.copy(theirs))
                 continue
-            for name in ("keys", "values", "valid", "token_index", "cumulative_length", "is_initialized"):
-                setattr(mine, name, getattr(theirs, name))
-            if theirs.is_initialized:
-                mine.dtype, mine.device = theirs.dtype, theirs.device
+            compat.adopt_layer(mine, theirs, ("valid", "token_index", "cumulative_length"))
             if mine.token_index is not None:
                 raise ValueError("sparse decoding reads a whole cache: this one was compressed (tokens evicted)")
             mine.index, mine.meter = None, Meter()

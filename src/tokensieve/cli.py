@@ -214,7 +214,10 @@ def cmd_decode(args: argparse.Namespace) -> int:
         raise TokenSieveError(f"decode eviction with {args.method} needs --budget N (tokens held per KV head)")
     if family != "decode eviction" and (args.budget is not None or args.prefill is not None):
         raise TokenSieveError(f"--budget / --prefill apply to decode eviction, not to {family} ({args.method})")
-    if family != "sparse decoding" and args.read is not None:
+    if args.read is not None and args.read_tokens is not None:
+        raise TokenSieveError("pass --read (a fraction) or --read-tokens (a count), not both")
+    read = args.read if args.read_tokens is None else args.read_tokens
+    if family != "sparse decoding" and read is not None:
         raise TokenSieveError(f"--read applies to sparse decoding, not to {family} ({args.method})")
     context = _context(args)
     model, tok = load_model(args.model)
@@ -225,7 +228,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
         args.question,
         args.method,
         budget=args.budget,
-        read=args.read,
+        read=read,
         prefill=args.prefill,
         prefill_keep=args.prefill_keep,
         max_new_tokens=args.max_new_tokens,
@@ -244,12 +247,26 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read(text: str) -> float | int:
+def _read(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--read takes a fraction in (0, 1] or a token count, not {text!r}") from None
-    return int(value) if value > 1 and value.is_integer() else value
+        value = float("nan")
+    if not 0.0 < value <= 1.0:  # a count of tokens has its own flag, so `--read 2` is not silently 2 tokens
+        raise argparse.ArgumentTypeError(
+            f"--read takes a fraction in (0, 1] such as 0.125, not {text!r} (for a token count use --read-tokens N)"
+        )
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"takes a positive whole number, not {text!r}")
+    return value
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -282,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--context-file", help="text file holding the context")
     src.add_argument("--context", help="the context text itself")
     g.add_argument("--question", required=True)
-    g.add_argument("--max-new-tokens", type=int, default=32)
+    g.add_argument("--max-new-tokens", type=_count, default=32)
     g.add_argument("--answer-prefix", default="", help='text that starts the answer, e.g. "The pass key is"')
     g.add_argument("--allocator", default="uniform", choices=list(ALLOCATORS), help="budget allocator")
     g.add_argument(
@@ -336,13 +353,14 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--method", required=True, help="a decode-time method id (see `tokensieve methods`)")
     dc.add_argument("--budget", type=int, help="decode eviction: tokens held per KV head at every step")
     dc.add_argument("--read", type=_read, help="sparse decoding: fraction of the cache read per step (default 1/8)")
+    dc.add_argument("--read-tokens", type=_count, help="sparse decoding: tokens read per step (instead of --read)")
     dc.add_argument("--prefill", help="decode eviction: a prefill-eviction method that compresses the prompt first")
     dc.add_argument("--prefill-keep", type=_keep, help="the prefill method's keep ratio")
     src = dc.add_mutually_exclusive_group(required=True)
     src.add_argument("--context-file", help="text file holding the context")
     src.add_argument("--context", help="the context text itself")
     dc.add_argument("--question", required=True)
-    dc.add_argument("--max-new-tokens", type=int, default=32)
+    dc.add_argument("--max-new-tokens", type=_count, default=32)
     dc.add_argument("--answer-prefix", default="", help='text that starts the answer, e.g. "The pass key is"')
     dc.add_argument("--measure", action="store_true", help="sparse decoding: also measure selection recall")
     dc.add_argument("--param", type=_param, action="append", metavar="NAME=VALUE", help="override a method parameter")

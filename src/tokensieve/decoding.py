@@ -20,7 +20,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria
 
 from . import compat
-from .errors import EmptyContextError, UnknownMethodError
+from .errors import EmptyContextError, UnknownMethodError, check_count
 from .evicting import DECODE_RULES, DecodeCache, check_decode_budget
 from .measure.memory import tensor_bytes
 from .observe.hooks import engaged, prepare
@@ -116,6 +116,7 @@ def decode(
     ``prefill``/``prefill_keep``/``prefill_budget``: prefill compression before decode eviction; ``params``
     go to the method (e.g. ``keep=(0.7, 0.5)`` for a pruner); ``measure``: sparse selection recall."""
     family = family_of(method)
+    check_count("max_new_tokens", max_new_tokens)
     if not context.strip():
         raise EmptyContextError("the context is empty: pass the text to read")
     if family != "decode eviction" and (budget is not None or prefill is not None):

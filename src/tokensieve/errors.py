@@ -71,5 +71,12 @@ class BatchError(TokenSieveError, ValueError):
     pass
 
 
+def check_count(name: str, value: object) -> int:
+    """A positive whole number (``max_new_tokens`` and the like), or a one-line typed error."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ParameterError(f"{name} {value!r} must be a positive whole number, e.g. {name}=32")
+    return value
+
+
 class EngagementError(NotPreparedError):
     """Something tokensieve attached to a model did not act during the forward it was attached for."""

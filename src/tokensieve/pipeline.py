@@ -25,7 +25,7 @@ from . import compat
 from .act.compress import Plan, compress_layer, real_length
 from .budget import Allocator
 from .cache import SieveCache, SieveLayer
-from .errors import EmptyContextError, TokenSieveError
+from .errors import BatchError, EmptyContextError, ParameterError, TokenSieveError, check_count
 from .measure.memory import tensor_bytes
 from .methods import Method, get_method
 from .observe.capture import LayerObservation, Needs, observe
@@ -125,9 +125,13 @@ class Compressed:
             return self._one_by_one(question_ids, question_mask, **kwargs)
         cache = self.cache.fork()
         ctx_ids, ctx_mask = self.context_ids, self.context_mask
+        if n != b and n == 1:  # one question asked of every context row
+            question_ids = question_ids.expand(b, -1)
+            question_mask = None if question_mask is None else question_mask.expand(b, -1)
+            n = b
         if n != b:
             if b != 1:
-                raise ValueError(f"{n} questions for {b} contexts: give one question per context row")
+                raise BatchError(f"{n} questions for {b} contexts: give one question, or one per context row")
             cache.batch_repeat_interleave(n)
             ctx_ids = ctx_ids.expand(n, -1)
         if ctx_mask is None:
@@ -183,13 +187,16 @@ class Compressed:
     ) -> str | list[str]:
         """Greedy (or sampled, with ``do_sample=True``) answers, decoded and stripped. ``answer_prefix``
         starts each answer for the model (see ``PromptFormat.question_ids``) and is not returned."""
+        check_count("max_new_tokens", max_new_tokens)
         questions = [question] if isinstance(question, str) else list(question)
+        if not questions or not all(isinstance(q, str) for q in questions):
+            raise ParameterError(f"question {question!r} must be a string or a list of strings")
         fmt = self.fmt
         rows = [fmt.question_ids(q, answer_prefix) for q in questions]
         ids, mask = _left_pad(rows, _pad_id(self.tokenizer, self.model))
         new = self.generate(ids, mask, max_new_tokens=max_new_tokens, **kwargs)
         texts = [clean_answer(self.tokenizer.decode(row, skip_special_tokens=True)) for row in new]
-        return texts[0] if isinstance(question, str) else texts
+        return texts[0] if isinstance(question, str) and len(texts) == 1 else texts
 
 
 @dataclass

@@ -3,9 +3,10 @@ name the family a misplaced id belongs to."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, TypeVar
 
-from .errors import UnknownMethodError
+from .errors import ParameterError, TokenSieveError, UnknownMethodError
 
 T = TypeVar("T")
 
@@ -40,8 +41,27 @@ def instantiate(registry: dict[str, type[T]], base: type[T], family: str, method
         raise UnknownMethodError(
             f"unknown {family} {method!r}; choose one of: {', '.join(registry)} (see `tokensieve methods`){hint}"
         )
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")}  # type: ignore
+    for name, value in params.items():
+        if name in fields:
+            check_param(method, name, value, fields[name].default)
     try:
         return cls(**params)
+    except TokenSieveError:
+        raise
     except TypeError as e:
-        names = ", ".join(n for n in cls.__dataclass_fields__ if not n.startswith("_"))  # type: ignore[attr-defined]
-        raise UnknownMethodError(f"bad parameter for method {method!r} ({e}); it takes: {names}") from None
+        raise UnknownMethodError(f"bad parameter for method {method!r} ({e}); it takes: {', '.join(fields)}") from None
+    except ValueError as e:
+        raise ParameterError(f"bad parameter for method {method!r}: {e}") from None
+
+
+def check_param(method: Any, name: str, value: Any, default: Any) -> None:
+    """A parameter's value must be of its default's kind (a number for a number, a flag for a flag): the
+    command line hands over text, and ``window="abc"`` would otherwise fail deep inside the method."""
+    if default is dataclasses.MISSING or default is None:
+        return
+    number = isinstance(default, int | float) and not isinstance(default, bool)
+    if number and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise ParameterError(f"parameter {name}={value!r} of {method!r} must be a number (like its default {default})")
+    if isinstance(default, bool) and not isinstance(value, bool):
+        raise ParameterError(f"parameter {name}={value!r} of {method!r} must be true or false")

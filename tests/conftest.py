@@ -113,3 +113,20 @@ def smollm2():
     import tokensieve
 
     return tokensieve.load_model("smollm2")
+
+
+INTEGRATION_NAMES = ("exact", "equal", "match", "bit", "every_arch", "architecture", "engag")
+
+
+def pytest_collection_modifyitems(config, items):
+    """``-m integration``: the tests that exercise transformers itself (what CI reruns on the floor release):
+    tiny models of every architecture, the bit-exactness and equality tests, the real-model tests, engagement."""
+    for item in items:
+        name = item.name.lower()
+        if (
+            "arch" in getattr(item, "fixturenames", ())
+            or item.get_closest_marker("real")
+            or any(n in name for n in INTEGRATION_NAMES)
+            or item.module.__name__ == "test_engagement"
+        ):
+            item.add_marker(pytest.mark.integration)

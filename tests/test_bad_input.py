@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_model
 
 import tokensieve as ts
+from conftest import make_model
 from tokensieve.cli import main
 from tokensieve.errors import BatchError, ParameterError, UnknownMethodError
 
@@ -34,12 +34,14 @@ def test_cli_negative_max_new_tokens(capsys):
 
 @pytest.mark.parametrize("read", ["2", "0", "-0.5", "abc"])
 def test_cli_read_outside_a_fraction(capsys, read):
-    line = _cli_usage_error(capsys, ["decode", "--method", "quest", "--read", read, "--context", "x", "--question", "q"])
+    argv = ["decode", "--method", "quest", "--read", read, "--context", "x", "--question", "q"]
+    line = _cli_usage_error(capsys, argv)
     assert "--read" in line and "(0, 1]" in line and "--read-tokens" in line
 
 
 def test_cli_read_and_read_tokens_together(capsys):
-    rc = main(["decode", "--method", "quest", "--read", "0.5", "--read-tokens", "8", "--context", "x", "--question", "q"])
+    argv = ["decode", "--method", "quest", "--read", "0.5", "--read-tokens", "8", "--context", "x", "--question", "q"]
+    rc = main(argv)
     assert rc == 2 and "not both" in capsys.readouterr().err
 
 

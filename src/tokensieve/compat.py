@@ -21,7 +21,7 @@ from .errors import EngagementError
 
 TRANSFORMERS_VERSION: str = transformers.__version__
 # the floor and the newest release the test suite runs on (CI runs both; pyproject and README say the same)
-TESTED_TRANSFORMERS: tuple[str, str] = ("5.0.0", "5.24.0")
+TESTED_TRANSFORMERS: tuple[str, str] = ("5.4.0", "5.24.0")
 
 # --- the cache argument -------------------------------------------------------------------------------------------
 _CACHE_NAMES = ("cache", "past_key_values")

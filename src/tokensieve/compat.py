@@ -129,7 +129,13 @@ def init_cache_layers(cache: Cache, layers: list) -> None:
 
 def set_cache_layer(cache: Cache, i: int, layer: Any) -> None:
     # Relies on: `cache.layers` is a plain list indexed by layer_idx that the cache reads on every update.
+    old = cache.layers[i] if i < len(cache.layers) else None
+    for name in ENGAGEMENT_COUNTS:  # a layer replaced by another layout keeps what engagement checks counted
+        setattr(layer, name, max(getattr(layer, name, 0), getattr(old, name, 0)))
     cache.layers[i] = layer
+
+
+ENGAGEMENT_COUNTS = ("n_updates", "n_attends")  # set by observe.hooks: updates bound, attention calls received
 
 
 # `PreTrainedConfig` is the name from 5.x; `PretrainedConfig` is the legacy alias (kept for older releases).

@@ -1,0 +1,89 @@
+"""Plausible bugs, kept so the tests can be shown to catch them: each is one exact text replacement in one file
+and the fast tests that must fail under it. ``run.py`` applies each to a copy of the repository.
+
+Add a family's mutations here when the family is added (its rule inverted, an off-by-one, a swapped pair)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Mutation:
+    id: str
+    what: str
+    path: str  # relative to the repository root
+    old: str  # must occur exactly once in the file
+    new: str
+    tests: tuple[str, ...]  # the fast tests that must catch it (run with -x, real-model tests deselected)
+
+
+MUTATIONS: tuple[Mutation, ...] = (
+    Mutation(
+        "mikv_rank_reversed",
+        "MiKV's high-precision ranking reversed (the least important tokens stay full precision)",
+        "src/tokensieve/methods/mikv.py",
+        "order = rank(scores, layer.valid, sinks, window)",
+        "order = rank(-scores, layer.valid, sinks, window)",
+        ("tests/test_oracles.py::test_mikv_keeps_the_highest_scores_in_full_precision",),
+    ),
+    Mutation(
+        "decode_evicts_highest",
+        "decode eviction evicts the highest score instead of the lowest",
+        "src/tokensieve/evicting/layer.py",
+        "return select(self.rule.score(state).expand(b, hkv, s), self.budget",
+        "return select((-self.rule.score(state)).expand(b, hkv, s), self.budget",
+        ("tests/test_oracles.py::test_decode_eviction_keeps_the_highest_scores",),
+    ),
+    Mutation(
+        "tova_first_query",
+        "TOVA's decode rule reads the first new query instead of the last",
+        "src/tokensieve/evicting/rules.py",
+        'return {"last": step.probs[:, :, :, -1].mean(dim=(1, 2)).unsqueeze(1)}',
+        'return {"last": step.probs[:, :, :, 0].mean(dim=(1, 2)).unsqueeze(1)}',
+        ("tests/test_oracles.py::test_tova_decode_rule_reads_the_last_query",),
+    ),
+    Mutation(
+        "gumbel_sign_flipped",
+        "the Gumbel noise's sign flipped (-log(-log u) becomes log(-log u))",
+        "src/tokensieve/score/attention.py",
+        "return u.log_().neg_().log_().neg_().unsqueeze(0).to(rows.device)",
+        "return u.log_().neg_().log_().unsqueeze(0).to(rows.device)",
+        ("tests/test_oracles.py::test_gumbel_noise_is_standard_gumbel",),
+    ),
+    Mutation(
+        "adakv_no_shift",
+        "AdaKV's per-head normalisation loses its shift to >= 0",
+        "src/tokensieve/budget/adakv.py",
+        "s = (s - low).masked_fill(~e, 0.0)",
+        "s = s.masked_fill(~e, 0.0)",
+        (
+            "tests/test_oracles.py::test_adakv_head_distributions_shift_then_normalise",
+            "tests/test_oracles.py::test_adakv_head_budgets_by_hand",
+        ),
+    ),
+    Mutation(
+        "pyramid_no_slope",
+        "pyramid budgets ignore their slope (every layer gets the mean)",
+        "src/tokensieve/budget/__init__.py",
+        "raw = [bottom + (top - bottom) * i / (n_layers - 1) for i in range(n_layers)]",
+        "raw = [float(budget) for i in range(n_layers)]",
+        ("tests/test_oracles.py::test_pyramid_budgets_follow_their_slope",),
+    ),
+    Mutation(
+        "scissorhands_ge",
+        "Scissorhands counts attention at the uniform level too (> becomes >=)",
+        "src/tokensieve/evicting/rules.py",
+        "above = (step.probs * step.n_visible > 1.0) & (step.real[:, None, None, :, None] > 0)",
+        "above = (step.probs * step.n_visible >= 1.0) & (step.real[:, None, None, :, None] > 0)",
+        ("tests/test_oracles.py::test_scissorhands_counts_strictly_above_uniform",),
+    ),
+    Mutation(
+        "sparse_sinks_window_swapped",
+        "the sparse layer's sinks and window swapped",
+        "src/tokensieve/sparse/layer.py",
+        "sinks, window = self.method.protected(k)\n        idx = top_slots(",
+        "window, sinks = self.method.protected(k)\n        idx = top_slots(",
+        ("tests/test_oracles.py::test_sparse_layer_reads_its_sinks_and_window",),
+    ),
+)

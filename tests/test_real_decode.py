@@ -3,6 +3,7 @@ prefill pruning that prunes nothing is the plain model, and the `tokensieve deco
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -84,4 +85,14 @@ def test_cli_decode_json(smollm2, capsys, tmp_path, args):
     for key in ("answer", "method", "family", "prompt_tokens", "new_tokens", "ttft_seconds", "tokens_per_second",
                 "kv_bytes", "peak_kv_bytes", "extra"):  # fmt: skip
         assert key in out
+    extra, method = out["extra"], args[1]
+    assert out["new_tokens"] >= 1 and out["prompt_tokens"] > 300
+    if method == "h2o":  # engaged: the budget held (plus the step's one new slot before its eviction)
+        assert 64 <= extra["peak_tokens_held"] <= 64 + 1
+    elif method == "quest":  # engaged: about the requested fraction read, and something measured
+        assert extra["steps"] > 0 and 0.25 <= extra["read_fraction"] < 0.45 and extra["recall"] > 0.3
+    else:  # engaged: every layer ran, the pruned ones on strictly fewer tokens
+        alive = extra["alive_per_layer"]
+        assert len(alive) == 30 and alive[0] == out["prompt_tokens"] and alive[-1] < alive[0]
+        assert all(a >= b for a, b in itertools.pairwise(alive)) and len(set(alive)) >= 3  # 3 pruning stages
     assert out["method"] == args[1] and out["new_tokens"] >= 1

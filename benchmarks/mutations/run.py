@@ -77,23 +77,28 @@ def main() -> int:
     if rows[0]["caught"]:
         print("the unmutated repository fails its own tests:", rows[0]["evidence"], file=sys.stderr)
         return 2
+    command = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/mutations/run.py"
+    command += f" --only {args.only}" if args.only else ""
     for m in chosen:
         rows.append(probe(m, m.tests))
         r = rows[-1]
         print(f"{r['id']:30s} {'CAUGHT' if r['caught'] else 'SURVIVED'}  {r.get('seconds', 0):6.1f}s  {r['what']}")
-    out = Path(args.out)
+        write(Path(args.out), command, rows, done=len(rows) - 1 == len(chosen))
+    survived = [r["id"] for r in rows[1:] if not r["caught"]]
+    return 1 if survived else 0
+
+
+def write(out: Path, command: str, rows: list[dict], done: bool) -> None:
+    """Rewritten after every mutation, so an interrupted run still leaves what it measured."""
     out.mkdir(parents=True, exist_ok=True)
-    command = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/mutations/run.py" + (
-        f" --only {args.only}" if args.only else ""
-    )
-    (out / "results.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2) + "\n")
+    (out / "results.json").write_text(json.dumps({"command": command, "complete": done, "rows": rows}, indent=2) + "\n")
     lines = [f"# mutation probe\n\n`{command}`\n", "| mutation | caught | seconds | evidence |", "|---|---|---|---|"]
     for r in rows:
         evidence = str(r.get("evidence", "")).replace("|", "\\|")
         lines.append(f"| {r['id']} | {'yes' if r['caught'] else 'NO'} | {r.get('seconds', '')} | {evidence} |")
+    if not done:
+        lines.append("\n(interrupted: the mutations not listed were not run)")
     (out / "results.md").write_text("\n".join(lines) + "\n")
-    survived = [r["id"] for r in rows[1:] if not r["caught"]]
-    return 1 if survived else 0
 
 
 if __name__ == "__main__":

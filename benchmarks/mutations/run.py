@@ -95,7 +95,8 @@ def write(out: Path, command: str, rows: list[dict], done: bool) -> None:
     lines = [f"# mutation probe\n\n`{command}`\n", "| mutation | caught | seconds | evidence |", "|---|---|---|---|"]
     for r in rows:
         evidence = str(r.get("evidence", "")).replace("|", "\\|")
-        lines.append(f"| {r['id']} | {'yes' if r['caught'] else 'NO'} | {r.get('seconds', '')} | {evidence} |")
+        verdict = ("yes" if r["caught"] else "NO") if r["id"] != "unmutated" else ("FAILS" if r["caught"] else "passes")
+        lines.append(f"| {r['id']} | {verdict} | {r.get('seconds', '')} | {evidence} |")
     if not done:
         lines.append("\n(interrupted: the mutations not listed were not run)")
     (out / "results.md").write_text("\n".join(lines) + "\n")

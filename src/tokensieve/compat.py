@@ -33,3 +33,13 @@ def cache_arg(model: torch.nn.Module) -> str:
 def with_cache(model: torch.nn.Module, cache: Any, **kwargs: Any) -> dict[str, Any]:
     """`kwargs` plus the cache under the name this model's forward takes it: `model(**with_cache(m, c, ...))`."""
     return {**kwargs, cache_arg(model): cache}
+
+
+# --- question-unseen scores (issue 12) -------------------------------------------------------------------
+def rope_inv_freq(model: torch.nn.Module) -> torch.Tensor | None:
+    """The rotary inverse frequencies [D/2] of a model, or None: relies on HF's rotary modules keeping them in a
+    buffer named `inv_freq` (the first one found; Gemma-3's local/global layers may differ)."""
+    for name, buf in model.named_buffers():
+        if name.endswith("inv_freq"):
+            return buf.detach().float().cpu()
+    return None

@@ -1,0 +1,157 @@
+"""Question-unseen scores (issue 12): each rule against an oracle written from full matrices / full logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import make_model, twin
+from tokensieve import prepare
+from tokensieve.errors import EmptyContextError
+from tokensieve.methods import get_method
+from tokensieve.observe.full import reconstruction_scores
+from tokensieve.pipeline import compress, prefill
+
+T = 37
+
+
+def _ids(seed: int = 0, t: int = T, vocab: int = 128) -> torch.Tensor:
+    return torch.randint(1, vocab, (1, t), generator=torch.Generator().manual_seed(seed))
+
+
+def kvzip_oracle(model, ids: torch.Tensor, prompt: list[int], chunk: int, stride: int = 1) -> dict[int, torch.Tensor]:
+    """For each chunk, the plain (eager) model on context + prompt + chunk; max of the full attention matrix over
+    the chunk's rows (every stride-th) and over each GQA group, on the context's columns."""
+    ref = twin(model)
+    ref.set_attn_implementation("eager")
+    cfg = ref.config
+    n_kv, h = cfg.num_key_value_heads, cfg.num_attention_heads
+    t = ids.shape[1]
+    out: dict[int, torch.Tensor] = {}
+    for lo in range(0, t, chunk):
+        piece = ids[:, lo : lo + chunk]
+        seq = torch.cat([ids, torch.tensor([prompt], dtype=torch.long), piece], -1)
+        with torch.no_grad():
+            att = ref(input_ids=seq, output_attentions=True).attentions
+        first = seq.shape[1] - piece.shape[1]
+        for i, a in enumerate(att):  # [1, H, L, L]
+            rows = a[:, :, first::stride, :t]
+            s = rows.amax(2).view(1, n_kv, h // n_kv, t).amax(2)
+            out[i] = torch.maximum(out[i], s) if i in out else s
+    return out
+
+
+@pytest.mark.parametrize("chunk,stride", [(64, 1), (10, 1), (10, 3)])
+def test_kvzip_is_max_reconstruction_attention(chunk, stride):
+    model = prepare(make_model("llama"))
+    ids = _ids()
+    prompt = [5, 6, 7]
+    pre = prefill(model, None, ids)
+    got = reconstruction_scores(model, pre.cache, ids, None, prompt, chunk=chunk, stride=stride, query_chunk=4)
+    want = kvzip_oracle(model, ids, prompt, chunk, stride)
+    assert set(got) == set(want)
+    for i in want:
+        torch.testing.assert_close(got[i], want[i], atol=2e-5, rtol=1e-4)
+    assert pre.cache.layers[0].n_held == T  # the pass ran on forks: the prefilled cache is unchanged
+
+
+def test_kvzip_plus_weights_by_value_norm_and_keeps_the_top():
+    model = prepare(make_model("llama"))
+    ids = _ids(1)
+    pre = prefill(model, None, ids, methods=["kvzip"])
+    base = get_method("kvzip").full_pass(pre)
+    c = pre.compress("kvzip+", keep=0.5)
+    layer = c.cache.layers[0]
+    v = pre.cache.layers[0].values
+    want = (base[0] * v.norm(dim=-1)).topk(layer.n_held, dim=-1).indices.sort(-1).values
+    assert torch.equal(layer.token_index, want)
+    assert len(pre.memo) == 1  # kvzip and kvzip+ shared one reconstruction pass
+
+
+def test_kvzip_compress_equals_prefill_then_compress():
+    model = prepare(make_model("qwen2"))
+    ids = _ids(2)
+    a = compress(model, None, ids, "kvzip", keep=0.3)
+    b = prefill(model, None, ids, methods=["kvzip"]).compress("kvzip", keep=0.3)
+    for la, lb in zip(a.cache.sieve_layers, b.cache.sieve_layers, strict=True):
+        assert torch.equal(la.token_index, lb.token_index)
+
+
+def test_kvzip_on_an_empty_context_is_a_clear_error():
+    model = prepare(make_model("llama"))
+    with pytest.raises(EmptyContextError):
+        compress(model, None, torch.zeros(1, 0, dtype=torch.long), "kvzip", keep=0.5)
+    pre = prefill(model, None, _ids())
+    with pytest.raises(EmptyContextError):
+        reconstruction_scores(model, pre.cache, torch.zeros(1, 0, dtype=torch.long), None, [])
+
+
+def _kv(seed: int = 3, b: int = 2, hkv: int = 2, g: int = 2, t: int = 24, d: int = 8):
+    gen = torch.Generator().manual_seed(seed)
+    k = torch.randn(b, hkv, t, d, generator=gen)
+    v = torch.randn(b, hkv, t, d, generator=gen)
+    q = torch.randn(b, hkv * g, t, d, generator=gen) * 0.5 + 0.3
+    return q, k, v
+
+
+def test_keydiff_is_negative_cosine_to_the_mean_key():
+    from tokensieve.score.inputs import ScoreInputs
+
+    _, k, v = _kv()
+    got = get_method("keydiff").score(ScoreInputs(k, v, None, None))
+    mean = k.mean(2)
+    for b in range(k.shape[0]):
+        for h in range(k.shape[1]):
+            for j in range(k.shape[2]):
+                want = -torch.dot(k[b, h, j], mean[b, h]) / (k[b, h, j].norm() * mean[b, h].norm())
+                assert abs(float(got[b, h, j]) - float(want)) < 1e-5
+
+
+def test_lagkv_normalises_each_chunk_by_the_next():
+    from tokensieve.score.inputs import ScoreInputs
+
+    _, k, v = _kv(t=22)
+    lag = 5
+    got = get_method("lagkv", lag=lag).score(ScoreInputs(k, v, None, None))
+    assert torch.isinf(got[..., 15:]).all() and torch.isfinite(got[..., :15]).all()  # no full next chunk: kept
+    for c in range(3):
+        part = []
+        for x in (k, v):
+            ref = x[:, :, (c + 1) * lag : (c + 2) * lag]
+            lo, hi = ref.amin(2, keepdim=True), ref.amax(2, keepdim=True)
+            norm = (x[:, :, c * lag : (c + 1) * lag] - lo) / (hi - lo)
+            part.append(torch.softmax(norm.std(-1), -1))
+        torch.testing.assert_close(got[..., c * lag : (c + 1) * lag], part[0] + part[1])
+
+
+def test_expected_attention_matches_monte_carlo():
+    from tokensieve.observe.capture import Needs, observe
+    from tokensieve.score.inputs import ScoreInputs
+
+    q, k, v = _kv(t=12)
+    m = get_method("expected_attention", queries=12, sinks=0)  # not bound: no RoPE rotation
+    scale = 8**-0.5
+    x = ScoreInputs(k, v, None, observe(Needs(window=12), q, k, None, scale))
+    got = m.score(x)
+    # Monte Carlo: queries drawn from the window's Gaussian; E[exp(s q.k)], normalised over keys, group mean
+    qg = q.view(2, 2, 2, 12, 8)
+    mu, cov = (
+        qg.mean(3),
+        torch.stack([torch.stack([torch.cov(qg[b, h, i].T) for i in range(2)]) for b in range(2) for h in range(2)]),
+    )
+    dist = torch.distributions.MultivariateNormal(mu.reshape(-1, 8), cov.reshape(-1, 8, 8))
+    draws = dist.sample((200_000,)).view(-1, 2, 2, 2, 8)  # [N, B, Hkv, G, D]
+    e = torch.exp(torch.einsum("nbhgd,bhtd->nbhgt", draws, k) * scale).mean(0)
+    want = (e / e.sum(-1, keepdim=True)).mean(2) * v.norm(dim=-1)
+    torch.testing.assert_close(got, want, rtol=0.03, atol=1e-3)
+
+
+def test_expected_attention_rotation_is_rope():
+    from tokensieve.methods.expected_attention import rotate
+
+    q = torch.randn(3, 8)
+    inv = torch.tensor([1.0, 0.1, 0.01, 0.001])
+    # rotating by a then b equals rotating by a + b, and the rotation keeps norms (a RoPE rotation)
+    a, b = rotate(rotate(q, 3 * inv), 5 * inv), rotate(q, 8 * inv)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a.norm(dim=-1), q.norm(dim=-1))

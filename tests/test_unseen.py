@@ -9,7 +9,7 @@ from conftest import make_model, twin
 from tokensieve import prepare
 from tokensieve.errors import EmptyContextError
 from tokensieve.methods import get_method
-from tokensieve.observe.full import reconstruction_scores
+from tokensieve.observe.full import reconstruction_scores, token_nll
 from tokensieve.pipeline import compress, prefill
 
 T = 37
@@ -155,3 +155,104 @@ def test_expected_attention_rotation_is_rope():
     a, b = rotate(rotate(q, 3 * inv), 5 * inv), rotate(q, 8 * inv)
     torch.testing.assert_close(a, b)
     torch.testing.assert_close(a.norm(dim=-1), q.norm(dim=-1))
+
+
+def test_token_nll_equals_full_logits_nll():
+    model = prepare(make_model("llama"))
+    ids = _ids(4)
+    pre = prefill(model, None, ids, methods=["surprise"])
+    got = token_nll(model, pre.hidden, ids, chunk=7)  # chunked
+    with torch.no_grad():
+        logits = twin(model)(input_ids=ids).logits  # the oracle: the full [T, vocab] logits
+    want = -torch.log_softmax(logits[0, :-1], -1).gather(-1, ids[0, 1:, None])[:, 0]
+    torch.testing.assert_close(got[0, 1:], want, atol=1e-4, rtol=1e-4)
+    assert float(got[0, 0]) == float(got[0, 1:].max())  # the first token is kept as a sink
+
+
+def test_surprise_local_and_mix():
+    model = prepare(make_model("llama"))
+    ids = _ids(5)
+    pre = prefill(model, None, ids, methods=["surprise", "keydiff"])
+    nll = token_nll(model, pre.hidden, ids)
+    layer = pre.cache.sieve_layers[0]
+    full = get_method("surprise", local=5).full_pass(pre)[layer.layer_idx][0]
+    pad = torch.nn.functional.pad(nll[:, None], (2, 2), mode="replicate")[:, 0]
+    torch.testing.assert_close(full, nll - pad.unfold(-1, 5, 1).mean(-1))
+    c = pre.compress("surprise", keep=0.5)
+    want = nll.topk(c.cache.sieve_layers[0].n_held, -1).indices.sort(-1).values
+    assert torch.equal(c.cache.sieve_layers[0].token_index[:, 0], want)
+    mixed = pre.compress("surprise", keep=0.5, mix="keydiff", weight=0.0)  # all weight on keydiff
+    kd = pre.compress("keydiff", keep=0.5)
+    for a, b in zip(mixed.cache.sieve_layers, kd.cache.sieve_layers, strict=True):
+        assert torch.equal(a.token_index, b.token_index)
+
+
+class _Tok:
+    """A tokenizer stand-in: each id decodes to a fixed piece."""
+
+    all_special_ids = (0,)
+
+    def __init__(self, pieces):
+        self.pieces = pieces
+
+    def batch_decode(self, rows):
+        return [self.pieces[r[0]] for r in rows]
+
+
+def test_unit_ids_follow_word_boundaries():
+    from tokensieve.act.spans import unit_ids
+
+    pieces = ["<s>", " The", " code", " is", " 7", "4", "2", "3", ".", " ok"]
+    tok = _Tok(pieces)
+    ids = torch.arange(len(pieces))[None]
+    assert unit_ids(tok, ids, "word").tolist() == [[0, 1, 2, 3, 4, 4, 4, 4, 4, 5]]
+    assert unit_ids(tok, ids, "alnum").tolist() == [[0, 1, 2, 3, 4, 4, 4, 4, 5, 6]]
+    assert unit_ids(tok, ids, "word", max_len=2).tolist() == [[0, 1, 2, 3, 4, 4, 5, 5, 6, 7]]
+
+
+@pytest.mark.parametrize("budget", [1, 3, 5, 8, 13])
+def test_select_units_never_splits_and_never_exceeds(budget):
+    from tokensieve.act.spans import select_units
+
+    g = torch.Generator().manual_seed(budget)
+    units = torch.tensor([[0, 1, 1, 1, 2, 3, 3, 4, 4, 4, 4, 5, 6, 6, 7, 8]])
+    scores = torch.rand(1, 3, units.shape[1], generator=g)
+    order, counts = select_units(scores, units, budget)
+    size = torch.bincount(units[0])
+    for h in range(3):
+        kept = set(order[0, h, : counts[0, h]].tolist())
+        assert len(kept) == int(counts[0, h]) <= budget
+        for u in range(int(units.max()) + 1):
+            members = set((units[0] == u).nonzero().flatten().tolist())
+            assert members <= kept or not (members & kept)  # whole or nothing
+        # greedy: the best unit that fits is always kept
+        best = scores[0, h].new_full((9,), -1.0).scatter_reduce(0, units[0], scores[0, h], "amax")
+        fits = [u for u in best.argsort(descending=True).tolist() if size[u] <= budget]
+        assert set((units[0] == fits[0]).nonzero().flatten().tolist()) <= kept
+
+
+def test_span_rule_needs_a_tokenizer():
+    from tokensieve.errors import ParameterError
+
+    model = prepare(make_model("llama"))
+    with pytest.raises(ParameterError, match="tokenizer"):
+        compress(model, None, _ids(), "span", keep=0.5, inner="keydiff")
+
+
+def test_span_with_a_tokenizer_keeps_whole_units():
+    from tokensieve.act.spans import unit_ids
+
+    model = prepare(make_model("llama"))
+    pieces = ["<s>"] + [(" " if i % 3 == 0 else "") + "ab"[i % 2] for i in range(1, 128)]
+    tok = _Tok(pieces)
+    ids = _ids(6)
+    pre = prefill(model, tok, ids, methods=[get_method("span", inner="keydiff")])
+    c = pre.compress("span", keep=0.4, inner="keydiff")
+    units = unit_ids(tok, ids)[0]
+    for layer in c.cache.sieve_layers:
+        for h in range(layer.keys.shape[1]):
+            idx = layer.segment(0, h)[2] if hasattr(layer, "segment") else layer.token_index[0, h]
+            kept = set(idx.tolist())
+            assert len(kept) <= round(0.4 * T)
+            for u in set(units[list(kept)].tolist()):
+                assert set((units == u).nonzero().flatten().tolist()) <= kept

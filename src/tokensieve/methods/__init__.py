@@ -22,7 +22,9 @@ from .random import Random
 from .razor import Razor
 from .scissorhands import Scissorhands
 from .snapkv import SnapKV
+from .span import Span
 from .streaming import Streaming
+from .surprise import Surprise
 from .tova import TOVA
 from .zipcache import ZipCache
 
@@ -32,7 +34,7 @@ REGISTRY: dict[str, type[Method]] = {
 # keeping evicted information at low cost (the head-adaptive issue)
 REGISTRY.update({cls.id: cls for cls in (MiKV, ZipCacheQuant, Razor, CompressKV, ACT, ZeroTuning)})
 # question-unseen compression (issue 12)
-REGISTRY.update({cls.id: cls for cls in (KVzip, KVzipPlus, ExpectedAttention, KeyDiff, LagKV)})
+REGISTRY.update({cls.id: cls for cls in (KVzip, KVzipPlus, ExpectedAttention, KeyDiff, LagKV, Surprise, Span)})
 
 
 def method_ids() -> list[str]:

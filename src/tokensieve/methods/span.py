@@ -75,5 +75,3 @@ class Span(Method):
             k = int(counts.flatten()[0])
             return layer.evict(order[..., :k].sort(-1).values, inplace=inplace)
         return RaggedLayer.from_dense(layer, order, counts)
-
-

@@ -77,5 +77,3 @@ class Surprise(Method):
             return own
         sub = ScoreInputs(x.keys, x.values, x.valid, x.obs, x.layer_idx, x.n_layers, other_full)
         return self.weight * quantile(own) + (1 - self.weight) * quantile(self._other.score(sub).float())
-
-

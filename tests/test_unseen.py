@@ -63,9 +63,29 @@ def test_kvzip_plus_weights_by_value_norm_and_keeps_the_top():
     c = pre.compress("kvzip+", keep=0.5)
     layer = c.cache.layers[0]
     v = pre.cache.layers[0].values
-    want = (base[0] * v.norm(dim=-1)).topk(layer.n_held, dim=-1).indices.sort(-1).values
+    want = (base[0][0] * v.norm(dim=-1)).topk(layer.n_held, dim=-1).indices.sort(-1).values
     assert torch.equal(layer.token_index, want)
     assert len(pre.memo) == 1  # kvzip and kvzip+ shared one reconstruction pass
+
+
+def test_kvzip_global_scope_is_one_top_k_over_the_whole_cache():
+    model = prepare(make_model("llama"))
+    ids = _ids(7)
+    pre = prefill(model, None, ids, methods=["kvzip"])
+    c = pre.compress("kvzip", keep=0.3, scope="global")
+    scores = get_method("kvzip").full_pass(pre)
+    layers = pre.cache.sieve_layers
+    flat = torch.cat([scores[layer.layer_idx][0].flatten() for layer in layers])
+    budget = round(0.3 * T)
+    top = set(flat.topk(budget * len(layers) * 2).indices.tolist())
+    held = 0
+    for n, layer in enumerate(c.cache.sieve_layers):
+        for h in range(2):
+            idx = layer.segment(0, h)[2] if hasattr(layer, "segment") else layer.token_index[0, h]
+            held += idx.numel()
+            for j in idx.tolist():  # every kept slot is in the global top-k (no head was floored here)
+                assert (n * 2 + h) * T + j in top
+    assert held == budget * len(layers) * 2
 
 
 def test_kvzip_compress_equals_prefill_then_compress():

@@ -276,3 +276,18 @@ def test_span_with_a_tokenizer_keeps_whole_units():
             assert len(kept) <= round(0.4 * T)
             for u in set(units[list(kept)].tolist()):
                 assert set((units == u).nonzero().flatten().tolist()) <= kept
+
+
+def test_mixed_precision_takes_a_reconstruction_score_as_importance():
+    from tokensieve.cache.quantized import MixedLayer
+
+    model = prepare(make_model("llama"))
+    ids = _ids(8)
+    pre = prefill(model, None, ids, methods=["kvzip"])
+    c = pre.compress("mikv", keep=0.25, importance="kvzip", group=16)
+    assert all(isinstance(layer, MixedLayer) for layer in c.cache.sieve_layers)
+    assert c.stats.kv_bytes < pre.cache.kv_bytes()
+    ev = pre.compress("kvzip", keep=0.25)
+    for mixed, evicted in zip(c.cache.sieve_layers, ev.cache.sieve_layers, strict=True):
+        assert torch.equal(mixed.token_index, evicted.token_index)  # full precision: kvzip's kept tokens
+        assert mixed.tiers[0].index.shape[-1] == T - evicted.n_held  # every other token stays, quantized

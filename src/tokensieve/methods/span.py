@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor
 
@@ -28,6 +28,7 @@ class Span(Method):
     id = "span"
     paper = "ChunkKV: Semantic-Preserving KV Cache Compression (Liu et al., 2025), at word / digit-run granularity"
     rule = "units (words, digit runs) ranked by their best token's score, kept whole while they fit the budget"
+    kind: ClassVar[str] = "whole-span selection"  # a rule over another score: swept only when named
 
     inner: str = "kvzip"
     unit: str = "word"

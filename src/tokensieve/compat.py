@@ -177,3 +177,13 @@ def not_engaged(what: str, model: Any, detail: str) -> EngagementError:
         f"{what} did not engage on {name} with transformers {TRANSFORMERS_VERSION}: {detail}; tokensieve is tested "
         f"on transformers {TESTED_TRANSFORMERS[0]}..{TESTED_TRANSFORMERS[1]} (pin one of those or report the model)"
     )
+
+
+# --- question-unseen scores (issue 12) -------------------------------------------------------------------
+def rope_inv_freq(model: torch.nn.Module) -> torch.Tensor | None:
+    """The rotary inverse frequencies [D/2] of a model, or None: relies on HF's rotary modules keeping them in a
+    buffer named `inv_freq` (the first one found; Gemma-3's local/global layers may differ)."""
+    for name, buf in model.named_buffers():
+        if name.endswith("inv_freq"):
+            return buf.detach().float().cpu()
+    return None

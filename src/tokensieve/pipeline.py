@@ -212,6 +212,8 @@ class Prefill:
     needs: Needs
     seconds: float
     last_logits: Tensor | None = None
+    hidden: Tensor | None = None  # final hidden states [B, T, d], when a method needs them (Needs.final_hidden)
+    memo: dict[Any, Any] = field(default_factory=dict)  # full-pass results, shared by the methods that reuse them
 
     @property
     def context_tokens(self) -> int:
@@ -257,12 +259,15 @@ class Prefill:
         if missing:
             raise ValueError(f"the prefill did not observe {missing} for {plan.method.id}: pass it in methods=")
         start = time.perf_counter()
+        full = plan.method.full_pass(self) or {}  # after the prefill, on forks of its cache
         cache = self.cache.fork()
         layers = cache.sieve_layers
         budgets = plan.layer_budgets(self.context_tokens, len(layers))
         for k, layer in zip(budgets, layers, strict=True):
             obs = self.observations.get(layer.layer_idx)
-            new = compress_layer(layer, plan.method, k, obs, len(layers), allocator=plan.allocator)
+            new = compress_layer(
+                layer, plan.method, k, obs, len(layers), allocator=plan.allocator, full=full.get(layer.layer_idx)
+            )
             compat.set_cache_layer(cache, layer.layer_idx, new)
         seconds = time.perf_counter() - start
         stats = Stats(
@@ -287,6 +292,8 @@ class Prefill:
 
 def _missing(need: Needs, have: Needs) -> str:
     parts = []
+    if need.final_hidden and not have.final_hidden:
+        parts.append("the final hidden states")
     if need.window > have.window:
         parts.append(f"a window of {need.window} queries")
     if need.probes > have.probes:
@@ -315,6 +322,24 @@ def _forward(model: PreTrainedModel, ids: Tensor, mask: Tensor | None, cache: Si
     return out.logits[:, -1]
 
 
+def _forward_hidden(model: PreTrainedModel, ids: Tensor, mask: Tensor | None, cache: SieveCache, what: str):
+    """The prefill that also keeps the final hidden states (public ``output_hidden_states``; the last entry is
+    the normed output the LM head reads), for scores computed from the model's own predictions."""
+    with torch.inference_mode(), engaged(cache, model, what, observed=True):
+        out = model(
+            **compat.with_cache(
+                model,
+                cache,
+                input_ids=ids.to(model.device),
+                attention_mask=None if mask is None else mask.to(model.device),
+                use_cache=True,
+                logits_to_keep=1,
+                output_hidden_states=True,
+            )
+        )
+    return out.logits[:, -1], out.hidden_states[-1]
+
+
 def prefill(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase | None,
@@ -337,8 +362,13 @@ def prefill(
     for layer in cache.sieve_layers:
         layer.on_attention = record
     start = time.perf_counter()
-    logits = _forward(model, ids, mask, cache, "the observing prefill")
-    return Prefill(model, tokenizer, cache, observations, ids, mask, needs, time.perf_counter() - start, logits)
+    hidden = None
+    if needs.final_hidden:
+        logits, hidden = _forward_hidden(model, ids, mask, cache, "the observing prefill")
+    else:
+        logits = _forward(model, ids, mask, cache, "the observing prefill")
+    seconds = time.perf_counter() - start
+    return Prefill(model, tokenizer, cache, observations, ids, mask, needs, seconds, logits, hidden)
 
 
 def compress(
@@ -355,6 +385,10 @@ def compress(
     so the full cache never exists at once. ``keep`` is a fraction of the context, ``budget`` a count of
     tokens per KV head; exactly one is required."""
     plan = Plan.make(method, keep=keep, budget=budget, allocator=allocator, **params)
+    if plan.method.needs().full:  # scored from the whole prefilled cache: prefill it, then compress
+        pre = prefill(model, tokenizer, context, methods=[plan.method])
+        plan.mean_budget(pre.context_tokens)
+        return pre.compress(plan.method, keep=keep, budget=budget, allocator=plan.allocator)
     prepare(model)
     plan.bind(model)
     fmt = PromptFormat(tokenizer) if tokenizer is not None else None

@@ -100,6 +100,7 @@ def compress_layer(
     n_layers: int = 1,
     inplace: bool = False,
     allocator: Allocator | None = None,
+    full: Tensor | None = None,
 ) -> SieveLayer:
     """Compress ``layer`` to ``budget`` tokens per head by ``method``'s score (a no-op if it fits): eviction
     by default, with per-head budgets when ``allocator`` gives them; a method with its own ``act`` (merge,
@@ -107,7 +108,7 @@ def compress_layer(
     layer.on_attention = None
     if budget >= layer.n_held:
         return layer if inplace else layer.fork()
-    x = ScoreInputs(layer.keys, layer.values, layer.valid, obs, layer.layer_idx, n_layers)
+    x = ScoreInputs(layer.keys, layer.values, layer.valid, obs, layer.layer_idx, n_layers, full)
     act = getattr(method, "act", None)
     if act is not None:
         return act(layer, x, budget, allocator, inplace)

@@ -36,6 +36,7 @@ class SieveLayer(compat.BaseLayer):
         self.valid: Tensor | None = None
         self.token_index: Tensor | None = None
         self.on_attention: OnAttention | None = None
+        self.attend_with: Callable | None = None  # computes this layer's attention itself (a scoring pass)
 
     # --- transformers' layer protocol -------------------------------------------------------------
     def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
@@ -98,7 +99,7 @@ class SieveLayer(compat.BaseLayer):
 
     @property
     def needs_tokensieve_attention(self) -> bool:
-        return self.evicted or self.on_attention is not None
+        return self.evicted or self.on_attention is not None or self.attend_with is not None
 
     def held_tensors(self) -> list[Tensor | None]:
         """Every tensor attention reads from this layer: what ``kv_bytes`` counts (other layouts add theirs)."""
@@ -114,6 +115,9 @@ class SieveLayer(compat.BaseLayer):
 
     def attend(self, module, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, **kwargs):
         """The attention of this layer's held slots. Other layouts (ragged, quantized, sparse) override it."""
+        if self.attend_with is not None:
+            self.attention_mask(query.shape[-2], mask)  # records the new slots' padding in `valid`
+            return self.attend_with(self, query, value, hooks.scaling_of(query, kwargs))
         out = hooks.sdpa(module, query, key, value, self.attention_mask(query.shape[-2], mask), **kwargs)
         if self.on_attention is not None:
             self.on_attention(self, query, hooks.scaling_of(query, kwargs))
@@ -149,7 +153,7 @@ class SieveLayer(compat.BaseLayer):
     def fork(self) -> SieveLayer:
         """A copy sharing tensors; safe because updates rebind new tensors instead of writing in place."""
         out = copy.copy(self)
-        out.on_attention = None
+        out.on_attention = out.attend_with = None
         return out
 
     def evict(self, idx: Tensor, inplace: bool = True) -> SieveLayer:

@@ -37,6 +37,12 @@ class Method(ABC):
         """Load or compute what the method needs from the model (a calibration); a no-op by default."""
         return None
 
+    def full_pass(self, pre: Any) -> dict[int, Tensor] | None:
+        """Scores ``{layer_idx: [B, Hkv, T]}`` that need the whole prefill (a ``Prefill``: model, full cache,
+        ids, final hidden states), computed after it and handed to ``score`` as ``x.full``. Methods that ask for
+        it set ``Needs(full=True)``; the default (None) is a method scored during the prefill."""
+        return None
+
     @abstractmethod
     def score(self, x: ScoreInputs) -> Tensor: ...
 

@@ -58,6 +58,9 @@ class MiKV(Method):
     def bind(self, model: Any) -> None:
         self._inner.bind(model)
 
+    def full_pass(self, pre: Any) -> dict[int, Tensor] | None:
+        return self._inner.full_pass(pre)
+
     def score(self, x: ScoreInputs) -> Tensor:
         return self._inner.score(x)
 

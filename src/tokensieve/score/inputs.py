@@ -21,6 +21,7 @@ class ScoreInputs:
     obs: LayerObservation | None
     layer_idx: int = 0
     n_layers: int = 1
+    full: Tensor | None = None  # this layer's score from the method's pass over the whole prefill
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -59,6 +60,11 @@ class ScoreInputs:
 
     def visible_counts(self, rows: Tensor) -> Tensor:
         return visible_counts(rows, self.keys.shape[2], self.valid, self.keys.shape[0])
+
+    def full_score(self) -> Tensor:
+        if self.full is None:
+            raise RuntimeError(f"this score needs a pass over the whole prefill, but layer {self.layer_idx} got none")
+        return self.full
 
     def stat(self, stat: ColumnStat) -> Tensor:
         obs = self._obs(f"the column stat {stat.key}")

@@ -69,3 +69,15 @@ class ParameterError(TokenSieveError, ValueError):
 
 class BatchError(TokenSieveError, ValueError):
     pass
+
+
+class NoClsTokenError(TokenSieveError, ValueError):
+    pass
+
+
+class NotEngagedError(TokenSieveError, RuntimeError):
+    pass
+
+
+class ImageError(TokenSieveError, ValueError):
+    pass

@@ -51,7 +51,7 @@ def preprocess(vm: VisionModel, image: np.ndarray, size: int | None = None) -> T
     size = size or vm.image_size
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, -1)
-    x = torch.from_numpy(np.ascontiguousarray(image[..., :3])).permute(2, 0, 1)[None].float() / 255
+    x = torch.from_numpy(np.array(image[..., :3])).permute(2, 0, 1)[None].float() / 255
     h, w = x.shape[-2:]
     s = size / min(h, w)
     x = F.interpolate(x, size=(max(size, round(h * s)), max(size, round(w * s))), mode="bilinear", antialias=True)

@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe-train", type=int, default=120)
     p.add_argument("--probe-test", type=int, default=60)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--timed-keeps", nargs="*", type=float, default=None, help="time batch 32 only at these keeps")
+    p.add_argument("--tag", default="", help="results<tag>.jsonl: lets two processes share one results folder")
+    p.add_argument("--no-report", action="store_true")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -34,8 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         from tokensieve.vision.bench import run
 
+        timed = None if args.timed_keeps is None else tuple(args.timed_keeps)
         run(out, args.model, args.methods, tuple(args.keeps), args.photos, args.views, args.probe_train,
-            args.probe_test)  # fmt: skip
+            args.probe_test, timed_keeps=timed, tag=args.tag)  # fmt: skip
+    if args.no_report:
+        return 0
     from tokensieve.vision.report import patches_figure, write_report
 
     patches_figure(out / "patches.png", args.model)

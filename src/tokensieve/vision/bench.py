@@ -99,7 +99,6 @@ class Bench:
         self.probe = fit_probe(train_cls, torch.as_tensor(self.fy, dtype=torch.long))
         self.base_flops = measure_flops(vm, self.px[:1])
         self.base_times: list[float] = []
-        self.time_base()
 
     def time_batch(self, method: str | None, **kw: Any) -> float:
         x = self.px[:32] if len(self.px) >= 32 else self.px.repeat(math.ceil(32 / len(self.px)), 1, 1, 1)[:32]
@@ -111,7 +110,7 @@ class Bench:
     def time_base(self) -> None:
         self.base_times.append(self.time_batch(None))
 
-    def row(self, method: str, keep: float, **kw: Any) -> dict[str, Any]:
+    def row(self, method: str, keep: float, timed: bool = True, **kw: Any) -> dict[str, Any]:
         start = time.perf_counter()
         cls, sal, kept = _batched(self.vm, self.px, method, keep=keep, **kw)
         cos = F.cosine_similarity(cls, self.base_cls).numpy()
@@ -119,13 +118,15 @@ class Bench:
         test_cls, _, _ = _batched(self.vm, self.fashion_test, method, keep=keep, **kw)
         correct = int((self.probe(test_cls) == torch.as_tensor(self.ty)).sum())
         flops = measure_flops(self.vm, self.px[:1], method, keep=keep, **kw)
-        seconds = self.time_batch(method, keep=keep, **kw)
+        seconds = self.time_batch(method, keep=keep, **kw) if timed else float("nan")
+        if timed and not self.base_times:
+            self.time_base()
+        base_s = float(np.mean(self.base_times)) if self.base_times else float("nan")
         n, m = len(self.owner), len(self.ty)
         out = {
             "method": method, "keep": keep, **kw, "tokens_in": self.px.shape[-1] ** 2 // self.vm.patch_size**2 + 1,
             "tokens_kept": kept, "flops": flops, "flops_ratio": flops / self.base_flops,
-            "ips_ratio": float(np.mean(self.base_times)) / seconds, "batch32_seconds": seconds,
-            "base_batch32_seconds": float(np.mean(self.base_times)),
+            "ips_ratio": base_s / seconds, "batch32_seconds": seconds, "base_batch32_seconds": base_s,
             "cls_cosine": float(cos.mean()), "cls_cosine_ci": 1.96 * float(cos.std(ddof=1)) / math.sqrt(n),
             "cls_cosine_min": float(cos.min()), "retrieval_top1": hits / n, "retrieval_ci": wilson(hits, n),
             "probe_acc": correct / m, "probe_ci": wilson(correct, m), "n_views": n, "n_probe": m,
@@ -146,7 +147,6 @@ class Bench:
             "flops": self.base_flops, "flops_ratio": 1.0, "ips_ratio": 1.0, "cls_cosine": 1.0,
             "retrieval_top1": hits / n, "retrieval_ci": wilson(hits, n), "probe_acc": correct / m,
             "probe_ci": wilson(correct, m), "saliency_iou": 1.0, "saliency_mae": 0.0, "n_views": n, "n_probe": m,
-            "base_batch32_seconds": float(np.mean(self.base_times)),
         }  # fmt: skip
 
     def r_matching(self, flops_ratio: float) -> int:
@@ -168,10 +168,11 @@ def _key(row: dict[str, Any]) -> str:
 def run(
     out_dir: Path, model: str = DEFAULT_VISION_MODEL, methods: list[str] | None = None, keeps=KEEPS,
     photos: int = 12, n_views: int = 3, probe_train: int = 120, probe_test: int = 60, console: Console | None = None,
+    timed_keeps: tuple[float, ...] | None = None, tag: str = "",
 ) -> list[dict[str, Any]]:  # fmt: skip
     console = console or Console(stderr=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "results.jsonl"
+    path = out_dir / f"results{tag}.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
     done = {_key(r) for r in rows}
     vm = load_vision(model)
@@ -196,15 +197,16 @@ def run(
         for m in methods:
             if f"{m}|{keep}|None" in done:
                 continue
-            emit(bench.row(m, keep))
-            count += 1
-            if count % 8 == 0:
+            timed = timed_keeps is None or keep in timed_keeps
+            emit(bench.row(m, keep, timed=timed))
+            count += timed
+            if timed and count % 5 == 0:
                 bench.time_base()
         if "tome" in methods and "cls" in methods:
             target = next(r for r in rows if r["method"] == "cls" and r["keep"] == keep)["flops_ratio"]
             r = bench.r_matching(target)
             if f"tome|{keep}|{r}" not in done:
-                row = bench.row("tome", keep, r=r)
+                row = bench.row("tome", keep, timed=timed_keeps is None or keep in timed_keeps, r=r)
                 row["matched_to"] = f"cls@{keep}"
                 emit(row)
     return rows

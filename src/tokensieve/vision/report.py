@@ -83,10 +83,11 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
     for r in rows:
         ci = r.get("cls_cosine_ci", 0.0)
         rl, rh = r["retrieval_ci"]
+        ips = "n/a" if r["ips_ratio"] != r["ips_ratio"] else f"{r['ips_ratio']:.2f}"  # NaN: not timed
         pl, ph = r["probe_ci"]
         lines.append(
             f"| {r['method']} | {r['keep']} | {r.get('r') or ''} | {r['tokens_kept']} | {r['flops_ratio']:.3f} | "
-            f"{r['ips_ratio']:.2f} | {r['cls_cosine']:.4f} ± {ci:.4f} | {r.get('cls_cosine_min', 1.0):.3f} | "
+            f"{ips} | {r['cls_cosine']:.4f} ± {ci:.4f} | {r.get('cls_cosine_min', 1.0):.3f} | "
             f"{r['retrieval_top1']:.3f} [{rl:.2f}, {rh:.2f}] | {r['probe_acc']:.3f} [{pl:.2f}, {ph:.2f}] | "
             f"{r.get('saliency_iou', float('nan')):.3f} | {r.get('saliency_mae', float('nan')):.4f} |"
         )
@@ -94,8 +95,15 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def write_report(out: Path, command: str) -> None:
-    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    found: dict[str, dict[str, Any]] = {}
+    for path in sorted(out.glob("results*.jsonl")):
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            found[f"{r['method']}|{r['keep']}|{r.get('r')}"] = r
+    rows = list(found.values())
     base = next(r for r in rows if r["method"] == "none")
+    timed = [r["base_batch32_seconds"] for r in rows if r.get("base_batch32_seconds") == r.get("base_batch32_seconds")]
+    base["base_batch32_seconds"] = float(np.mean([t for t in timed if t is not None])) if timed else float("nan")
     rest = [r for r in rows if r["method"] != "none"]
     rest.sort(key=lambda r: (-r["keep"], r["flops_ratio"]))
     md = [

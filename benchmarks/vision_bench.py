@@ -31,10 +31,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tag", default="", help="results<tag>.jsonl: lets two processes share one results folder")
     p.add_argument("--no-report", action="store_true")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--recount-flops", action="store_true", help="measure every row's FLOPs again (backbone only)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    if not args.report_only:
+    if args.recount_flops:
+        from tokensieve.vision.bench import recount_flops
+
+        recount_flops(out, args.model)
+    elif not args.report_only:
         from tokensieve.vision.bench import run
 
         timed = None if args.timed_keeps is None else tuple(args.timed_keeps)

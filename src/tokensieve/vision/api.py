@@ -69,8 +69,16 @@ def _pool(vm: VisionModel, out: Any, st: Tokens | None) -> Tensor:
 
 
 @torch.no_grad()
-def features(vm: VisionModel, pixels: Tensor, method: str | None = None, keep: float = 1.0, **params: Any) -> Features:
-    """Run the model with ``method`` pruning/merging inside it (None: the plain model)."""
+def features(
+    vm: VisionModel,
+    pixels: Tensor,
+    method: str | None = None,
+    keep: float = 1.0,
+    dense_head: bool = True,
+    **params: Any,
+) -> Features:
+    """Run the model with ``method`` pruning/merging inside it (None: the plain model); ``dense_head``: also
+    run the saliency head on the unmerged patches (when the model has one)."""
     start = time.perf_counter()
     st = None
     if method is None:
@@ -83,7 +91,7 @@ def features(vm: VisionModel, pixels: Tensor, method: str | None = None, keep: f
             st = s.state
     seconds = time.perf_counter() - start
     sal = None
-    if vm.saliency is not None:
+    if vm.saliency is not None and dense_head:
         ns = st.n_special if st is not None else dense.shape[1] - (pixels.shape[-2] // vm.patch_size) ** 2
         grid = (pixels.shape[-2] // vm.patch_size, pixels.shape[-1] // vm.patch_size)
         sal = vm.saliency(dense[:, ns:], grid, tuple(pixels.shape[-2:]))
@@ -91,10 +99,11 @@ def features(vm: VisionModel, pixels: Tensor, method: str | None = None, keep: f
 
 
 def measure_flops(vm: VisionModel, pixels: Tensor, method: str | None = None, keep: float = 1.0, **params: Any) -> int:
-    """FLOPs of one forward pass as torch's flop counter measures them (matmuls, convs, attention)."""
+    """FLOPs of one backbone forward pass (no saliency head: it is not pruned) as torch's flop counter
+    measures them: matmuls, convolutions, attention, and the methods' own scoring work."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
     with counter:
-        features(vm, pixels, method, keep, **params)
+        features(vm, pixels, method, keep, dense_head=False, **params)
     return int(counter.get_total_flops())

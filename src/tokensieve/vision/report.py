@@ -102,8 +102,8 @@ def write_report(out: Path, command: str) -> None:
             found[f"{r['method']}|{r['keep']}|{r.get('r')}"] = r
     rows = list(found.values())
     base = next(r for r in rows if r["method"] == "none")
-    timed = [r["base_batch32_seconds"] for r in rows if r.get("base_batch32_seconds") == r.get("base_batch32_seconds")]
-    base["base_batch32_seconds"] = float(np.mean([t for t in timed if t is not None])) if timed else float("nan")
+    timed = [t for r in rows if (t := r.get("base_batch32_seconds")) is not None and t == t]  # t == t: not NaN
+    base["base_batch32_seconds"] = float(np.mean(timed)) if timed else float("nan")
     rest = [r for r in rows if r["method"] != "none"]
     rest.sort(key=lambda r: (-r["keep"], r["flops_ratio"]))
     md = [

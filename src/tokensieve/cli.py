@@ -281,6 +281,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args, console)
 
 
+def cmd_vision(args: argparse.Namespace) -> int:
+    from .vision.cli import run_vision
+
+    return run_vision(args, console)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tokensieve", description="Token importance for Hugging Face models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -380,6 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="rank methods on offline long-context tasks: prefill once, compress many")
     add_arguments(b)
     b.set_defaults(func=cmd_bench)
+
+    from .vision.cli import add_arguments as add_vision_arguments
+
+    v = sub.add_parser("vision", help="prune or merge an image's patch tokens inside a ViT; FLOPs, CLS cosine")
+    add_vision_arguments(v, _keep)
+    v.set_defaults(func=cmd_vision)
     return p
 
 

@@ -187,3 +187,56 @@ def rope_inv_freq(model: torch.nn.Module) -> torch.Tensor | None:
         if name.endswith("inv_freq"):
             return buf.detach().float().cpu()
     return None
+
+
+# --- vision (src/tokensieve/vision) ---
+
+VISION_ATTENTION = "tokensieve_vision"
+
+
+def register_vision_attention(fn: Any) -> None:
+    # relies on AttentionInterface / AttentionMaskInterface.register taking any name (mask: plain SDPA masks)
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(VISION_ATTENTION, fn)
+    AttentionMaskInterface.register(VISION_ATTENTION, sdpa_mask)
+
+
+def sdpa_attention(module: torch.nn.Module, query: Any, key: Any, value: Any, mask: Any, **kwargs: Any) -> Any:
+    # relies on transformers.integrations.sdpa_attention.sdpa_attention_forward being what "sdpa" runs
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(module, query, key, value, mask, **kwargs)
+
+
+def set_attention(model: torch.nn.Module, name: str) -> list[tuple[Any, str]]:
+    """Switch every config in `model` to attention `name`; returns what to pass to `restore_attention`."""
+    # relies on attention modules reading `config._attn_implementation` at call time (all ViT-family models do)
+    seen: dict[int, Any] = {}
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation"):
+            seen.setdefault(id(config), config)
+    before = [(c, c._attn_implementation) for c in seen.values()]
+    for config in seen.values():
+        config._attn_implementation = name
+    return before
+
+
+def restore_attention(before: list[tuple[Any, str]]) -> None:
+    for config, name in before:
+        config._attn_implementation = name
+
+
+def vision_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    # relies on a ViT encoder keeping its blocks in its longest nn.ModuleList, each called as layer(hidden_states, ...)
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 0]
+    if not lists:
+        raise TypeError(f"{type(model).__name__} has no list of encoder layers")
+    return max(lists, key=len)
+
+
+def takes_interpolate_pos_encoding(model: torch.nn.Module) -> bool:
+    # relies on ViT/CLIP/SigLIP forwards naming the flag `interpolate_pos_encoding` (Dinov2 always interpolates)
+    return "interpolate_pos_encoding" in inspect.signature(model.forward).parameters

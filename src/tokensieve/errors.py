@@ -80,3 +80,15 @@ def check_count(name: str, value: object) -> int:
 
 class EngagementError(NotPreparedError):
     """Something tokensieve attached to a model did not act during the forward it was attached for."""
+
+
+class NoClsTokenError(TokenSieveError, ValueError):
+    pass
+
+
+class NotEngagedError(TokenSieveError, RuntimeError):
+    pass
+
+
+class ImageError(TokenSieveError, ValueError):
+    pass

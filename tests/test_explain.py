@@ -290,3 +290,9 @@ def test_bad_input_errors():
         Target([])
     with pytest.raises(ExplainError.__mro__[1], match="unknown explain method"):
         get_explainer("nope")
+
+
+def test_needle_mask_marks_every_occurrence():
+    ctx = "a 123 b 123"
+    offsets = [(0, 1), (1, 2), (2, 4), (4, 5), (5, 7), (7, 8), (8, 11)]
+    assert faith.needle_mask(ctx, offsets, ["123"]).tolist() == [False, False, True, True, False, False, True]

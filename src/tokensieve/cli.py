@@ -264,6 +264,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args, console)
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .explain.cli import run_explain
+
+    return run_explain(args, console, _context(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tokensieve", description="Token importance for Hugging Face models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -362,6 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="rank methods on offline long-context tasks: prefill once, compress many")
     add_arguments(b)
     b.set_defaults(func=cmd_bench)
+
+    from .explain.cli import add_arguments as add_explain_arguments
+
+    ex = sub.add_parser("explain", help="which context tokens an answer rests on, with faithfulness measured")
+    add_explain_arguments(ex)
+    ex.set_defaults(func=cmd_explain)
     return p
 
 

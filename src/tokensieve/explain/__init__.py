@@ -6,6 +6,9 @@ ex.verbalize(); ex.top(); ex.faithfulness; ex.to_html("out.html")
 
 from __future__ import annotations
 
+import sys
+import types
+
 from ..methods import REGISTRY as KV_REGISTRY
 from ..methods.base import Method
 from .api import explain, make_problem
@@ -29,6 +32,16 @@ def _scores_only(cls: type[Method]) -> bool:
 
 EXPLAINERS.update({cls.id: cls for cls in (ReAGent, Occlusion, GradXInput, IntegratedGradients, Attention, Rollout)})
 EXPLAINERS.update({mid: kv_explainer(mid) for mid, cls in KV_REGISTRY.items() if _scores_only(cls)})
+
+
+class _CallablePackage(types.ModuleType):
+    """``tokensieve.explain(...)`` calls ``explain`` while ``tokensieve.explain.faithfulness`` stays a module."""
+
+    def __call__(self, *args, **kwargs) -> Explanation:
+        return explain(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage
 
 __all__ = [
     "EXPLAINERS",

@@ -130,3 +130,14 @@ def needle_recall(scores: Tensor, needle: Tensor, ks: tuple[int, ...] = (1, 5, 1
     out = {f"needle_recall@{k}": float((m & needle).sum() / hits) for k, m in zip(ks, masks, strict=True)}
     out["needle_top1"] = float(needle[int(scores.argmax())])
     return out
+
+
+def needle_mask(context: str, offsets: list[tuple[int, int]], texts: list[str]) -> Tensor:
+    """Bool ``[n]``: the context tokens that overlap any occurrence of any of ``texts`` (the needles)."""
+    spans = []
+    for t in texts:
+        at = context.find(t)
+        while at >= 0:
+            spans.append((at, at + len(t)))
+            at = context.find(t, at + 1)
+    return torch.tensor([any(a < e and b > s for s, e in spans) for a, b in offsets], dtype=torch.bool)

@@ -61,10 +61,15 @@ def main() -> int:
     p.add_argument("--faith-lengths", nargs="*", type=int, default=[], help="lengths with faithfulness measured")
     p.add_argument("--soft-samples", type=int, default=2)
     p.add_argument("--out", default="benchmarks/results/explain_bench/run")
+    p.add_argument("--summarize", action="store_true", help="only rebuild the summary from --out's rows.jsonl")
     args = p.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.summarize:
+        rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines() if line.strip()]
+        summarize(rows, args, out)
+        return 0
     model, tok = tokensieve.load_model(args.model)
     rows = []
     with open(out / "rows.jsonl", "w") as f:

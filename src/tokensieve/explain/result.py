@@ -8,8 +8,8 @@ from typing import Any
 from torch import Tensor
 
 from .target import ExplainError, Target
-from .units import Unit, score_units, word_units
-from .verbalize import top_units, verbalize
+from .units import Unit, score_units, spans, word_units
+from .verbalize import verbalize
 
 
 @dataclass
@@ -43,12 +43,12 @@ class Explanation:
     def top(self, method: str | None = None, n: int = 5) -> list[dict[str, Any]]:
         return [
             {"text": u.text, "share": u.share, "score": u.score, "line": u.line, "tokens": [u.start, u.end]}
-            for u in top_units(self.units(method), n)
+            for u in spans(self.context, self.units(method), n)
         ]
 
     def verbalize(self, method: str | None = None, n: int = 3) -> str:
         m = self._method(method)
-        return verbalize(self.answer, self.units(m), m, n)
+        return verbalize(self.answer, self.units(m), m, n, self.context)
 
     def to_dict(self, method: str | None = None) -> dict[str, Any]:
         m = self._method(method)

@@ -17,6 +17,7 @@ class Unit:
     text: str
     char_start: int
     line: int  # 1-based line of the context the unit sits on
+    char_end: int = 0
     score: float = 0.0
     share: float = 0.0  # of the positive attribution mass
 
@@ -50,7 +51,7 @@ def word_units(text: str, offsets: list[tuple[int, int]]) -> list[Unit]:
         else:
             ca, cb = words[w]
             first = t if pending is None else pending
-            units.append(Unit(first, t + 1, text[ca:cb], ca, bisect.bisect_right(line_starts, ca)))
+            units.append(Unit(first, t + 1, text[ca:cb], ca, bisect.bisect_right(line_starts, ca), cb))
             owners.append(w)
         pending = None
     if pending is not None:
@@ -58,7 +59,7 @@ def word_units(text: str, offsets: list[tuple[int, int]]) -> list[Unit]:
             units[-1].end = len(offsets)
         else:
             a = offsets[pending][0]
-            units.append(Unit(pending, len(offsets), text[a : offsets[-1][1]], a, 1))
+            units.append(Unit(pending, len(offsets), text[a : offsets[-1][1]], a, 1, offsets[-1][1]))
     return units
 
 
@@ -68,3 +69,30 @@ def score_units(units: list[Unit], scores: list[float]) -> list[Unit]:
         u.score = float(sum(scores[u.start : u.end]))
         u.share = max(0.0, u.score) / total
     return units
+
+
+def spans(text: str, units: list[Unit], n: int = 3) -> list[Unit]:
+    """The ``n`` best spans: the top ``2n`` words by share, with neighbours on one line merged into one span
+    ('pass key') whose share is the sum of its words' shares."""
+    top = sorted(range(len(units)), key=lambda i: -units[i].share)[: 2 * n]
+    top = sorted(i for i in top if units[i].share > 0)
+    out: list[Unit] = []
+    prev = -2
+    for i in top:
+        u = units[i]
+        if out and i == prev + 1 and u.line == out[-1].line:
+            s = out[-1]
+            out[-1] = Unit(
+                s.start,
+                u.end,
+                text[s.char_start : u.char_end],
+                s.char_start,
+                s.line,
+                u.char_end,
+                s.score + u.score,
+                s.share + u.share,
+            )
+        else:
+            out.append(Unit(u.start, u.end, u.text, u.char_start, u.line, u.char_end, u.score, u.share))
+        prev = i
+    return sorted(out, key=lambda u: -u.share)[:n]

@@ -3,7 +3,7 @@ their shares of the positive attribution mass and their line in the context (Fel
 
 from __future__ import annotations
 
-from .units import Unit
+from .units import Unit, spans
 
 
 def _ref(u: Unit, n_lines: int) -> str:
@@ -16,8 +16,9 @@ def top_units(units: list[Unit], n: int = 3) -> list[Unit]:
     return ranked[:n]
 
 
-def verbalize(answer: str, units: list[Unit], method: str, n: int = 3) -> str:
-    top = top_units(units, n)
+def verbalize(answer: str, units: list[Unit], method: str, n: int = 3, text: str | None = None) -> str:
+    """With the context ``text``, adjacent top words are merged into spans ('pass key')."""
+    top = spans(text, units, n) if text is not None else top_units(units, n)
     if not top:
         return f"With {method}, no context word raises the answer '{answer}'."
     n_lines = max(u.line for u in units)

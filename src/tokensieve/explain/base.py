@@ -24,7 +24,9 @@ class Explainer(ABC):
         """Scores ``[n_context]`` (float, CPU) for the context tokens of ``problem``."""
 
     def params(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
 
     def describe(self) -> dict[str, Any]:
-        return {"id": self.id, "kind": self.kind, "paper": self.paper, "rule": self.rule, "defaults": self.params()}
+        plain = (int, float, str, bool, type(None), dict, list)
+        defaults = {k: v if isinstance(v, plain) else type(v).__name__ for k, v in self.params().items()}
+        return {"id": self.id, "kind": self.kind, "paper": self.paper, "rule": self.rule, "defaults": defaults}

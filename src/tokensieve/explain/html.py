@@ -98,14 +98,13 @@ def render(ex: Explanation) -> str:
         f"<tr><td>{e(a['a'])} / {e(a['b'])}</td><td>{a['spearman']:.3f}</td><td>{a['kendall']:.3f}</td></tr>"
         for a in ex.agreement
     )
-    agree_table = (
-        (
-            f'<table id="agreement"><thead><tr><th>methods</th><th>Spearman</th><th>Kendall</th></tr></thead>'
+    agree_table = ""
+    if agree:
+        agree_table = (
+            "<h3>Rank agreement between methods</h3><p>Agreement alone is not validity.</p>"
+            '<table id="agreement"><thead><tr><th>methods</th><th>Spearman</th><th>Kendall</th></tr></thead>'
             f"<tbody>{agree}</tbody></table>"
         )
-        if agree
-        else ""
-    )
     data = json.dumps(_data(ex)).replace("</", "<\\/")
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>tokensieve explain</title><style>{_CSS}</style></head>

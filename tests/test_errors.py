@@ -111,9 +111,10 @@ def test_cli_lists_methods_as_json(capsys):
     from tokensieve.prune import PRUNERS
     from tokensieve.sparse import SPARSE
 
-    ids = [r["id"] for r in rows if r["kind"] != "budget allocator"]
+    ids = [r["id"] for r in rows if r["kind"] not in ("budget allocator", "attribution")]
     assert ids == [*ts.method_ids(), *SPARSE, *PRUNERS]  # every family, each under its kind
     assert [r["id"] for r in rows if r["kind"] == "budget allocator"] == list(ts.ALLOCATORS)
+    assert {"reagent", "occlusion", "rollout"} <= {r["id"] for r in rows if r["kind"] == "attribution"}  # explain
     assert all(r["paper"] and r["rule"] and r["kind"] for r in rows)
     kinds = {r["id"]: r["kind"] for r in rows}
     assert kinds["h2o"] == "prefill eviction + decode eviction" and kinds["snapkv"] == "prefill eviction"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import explain  # a callable package: tokensieve.explain(model, tok, ...) and tokensieve.explain.*
 from .budget import ALLOCATORS, get_allocator
 from .cache import SieveCache, SieveLayer
 from .decoding import DecodeAnswer, DecodeStats, decode
@@ -61,6 +62,7 @@ __all__ = [
     "UnsupportedArchitectureError",
     "compress",
     "decode",
+    "explain",
     "generate",
     "get_allocator",
     "get_method",

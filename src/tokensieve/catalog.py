@@ -10,6 +10,7 @@ def describe_all() -> list[dict[str, Any]]:
     decoding, prefill pruning; then the budget allocators, which compose with every score."""
     from .budget import ALLOCATORS
     from .evicting import DECODE_RULES
+    from .explain import EXPLAINERS
     from .methods import REGISTRY
     from .prune import PRUNERS
     from .sparse import SPARSE
@@ -23,4 +24,5 @@ def describe_all() -> list[dict[str, Any]]:
     rows += [cls().describe() for cls in SPARSE.values()]
     rows += [cls().describe() for cls in PRUNERS.values()]
     rows += [cls().describe() for cls in ALLOCATORS.values()]
+    rows += [cls().describe() for cls in EXPLAINERS.values() if cls.kind == "attribution"]  # `tokensieve explain`
     return rows

@@ -287,6 +287,12 @@ def cmd_vision(args: argparse.Namespace) -> int:
     return run_vision(args, console)
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .explain.cli import run_explain
+
+    return run_explain(args, console, _context(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tokensieve", description="Token importance for Hugging Face models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -392,6 +398,13 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("vision", help="prune or merge an image's patch tokens inside a ViT; FLOPs, CLS cosine")
     add_vision_arguments(v, _keep)
     v.set_defaults(func=cmd_vision)
+
+
+    from .explain.cli import add_arguments as add_explain_arguments
+
+    ex = sub.add_parser("explain", help="which context tokens an answer rests on, with faithfulness measured")
+    add_explain_arguments(ex)
+    ex.set_defaults(func=cmd_explain)
     return p
 
 

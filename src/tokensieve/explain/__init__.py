@@ -1,0 +1,63 @@
+"""Which context tokens an answer rests on: attribution methods, their faithfulness, words, a sentence.
+
+ex = tokensieve.explain(model, tok, context, "What is the pass key?", method=["reagent", "snapkv"])
+ex.verbalize(); ex.top(); ex.faithfulness; ex.to_html("out.html")
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+from ..methods import REGISTRY as KV_REGISTRY
+from ..methods.base import Method
+from .api import explain, make_problem
+from .base import Explainer
+from .methods.attention import Attention
+from .methods.grad_x_input import GradXInput
+from .methods.integrated_gradients import IntegratedGradients
+from .methods.kvscore import KVScore, kv_explainer
+from .methods.occlusion import Occlusion
+from .methods.reagent import ReAGent
+from .methods.rollout import Rollout
+from .registry import EXPLAINERS, get_explainer
+from .result import Explanation
+from .target import ExplainError, Problem, Target
+
+
+def _scores_only(cls: type[Method]) -> bool:
+    # a score read as a ranking: methods that act on the cache themselves or need a calibration are left out
+    return not hasattr(cls, "act") and not hasattr(cls, "prepare_cache") and cls.bind is Method.bind
+
+
+EXPLAINERS.update({cls.id: cls for cls in (ReAGent, Occlusion, GradXInput, IntegratedGradients, Attention, Rollout)})
+EXPLAINERS.update({mid: kv_explainer(mid) for mid, cls in KV_REGISTRY.items() if _scores_only(cls)})
+
+
+class _CallablePackage(types.ModuleType):
+    """``tokensieve.explain(...)`` calls ``explain`` while ``tokensieve.explain.faithfulness`` stays a module."""
+
+    def __call__(self, *args, **kwargs) -> Explanation:
+        return explain(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage
+
+__all__ = [
+    "EXPLAINERS",
+    "Attention",
+    "ExplainError",
+    "Explainer",
+    "Explanation",
+    "GradXInput",
+    "IntegratedGradients",
+    "KVScore",
+    "Occlusion",
+    "Problem",
+    "ReAGent",
+    "Rollout",
+    "Target",
+    "explain",
+    "get_explainer",
+    "make_problem",
+]

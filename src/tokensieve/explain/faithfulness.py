@@ -1,0 +1,143 @@
+"""Faithfulness of a ranking, measured with the model, plus the agreement between rankings.
+
+- Comprehensiveness at k: ``s(x) - s(x with the top k% replaced)``; sufficiency at k: ``s(x) - s(x with
+  all but the top k% replaced)``. AOPC is the mean over k in ``KS``. Tokens are replaced by the baseline
+  token, never deleted, so every other token keeps its position.
+- Soft-NC / Soft-NS (Zhao & Aletras, 2023): each token is replaced at random with probability given by
+  its min-max scaled importance ``w`` (comprehensiveness) or ``1 - w`` (sufficiency), normalised as in
+  Carton et al. (2020) by the sufficiency of the empty context ``S0``:
+  ``NC = max(0, s(x) - s(x~)) / (1 - S0)``, ``NS = (S(x~) - S0) / (1 - S0)`` with ``S(z) = 1 - max(0, s(x) - s(z))``.
+- Every figure is also computed for random rankings (``n_random`` draws, the same for every method on a
+  problem); ``*_ratio`` is the method's figure over the random one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .target import Problem
+
+KS = (1, 5, 10, 20, 50)
+
+
+def top_masks(scores: Tensor, ks: tuple[int, ...] = KS) -> Tensor:
+    """Bool ``[len(ks), n]``: the top ``k%`` tokens (at least one) by score."""
+    n = scores.numel()
+    order = torch.argsort(scores, descending=True, stable=True)
+    masks = torch.zeros(len(ks), n, dtype=torch.bool)
+    for i, k in enumerate(ks):
+        masks[i, order[: max(1, round(k * n / 100))]] = True
+    return masks
+
+
+def aopc(problem: Problem, scores: Tensor, base: float, ks: tuple[int, ...] = KS) -> dict[str, float]:
+    masks = top_masks(scores, ks)
+    out = problem.score(problem.replaced(torch.cat([masks, ~masks])))
+    comp, suff = base - out[: len(ks)], base - out[len(ks) :]
+    row = {"comprehensiveness": float(comp.mean()), "sufficiency": float(suff.mean())}
+    row.update({f"comp@{k}": float(c) for k, c in zip(ks, comp, strict=True)})
+    row.update({f"suff@{k}": float(s) for k, s in zip(ks, suff, strict=True)})
+    return row
+
+
+def soft(problem: Problem, scores: Tensor, base: float, s0: float, samples: int, seed: int) -> dict[str, float]:
+    w = (scores - scores.min()) / (scores.max() - scores.min()).clamp_min(1e-12)
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.rand(2 * samples, scores.numel(), generator=gen)
+    masks = torch.cat([u[:samples] < w, u[samples:] < 1 - w])
+    out = problem.score(problem.replaced(masks))
+    nc = (base - out[:samples]).clamp_min(0).mean() / max(1e-12, 1 - s0)
+    suff = 1 - (base - out[samples:]).clamp_min(0)
+    ns = ((suff - s0) / max(1e-12, 1 - s0)).mean()
+    return {"soft_nc": float(nc), "soft_ns": float(ns)}
+
+
+def evaluate(
+    problem: Problem, rankings: dict[str, Tensor], n_random: int = 1, samples: int = 4, seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """Faithfulness figures per ranking, each with the random-ranking reference and the ratio to it."""
+    base = float(problem.score(problem.ids[None])[0])
+    empty = problem.score(problem.replaced(torch.ones(1, problem.n_context, dtype=torch.bool)))
+    s0 = 1 - max(0.0, base - float(empty[0]))
+    gen = torch.Generator().manual_seed(seed)
+    rand = [torch.rand(problem.n_context, generator=gen) for _ in range(n_random)]
+    ref: dict[str, float] = {}
+    for r in rand:
+        for k, v in {**aopc(problem, r, base), **soft(problem, r, base, s0, samples, seed)}.items():
+            ref[k] = ref.get(k, 0.0) + v / n_random
+    out = {}
+    for name, scores in rankings.items():
+        row = {**aopc(problem, scores, base), **soft(problem, scores, base, s0, samples, seed)}
+        for key in ("comprehensiveness", "sufficiency", "soft_nc", "soft_ns"):
+            row[f"{key}_random"] = ref[key]
+            row[f"{key}_ratio"] = row[key] / ref[key] if abs(ref[key]) > 1e-12 else float("nan")
+        row["target"] = base
+        out[name] = row
+    return out
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share the mean of their positions)."""
+    order = np.argsort(x, kind="stable")
+    _, start, counts = np.unique(x[order], return_index=True, return_counts=True)
+    ranks = np.empty(len(x))
+    ranks[order] = np.repeat(start + (counts - 1) / 2, counts)
+    return ranks
+
+
+def spearman(a: Tensor, b: Tensor) -> float:
+    ra, rb = _ranks(a.numpy().astype(float)), _ranks(b.numpy().astype(float))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def kendall(a: Tensor, b: Tensor, chunk: int = 256) -> float:
+    """Kendall's tau-b, exact, over all pairs in row chunks (no n x n matrix)."""
+    x, y = a.double(), b.double()
+    conc = tx = ty = 0.0
+    n = x.numel()
+    for s in range(0, n, chunk):
+        dx = torch.sign(x[s : s + chunk, None] - x[None])
+        dy = torch.sign(y[s : s + chunk, None] - y[None])
+        conc += float((dx * dy).sum())
+        tx += float((dx != 0).sum())
+        ty += float((dy != 0).sum())
+    return conc / float(np.sqrt(tx * ty)) if tx and ty else float("nan")
+
+
+def agreement(rankings: dict[str, Tensor]) -> list[dict[str, float | str]]:
+    names = list(rankings)
+    rows: list[dict[str, float | str]] = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            rows.append(
+                {
+                    "a": a,
+                    "b": b,
+                    "spearman": spearman(rankings[a], rankings[b]),
+                    "kendall": kendall(rankings[a], rankings[b]),
+                }
+            )
+    return rows
+
+
+def needle_recall(scores: Tensor, needle: Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+    """Fraction of the needle's tokens (bool ``needle [n]``) among the top ``k%`` tokens, and whether the
+    top-ranked token is a needle token."""
+    masks = top_masks(scores, ks)
+    hits = max(1, int(needle.sum()))
+    out = {f"needle_recall@{k}": float((m & needle).sum() / hits) for k, m in zip(ks, masks, strict=True)}
+    out["needle_top1"] = float(needle[int(scores.argmax())])
+    return out
+
+
+def needle_mask(context: str, offsets: list[tuple[int, int]], texts: list[str]) -> Tensor:
+    """Bool ``[n]``: the context tokens that overlap any occurrence of any of ``texts`` (the needles)."""
+    spans = []
+    for t in texts:
+        at = context.find(t)
+        while at >= 0:
+            spans.append((at, at + len(t)))
+            at = context.find(t, at + 1)
+    return torch.tensor([any(a < e and b > s for s, e in spans) for a, b in offsets], dtype=torch.bool)

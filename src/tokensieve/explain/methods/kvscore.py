@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ...methods import get_method
+from ...score.inputs import ScoreInputs
+from ..base import Explainer
+from ..observe import observed_prefill
+from ..target import Problem
+
+
+@dataclass
+class KVScore(Explainer):
+    """A KV-cache compression score read as an explanation: the prompt (context and question, as in
+    query-aware compression) is prefilled once with what ``method`` needs observed, the method scores every
+    layer exactly as when it compresses, and the scores are min-max scaled per layer (layers differ in scale),
+    averaged over KV heads and layers. The question's rows are in the method's observation window."""
+
+    id = "kv"
+    paper = "tokensieve: the KV-cache half's importance scores (see `tokensieve methods`)"
+    rule = "mean over layers of minmax(mean over KV heads of method.score(layer))"
+    kind = "kv-cache score"
+
+    method: str = "snapkv"
+    method_params: dict[str, Any] = field(default_factory=dict)
+
+    def attribute(self, problem: Problem) -> Tensor:
+        m = get_method(self.method, **self.method_params)
+        m.bind(problem.model)
+        cache, obs = observed_prefill(problem, m.needs(), with_answer=False)
+        total = torch.zeros(problem.ids.shape[0])
+        for i, o in obs.items():
+            layer = cache.layers[i]
+            x = ScoreInputs(layer.keys, layer.values, layer.valid, o, i, len(cache.layers))
+            s = m.score(x).float().mean(dim=(0, 1)).cpu()  # [T]
+            total += (s - s.min()) / (s.max() - s.min()).clamp_min(1e-12)
+        return (total / len(obs))[problem.ctx_start : problem.ctx_end]
+
+
+def kv_explainer(method: str) -> type[KVScore]:
+    """A registry entry for one KV method: ``KVScore`` with ``method`` fixed as its default."""
+    cls = type(f"KV_{method}", (KVScore,), {"__annotations__": {"method": str}, "method": method, "id": method})
+    return dataclass(cls)

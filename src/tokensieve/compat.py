@@ -33,3 +33,28 @@ def cache_arg(model: torch.nn.Module) -> str:
 def with_cache(model: torch.nn.Module, cache: Any, **kwargs: Any) -> dict[str, Any]:
     """`kwargs` plus the cache under the name this model's forward takes it: `model(**with_cache(m, c, ...))`."""
     return {**kwargs, cache_arg(model): cache}
+
+
+# --- training (tokensieve.train) ---
+
+
+def register_attention(name: str, fn: Any) -> None:
+    """Register an attention function under ``name`` (with SDPA's boolean mask builder) so that
+    ``model.set_attn_implementation(name)`` routes every attention call through ``fn``."""
+    from transformers import AttentionInterface  # the attention-function registry (public since 4.48)
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask  # mask builders keyed by impl name
+
+    AttentionInterface.register(name, fn)
+    AttentionMaskInterface.register(name, sdpa_mask)
+
+
+def sdpa_attention(module: torch.nn.Module, query: Any, key: Any, value: Any, mask: Any, **kwargs: Any) -> Any:
+    """transformers' own SDPA attention function (integrations.sdpa_attention.sdpa_attention_forward)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(module, query, key, value, mask, **kwargs)
+
+
+def attention_layer_index(module: torch.nn.Module) -> int | None:
+    """The decoder layer an attention module belongs to: its ``layer_idx`` attribute (Llama-style modules)."""
+    return getattr(module, "layer_idx", None)

@@ -82,7 +82,7 @@ def run(args, arm: str, seed: int, base_eval: bool = False) -> dict:
             record["selection"] = {r: selection(make_rule(r), model, sel_batches, base, tok.pad_token_id)
                                    for r in SELECTION_RULES}
     t1 = time.perf_counter()
-    record["correct"] = exact_match(model, tok, evalset)
+    record["correct"] = exact_match(model, tok, evalset, max_new=args.max_new)
     record["answer_nll"] = answer_nll(model, tok, evalset)
     record["eval_s"] = time.perf_counter() - t1
     print(f"{arm} s{seed} exact {sum(record['correct']) / len(evalset):.3f} "
@@ -94,7 +94,7 @@ def bootstrap(diffs: list[list[float]], n: int = 2000, seed: int = 0) -> tuple[f
     """Mean paired difference over seeds x items and a 95% interval, resampling items (paired across seeds)
     and seeds."""
     rng = random.Random(seed)
-    d = torch.tensor(diffs)  # [seeds, items]
+    d = torch.tensor(diffs, dtype=torch.float64)  # [seeds, items]
     s, m = d.shape
     stats = []
     for _ in range(n):
@@ -182,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train-layers", type=int, default=8)
     p.add_argument("--noise", type=float, default=0.3)
     p.add_argument("--n-eval", type=int, default=200)
+    p.add_argument("--max-new", type=int, default=40, help="greedy tokens generated per eval item")
     p.add_argument("--selection-seed", type=int, default=0)
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--base", action="store_true", help="also evaluate the untrained model")
@@ -192,8 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "runs").mkdir(parents=True, exist_ok=True)
     if args.report:
         return report(args.out)
-    todo = [("base", 0, True)] if args.base else []
-    todo += [(a, int(s), False) for s in args.seeds.split(",") for a in args.arms.split(",")]
+    todo = [(a, int(s), False) for s in args.seeds.split(",") for a in args.arms.split(",")]
+    todo += [("base", 0, True)] if args.base else []  # last: the paired runs matter more
     for arm, seed, base_eval in todo:
         path = args.out / "runs" / f"{arm}_s{seed}.json"
         if path.exists():

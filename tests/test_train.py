@@ -268,16 +268,25 @@ def test_trainer_compute_loss_uses_the_rule(tmp_path):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="TRL is an optional extra (pip install trl)")
-def test_dft_equals_trl_dft_loss():
-    from trl.trainer.sft_trainer import dft_loss as trl_dft_loss  # the function TRL's loss_type="dft" calls
+def test_dft_equals_trl_dft_loss(tmp_path):
+    from datasets import Dataset
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+    from trl import SFTConfig, SFTTrainer
 
-    model = make_model("llama")
+    vocab = Tokenizer(models.WordLevel({f"t{i}": i for i in range(128)}, unk_token="t1"))
+    tok = PreTrainedTokenizerFast(tokenizer_object=vocab, pad_token="t0", eos_token="t2")
+    model = make_model("llama").train()
+    cfg = SFTConfig(output_dir=str(tmp_path), loss_type="dft", report_to=[], use_cpu=True, max_steps=1)
+    trl = SFTTrainer(model=model, args=cfg, train_dataset=Dataset.from_list([{"input_ids": [1, 2, 3]}]),
+                     processing_class=tok)
     batch = _batch()
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    theirs = trl.compute_loss(trl.model, {k: batch[k] for k in ("input_ids", "attention_mask", "labels")})
     ours, _ = token_loss(DFT(), model, batch)
-    n = int((batch["labels"][:, 1:] != -100).sum())
-    theirs = trl_dft_loss(out, batch["labels"], num_items_in_batch=n)
-    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    g_ours = torch.autograd.grad(ours, model.get_output_embeddings().weight)[0]
+    g_theirs = torch.autograd.grad(theirs, model.get_output_embeddings().weight)[0]
+    assert torch.allclose(g_ours, g_theirs, atol=1e-6)
 
 
 def test_inject_noise_marks_what_it_changed():

@@ -264,6 +264,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args, console)
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train.cli import run as run_train
+
+    return run_train(args, console)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tokensieve", description="Token importance for Hugging Face models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -362,6 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="rank methods on offline long-context tasks: prefill once, compress many")
     add_arguments(b)
     b.set_defaults(func=cmd_bench)
+
+    from .train.cli import add_arguments as add_train_arguments
+
+    t = sub.add_parser("train", help="fine-tune with a token-weighting rule on an offline reasoning task")
+    add_train_arguments(t)
+    t.set_defaults(func=cmd_train)
     return p
 
 

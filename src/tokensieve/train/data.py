@@ -18,7 +18,7 @@ from ..errors import TokenSieveError
 from .tokens import IGNORE
 
 TASKS = {
-    "chain_sum": dict(min_terms=2, max_terms=4, min_digits=1, max_digits=2),
+    "chain_sum": dict(min_terms=2, max_terms=3, min_digits=1, max_digits=2),
     "basic_arithmetic": dict(min_terms=2, max_terms=3, min_digits=1, max_digits=2, allow_parentheses=False),
     "gsm_symbolic": {},
 }
@@ -110,3 +110,20 @@ def collate(items: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torc
     if all("noise" in x for x in items):
         out["noise"] = pad("noise", 0)
     return out
+
+
+def wrong_solution(ex: Example, seed: int) -> Example:
+    """An incorrect trajectory for the same prompt: one digit of the first line changed, and the final answer
+    changed to match nothing: the pair (ex, wrong) is a cDPO preference pair whose critical token is known."""
+    rng = random.Random(seed)
+    first = ex.solution.find("\n")
+    digits = [m.start() for m in re.finditer(r"\d", ex.solution[: first if first > 0 else len(ex.solution)])]
+    sol = ex.solution
+    noise = []
+    if digits:
+        i = rng.choice(digits)
+        sol = sol[:i] + rng.choice([d for d in "0123456789" if d != sol[i]]) + sol[i + 1 :]
+        noise.append((i, i + 1))
+    wrong = str(int(ex.answer) + rng.choice([-3, -2, -1, 1, 2, 3])) if ex.answer.lstrip("-").isdigit() else ex.answer
+    head = sol[: sol.rfind("Answer:")]
+    return Example(ex.prompt, head + f"Answer: {wrong}", wrong, [*noise, (len(head) + 8, len(head) + 8 + len(wrong))])

@@ -21,6 +21,11 @@ def frozen_copy(model: Any) -> Any:
     return ref
 
 
+def make_optimizer(model: Any, lr: float) -> torch.optim.Optimizer:
+    """AdamW at a constant ``lr`` over the trainable parameters (the same in every arm)."""
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+
+
 @dataclass
 class StepLog:
     step: int
@@ -40,16 +45,18 @@ def train(
     pad_id: int = 0,
     bf16: bool = False,
     on_step: Callable[[StepLog], None] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    start: int = 0,
 ) -> Iterator[StepLog]:
     """Train ``model`` in place for ``steps`` batches with AdamW at a constant ``lr``; yields one log per step.
-    ``refresh`` > 0 re-snapshots the reference every that many steps (ssToken's history model)."""
+    ``refresh`` > 0 re-snapshots the reference every that many steps (ssToken's history model). To resume,
+    pass the saved ``optimizer`` and ``start`` (steps done); ``batches`` must start at the first undone batch."""
     if "reference" in rule.needs and reference is None:
         reference = frozen_copy(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    opt = optimizer or make_optimizer(model, lr)
     model.train()
     it = iter(batches)
-    for step in range(steps):
+    for step in range(start, steps):
         if refresh and step and step % refresh == 0 and reference is not None:
             reference.load_state_dict(model.state_dict())
         batch = next(it)

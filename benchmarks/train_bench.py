@@ -82,7 +82,9 @@ def run(args, arm: str, seed: int, base_eval: bool = False) -> dict:
             record["selection"] = {r: selection(make_rule(r), model, sel_batches, base, tok.pad_token_id)
                                    for r in SELECTION_RULES}
     t1 = time.perf_counter()
-    record["correct"] = exact_match(model, tok, evalset, max_new=args.max_new)
+    texts: list[str] = []
+    record["correct"] = exact_match(model, tok, evalset, max_new=args.max_new, texts=texts)
+    record["generations"] = texts[:20]  # to tell a wrong answer from a missing 'Answer:' line
     record["answer_nll"] = answer_nll(model, tok, evalset)
     record["eval_s"] = time.perf_counter() - t1
     print(f"{arm} s{seed} exact {sum(record['correct']) / len(evalset):.3f} "
@@ -138,19 +140,22 @@ def report(out: Path) -> None:
         rows.append(f"| {arm} | {len(rs)} | {mean(em):.3f} | {mean(nll):.3f} | "
                     + (f"{em_ci[0]:+.3f} [{em_ci[1]:+.3f}, {em_ci[2]:+.3f}]" if em_ci else "-") + " | "
                     + (f"{nll_ci[0]:+.3f} [{nll_ci[1]:+.3f}, {nll_ci[2]:+.3f}]" if nll_ci else "-") + " |")
-    sel = next((r["selection"] for r in runs if "selection" in r), None)
+    sels = [(f"{r['arm']} seed {r['seed']}", r["selection"]) for r in runs if "selection" in r]
     lines = ["| arm | seeds | exact match | answer NLL | EM - SFT (95% CI) | NLL - SFT (95% CI) |",
              "|---|---|---|---|---|---|", *rows]
-    if sel:
-        src = next(f"{r['arm']} seed {r['seed']}" for r in runs if "selection" in r)
+    for src, sel in sels:
         lines += ["", f"Selection on injected noise (model after the `{src}` run, reference = base model):", "",
-                  "| rule | noise kept | clean kept | mean weight noise / clean | AUROC (noise weighted lower) |",
-                  "|---|---|---|---|---|"]
+                  "| rule | noise kept | clean kept | drop precision (random) | mean weight noise / clean | "
+                  "AUROC (noise weighted lower) |", "|---|---|---|---|---|---|"]
         for name, s in sel.items():
-            lines.append(f"| {name} | {s['noise_kept']:.2f} | {s['clean_kept']:.2f} | {s['noise_weight']:.3f} / "
-                         f"{s['clean_weight']:.3f} | {s['auroc']:.3f} |")
+            dn = (1 - s["noise_kept"]) * s["noise_tokens"]  # dropped noise tokens
+            dc = (1 - s["clean_kept"]) * s["clean_tokens"]
+            base = s["noise_tokens"] / (s["noise_tokens"] + s["clean_tokens"])
+            prec = f"{dn / (dn + dc):.2f} ({base:.2f})" if dn + dc > 0 else f"- ({base:.2f})"
+            lines.append(f"| {name} | {s['noise_kept']:.2f} | {s['clean_kept']:.2f} | {prec} | "
+                         f"{s['noise_weight']:.3f} / {s['clean_weight']:.3f} | {s['auroc']:.3f} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
-    (out / "results.json").write_text(json.dumps({"summary": summary, "selection": sel}, indent=1))
+    (out / "results.json").write_text(json.dumps({"summary": summary, "selection": dict(sels)}, indent=1))
     print("\n".join(lines))
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
     for arm in arms:

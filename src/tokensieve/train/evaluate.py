@@ -16,8 +16,10 @@ ANSWER = re.compile(r"Answer:\s*(-?\d+)")
 
 
 @torch.no_grad()
-def exact_match(model: Any, tok: Any, examples: list[Example], batch: int = 50, max_new: int = 48) -> list[int]:
-    """1/0 per example: the first 'Answer: N' of the greedy continuation equals the gold answer."""
+def exact_match(model: Any, tok: Any, examples: list[Example], batch: int = 50, max_new: int = 48,
+                texts: list[str] | None = None) -> list[int]:
+    """1/0 per example: the first 'Answer: N' of the greedy continuation equals the gold answer (a
+    continuation without 'Answer:' counts as wrong). ``texts``, if given, receives the continuations."""
     model.eval()
     side, tok.padding_side = tok.padding_side, "left"
     out = []
@@ -29,6 +31,8 @@ def exact_match(model: Any, tok: Any, examples: list[Example], batch: int = 50, 
             for e, text in zip(chunk, tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True),
                                strict=True):
                 m = ANSWER.search(text)
+                if texts is not None:
+                    texts.append(text)
                 out.append(int(m is not None and m.group(1) == e.answer))
     finally:
         tok.padding_side = side

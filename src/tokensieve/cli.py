@@ -293,6 +293,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return run_explain(args, console, _context(args))
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train.cli import run as run_train
+
+    return run_train(args, console)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tokensieve", description="Token importance for Hugging Face models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -399,12 +405,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_vision_arguments(v, _keep)
     v.set_defaults(func=cmd_vision)
 
-
     from .explain.cli import add_arguments as add_explain_arguments
 
     ex = sub.add_parser("explain", help="which context tokens an answer rests on, with faithfulness measured")
     add_explain_arguments(ex)
     ex.set_defaults(func=cmd_explain)
+
+    from .train.cli import add_arguments as add_train_arguments
+
+    t = sub.add_parser("train", help="fine-tune with a token-weighting rule on an offline reasoning task")
+    add_train_arguments(t)
+    t.set_defaults(func=cmd_train)
     return p
 
 

@@ -205,6 +205,23 @@ def register_vision_attention(fn: Any) -> None:
 
 def sdpa_attention(module: torch.nn.Module, query: Any, key: Any, value: Any, mask: Any, **kwargs: Any) -> Any:
     # relies on transformers.integrations.sdpa_attention.sdpa_attention_forward being what "sdpa" runs
+
+
+# --- training (tokensieve.train) ---
+
+
+def register_attention(name: str, fn: Any) -> None:
+    """Register an attention function under ``name`` (with SDPA's boolean mask builder) so that
+    ``model.set_attn_implementation(name)`` routes every attention call through ``fn``."""
+    from transformers import AttentionInterface  # the attention-function registry (public since 4.48)
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask  # mask builders keyed by impl name
+
+    AttentionInterface.register(name, fn)
+    AttentionMaskInterface.register(name, sdpa_mask)
+
+
+def sdpa_attention(module: torch.nn.Module, query: Any, key: Any, value: Any, mask: Any, **kwargs: Any) -> Any:
+    """transformers' own SDPA attention function (integrations.sdpa_attention.sdpa_attention_forward)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     return sdpa_attention_forward(module, query, key, value, mask, **kwargs)
@@ -240,3 +257,8 @@ def vision_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
 def takes_interpolate_pos_encoding(model: torch.nn.Module) -> bool:
     # relies on ViT/CLIP/SigLIP forwards naming the flag `interpolate_pos_encoding` (Dinov2 always interpolates)
     return "interpolate_pos_encoding" in inspect.signature(model.forward).parameters
+
+
+def attention_layer_index(module: torch.nn.Module) -> int | None:
+    """The decoder layer an attention module belongs to: its ``layer_idx`` attribute (Llama-style modules)."""
+    return getattr(module, "layer_idx", None)

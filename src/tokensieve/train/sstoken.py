@@ -1,0 +1,34 @@
+"""ssToken: self-modulated loss signal against an earlier checkpoint, mixed with attention to the prompt."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import Tensor
+
+from .base import Rule, TokenBatch, minmax, top_fraction
+
+
+def sstoken_score(logp: Tensor, hist_logp: Tensor, attn: Tensor, mask: Tensor, gamma: float) -> Tensor:
+    """``gamma * minmax(loss_history - loss_current) + (1 - gamma) * minmax(attention to prompt)``, per row.
+    The loss term favours tokens the model is learning (history loses more than now); the attention term
+    favours tokens that read the prompt, which loss alone cannot see."""
+    signal = minmax((logp - hist_logp).detach(), mask)  # = loss_history - loss_current
+    return gamma * signal + (1.0 - gamma) * minmax(attn.detach(), mask)
+
+
+@dataclass
+class SSToken(Rule):
+    id: ClassVar[str] = "sstoken"
+    paper: ClassVar[str] = "ssToken: Self-modulated and Semantic-aware Token Selection (2025)"
+    rule: ClassVar[str] = "top rho of response tokens by gamma*mm(L_hist - L_cur) + (1-gamma)*mm(attn to prompt)"
+    needs: ClassVar[frozenset[str]] = frozenset({"reference", "attention"})
+
+    gamma: float = 0.5
+    rho: float = 0.6
+
+    def weights(self, b: TokenBatch) -> Tensor:
+        self.check(b)
+        score = sstoken_score(b.logp, b.ref_logp, b.attn, b.mask, self.gamma)
+        return top_fraction(score, b.mask, self.rho, per_row=True).float()

@@ -145,3 +145,24 @@ def test_rotation_matrices_are_orthogonal_and_hadamard_needs_a_power_of_two() ->
         assert torch.allclose(q @ q.T, torch.eye(q.shape[0], dtype=q.dtype), atol=1e-10)
     with pytest.raises(RotationError, match="power-of-two"):
         hadamard(576)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_saved_codes_load_back_to_the_same_model(arch: str, tmp_path) -> None:
+    from tokensieve.quantize.io import load, save
+    from tokensieve.quantize.run import Recipe
+
+    model = make_model(arch)
+    _randomise_norms(model)
+    q = rotate(model, seed=2)
+    result = quantize_gptq(model, _calib(), QuantSpec(bits=3, group=16))
+    save(tmp_path, "tiny", Recipe("gptq", 3, 16), result, q)
+    fresh = make_model(arch)
+    _randomise_norms(fresh)
+    loaded, _, meta = load(tmp_path, base=fresh)
+    assert meta["bits"] == "3" and meta["model"] == "tiny"
+    for n, p in model.state_dict().items():
+        assert torch.equal(p, loaded.state_dict()[n]), n
+    ids = _calib(n=1, t=16)[0]
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, loaded(input_ids=ids).logits)

@@ -78,3 +78,11 @@ def call_layer(layer: torch.nn.Module, hidden: torch.Tensor, kwargs: dict[str, A
     # relies on: a decoder layer returning the hidden states (a tensor in 5.x, the first item of a tuple before)
     out = layer(hidden, **kwargs)
     return out[0] if isinstance(out, tuple) else out
+
+
+def logits_from_hidden(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """A causal LM's logits for final hidden states (so callers can take the head in slices)."""
+    # relies on: CausalLM heads computing `lm_head(h)`, then Gemma-style `final_logit_softcapping` if set
+    logits = model.get_output_embeddings()(hidden)
+    cap = getattr(model.config.get_text_config(decoder=True), "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits

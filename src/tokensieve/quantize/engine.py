@@ -37,9 +37,7 @@ class QuantResult:
 def layer_linears(model: nn.Module) -> list[dict[str, nn.Linear]]:
     """The linears of each decoder layer, by their full module name (embeddings and the head stay full)."""
     prefix = {id(m): n for n, m in model.named_modules()}
-    return [
-        {prefix[id(m)]: m for m in layer.modules() if isinstance(m, nn.Linear)} for layer in decoder_layers(model)
-    ]
+    return [{prefix[id(m)]: m for m in layer.modules() if isinstance(m, nn.Linear)} for layer in decoder_layers(model)]
 
 
 @torch.no_grad()
@@ -96,13 +94,37 @@ def quantize_gptq(
         finally:
             for h in handles:
                 h.remove()
-        for name, lin in linears.items():
-            if hessians[name].tokens == 0:
-                raise CalibrationError(f"{name} saw no calibration tokens: the layer's hooks did not engage")
-            result.layers[name] = q = gptq(lin.weight, hessians[name].h, spec)
-            lin.weight.copy_(q.dequantize().to(lin.weight.dtype))
+        for names in _shared_inputs(hessians):
+            # linears fed the same input (q/k/v, gate/up) share H: GPTQ is row-wise, so one stacked run
+            # equals separate runs and saves the column loop
+            stacked = torch.cat([linears[n].weight for n in names])
+            q = gptq(stacked, hessians[names[0]].h, spec)
+            start_row = 0
+            for n in names:
+                rows = linears[n].out_features
+                part = Quantized(
+                    *(t[start_row : start_row + rows] for t in (q.codes, q.scale, q.zero)), q.bits, q.group
+                )
+                result.layers[n] = part
+                linears[n].weight.copy_(part.dequantize().to(linears[n].weight.dtype))
+                start_row += rows
         xs = [call_layer(layer, x, calls[i][s][1]) for s, x in enumerate(xs)]
         if progress:
             progress(i + 1, len(per_layer))
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _shared_inputs(hessians: dict[str, Hessian]) -> list[list[str]]:
+    """Linears grouped by identical Hessians (the same inputs), in module order."""
+    groups: list[list[str]] = []
+    for name, h in hessians.items():
+        if h.tokens == 0:
+            raise CalibrationError(f"{name} saw no calibration tokens: the layer's hooks did not engage")
+        for g in groups:
+            if torch.equal(hessians[g[0]].h, h.h):
+                g.append(name)
+                break
+        else:
+            groups.append([name])
+    return groups

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -166,3 +168,38 @@ def test_saved_codes_load_back_to_the_same_model(arch: str, tmp_path) -> None:
     ids = _calib(n=1, t=16)[0]
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, loaded(input_ids=ids).logits)
+
+
+def test_cli_bad_input_exits_2(capsys) -> None:
+    from tokensieve.cli import main
+
+    assert main(["quantize", "--bits", "5", "--out", "unused"]) == 2
+    assert "--bits 5" in capsys.readouterr().err
+    assert main(["quantize", "--method", "rtn", "--weights", "attncon", "--out", "unused"]) == 2
+    assert main(["quantize", "--method", "awq", "--out", "unused"]) == 2
+
+
+@pytest.mark.real
+def test_real_rotation_is_exact_and_cli_round_trips(smollm2, tmp_path, capsys) -> None:
+    import json
+
+    from tokensieve.cli import main
+    from tokensieve.quantize.io import load
+
+    model, tok = smollm2
+    rotated = copy.deepcopy(model)
+    ids = tok("The pass key is 68213. Remember it.", return_tensors="pt").input_ids
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        rotate(rotated, seed=0)
+        after = rotated(input_ids=ids).logits
+    assert torch.allclose(after, before, atol=1e-3, rtol=1e-4)
+    assert torch.equal(after.argmax(-1), before.argmax(-1))
+
+    assert main(["quantize", "--method", "rtn", "--bits", "4", "--group", "64", "--out", str(tmp_path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["layers"] == 30 * 7
+    loaded, _, meta = load(tmp_path)
+    assert meta["model"] == "smollm2" and meta["bits"] == "4"
+    lin = loaded.model.layers[3].mlp.down_proj.weight
+    assert torch.equal(lin, rtn(model.model.layers[3].mlp.down_proj.weight, QuantSpec(4, 64)).dequantize())

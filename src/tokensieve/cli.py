@@ -1,4 +1,4 @@
-"""Command line: ``tokensieve methods | generate | decode | calibrate | sinks | demo | bench``."""
+"""Command line: ``tokensieve methods | generate | decode | calibrate | sinks | demo | bench | quantize``."""
 
 from __future__ import annotations
 
@@ -264,6 +264,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args, console)
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from .quantize.cli import run_quantize
+
+    return run_quantize(args, console)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tokensieve", description="Token importance for Hugging Face models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -362,6 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="rank methods on offline long-context tasks: prefill once, compress many")
     add_arguments(b)
     b.set_defaults(func=cmd_bench)
+
+    from .quantize.cli import add_arguments as add_quantize_arguments
+
+    qz = sub.add_parser("quantize", help="quantize weights (rtn, gptq, rsq), save as safetensors, --eval vs full")
+    add_quantize_arguments(qz)
+    qz.set_defaults(func=cmd_quantize)
     return p
 
 

@@ -40,8 +40,16 @@ def layer_linears(model: nn.Module) -> list[dict[str, nn.Linear]]:
     return [{prefix[id(m)]: m for m in layer.modules() if isinstance(m, nn.Linear)} for layer in decoder_layers(model)]
 
 
+def check_spec(model: nn.Module, spec: QuantSpec) -> None:
+    """Fail before any work when the group size does not fit every linear."""
+    for linears in layer_linears(model):
+        for lin in linears.values():
+            spec.group_of(lin.in_features)
+
+
 @torch.no_grad()
 def quantize_rtn(model: nn.Module, spec: QuantSpec, progress: Progress | None = None) -> QuantResult:
+    check_spec(model, spec)
     start = time.perf_counter()
     result = QuantResult(spec, "rtn")
     per_layer = layer_linears(model)
@@ -68,6 +76,7 @@ def quantize_gptq(
     ``token_weights``: per sequence ``[n_layers, T]`` (mean 1 per layer), or None for plain GPTQ."""
     if not calibration:
         raise CalibrationError("GPTQ needs calibration text: pass at least one sequence of token ids")
+    check_spec(model, spec)
     start = time.perf_counter()
     device = next(model.parameters()).device
     with record_layer_calls(model) as calls:

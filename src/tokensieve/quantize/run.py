@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from .data import calibration_windows
-from .engine import Progress, QuantResult, quantize_gptq, quantize_rtn
+from .engine import Progress, QuantResult, check_spec, quantize_gptq, quantize_rtn
 from .gptq import QuantSpec
 from .methods import get_quant_method
 from .rotate import rotate as rotate_model
@@ -47,6 +47,7 @@ def quantize(
     ``rotation`` reuses a given matrix (the benchmark shares one across calibration seeds)."""
     r = recipe.resolved()
     spec = QuantSpec(bits=r.bits, group=r.group, clip=r.clip)
+    check_spec(model, spec)
     start = time.perf_counter()
     q = rotate_model(model, q=rotation, kind=r.rotation, seed=r.seed) if r.rotate else None
     if not get_quant_method(r.method).calibrated:

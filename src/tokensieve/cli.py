@@ -1,4 +1,4 @@
-"""Command line: ``tokensieve methods | generate | decode | calibrate | sinks | demo | bench``."""
+"""Command line: ``tokensieve methods | generate | decode | calibrate | sinks | demo | bench | quantize``."""
 
 from __future__ import annotations
 
@@ -299,6 +299,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return run_train(args, console)
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from .quantize.cli import run_quantize
+
+    return run_quantize(args, console)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tokensieve", description="Token importance for Hugging Face models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -416,6 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="fine-tune with a token-weighting rule on an offline reasoning task")
     add_train_arguments(t)
     t.set_defaults(func=cmd_train)
+
+    from .quantize.cli import add_arguments as add_quantize_arguments
+
+    qz = sub.add_parser("quantize", help="quantize weights (rtn, gptq, rsq), save as safetensors, --eval vs full")
+    add_quantize_arguments(qz)
+    qz.set_defaults(func=cmd_quantize)
     return p
 
 

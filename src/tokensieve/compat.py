@@ -7,8 +7,10 @@ Tested range: see ``TESTED_TRANSFORMERS`` (the floor and the newest release, bot
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -203,23 +205,7 @@ def register_vision_attention(fn: Any) -> None:
     AttentionMaskInterface.register(VISION_ATTENTION, sdpa_mask)
 
 
-def sdpa_attention(module: torch.nn.Module, query: Any, key: Any, value: Any, mask: Any, **kwargs: Any) -> Any:
-    # relies on transformers.integrations.sdpa_attention.sdpa_attention_forward being what "sdpa" runs
-
-
-# --- training (tokensieve.train) ---
-
-
-def register_attention(name: str, fn: Any) -> None:
-    """Register an attention function under ``name`` (with SDPA's boolean mask builder) so that
-    ``model.set_attn_implementation(name)`` routes every attention call through ``fn``."""
-    from transformers import AttentionInterface  # the attention-function registry (public since 4.48)
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask  # mask builders keyed by impl name
-
-    AttentionInterface.register(name, fn)
-    AttentionMaskInterface.register(name, sdpa_mask)
-
-
+# --- vision and training (tokensieve.vision, tokensieve.train) ---
 def sdpa_attention(module: torch.nn.Module, query: Any, key: Any, value: Any, mask: Any, **kwargs: Any) -> Any:
     """transformers' own SDPA attention function (integrations.sdpa_attention.sdpa_attention_forward)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -262,3 +248,54 @@ def takes_interpolate_pos_encoding(model: torch.nn.Module) -> bool:
 def attention_layer_index(module: torch.nn.Module) -> int | None:
     """The decoder layer an attention module belongs to: its ``layer_idx`` attribute (Llama-style modules)."""
     return getattr(module, "layer_idx", None)
+
+
+# --- quantize (weight quantization, tokensieve.quantize) ---
+
+
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The decoder blocks of a causal LM, in order."""
+    # relies on: `get_decoder()` returning the base model, which keeps its blocks as `.layers`
+    layers = getattr(model.get_decoder(), "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise TypeError(f"{type(model).__name__} keeps no `.layers` list in its decoder")
+    return layers
+
+
+@contextlib.contextmanager
+def record_layer_calls(model: torch.nn.Module) -> Iterator[list[list[tuple[torch.Tensor, dict[str, Any]]]]]:
+    """Record, per decoder layer, each call's hidden-state input and keyword arguments during a forward."""
+    # relies on: decoder layers taking the hidden states first (positional or `hidden_states=`) and the rest
+    # (mask, position embeddings of that layer's type, position ids) as keywords, as in transformers 4.5x-5.x
+    layers = decoder_layers(model)
+    calls: list[list[tuple[torch.Tensor, dict[str, Any]]]] = [[] for _ in layers]
+
+    def hook(i: int):
+        def pre(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+            kw = dict(kwargs)
+            hidden = args[0] if args else kw.pop("hidden_states")
+            calls[i].append((hidden.detach(), kw))
+
+        return pre
+
+    handles = [layer.register_forward_pre_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    try:
+        yield calls
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def call_layer(layer: torch.nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    """Run one decoder layer on recorded arguments and return its output hidden states."""
+    # relies on: a decoder layer returning the hidden states (a tensor in 5.x, the first item of a tuple before)
+    out = layer(hidden, **kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def logits_from_hidden(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """A causal LM's logits for final hidden states (so callers can take the head in slices)."""
+    # relies on: CausalLM heads computing `lm_head(h)`, then Gemma-style `final_logit_softcapping` if set
+    logits = model.get_output_embeddings()(hidden)
+    cap = getattr(model.config.get_text_config(decoder=True), "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits

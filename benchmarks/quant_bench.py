@@ -1,0 +1,151 @@
+"""RTN vs GPTQ vs GPTQ+rotation vs RSQ vs importance weights alone, per bit width, per model.
+
+Each run quantizes a fresh copy of the model, then measures perplexity at 512 tokens, KL and top-1
+agreement against the full-precision model on held-out text, and pass-key retrieval at ~1k tokens.
+Rows are appended to a JSONL file as they finish, so a partial run still leaves its results.
+
+    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python benchmarks/quant_bench.py --model smollm2
+    .venv/bin/python benchmarks/quant_bench.py --table benchmarks/results/quant/*.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+VARIANTS = {  # name -> (method, rotate, weights)
+    "rtn": ("rtn", False, None),
+    "gptq": ("gptq", False, "uniform"),
+    "gptq+rot": ("gptq", True, "uniform"),
+    "attncon": ("gptq", False, "attncon"),
+    "rsq": ("rsq", True, "attncon"),
+}
+
+
+def run(args: argparse.Namespace) -> None:
+    from tokensieve.models import load_model
+    from tokensieve.quantize.data import evaluation_windows
+    from tokensieve.quantize.evaluate import compare, passkey
+    from tokensieve.quantize.rotate import rotate
+    from tokensieve.quantize.run import Recipe, quantize
+
+    torch.set_num_threads(1)
+    full, tok = load_model(args.model)
+    windows = evaluation_windows(tok, args.eval_windows, 512)
+    out = Path(args.out or f"benchmarks/results/quant/{args.model}.jsonl")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    rotated = copy.deepcopy(full)
+    rotate(rotated, seed=0)  # one rotation per model, shared by every rotated run (timed once)
+    rotate_s = time.perf_counter() - t
+    pk_full = passkey(full, tok, args.passkey_tokens, args.depths, args.keys)
+    plan = []  # the first config over every seed, then the others at the first seed, then their other seeds
+    first, rest = args.configs[0], args.configs[1:]
+    for stage in (
+        [(first, s) for s in args.seeds],
+        [(c, args.seeds[0]) for c in rest],
+        [(c, s) for c in rest for s in args.seeds[1:]],
+    ):
+        for (bits, group), seed in stage:
+            plan += [(bits, group, v, seed) for v in args.variants if v != "rtn" or seed == args.seeds[0]]
+    for bits, group, v, seed in plan:
+        method, rot, weights = VARIANTS[v]
+        model = copy.deepcopy(rotated if rot else full)
+        recipe = Recipe(
+            method,
+            bits,
+            group,
+            weights=weights,
+            rotate=False,
+            n_calib=args.n_calib,
+            calib_len=args.calib_len,
+            seed=seed,
+        )
+        result, _ = quantize(model, tok, recipe)
+        quality = compare(model, full, windows)
+        quality.passkey = passkey(model, tok, args.passkey_tokens, args.depths, args.keys)
+        quality.passkey_full = pk_full
+        quality.passkey_n = len(args.depths) * len(args.keys)
+        row = {
+            "model": args.model,
+            "variant": v,
+            "bits": bits,
+            "group": group,
+            "seed": seed,
+            "quantize_s": round(result.seconds + (rotate_s if rot else 0.0), 1),
+            "rotate_s": round(rotate_s, 1) if rot else 0.0,
+            "calib_tokens": result.tokens,
+            **quality.as_dict(),
+        }
+        with out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+        del model
+
+
+def _mean(rs: list[dict], f: str) -> float:
+    return sum(r[f] for r in rs) / len(rs)
+
+
+def table(paths: list[str]) -> str:
+    rows = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line.strip()]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["bits"], r["group"], r["variant"]), []).append(r)
+    order = list(VARIANTS)
+    lines = [
+        "| model | bits | group | method | seeds | ppl (full) | KL (95% CI) | top-1 | passkey (full) | quant s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key in sorted(groups, key=lambda k: (k[0], -k[1], k[2], order.index(k[3]))):
+        rs = groups[key]
+        kl = [r["kl"] for r in rs]
+        m = sum(kl) / len(kl)
+        ci = (
+            1.96 * math.sqrt(sum((x - m) ** 2 for x in kl) / (len(kl) - 1)) / math.sqrt(len(kl))
+            if len(kl) > 1
+            else float("nan")
+        )
+        pk = f"{_mean(rs, 'passkey'):.2f} ({rs[0]['passkey_full']:.2f})"
+        lines.append(
+            f"| {key[0]} | {key[1]} | {key[2] or 'row'} | {key[3]} | {len(rs)} | "
+            f"{_mean(rs, 'ppl'):.2f} ({rs[0]['ppl_full']:.2f}) | "
+            f"{m:.4f} ± {ci:.4f} | {_mean(rs, 'top1'):.3f} | {pk} | {_mean(rs, 'quantize_s'):.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--configs", default="3:64,2:64,4:0", help="bits:group list (group 0 = per output channel)")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--n-calib", type=int, default=4)
+    p.add_argument("--calib-len", type=int, default=256)
+    p.add_argument("--eval-windows", type=int, default=4)
+    p.add_argument("--passkey-tokens", type=int, default=1024)
+    p.add_argument("--depths", default="0.25,0.75")
+    p.add_argument("--keys", default="68213,40917")
+    p.add_argument("--out")
+    p.add_argument("--table", nargs="+", help="print the markdown table of these JSONL files instead")
+    a = p.parse_args()
+    if a.table:
+        print(table(a.table))
+        return
+    a.configs = [tuple(int(x) for x in c.split(":")) for c in a.configs.split(",")]
+    a.variants = a.variants.split(",")
+    a.seeds = [int(s) for s in a.seeds.split(",")]
+    a.depths = tuple(float(d) for d in a.depths.split(","))
+    a.keys = tuple(a.keys.split(","))
+    run(a)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""One SmolLM2 linear: GPTQ vs RTN loss tr(dW H dW^T) per token, on the calibration Hessian and on held-out text.
+
+OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python benchmarks/quant_heldout_layer.py --layer 5 --linear mlp.down_proj
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+
+import torch
+
+from tokensieve.models import load_model
+from tokensieve.quantize.data import calibration_windows, evaluation_windows
+from tokensieve.quantize.gptq import Hessian, QuantSpec, gptq, layer_loss, rtn
+
+
+class _Stop(Exception):
+    pass
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--layer", type=int, default=5)
+    p.add_argument("--linear", default="mlp.down_proj")
+    p.add_argument("--bits", type=int, default=3)
+    p.add_argument("--group", type=int, default=64)
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    model, tok = load_model("smollm2")
+    lin = model.model.layers[a.layer].get_submodule(a.linear)
+
+    def hessian(windows: list[torch.Tensor]) -> tuple[torch.Tensor, int]:
+        h = Hessian(lin.in_features)
+
+        def pre(module: torch.nn.Module, args: tuple) -> None:
+            h.add(args[0])
+            raise _Stop  # nothing after this linear is needed
+
+        handle = lin.register_forward_pre_hook(pre)
+        with torch.no_grad():
+            for ids in windows:
+                with contextlib.suppress(_Stop):
+                    model(input_ids=ids, use_cache=False)
+        handle.remove()
+        return h.h, h.tokens
+
+    held, n_held = hessian(evaluation_windows(tok, 4, 512))
+    spec = QuantSpec(a.bits, a.group)
+    w = lin.weight.detach()
+    r = rtn(w, spec).dequantize()
+    for n, t in [(4, 256), (16, 512)]:
+        cal, n_cal = hessian(calibration_windows(tok, n, t, 0))
+        g = gptq(w, cal, spec).dequantize()
+        cal_r, cal_g = layer_loss(w, r, cal) / n_cal, layer_loss(w, g, cal) / n_cal
+        out_r, out_g = layer_loss(w, r, held) / n_held, layer_loss(w, g, held) / n_held
+        print(
+            f"layer {a.layer} {a.linear}, {n_cal} calibration tokens: calibration loss rtn {cal_r:.4f} gptq {cal_g:.4f}"
+            f" | held-out ({n_held} tokens) rtn {out_r:.4f} gptq {out_g:.4f}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

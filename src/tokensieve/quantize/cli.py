@@ -1,0 +1,73 @@
+"""``tokensieve quantize``: quantize a bundled (or local) model, save it, and optionally evaluate it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..errors import ParameterError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2", help="bundled model name or a local model directory")
+    p.add_argument("--method", default="gptq", help="rtn | gptq | rsq")
+    p.add_argument("--bits", type=int, default=4, help="2, 3, 4 or 8")
+    p.add_argument("--group", type=int, default=0, help="input columns per scale; 0 = one per output channel")
+    p.add_argument("--weights", help="token weights: attncon, uniform or a KV score id (rsq: attncon)")
+    p.add_argument("--rotate", action=argparse.BooleanOptionalAction, default=None, help="rotate the residual")
+    p.add_argument("--rotation", default="auto", help="auto | hadamard | random")
+    p.add_argument("--clip", action="store_true", help="search a clipping ratio per group")
+    p.add_argument("--calib", type=int, default=8, help="calibration windows")
+    p.add_argument("--calib-len", type=int, default=512, help="tokens per calibration window")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="directory for quantized.safetensors")
+    p.add_argument("--eval", action="store_true", help="perplexity, KL, top-1 vs full precision; pass key")
+    p.add_argument("--eval-windows", type=int, default=4, help="512-token windows of held-out text")
+    p.add_argument("--passkey-tokens", type=int, default=1500)
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+
+def run_quantize(args: argparse.Namespace, console: Console) -> int:
+    from ..models import load_model
+    from .io import save
+    from .methods import get_quant_method
+    from .run import Recipe, quantize
+
+    m = get_quant_method(args.method)
+    if not m.calibrated and (args.weights or args.rotate):
+        raise ParameterError("--method rtn takes no calibration: drop --weights/--rotate, or use gptq or rsq")
+    recipe = Recipe(args.method, args.bits, args.group, args.clip, args.weights, args.rotate, args.rotation,
+                    args.calib, args.calib_len, args.seed)  # fmt: skip
+    model, tok = load_model(args.model)
+    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} layers")]
+    with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task(f"{args.method} {args.bits}-bit", total=None)
+        result, rotation = quantize(model, tok, recipe, lambda done, n: bar.update(task, completed=done, total=n))
+    path = save(args.out, args.model, recipe, result, rotation)
+    out = {"method": args.method, "bits": args.bits, "group": args.group, "seconds": round(result.seconds, 1),
+           "calib_tokens": result.tokens, "layers": len(result.layers), "file": str(path)}  # fmt: skip
+    if args.eval:
+        from .data import evaluation_windows
+        from .evaluate import compare, passkey
+
+        full, _ = load_model(args.model)
+        with console.status("evaluating against full precision..."):
+            quality = compare(model, full, evaluation_windows(tok, args.eval_windows, 512))
+            quality.passkey = passkey(model, tok, args.passkey_tokens, (0.25, 0.75))
+            quality.passkey_full = passkey(full, tok, args.passkey_tokens, (0.25, 0.75))
+            quality.passkey_n = 4
+        out.update(quality.as_dict())
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    table = Table(title=f"{args.model}: {args.method} {args.bits}-bit, group {args.group or 'per channel'}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for k, v in out.items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    console.print(table)
+    return 0

@@ -1,0 +1,61 @@
+"""One call from a loaded model to a quantized one: rotate, weigh tokens, quantize."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+from transformers import PreTrainedTokenizerBase
+
+from .data import calibration_windows
+from .engine import Progress, QuantResult, check_spec, quantize_gptq, quantize_rtn
+from .gptq import QuantSpec
+from .methods import get_quant_method
+from .rotate import rotate as rotate_model
+from .weights import weight_source
+
+
+@dataclass
+class Recipe:
+    method: str = "gptq"
+    bits: int = 4
+    group: int = 0
+    clip: bool = False
+    weights: str | None = None  # None: the method's default
+    rotate: bool | None = None  # None: the method's default
+    rotation: str = "auto"
+    n_calib: int = 8
+    calib_len: int = 512
+    seed: int = 0
+
+    def resolved(self) -> Recipe:
+        m = get_quant_method(self.method)
+        weights = m.weights if self.weights is None else self.weights
+        rotate = m.rotate if self.rotate is None else self.rotate
+        return Recipe(**{**self.__dict__, "weights": weights if m.calibrated else "", "rotate": rotate})
+
+
+def quantize(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    recipe: Recipe,
+    progress: Progress | None = None,
+    rotation: Tensor | None = None,
+) -> tuple[QuantResult, Tensor | None]:
+    """Quantize ``model`` in place; returns the result and the rotation used (None without one).
+    ``rotation`` reuses a given matrix (the benchmark shares one across calibration seeds)."""
+    r = recipe.resolved()
+    spec = QuantSpec(bits=r.bits, group=r.group, clip=r.clip)
+    check_spec(model, spec)
+    start = time.perf_counter()
+    q = rotate_model(model, q=rotation, kind=r.rotation, seed=r.seed) if r.rotate else None
+    if not get_quant_method(r.method).calibrated:
+        result = quantize_rtn(model, spec, progress)
+    else:
+        calib = calibration_windows(tokenizer, r.n_calib, r.calib_len, r.seed)
+        source = weight_source(r.weights or "uniform")
+        weights = None if r.weights == "uniform" else [source(model, ids) for ids in calib]
+        result = quantize_gptq(model, calib, spec, weights, progress, method=r.method)
+    result.seconds = time.perf_counter() - start
+    return result, q

@@ -1,0 +1,92 @@
+"""Token weights for the GPTQ Hessian: RSQ's attention concentration, or any tokensieve KV score.
+
+A weight source maps one calibration sequence ``[1, T]`` to ``[n_layers, T]``: one weight per token
+per decoder layer, scaled into ``[1, 3]`` (RSQ's range) and then to mean 1, so a source never changes
+the Hessian's overall scale, only which tokens it listens to. Scores come from tokensieve's prefill
+observation (column stats accumulated in query chunks; no T x T matrix is kept). Layers the prefill
+does not observe (Gemma-3's sliding-window layers) take the mean weights of the observed layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import CalibrationError, UnknownMethodError
+from ..methods import get_method, method_ids
+from ..observe.capture import Needs
+from ..observe.stats import AttnSum
+from ..pipeline import prefill
+from ..score.attention import visible_counts
+from ..score.inputs import ScoreInputs
+
+WeightSource = Callable[[nn.Module, Tensor], Tensor]
+RANGE = (1.0, 3.0)
+
+
+def scale_range(s: Tensor, lo: float = RANGE[0], hi: float = RANGE[1]) -> Tensor:
+    """Min-max scale each row of ``s [..., T]`` into ``[lo, hi]`` (a constant row becomes ``lo``)."""
+    s = s.float()
+    smin, smax = s.amin(-1, keepdim=True), s.amax(-1, keepdim=True)
+    return lo + (hi - lo) * (s - smin) / (smax - smin).clamp(min=1e-12)
+
+
+def mean_one(w: Tensor) -> Tensor:
+    return w / w.mean(-1, keepdim=True)
+
+
+def _per_layer(model: nn.Module, ids: Tensor, method: str | None) -> Tensor:
+    """Scores ``[n_layers, T]`` summed over KV heads from one prefill of ``ids`` (``method`` None: attncon)."""
+    n_layers = model.config.get_text_config(decoder=True).num_hidden_layers
+    m = None if method is None else get_method(method)
+    if m is not None:
+        m.bind(model)
+    needs = Needs(stats=frozenset({AttnSum()})) if m is None else m.needs()
+    p = prefill(model, None, ids.reshape(1, -1), needs=needs)
+    rows: dict[int, Tensor] = {}
+    for layer in p.cache.sieve_layers:
+        obs = p.observations.get(layer.layer_idx)
+        if obs is None:
+            continue
+        if m is None:  # attention received, summed over queries and heads, per query that can see the token
+            t = layer.keys.shape[2]
+            seen = visible_counts(torch.arange(t), t, None, 1)
+            score = obs.stats[AttnSum().key].sum(1) / seen
+        else:
+            x = ScoreInputs(layer.keys, layer.values, layer.valid, obs, layer.layer_idx, n_layers)
+            score = m.score(x).float().sum(1)
+        rows[layer.layer_idx] = score[0]
+    if not rows:
+        raise CalibrationError("the prefill observed no layer: the model has no full-attention layer to score tokens")
+    mean = torch.stack(list(rows.values())).mean(0)
+    return torch.stack([rows.get(i, mean) for i in range(n_layers)])
+
+
+def attncon(model: nn.Module, ids: Tensor) -> Tensor:
+    """RSQ's attention concentration, per layer, in ``[1, 3]`` then mean 1."""
+    return mean_one(scale_range(_per_layer(model, ids, None)))
+
+
+def from_score(method: str) -> WeightSource:
+    """Any tokensieve KV-eviction score (``snapkv``, ``h2o``, ...) as token weights, mapped like attncon."""
+    get_method(method)  # fail early on an unknown id
+    return lambda model, ids: mean_one(scale_range(_per_layer(model, ids, method)))
+
+
+def uniform(model: nn.Module, ids: Tensor) -> Tensor:
+    n_layers = model.config.get_text_config(decoder=True).num_hidden_layers
+    return torch.ones(n_layers, ids.numel())
+
+
+def weight_source(name: str) -> WeightSource:
+    if name == "attncon":
+        return attncon
+    if name == "uniform":
+        return uniform
+    if name in method_ids():
+        return from_score(name)
+    raise UnknownMethodError(
+        f"unknown token-weight source {name!r}: use attncon, uniform or a KV score id ({', '.join(method_ids())})"
+    )

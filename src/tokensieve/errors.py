@@ -69,3 +69,7 @@ class ParameterError(TokenSieveError, ValueError):
 
 class BatchError(TokenSieveError, ValueError):
     pass
+
+
+class PageError(TokenSieveError, ValueError):
+    pass

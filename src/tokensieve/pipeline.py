@@ -22,6 +22,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .act.compress import Plan, compress_layer, real_length
+from .act.pages import paged_kv_bytes
 from .budget import Allocator
 from .cache import SieveCache, SieveLayer
 from .errors import EmptyContextError, TokenSieveError
@@ -248,14 +249,15 @@ class Prefill:
         cache = self.cache.fork()
         layers = cache.sieve_layers
         budgets = plan.layer_budgets(self.context_tokens, len(layers))
+        cache.paging = plan.pages
         for k, layer in zip(budgets, layers, strict=True):
             obs = self.observations.get(layer.layer_idx)
-            new = compress_layer(layer, plan.method, k, obs, len(layers), allocator=plan.allocator)
+            new = compress_layer(layer, plan.method, k, obs, len(layers), allocator=plan.allocator, pages=plan.pages)
             cache.layers[layer.layer_idx] = new
         seconds = time.perf_counter() - start
         stats = Stats(
             self.context_tokens,
-            self.cache.kv_bytes(),
+            self.cache.kv_bytes() if plan.pages is None else paged_kv_bytes(self.cache, plan.pages),
             cache.kv_bytes(),
             cache.tokens_held(),
             self.seconds,

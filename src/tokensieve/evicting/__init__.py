@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..act.compress import Plan
+from ..act.pages import Paging
 from ..cache import SieveCache
 from ..errors import BudgetError, TokenSieveError, UnknownMethodError
 from ..methods import Method, get_method
@@ -68,6 +69,7 @@ class DecodeCache(SieveCache):
         prefill_budget: int | None = None,
         **params: Any,
     ) -> None:
+        paging = Paging.pop(params)  # pages=P, page_layout=, page_agg=: evict whole pages (act.pages)
         m = get_method(method, **params)
         rule = decode_rule(m)
         check_decode_budget(budget)
@@ -93,6 +95,8 @@ class DecodeCache(SieveCache):
             self.layers[layer.layer_idx] = EvictingLayer(
                 layer.layer_idx, rule, budget, sinks, window, len(layers), plan
             )
+            self.layers[layer.layer_idx].paging = paging
+        self.paging = paging
 
     @property
     def evicting_layers(self) -> list[EvictingLayer]:

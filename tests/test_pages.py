@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import tokensieve as ts
 from conftest import make_model, twin
 from tokensieve.act.evict import protection_mask, select
-from tokensieve.act.pages import Paging, choose_pages, page_bytes, pages_held, paged_kv_bytes, select_pages
+from tokensieve.act.pages import Paging, choose_pages, page_bytes, paged_kv_bytes, pages_held, select_pages
 from tokensieve.compat import with_cache
 from tokensieve.errors import PageError
 from tokensieve.evicting import DecodeCache

@@ -83,7 +83,7 @@ def slot_positions(token_index: Tensor | None, b: int, h: int, s: int, device=No
 
 def _page_scores(s: Tensor, real: Tensor, page: Tensor, n_pages: int, paging: Paging) -> Tensor:
     """[B, H', NP] aggregated score of each page over its real slots (-inf for a page with none)."""
-    b, h, _ = s.shape
+    b = s.shape[0]
     if paging.layout == "layer":  # one page table per layer: heads pooled into one row
         s, real, page = s.reshape(b, 1, -1), real.reshape(b, 1, -1), page.reshape(b, 1, -1)
     shape = (*s.shape[:2], n_pages)
@@ -109,7 +109,8 @@ def choose_pages(
     pos = slot_positions(token_index, b, h, n, scores.device)
     page = pos // paging.size
     n_pages = int(page.max()) + 1
-    real = (torch.ones(b, n, dtype=torch.bool, device=scores.device) if valid is None else valid)[:, None].expand(b, h, n)
+    real = torch.ones(b, n, dtype=torch.bool, device=scores.device) if valid is None else valid
+    real = real[:, None].expand(b, h, n)
     s = scores.float().nan_to_num(nan=float("-inf"))
     score = _page_scores(s, real, page, n_pages, paging)
     hp = score.shape[1]
@@ -154,7 +155,7 @@ def pages_held(layer: Any, paging: Paging) -> Tensor:
     """[B, H'] distinct pages holding a real slot of a dense cache layer (H' = 1 for the layer layout)."""
     b, h, n = layer.keys.shape[:3]
     page = slot_positions(layer.token_index, b, h, n, layer.keys.device) // paging.size
-    real = (torch.ones(b, n, dtype=torch.bool, device=page.device) if layer.valid is None else layer.valid)
+    real = torch.ones(b, n, dtype=torch.bool, device=page.device) if layer.valid is None else layer.valid
     real = real[:, None].expand(b, h, n)
     if paging.layout == "layer":
         page, real = page.reshape(b, 1, -1), real.reshape(b, 1, -1)

@@ -56,6 +56,9 @@ def main() -> None:
     for length in [int(x) for x in a.lengths.split(",")]:
         ids = continuation_ids(tok, length)
         pre = ts.prefill(model, tok, ids)
+        for layer in pre.cache.layers:  # transformers 5.24 layers lost dtype/device, which adopt() copies
+            if layer.is_initialized and not hasattr(layer, "dtype"):
+                layer.dtype, layer.device = layer.keys.dtype, layer.keys.device
         dense, logits = [], pre.last_logits
         cache = pre.cache.fork()
         with torch.inference_mode():

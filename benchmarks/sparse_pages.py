@@ -68,7 +68,7 @@ def main() -> None:
         for method in a.methods.split(","):
             cells = [("token", None, get_sparse(method))]
             for size in [int(x) for x in a.pages.split(",")]:
-                for layout in ("layer", "head"):
+                for layout in ("layer",) if method in SHARED_ACROSS_HEADS else ("layer", "head"):  # one set: equal
                     inner = get_sparse(method, **({"page": size} if method == "quest" else {}))
                     cells.append((layout, size, PagedRead(inner=inner, page=size, layout=layout)))
             for layout, size, m in cells:

@@ -134,6 +134,15 @@ def test_bytes_are_pages_times_page_bytes(llama, layout):
     assert c.stats.kv_bytes_full == 4 * c.stats.kv_bytes
 
 
+def test_sliding_layers_count_their_tensors():
+    model = ts.prepare(make_model("gemma3"))
+    c = ts.compress(model, None, ctx(40), "snapkv", keep=0.5, pages=8)
+    paging = Paging(8)
+    sieve = sum(int(pages_held(x, paging).sum()) * page_bytes(x, paging) for x in c.cache.sieve_layers)
+    sliding = tensor_bytes(t for x in c.cache.layers if x not in c.cache.sieve_layers for t in (x.keys, x.values))
+    assert sliding > 0 and c.cache.kv_bytes() == sieve + sliding
+
+
 def test_partial_pages_count_whole(llama):
     c = ts.compress(llama, None, ctx(61), "snapkv", keep=0.4, pages=8)  # 24 tokens -> 2 pages + the 5-token tail
     for layer in c.cache.sieve_layers:
@@ -237,3 +246,27 @@ def test_pages_refuse_what_one_page_table_cannot_hold(llama):
     with pytest.raises(PageError, match="allocator"):
         ts.compress(llama, None, ctx(40), "snapkv", keep=0.5, allocator="adakv", pages=4)
     ts.compress(llama, None, ctx(20), "ems", keep=0.5, pages=4, merge=False)  # evicting only is fine
+
+
+# --- the real model ----------------------------------------------------------------------------------
+
+
+@pytest.mark.real
+def test_real_model_in_pages(smollm2):
+    """SmolLM2 on a 1.5k-token pass-key prompt, query-aware SnapKV at keep 0.25 in pages of 16: every layer
+    holds whole pages, bytes are pages x page bytes, and one-token pages per head equal token granularity."""
+    from tokensieve.tasks.passkey import passkey_context
+
+    model, tok = smollm2
+    task = passkey_context(tok, 1500, 0.5, key="40507")
+    kw = dict(query_aware=True, answer_prefix=task.answer_prefix, max_new_tokens=8)
+    paged = ts.generate(model, tok, task.context, task.question, "snapkv", keep=0.25, pages=16, **kw)
+    tokens = ts.generate(model, tok, task.context, task.question, "snapkv", keep=0.25, **kw)
+    one = ts.generate(model, tok, task.context, task.question, "snapkv", keep=0.25, pages=1, page_layout="head", **kw)
+    assert one.text == tokens.text and one.stats.kv_bytes == tokens.stats.kv_bytes
+    n = paged.stats.context_tokens
+    heads, dim, layers = model.config.num_key_value_heads, 64, model.config.num_hidden_layers
+    page = 16 * 2 * dim * 4 * heads  # fp32 keys and values, every KV head
+    pages = max(1, round(0.25 * n) // 16)
+    assert paged.stats.kv_bytes == layers * pages * page <= tokens.stats.kv_bytes
+    assert task.correct(paged.text), paged.text  # measured: the pass key survives pages of 16 here

@@ -39,6 +39,23 @@ def _keep(text: str) -> float:
         raise argparse.ArgumentTypeError(f"--keep takes a fraction in (0, 1], not {text!r}") from None
 
 
+def _add_page_args(parser: argparse.ArgumentParser) -> None:
+    """``--pages P`` (+ layout, aggregation): evict whole pages of P tokens, as a paged serving engine must."""
+    parser.add_argument("--pages", type=int, metavar="P", help="evict whole pages of P tokens (e.g. 16)")
+    parser.add_argument("--page-layout", choices=["layer", "head"], help="pages shared by a layer's KV heads (default)")
+    parser.add_argument("--page-agg", choices=["max", "mean"], help="a page's score from its tokens' (default max)")
+
+
+def _page_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The page options as keywords, validated (a bad one exits 2 before the model loads)."""
+    from .act.pages import Paging
+
+    kw = {"pages": args.pages, "page_layout": args.page_layout, "page_agg": args.page_agg}
+    kw = {k: v for k, v in kw.items() if v is not None}
+    Paging.pop(dict(kw))
+    return kw
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from .catalog import describe_all
 
@@ -75,7 +92,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .models import load_model
     from .pipeline import generate
 
-    params = dict(args.param or [])
+    params = {**dict(args.param or []), **_page_kwargs(args)}
     # fail fast on a bad method, allocator, parameter or keep, before loading the model
     allocator = get_allocator(args.allocator, **dict(args.allocator_param or []))
     Plan.make(args.method, keep=args.keep, budget=args.budget, allocator=allocator, **params)
@@ -108,6 +125,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         "kv_bytes_full": s.kv_bytes_full,
         "kv_bytes": s.kv_bytes,
         "kv_ratio": round(s.ratio, 4),
+        **({"pages": params["pages"]} if "pages" in params else {}),
         "prefill_seconds": round(s.prefill_seconds, 4),
         "compress_seconds": round(s.compress_seconds, 4),
         "decode_seconds": round(s.decode_seconds, 4),
@@ -219,6 +237,10 @@ def cmd_decode(args: argparse.Namespace) -> int:
     read = args.read if args.read_tokens is None else args.read_tokens
     if family != "sparse decoding" and read is not None:
         raise TokenSieveError(f"--read applies to sparse decoding, not to {family} ({args.method})")
+    pages = _page_kwargs(args)
+    if pages and family != "decode eviction":
+        raise TokenSieveError(f"--pages applies to decode eviction (and generate), not to {family} ({args.method})")
+    params.update(pages)
     context = _context(args)
     model, tok = load_model(args.model)
     ans = decode(
@@ -346,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a method parameter, e.g. --param window=64",
     )
     g.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_page_args(g)
     g.set_defaults(func=cmd_generate)
 
     c = sub.add_parser("calibrate", help="measure a model's retrieval heads once (razor, compresskv); cached")
@@ -389,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--measure", action="store_true", help="sparse decoding: also measure selection recall")
     dc.add_argument("--param", type=_param, action="append", metavar="NAME=VALUE", help="override a method parameter")
     dc.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_page_args(dc)
     dc.set_defaults(func=cmd_decode)
 
     d = sub.add_parser("demo", help="the main job: a pass key in ~2k tokens, compressed 4x, answered")

@@ -151,6 +151,8 @@ def decode(
             )  # fmt: skip
         if family == "decode eviction":
             extra = {"budget": budget, "state_bytes": cache.state_bytes(), "peak_tokens_held": cache.peak_tokens_held()}
+            if cache.paging is not None:  # what a paged engine would hold: pages x page bytes
+                extra.update(pages=cache.paging.size, paged_kv_bytes=cache.kv_bytes())
         elif family == "sparse decoding":
             extra = {"read": cache.read, **cache.report()}
         else:

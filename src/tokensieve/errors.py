@@ -92,3 +92,7 @@ class NotEngagedError(TokenSieveError, RuntimeError):
 
 class ImageError(TokenSieveError, ValueError):
     pass
+
+
+class PageError(TokenSieveError, ValueError):
+    pass

@@ -23,6 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from . import compat
 from .act.compress import Plan, compress_layer, real_length
+from .act.pages import paged_kv_bytes
 from .budget import Allocator
 from .cache import SieveCache, SieveLayer
 from .errors import BatchError, EmptyContextError, ParameterError, TokenSieveError, check_count
@@ -263,16 +264,24 @@ class Prefill:
         cache = self.cache.fork()
         layers = cache.sieve_layers
         budgets = plan.layer_budgets(self.context_tokens, len(layers))
+        cache.paging = plan.pages
         for k, layer in zip(budgets, layers, strict=True):
             obs = self.observations.get(layer.layer_idx)
             new = compress_layer(
-                layer, plan.method, k, obs, len(layers), allocator=plan.allocator, full=full.get(layer.layer_idx)
+                layer,
+                plan.method,
+                k,
+                obs,
+                len(layers),
+                allocator=plan.allocator,
+                full=full.get(layer.layer_idx),
+                pages=plan.pages,
             )
             compat.set_cache_layer(cache, layer.layer_idx, new)
         seconds = time.perf_counter() - start
         stats = Stats(
             self.context_tokens,
-            self.cache.kv_bytes(),
+            self.cache.kv_bytes() if plan.pages is None else paged_kv_bytes(self.cache, plan.pages),
             cache.kv_bytes(),
             cache.tokens_held(),
             self.seconds,

@@ -16,6 +16,7 @@ from ..methods import Method, get_method
 from ..observe.capture import LayerObservation, observe
 from ..score.inputs import ScoreInputs
 from .heads import evict_layer
+from .pages import Paging, check_pageable, layer_paged_bytes, page_evict_layer
 
 if TYPE_CHECKING:
     from ..cache import SieveCache, SieveLayer
@@ -36,6 +37,7 @@ class Plan:
     allocator: Allocator = field(default_factory=lambda: get_allocator("uniform"))
     seconds: float = 0.0  # time spent observing and evicting inside the forward
     full_bytes: int = 0  # bytes each layer held just before its eviction (measured)
+    pages: Paging | None = None  # evict whole pages (``pages=P, page_layout=, page_agg=`` keywords)
 
     @classmethod
     def make(
@@ -46,13 +48,17 @@ class Plan:
         allocator: str | Allocator = "uniform",
         **params: Any,
     ) -> Plan:
+        paging = Paging.pop(params)
         if (keep is None) == (budget is None):
             raise BudgetError("give exactly one of keep (a fraction in (0, 1]) or budget (tokens per head)")
         if keep is not None:
             check_keep(keep)
         elif not isinstance(budget, int) or budget < 1:
             raise BudgetError(f"token budget {budget!r} must be a positive integer (tokens kept per head)")
-        return cls(get_method(method, **params), keep, budget, get_allocator(allocator))
+        plan = cls(get_method(method, **params), keep, budget, get_allocator(allocator), pages=paging)
+        if paging is not None:
+            check_pageable(plan.method, plan.allocator)
+        return plan
 
     def mean_budget(self, n_tokens: int) -> int:
         if self.keep is not None:
@@ -75,15 +81,21 @@ class Plan:
             prepare_cache(cache)
         layers = cache.sieve_layers
         budgets: list[int] = []
+        cache.paging = self.pages
 
         def on_attention(layer: SieveLayer, query: Tensor, scaling: float) -> None:
             start = time.perf_counter()
             if not budgets:
                 budgets.extend(self.layer_budgets(real_length(layer.valid, layer.n_held), len(layers)))
-            self.full_bytes += tensor_bytes((layer.keys, layer.values))
+            if self.pages is None:
+                self.full_bytes += tensor_bytes((layer.keys, layer.values))
+            else:
+                self.full_bytes += layer_paged_bytes(layer, self.pages)
             obs = observe(self.method.needs(), query, layer.keys, layer.valid, scaling)
             k = budgets[layers.index(layer)]
-            new = compress_layer(layer, self.method, k, obs, len(layers), inplace=True, allocator=self.allocator)
+            new = compress_layer(
+                layer, self.method, k, obs, len(layers), inplace=True, allocator=self.allocator, pages=self.pages
+            )
             if new is not layer:  # another layout (ragged, mixed precision) replaces the layer
                 compat.set_cache_layer(cache, layer.layer_idx, new)
             self.seconds += time.perf_counter() - start
@@ -101,14 +113,18 @@ def compress_layer(
     inplace: bool = False,
     allocator: Allocator | None = None,
     full: Tensor | None = None,
+    pages: Paging | None = None,
 ) -> SieveLayer:
     """Compress ``layer`` to ``budget`` tokens per head by ``method``'s score (a no-op if it fits): eviction
     by default, with per-head budgets when ``allocator`` gives them; a method with its own ``act`` (merge,
-    quantize, retrieval heads) decides itself. The result may be a new layer of another layout."""
+    quantize, retrieval heads) decides itself; ``pages`` evicts whole pages (``act.pages``). The result may be
+    a new layer of another layout."""
     layer.on_attention = None
     if budget >= layer.n_held:
         return layer if inplace else layer.fork()
     x = ScoreInputs(layer.keys, layer.values, layer.valid, obs, layer.layer_idx, n_layers, full)
+    if pages is not None:
+        return page_evict_layer(layer, method, method.score(x), budget, pages, allocator, inplace)
     act = getattr(method, "act", None)
     if act is not None:
         return act(layer, x, budget, allocator, inplace)

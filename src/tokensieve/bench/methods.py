@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..act.compress import Plan
+from ..act.pages import KEYS as PAGE_KEYS
 from ..budget import ALLOCATORS
 from ..errors import UnknownMethodError
 from ..methods import REGISTRY, Method, get_method
@@ -33,6 +35,10 @@ class MethodSpec:
         name, params = split_spec(body)
         spec = cls(name, tuple(params.items()), allocator or "uniform")
         spec.method()  # fail early on an unknown id or parameter
+        if spec.page_kwargs:
+            if spec.sparse or spec.modifier:
+                raise UnknownMethodError(f"{text!r}: pages= applies to prefill eviction methods only")
+            Plan.make(spec.method(), keep=0.5, allocator=spec.allocator, **spec.page_kwargs)  # validates them
         if spec.sparse and spec.allocator != "uniform":
             raise UnknownMethodError(f"{text!r}: a sparse-decoding method keeps the whole cache and takes no allocator")
         if spec.allocator not in ALLOCATORS:
@@ -58,10 +64,16 @@ class MethodSpec:
         """Sparse decoding: the whole cache is kept and ``keep`` is the fraction read per decode step."""
         return self.id in SPARSE
 
+    @property
+    def page_kwargs(self) -> dict[str, Any]:
+        """``pages`` / ``page_layout`` / ``page_agg`` (whole-page eviction, ``act.pages``): for compress only."""
+        return {k: v for k, v in self.params if k in PAGE_KEYS}
+
     def method(self) -> Method | SparseMethod:
+        params = {k: v for k, v in self.params if k not in PAGE_KEYS}
         if self.sparse:
-            return get_sparse(self.id, **dict(self.params))
-        return get_method(self.id, **dict(self.params))
+            return get_sparse(self.id, **params)
+        return get_method(self.id, **params)
 
 
 def default_methods() -> list[MethodSpec]:

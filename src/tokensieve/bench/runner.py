@@ -253,7 +253,9 @@ def run_tokensieve(env: Env, todo: Todo, sample: Sample, setting: str, cells: li
                     if spec.sparse:
                         c = ev.sparse_cell(prefill(model, tok, context), spec.method(), keep)
                     else:
-                        c = compress(model, tok, context, spec.method(), keep=keep, allocator=spec.allocator)
+                        c = compress(
+                            model, tok, context, spec.method(), keep=keep, allocator=spec.allocator, **spec.page_kwargs
+                        )
                     out, seconds = evaluate(c, 1)
                 yield {
                     **base,
@@ -271,7 +273,7 @@ def run_tokensieve(env: Env, todo: Todo, sample: Sample, setting: str, cells: li
         compressed = [
             ev.sparse_cell(pre, m.method(), keep)
             if m.sparse
-            else pre.compress(m.method(), keep=keep, allocator=m.allocator)
+            else pre.compress(m.method(), keep=keep, allocator=m.allocator, **m.page_kwargs)
             for m in specs
         ]
         for group in ev.groups(compressed, cfg.max_batch):

@@ -61,6 +61,8 @@ class SieveCache(DynamicCache):
         elif keep is not None or budget is not None:
             raise TypeError("keep/budget need a method")
 
+    paging = None  # an ``act.pages.Paging`` when compressed in whole pages: kv_bytes then counts pages
+
     @property
     def sieve_layers(self) -> list[SieveLayer]:
         return [layer for layer in self.layers if isinstance(layer, SieveLayer)]
@@ -77,8 +79,14 @@ class SieveCache(DynamicCache):
         return out
 
     def kv_bytes(self) -> int:
-        """Bytes actually held by the key and value tensors (their storages, counted once)."""
+        """Bytes actually held by the key and value tensors (their storages, counted once); for a paged cache,
+        what a paged engine holds (pages x page bytes, from the tensors' shapes and dtypes)."""
         from ..measure.memory import tensor_bytes
+
+        if self.paging is not None:
+            from ..act.pages import paged_kv_bytes
+
+            return paged_kv_bytes(self, self.paging)
 
         return tensor_bytes(t for layer in self.layers if layer.is_initialized for t in _held(layer))
 

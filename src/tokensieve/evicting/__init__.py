@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import compat
 from ..act.compress import Plan
+from ..act.pages import Paging
 from ..cache import SieveCache
 from ..errors import BudgetError, TokenSieveError, UnknownMethodError
 from ..methods import Method, get_method
@@ -69,6 +70,7 @@ class DecodeCache(SieveCache):
         prefill_budget: int | None = None,
         **params: Any,
     ) -> None:
+        paging = Paging.pop(params)  # pages=P, page_layout=, page_agg=: evict whole pages (act.pages)
         m = get_method(method, **params)
         rule = decode_rule(m)
         check_decode_budget(budget)
@@ -92,7 +94,9 @@ class DecodeCache(SieveCache):
         layers = self.sieve_layers
         for layer in layers:
             new = EvictingLayer(layer.layer_idx, rule, budget, sinks, window, len(layers), plan)
+            new.paging = paging
             compat.set_cache_layer(self, layer.layer_idx, new)
+        self.paging = paging
 
     @property
     def evicting_layers(self) -> list[EvictingLayer]:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..act.evict import select
+from ..act.pages import Paging, pages_held, select_pages
 from ..cache import SieveLayer
 from ..methods import Method
 from ..observe import hooks
@@ -94,6 +95,7 @@ class EvictingLayer(SieveLayer):
         self.prompt_held = 0  # slots held by this layer during the prompt's forward, before it is cut
         self.peak_held = 0  # the most slots held while generating (inside a forward, before its eviction)
         self.on_step: Callable[[EvictingLayer], None] | None = None  # test/measure hook, after each eviction
+        self.paging: Paging | None = None  # whole pages: at most budget // size pages held (``act.pages``)
 
     @property
     def needs_tokensieve_attention(self) -> bool:
@@ -124,8 +126,8 @@ class EvictingLayer(SieveLayer):
         idx = None
         if self.prefill is not None and self.prefill.layer_budget(n_real) < self.n_held:
             k = min(self.prefill.layer_budget(n_real), self.budget)
-            idx = select(self.prefill.method.score(x), k, self.valid, *self.prefill.method.protected(k))
-        elif self.n_held > self.budget:
+            idx = self._select(self.prefill.method.score(x), k, *self.prefill.method.protected(k))
+        elif self._over_budget():
             idx = self._choose(state)
         self._keep(state, idx)
 
@@ -148,11 +150,21 @@ class EvictingLayer(SieveLayer):
             prompt_len=self.prompt_len,
         )
         state = self.rule.update(pad_state(self.state, q_len), step)
-        self._keep(state, self._choose(state) if self.n_held > self.budget else None)
+        self._keep(state, self._choose(state) if self._over_budget() else None)
 
     def _choose(self, state: State) -> Tensor:
         b, hkv, s = self.keys.shape[:3]
-        return select(self.rule.score(state).expand(b, hkv, s), self.budget, self.valid, self.sinks, self.window)
+        return self._select(self.rule.score(state).expand(b, hkv, s), self.budget, self.sinks, self.window)
+
+    def _select(self, scores: Tensor, k: int, sinks: int, window: int) -> Tensor:
+        if self.paging is None:
+            return select(scores, k, self.valid, sinks, window)
+        return select_pages(scores, k, self.valid, sinks, window, self.paging, self.token_index)
+
+    def _over_budget(self) -> bool:
+        if self.paging is None:
+            return self.n_held > self.budget
+        return int(pages_held(self, self.paging).max()) > self.paging.n_pages(self.budget)
 
     def _keep(self, state: State, idx: Tensor | None) -> None:
         if idx is not None:

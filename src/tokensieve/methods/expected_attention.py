@@ -45,7 +45,8 @@ class ExpectedAttention(Method):
 
     def score(self, x: ScoreInputs) -> Tensor:
         obs = x._obs("recent queries")
-        q, rows = obs.queries.float(), obs.rows  # [B, Hkv, G, n, D]
+        # a shared prefill may have observed more rows than this method asks for: use only its own last `queries`
+        q, rows = obs.queries[..., -self.queries :, :].float(), obs.rows[-self.queries :]  # [B, Hkv, G, n, D]
         t, inv = x.keys.shape[2], getattr(self, "_inv_freq", None)
         if inv is not None:
             q = rotate(q, ((t - rows).float()[:, None] * inv)[None, None, None].to(q.device))  # to position t

@@ -26,10 +26,10 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from tokensieve.bench.methods import MethodSpec, default_methods, parse_presses
-from tokensieve.bench.report import Results, fmt, mean
-from tokensieve.bench.runner import Config, parse_floats, parse_ints, run
-from tokensieve.tasks import expand_tasks
+from tokensieve.measure.bench.methods import MethodSpec, default_methods, parse_presses
+from tokensieve.measure.bench.report import Results, fmt, mean
+from tokensieve.measure.bench.runner import Config, parse_floats, parse_ints, run
+from tokensieve.measure.tasks import expand_tasks
 
 
 def configs(args: argparse.Namespace) -> dict[str, Config]:
@@ -108,7 +108,7 @@ def report(out: Path, command: str) -> Path:
             f"{fmt(us, 2)} | {fmt(ns, 2)} | {fmt(ss / fs, 2)} | {fmt(ns / ss, 1)} |"
         )
     # kvpress: wall per cell against tokensieve's cells for the matched specs
-    from tokensieve.bench.methods import PRESSES
+    from tokensieve.measure.bench.methods import PRESSES
 
     kv = sweep.select(engine="kvpress")
     one_shot = {(c["task"], c["length"], c["sample"], c["method"], c["keep"]): c for c in naive.cells}

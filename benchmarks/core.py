@@ -28,8 +28,8 @@ def cell(model_name: str, method: str, n_tokens: int, keep: float) -> dict:
     from transformers import DynamicCache
 
     import tokensieve as ts
-    from tokensieve.measure.memory import track_peak_rss
-    from tokensieve.tasks.passkey import passkey_context
+    from tokensieve.core.ops.memory import track_peak_rss
+    from tokensieve.runtime.passkey import passkey_context
 
     model, tok = ts.load_model(model_name, prepare=method != PLAIN)
     task = passkey_context(tok, n_tokens, 0.5, key="27183")
@@ -74,7 +74,7 @@ def main() -> None:
         return
 
     import tokensieve as ts
-    from tokensieve.measure.memory import mib
+    from tokensieve.core.ops.memory import mib
 
     methods = [PLAIN, *(args.methods.split(",") if args.methods else ts.method_ids())]
     rows = []

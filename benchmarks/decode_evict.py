@@ -44,7 +44,7 @@ def text_tokens(tok, topic: str, n: int) -> list[int]:
 
 def run(model, cache, prompt: torch.Tensor, forced: list[int], label: str) -> dict:
     """Feed ``prompt``, then each token of ``forced`` in its own forward; record argmax and NLL per step."""
-    from tokensieve.measure.memory import tensor_bytes
+    from tokensieve.core.ops.memory import tensor_bytes
 
     def kv_bytes() -> int:
         return tensor_bytes(t for layer in cache.layers if layer.is_initialized for t in (layer.keys, layer.values))
@@ -84,8 +84,8 @@ def main() -> None:
     from transformers import DynamicCache
 
     import tokensieve as ts
-    from tokensieve.evicting import DECODE_RULES, DecodeCache
-    from tokensieve.measure.memory import mib
+    from tokensieve.core.ops.memory import mib
+    from tokensieve.kv.evicting import DECODE_RULES, DecodeCache
 
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="smollm2")

@@ -22,7 +22,7 @@ import torch
 import tokensieve
 from tokensieve.explain import faithfulness as faith
 from tokensieve.explain import get_explainer, make_problem
-from tokensieve.tasks import get_task
+from tokensieve.measure.tasks import get_task
 
 DEFAULT = {
     "attention": {},

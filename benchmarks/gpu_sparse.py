@@ -33,7 +33,7 @@ def load_kernels():
     """The kernel and selection modules; standalone from their files if the package cannot be imported
     (the GPU machine may carry another transformers version; the kernels need only torch and Triton)."""
     try:
-        from tokensieve.sparse import kernels, select
+        from tokensieve.kv.sparse import kernels, select
 
         return kernels, select
     except Exception as e:  # pragma: no cover - depends on the machine
@@ -305,7 +305,7 @@ def integration_check(dev) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     import tokensieve as ts
-    from tokensieve.sparse import SparseCache, layer
+    from tokensieve.kv.sparse import SparseCache, layer
 
     cfg = LlamaConfig(
         vocab_size=1000,

@@ -54,7 +54,7 @@ def cell(args: argparse.Namespace, label: str, method: str, params: dict) -> dic
     from transformers import DynamicCache, StoppingCriteria
 
     import tokensieve as ts
-    from tokensieve.measure.memory import track_peak_rss
+    from tokensieve.core.ops.memory import track_peak_rss
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -71,7 +71,7 @@ def cell(args: argparse.Namespace, label: str, method: str, params: dict) -> dic
         if method != PLAIN:
             ts.prepare(model)
     else:
-        from tokensieve.tasks.passkey import passkey_context
+        from tokensieve.runtime.passkey import passkey_context
 
         model, tok = ts.load_model(args.model, prepare=method != PLAIN)
         fmt = ts.PromptFormat(tok)
@@ -159,7 +159,7 @@ def main() -> None:
         print(json.dumps(cell(args, label, method, params)))
         return
 
-    from tokensieve.measure.memory import mib
+    from tokensieve.core.ops.memory import mib
 
     only = None if args.only is None else set(args.only.split(","))
     out = Path(args.out)

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 import tokensieve as ts
-from tokensieve.act.quant import bytes_per_token
-from tokensieve.tasks.passkey import passkey_context
+from tokensieve.core.ops.quant import bytes_per_token
+from tokensieve.runtime.passkey import passkey_context
 
 KEYS = ["31147", "40507", "88213", "12958", "73920", "56081"]
 

@@ -10,7 +10,7 @@ QUESTION = "Write a long essay that continues the text above, in the same style,
 def continuation_ids(tok, n_tokens: int) -> torch.Tensor:
     """[1, ~n_tokens]: bundled essays (cycled) in the chat template, then the request to continue."""
     import tokensieve as ts
-    from tokensieve.tasks.corpus import paragraphs
+    from tokensieve.runtime.corpus import paragraphs
 
     fmt = ts.PromptFormat(tok)
     tail = fmt.question_ids(QUESTION)

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import tokensieve as ts
-from tokensieve.tasks.passkey import passkey_context
+from tokensieve.runtime.passkey import passkey_context
 
 KEYS = ["31147", "40507", "88213", "12958", "73920", "56081"]
 

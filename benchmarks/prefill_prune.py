@@ -34,7 +34,7 @@ DEPTHS = (0.1, 0.5, 0.9)
 def plain_ttft(model, ids: torch.Tensor) -> tuple[float, list[int]]:
     from transformers import DynamicCache
 
-    from tokensieve.decoding import _Meter
+    from tokensieve.kv.decoding import _Meter
 
     cache = DynamicCache(config=model.config)
     meter = _Meter(cache)
@@ -47,8 +47,8 @@ def plain_ttft(model, ids: torch.Tensor) -> tuple[float, list[int]]:
 
 def main() -> None:
     import tokensieve as ts
-    from tokensieve.measure.memory import cpu_threads
-    from tokensieve.tasks.passkey import passkey_context
+    from tokensieve.core.ops.memory import cpu_threads
+    from tokensieve.runtime.passkey import passkey_context
 
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="smollm2")

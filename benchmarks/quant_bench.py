@@ -29,11 +29,11 @@ VARIANTS = {  # name -> (method, rotate, weights)
 
 
 def run(args: argparse.Namespace) -> None:
-    from tokensieve.models import load_model
     from tokensieve.quantize.data import evaluation_windows
     from tokensieve.quantize.evaluate import compare, passkey
     from tokensieve.quantize.rotate import rotate
     from tokensieve.quantize.run import Recipe, quantize
+    from tokensieve.runtime.models import load_model
 
     torch.set_num_threads(1)
     full, tok = load_model(args.model)

@@ -10,9 +10,9 @@ import contextlib
 
 import torch
 
-from tokensieve.models import load_model
 from tokensieve.quantize.data import calibration_windows, evaluation_windows
 from tokensieve.quantize.gptq import Hessian, QuantSpec, gptq, layer_loss, rtn
+from tokensieve.runtime.models import load_model
 
 
 class _Stop(Exception):

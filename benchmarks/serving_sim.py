@@ -20,7 +20,7 @@ from pathlib import Path
 def main() -> None:
     from transformers import AutoConfig
 
-    from tokensieve.models import resolve
+    from tokensieve.runtime.models import resolve
     from tokensieve.serving import Policy, QualityTable, poisson_requests, simulate
 
     p = argparse.ArgumentParser()

@@ -51,9 +51,9 @@ def step_loop(model, cache, first_logits: torch.Tensor, n: int, forced: list[int
 
 def main() -> None:
     import tokensieve as ts
-    from tokensieve.measure.memory import cpu_threads
-    from tokensieve.sparse import SPARSE, SparseCache
-    from tokensieve.tasks.passkey import passkey_context
+    from tokensieve.core.ops.memory import cpu_threads
+    from tokensieve.kv.sparse import SPARSE, SparseCache
+    from tokensieve.runtime.passkey import passkey_context
 
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="smollm2")

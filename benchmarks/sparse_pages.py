@@ -23,9 +23,9 @@ from longprompt import continuation_ids
 def main() -> None:
     import tokensieve as ts
     from tokensieve.compat import with_cache
-    from tokensieve.measure.memory import cpu_threads
-    from tokensieve.sparse import SPARSE, SparseCache, get_sparse
-    from tokensieve.sparse.paged import SHARED_ACROSS_HEADS, PagedRead
+    from tokensieve.core.ops.memory import cpu_threads
+    from tokensieve.kv.sparse import SPARSE, SparseCache, get_sparse
+    from tokensieve.kv.sparse.paged import SHARED_ACROSS_HEADS, PagedRead
 
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="smollm2")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from tokensieve.models import resolve
+from tokensieve.runtime.models import resolve
 from tokensieve.train import rule as make_rule
 from tokensieve.train.data import EVAL_SEED_OFFSET, collate, encode, inject_noise, load_task
 from tokensieve.train.evaluate import answer_nll, exact_match, selection

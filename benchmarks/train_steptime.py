@@ -12,7 +12,7 @@ import time
 import torch
 from transformers import AutoModelForCausalLM
 
-from tokensieve.models import resolve
+from tokensieve.runtime.models import resolve
 from tokensieve.train.tokens import token_logprobs
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 import tokensieve
-from tokensieve.methods import get_method
-from tokensieve.pipeline import prefill
+from tokensieve.kv.methods import get_method
+from tokensieve.kv.pipeline import prefill
 
 DEFAULT = "kvzip,kvzip:chunk=256,kvzip:stride=4,kvzip+,expected_attention,keydiff,lagkv,surprise,snapkv,h2o"
 

@@ -18,14 +18,14 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import tokensieve as ts
 from conftest import COMMON, make_model
-from tokensieve.bench import cells as ev
-from tokensieve.bench.methods import PRESSES, MethodSpec, default_methods
-from tokensieve.bench.report import Results, write_summary
-from tokensieve.bench.runner import Config, load_done, run
 from tokensieve.cli import main
-from tokensieve.sparse import get_sparse
-from tokensieve.tasks import GROUPS, Item, Question, expand_tasks, get_task, score
-from tokensieve.tasks.ruler import spread_depth
+from tokensieve.kv.sparse import get_sparse
+from tokensieve.measure.bench import cells as ev
+from tokensieve.measure.bench.methods import PRESSES, MethodSpec, default_methods
+from tokensieve.measure.bench.report import Results, write_summary
+from tokensieve.measure.bench.runner import Config, load_done, run
+from tokensieve.measure.tasks import GROUPS, Item, Question, expand_tasks, get_task, score
+from tokensieve.measure.tasks.ruler import spread_depth
 
 VOCAB = 258  # 256 bytes + eos + pad
 
@@ -69,7 +69,7 @@ def test_scoring_rules():
 
 
 def test_fidelity_metrics_on_small_tensors():
-    from tokensieve.bench import metrics
+    from tokensieve.measure.bench import metrics
 
     torch.manual_seed(0)
     ref_logits = torch.randn(6, 11)
@@ -365,7 +365,7 @@ def test_report_and_plots(tiny_dir, tmp_path):
     summary = write_summary(out).read_text()
     assert "**full cache**" in summary and "| keep 0.5 | keep 0.25 |" in summary
     assert "snapkv" in summary and "h2o@pyramid" in summary and "KV MiB" in summary
-    from tokensieve.bench.plots import write_plots
+    from tokensieve.measure.bench.plots import write_plots
 
     names = {p.name for p in write_plots(out)}
     assert {"score_vs_keep.png", "needle_depth.png"} <= names
@@ -396,8 +396,8 @@ def test_kvpress_matched_presses_agree(tiny_dir):
     """The same cells through kvpress (its own environment and hooks) and tokensieve agree to float rounding.
     The context repeats no token: repeated tokens have equal key norms in layer 0 (RoPE keeps norms), and
     the two libraries break such exact ties differently (tokensieve keeps the later token)."""
-    from tokensieve.bench.kvpress_bridge import Bridge, available
-    from tokensieve.tasks import Sample
+    from tokensieve.measure.bench.kvpress_bridge import Bridge, available
+    from tokensieve.measure.tasks import Sample
 
     if available() is None:
         pytest.skip("kvpress environment not installed (scripts/setup_kvpress.sh)")
@@ -431,7 +431,7 @@ def test_kvpress_matched_presses_agree(tiny_dir):
 def smol_tok():
     from transformers import AutoTokenizer
 
-    from tokensieve.models import resolve
+    from tokensieve.runtime.models import resolve
 
     return AutoTokenizer.from_pretrained(resolve("smollm2"), local_files_only=True)
 

@@ -9,9 +9,9 @@ import pytest
 
 import tokensieve as ts
 from test_bench import byte_tok, tiny_llama  # noqa: F401 (byte_tok is a fixture)
-from tokensieve.bench.methods import MethodSpec
-from tokensieve.bench.runner import Config, run
-from tokensieve.tasks import expand_tasks
+from tokensieve.measure.bench.methods import MethodSpec
+from tokensieve.measure.bench.runner import Config, run
+from tokensieve.measure.tasks import expand_tasks
 
 
 def test_page_specs_parse_and_validate():

@@ -12,9 +12,9 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import tokensieve as ts
 from conftest import make_model, twin
-from tokensieve.cache import SieveCache, SieveLayer
 from tokensieve.compat import with_cache
-from tokensieve.observe.hooks import sieve_attention
+from tokensieve.core.observe.hooks import sieve_attention
+from tokensieve.kv.cache import SieveCache, SieveLayer
 
 T, Q = 40, 6
 # attention modifiers keep every token and change the prefill itself: tested in test_sinks.py
@@ -258,7 +258,7 @@ def test_several_questions_share_one_compressed_cache():
     model = ts.prepare(make_model("gemma3"))
     c = ts.compress(model, None, ids(18, T), "tova", keep=0.5)
     q1, q2 = ids(19, 3)[0].tolist(), ids(20, 5)[0].tolist()
-    from tokensieve.pipeline import _left_pad
+    from tokensieve.kv.pipeline import _left_pad
 
     qs, mask = _left_pad([q1, q2], 0)
     both = c.generate(qs, mask, max_new_tokens=4, min_new_tokens=4)
@@ -280,7 +280,7 @@ def test_observed_window_attention_equals_transformers_eager_weights(arch):
     with torch.inference_mode():
         weights = eager(ctx, output_attentions=True).attentions  # per layer [B, H, T, T]
     for layer in pre.cache.sieve_layers:
-        from tokensieve.score.inputs import ScoreInputs
+        from tokensieve.core.observe.inputs import ScoreInputs
 
         x = ScoreInputs(layer.keys, layer.values, layer.valid, pre.observations[layer.layer_idx])
         got = x.window_probs(8)  # [B, Hkv, G, 8, T]

@@ -10,8 +10,8 @@ import pytest
 import transformers
 
 from tokensieve import compat
-from tokensieve.bench import kvpress_bridge
 from tokensieve.cli import main
+from tokensieve.measure.bench import kvpress_bridge
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,11 +13,11 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 import tokensieve as ts
 from conftest import make_model, twin
 from tokensieve.compat import with_cache
-from tokensieve.evicting import DECODE_RULES, DecodeCache, decode_rule
-from tokensieve.evicting.rules import GumbelAccumulated
-from tokensieve.methods import get_method
-from tokensieve.observe.capture import Needs
-from tokensieve.score.inputs import ScoreInputs
+from tokensieve.core.observe.capture import Needs
+from tokensieve.core.observe.inputs import ScoreInputs
+from tokensieve.kv.evicting import DECODE_RULES, DecodeCache, decode_rule
+from tokensieve.kv.evicting.rules import GumbelAccumulated
+from tokensieve.kv.methods import get_method
 
 METHODS = list(DECODE_RULES)
 
@@ -56,7 +56,7 @@ def test_budget_holds_at_every_step(llama, method, lengths, budget, steps):
     seen: list[tuple[int, int, int]] = []
     for layer in cache.evicting_layers:
         layer.on_step = lambda layer: seen.append((layer.layer_idx, layer.n_held, layer.cumulative_length))
-    from tokensieve.pipeline import _left_pad
+    from tokensieve.kv.pipeline import _left_pad
 
     prompt, mask = _left_pad(rows, 0)
     mask = torch.ones_like(prompt) if mask is None else mask
@@ -96,7 +96,7 @@ def test_incremental_scores_equal_recomputed_scores(arch, padded, method, params
     """Nothing evicted: after the prompt, a 3-token forward and 5 single-token steps, each running score
     equals the method's score recomputed from scratch by a prefill over the whole sequence (every query,
     every key). The padded case runs two left-padded rows of different lengths."""
-    from tokensieve.pipeline import _left_pad
+    from tokensieve.kv.pipeline import _left_pad
 
     model = ts.prepare(make_model(arch))
     lengths = (20, 13) if padded else (20,)
@@ -225,7 +225,7 @@ def test_every_decode_method_generates_on_every_architecture(arch, method):
 @pytest.mark.parametrize("method", ["h2o", "scissorhands", "tova"])
 def test_left_padded_batch_matches_rows_decoded_alone(llama, method):
     a, b = ids(8, 14)[0].tolist(), ids(9, 25)[0].tolist()
-    from tokensieve.pipeline import _left_pad
+    from tokensieve.kv.pipeline import _left_pad
 
     prompt, mask = _left_pad([a, b], 0)
     cache = DecodeCache(llama, method, budget=10)

@@ -11,8 +11,8 @@ import tokensieve as ts
 from conftest import make_model
 from tokensieve import compat
 from tokensieve.compat import with_cache
+from tokensieve.core.observe import hooks
 from tokensieve.errors import EngagementError, TokenSieveError
-from tokensieve.observe import hooks
 
 
 def ids(seed: int, n: int) -> torch.Tensor:
@@ -78,7 +78,7 @@ def test_compress_raises_when_attention_bypasses_tokensieve(monkeypatch):
     model = make_model("llama")
     ts.prepare(model)
     monkeypatch.setattr(hooks, "prepare", lambda m: m)
-    monkeypatch.setattr("tokensieve.pipeline.prepare", lambda m: m)
+    monkeypatch.setattr("tokensieve.kv.pipeline.prepare", lambda m: m)
     model.set_attn_implementation("sdpa")
     with pytest.raises(TokenSieveError):  # the bind's stale check or the engagement check, whichever sees it first
         ts.compress(model, None, ids(3, 30), "h2o", keep=0.5)
@@ -122,7 +122,7 @@ class _Tok:
     "method, kw", [("h2o", {"budget": 12}), ("quest", {"read": 0.25}), ("lazyllm", {"keep": (0.75, 0.5, 0.25)})]
 )
 def test_decode_engages_and_raises_when_renamed(method, kw, monkeypatch):
-    from tokensieve.decoding import decode
+    from tokensieve.kv.decoding import decode
 
     model = make_model("llama")
     tok = _Tok()

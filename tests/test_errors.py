@@ -10,9 +10,9 @@ from transformers import Gemma2Config, Gemma2ForCausalLM, T5Config, T5ForConditi
 
 import tokensieve as ts
 from conftest import make_model
-from tokensieve.cache import SieveCache
 from tokensieve.cli import main
 from tokensieve.compat import with_cache
+from tokensieve.kv.cache import SieveCache
 
 CTX = torch.randint(3, 100, (1, 30), generator=torch.Generator().manual_seed(0))
 
@@ -108,8 +108,8 @@ def test_cli_empty_context_file(capsys, tmp_path):
 def test_cli_lists_methods_as_json(capsys):
     assert main(["methods", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    from tokensieve.prune import PRUNERS
-    from tokensieve.sparse import SPARSE
+    from tokensieve.kv.prune import PRUNERS
+    from tokensieve.kv.sparse import SPARSE
 
     ids = [r["id"] for r in rows if r["kind"] not in ("budget allocator", "attribution")]
     assert ids == [*ts.method_ids(), *SPARSE, *PRUNERS]  # every family, each under its kind

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from conftest import make_model, twin
+from tokensieve.core.observe.hooks import prepare
 from tokensieve.explain import EXPLAINERS, ExplainError, Problem, Target, get_explainer
 from tokensieve.explain import faithfulness as faith
 from tokensieve.explain.methods.reagent import ReAGent
 from tokensieve.explain.replace import BaselineReplacer, PredictionReplacer
 from tokensieve.explain.units import score_units, word_units
 from tokensieve.explain.verbalize import verbalize
-from tokensieve.observe.hooks import prepare
 
 CTX = slice(2, 18)
 

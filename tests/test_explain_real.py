@@ -9,7 +9,7 @@ import pytest
 
 import tokensieve as ts
 from tokensieve.cli import main
-from tokensieve.tasks.passkey import passkey_context
+from tokensieve.runtime.passkey import passkey_context
 
 pytestmark = pytest.mark.real
 

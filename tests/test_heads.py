@@ -12,12 +12,12 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import tokensieve as ts
 from conftest import make_model, twin
-from tokensieve.budget import AdaKV, ZipVL
-from tokensieve.budget.adakv import head_distributions
-from tokensieve.cache import SieveLayer
-from tokensieve.cache.ragged import RaggedLayer
 from tokensieve.compat import with_cache
-from tokensieve.observe.hooks import sieve_attention
+from tokensieve.core.observe.hooks import sieve_attention
+from tokensieve.kv.budget import AdaKV, ZipVL
+from tokensieve.kv.budget.adakv import head_distributions
+from tokensieve.kv.cache import SieveLayer
+from tokensieve.kv.cache.ragged import RaggedLayer
 
 T, Q = 40, 6
 
@@ -244,7 +244,7 @@ def test_ragged_left_padded_batch_matches_rows_compressed_alone():
         torch.testing.assert_close(got[row : row + 1], want, atol=1e-4, rtol=1e-3)
     # several left-padded questions on one ragged context agree with asking them one by one
     c = ts.compress(model, None, [b], "snapkv", budget=16, allocator="adakv", window=4)
-    from tokensieve.pipeline import _left_pad
+    from tokensieve.kv.pipeline import _left_pad
 
     q1, q2 = ids(19, 3)[0].tolist(), ids(20, 5)[0].tolist()
     qs, mask = _left_pad([q1, q2], 0)

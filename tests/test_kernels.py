@@ -16,8 +16,8 @@ pytest.importorskip("triton")
 
 
 def _checks() -> None:
-    from tokensieve.sparse import kernels
-    from tokensieve.sparse.select import page_minmax
+    from tokensieve.kv.sparse import kernels
+    from tokensieve.kv.sparse.select import page_minmax
 
     for page in (1, 16):
         gen = torch.Generator().manual_seed(page)

@@ -10,17 +10,17 @@ import pytest
 import torch
 
 from conftest import make_model
-from tokensieve.budget import AdaKV, Pyramid
-from tokensieve.budget.adakv import head_distributions
-from tokensieve.cache import SieveLayer
 from tokensieve.compat import mark_initialized, with_cache
-from tokensieve.evicting.layer import EvictingLayer
-from tokensieve.evicting.rules import AboveUniformHistory, DecodeRule, LastQuery, Step
-from tokensieve.methods import get_method
-from tokensieve.score.attention import gumbel_noise
-from tokensieve.score.inputs import ScoreInputs
-from tokensieve.sparse import SparseCache
-from tokensieve.sparse.base import Selection, SparseMethod
+from tokensieve.core.observe.inputs import ScoreInputs
+from tokensieve.core.scores.attention import gumbel_noise
+from tokensieve.kv.budget import AdaKV, Pyramid
+from tokensieve.kv.budget.adakv import head_distributions
+from tokensieve.kv.cache import SieveLayer
+from tokensieve.kv.evicting.layer import EvictingLayer
+from tokensieve.kv.evicting.rules import AboveUniformHistory, DecodeRule, LastQuery, Step
+from tokensieve.kv.methods import get_method
+from tokensieve.kv.sparse import SparseCache
+from tokensieve.kv.sparse.base import Selection, SparseMethod
 
 
 def _fill(layer: SieveLayer, t: int, h: int = 2, d: int = 32, seed: int = 0) -> SieveLayer:

@@ -10,12 +10,12 @@ from hypothesis import strategies as st
 
 import tokensieve as ts
 from conftest import make_model, twin
-from tokensieve.act.evict import protection_mask, select
-from tokensieve.act.pages import Paging, choose_pages, page_bytes, paged_kv_bytes, pages_held, select_pages
 from tokensieve.compat import with_cache
+from tokensieve.core.ops.memory import tensor_bytes
+from tokensieve.core.ops.select import protection_mask, select
 from tokensieve.errors import PageError
-from tokensieve.evicting import DecodeCache
-from tokensieve.measure.memory import tensor_bytes
+from tokensieve.kv.evicting import DecodeCache
+from tokensieve.kv.pages import Paging, choose_pages, page_bytes, paged_kv_bytes, pages_held, select_pages
 
 
 def rand_scores(seed: int, b: int, h: int, t: int) -> torch.Tensor:
@@ -256,7 +256,7 @@ def test_real_model_in_pages(smollm2):
     """SmolLM2 on a 600-token pass-key prompt (question inside, SnapKV's setting), one prefill compressed three
     ways at keep 0.25: in pages of 16 every layer holds whole pages and bytes are pages x page bytes; one-token
     pages per head are token granularity exactly."""
-    from tokensieve.tasks.passkey import passkey_context
+    from tokensieve.runtime.passkey import passkey_context
 
     model, tok = smollm2
     task = passkey_context(tok, 600, 0.5, key="40507")

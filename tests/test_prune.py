@@ -11,7 +11,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 import tokensieve as ts
 from conftest import make_model, twin
 from tokensieve.compat import with_cache
-from tokensieve.prune import PRUNERS, decoder_layers, prune
+from tokensieve.kv.prune import PRUNERS, decoder_layers, prune
 
 NON_SLIDING = ["llama", "mistral", "qwen2", "qwen3"]
 T = 40

@@ -10,10 +10,10 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import tokensieve as ts
 from conftest import make_model, twin
-from tokensieve.act.quant import bytes_per_token, error_bound, pack, quantize, unpack
-from tokensieve.cache.quantized import MixedLayer
 from tokensieve.compat import with_cache
-from tokensieve.measure.memory import tensor_bytes
+from tokensieve.core.ops.memory import tensor_bytes
+from tokensieve.core.ops.quant import bytes_per_token, error_bound, pack, quantize, unpack
+from tokensieve.kv.cache.quantized import MixedLayer
 
 T, Q = 40, 6
 
@@ -165,7 +165,7 @@ def test_mixed_cache_batches_padding_and_questions():
         # different codes than alone (attention is rotation-invariant, quantization is not)
         torch.testing.assert_close(got[row : row + 1], want, atol=5e-3, rtol=1e-2)
     c = ts.compress(model, None, [b], "zipcache_quant", keep=0.3)
-    from tokensieve.pipeline import _left_pad
+    from tokensieve.kv.pipeline import _left_pad
 
     q1, q2 = ids(19, 3)[0].tolist(), ids(20, 5)[0].tolist()
     qs, mask = _left_pad([q1, q2], 0)

@@ -14,7 +14,7 @@ import tokensieve as ts
 from conftest import plain_sdpa
 from tokensieve.cli import main
 from tokensieve.compat import with_cache
-from tokensieve.tasks.passkey import passkey_context
+from tokensieve.runtime.passkey import passkey_context
 
 pytestmark = pytest.mark.real
 

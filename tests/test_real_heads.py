@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import tokensieve as ts
-from tokensieve.cache.quantized import MixedLayer
-from tokensieve.cache.ragged import RaggedLayer
 from tokensieve.cli import main
-from tokensieve.tasks.passkey import passkey_context
+from tokensieve.kv.cache.quantized import MixedLayer
+from tokensieve.kv.cache.ragged import RaggedLayer
+from tokensieve.runtime.passkey import passkey_context
 
 pytestmark = pytest.mark.real
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import tokensieve as ts
-from tokensieve.tasks.ruler import NiahSingle
+from tokensieve.measure.tasks.ruler import NiahSingle
 
 pytestmark = pytest.mark.real
 

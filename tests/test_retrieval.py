@@ -11,13 +11,13 @@ import torch
 import tokensieve as ts
 from conftest import make_model
 from planted import planted_model
-from tokensieve.act.merge import merge_into
-from tokensieve.budget import ErrorProportional
-from tokensieve.cache.ragged import RaggedLayer
-from tokensieve.calibration import calibrate, calibration_path, get_calibration
 from tokensieve.compat import with_cache
-from tokensieve.methods.compresskv import srh_scores
-from tokensieve.observe.hooks import sieve_attention
+from tokensieve.core.observe.hooks import sieve_attention
+from tokensieve.core.ops.merge import merge_into
+from tokensieve.kv.budget import ErrorProportional
+from tokensieve.kv.cache.ragged import RaggedLayer
+from tokensieve.kv.calibration import calibrate, calibration_path, get_calibration
+from tokensieve.kv.methods.compresskv import srh_scores
 
 T = 40
 
@@ -92,7 +92,7 @@ def test_calibration_is_cached_per_model_in_a_file(calibration_dir, monkeypatch)
     assert path.parent == calibration_dir and not path.exists()
     first = get_calibration(model, quiet=True)
     assert path.exists()
-    from tokensieve import calibration as module
+    from tokensieve.kv import calibration as module
 
     module._loaded.clear()
     monkeypatch.setattr(module, "calibrate", lambda *a, **k: pytest.fail("recalibrated instead of loading"))

@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from oracle import full_attention, group_mean
-from tokensieve.act.evict import select
-from tokensieve.methods import get_method
-from tokensieve.observe.capture import Needs, observe, probe_rows
-from tokensieve.observe.stats import AboveUniform, AttnSum, GumbelSum
-from tokensieve.score.attention import gumbel_noise
-from tokensieve.score.inputs import ScoreInputs
+from tokensieve.core.observe.capture import Needs, observe, probe_rows
+from tokensieve.core.observe.inputs import ScoreInputs
+from tokensieve.core.observe.stats import AboveUniform, AttnSum, GumbelSum
+from tokensieve.core.ops.select import select
+from tokensieve.core.scores.attention import gumbel_noise
+from tokensieve.kv.methods import get_method
 
 B, H, HKV, T, D = 2, 4, 2, 40, 8
 SCALE = D**-0.5

@@ -7,10 +7,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokensieve.act.evict import protection_mask, select
-from tokensieve.budget import Pyramid, Uniform, get_allocator
+from tokensieve.core.ops.select import protection_mask, select
 from tokensieve.errors import UnknownMethodError
-from tokensieve.methods import get_method
+from tokensieve.kv.budget import Pyramid, Uniform, get_allocator
+from tokensieve.kv.methods import get_method
 
 
 def test_protected_tokens_always_win_and_padding_always_loses():

@@ -11,12 +11,12 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 import tokensieve as ts
 from conftest import make_model, twin
 from tokensieve.compat import with_cache
-from tokensieve.pipeline import _left_pad
-from tokensieve.sparse import SPARSE, SelectInputs, SparseCache, get_sparse
-from tokensieve.sparse.calibrate import LayerSample
-from tokensieve.sparse.double_sparsity import outlier_channels
-from tokensieve.sparse.fasa import dominant_chunks
-from tokensieve.sparse.select import (
+from tokensieve.kv.pipeline import _left_pad
+from tokensieve.kv.sparse import SPARSE, SelectInputs, SparseCache, get_sparse
+from tokensieve.kv.sparse.calibrate import LayerSample
+from tokensieve.kv.sparse.double_sparsity import outlier_channels
+from tokensieve.kv.sparse.fasa import dominant_chunks
+from tokensieve.kv.sparse.select import (
     block_means,
     channel_scores,
     exact_topk,

@@ -8,10 +8,10 @@ import torch
 
 import tokensieve as ts
 from conftest import make_model
-from tokensieve.act.evict import protection_mask
 from tokensieve.compat import with_cache
-from tokensieve.sparse import SPARSE, SparseCache, get_sparse
-from tokensieve.sparse.paged import PagedRead
+from tokensieve.core.ops.select import protection_mask
+from tokensieve.kv.sparse import SPARSE, SparseCache, get_sparse
+from tokensieve.kv.sparse.paged import PagedRead
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +50,6 @@ def test_pages_are_read_whole(llama, method, layout):
 
 
 def test_every_decoder_is_classified():
-    from tokensieve.sparse.paged import SHARED_ACROSS_HEADS
+    from tokensieve.kv.sparse.paged import SHARED_ACROSS_HEADS
 
     assert set(SPARSE) >= SHARED_ACROSS_HEADS

@@ -22,7 +22,7 @@ needs_gym = pytest.mark.skipif(importlib.util.find_spec("reasoning_gym") is None
 def tiny_dir(tmp_path_factory):
     from transformers import AutoTokenizer
 
-    from tokensieve.models import resolve
+    from tokensieve.runtime.models import resolve
 
     tok = AutoTokenizer.from_pretrained(resolve("smollm2"), local_files_only=True)
     torch.manual_seed(0)

@@ -7,10 +7,10 @@ import torch
 
 from conftest import make_model, twin
 from tokensieve import prepare
+from tokensieve.core.observe.full import reconstruction_scores, token_nll
 from tokensieve.errors import EmptyContextError
-from tokensieve.methods import get_method
-from tokensieve.observe.full import reconstruction_scores, token_nll
-from tokensieve.pipeline import compress, prefill
+from tokensieve.kv.methods import get_method
+from tokensieve.kv.pipeline import compress, prefill
 
 T = 37
 
@@ -115,7 +115,7 @@ def _kv(seed: int = 3, b: int = 2, hkv: int = 2, g: int = 2, t: int = 24, d: int
 
 
 def test_keydiff_is_negative_cosine_to_the_mean_key():
-    from tokensieve.score.inputs import ScoreInputs
+    from tokensieve.core.observe.inputs import ScoreInputs
 
     _, k, v = _kv()
     got = get_method("keydiff").score(ScoreInputs(k, v, None, None))
@@ -128,7 +128,7 @@ def test_keydiff_is_negative_cosine_to_the_mean_key():
 
 
 def test_lagkv_normalises_each_chunk_by_the_next():
-    from tokensieve.score.inputs import ScoreInputs
+    from tokensieve.core.observe.inputs import ScoreInputs
 
     _, k, v = _kv(t=22)
     lag = 5
@@ -145,8 +145,8 @@ def test_lagkv_normalises_each_chunk_by_the_next():
 
 
 def test_expected_attention_matches_monte_carlo():
-    from tokensieve.observe.capture import Needs, observe
-    from tokensieve.score.inputs import ScoreInputs
+    from tokensieve.core.observe.capture import Needs, observe
+    from tokensieve.core.observe.inputs import ScoreInputs
 
     q, k, v = _kv(t=12)
     m = get_method("expected_attention", queries=12, sinks=0)  # not bound: no RoPE rotation
@@ -167,7 +167,7 @@ def test_expected_attention_matches_monte_carlo():
 
 
 def test_expected_attention_rotation_is_rope():
-    from tokensieve.methods.expected_attention import rotate
+    from tokensieve.kv.methods.expected_attention import rotate
 
     q = torch.randn(3, 8)
     inv = torch.tensor([1.0, 0.1, 0.01, 0.001])
@@ -220,7 +220,7 @@ class _Tok:
 
 
 def test_unit_ids_follow_word_boundaries():
-    from tokensieve.act.spans import unit_ids
+    from tokensieve.core.ops.spans import unit_ids
 
     pieces = ["<s>", " The", " code", " is", " 7", "4", "2", "3", ".", " ok"]
     tok = _Tok(pieces)
@@ -232,7 +232,7 @@ def test_unit_ids_follow_word_boundaries():
 
 @pytest.mark.parametrize("budget", [1, 3, 5, 8, 13])
 def test_select_units_never_splits_and_never_exceeds(budget):
-    from tokensieve.act.spans import select_units
+    from tokensieve.core.ops.spans import select_units
 
     g = torch.Generator().manual_seed(budget)
     units = torch.tensor([[0, 1, 1, 1, 2, 3, 3, 4, 4, 4, 4, 5, 6, 6, 7, 8]])
@@ -260,7 +260,7 @@ def test_span_rule_needs_a_tokenizer():
 
 
 def test_span_with_a_tokenizer_keeps_whole_units():
-    from tokensieve.act.spans import unit_ids
+    from tokensieve.core.ops.spans import unit_ids
 
     model = prepare(make_model("llama"))
     pieces = ["<s>"] + [(" " if i % 3 == 0 else "") + "ab"[i % 2] for i in range(1, 128)]
@@ -279,7 +279,7 @@ def test_span_with_a_tokenizer_keeps_whole_units():
 
 
 def test_mixed_precision_takes_a_reconstruction_score_as_importance():
-    from tokensieve.cache.quantized import MixedLayer
+    from tokensieve.kv.cache.quantized import MixedLayer
 
     model = prepare(make_model("llama"))
     ids = _ids(8)

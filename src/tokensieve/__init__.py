@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from . import explain  # a callable package: tokensieve.explain(model, tok, ...) and tokensieve.explain.*
-from .budget import ALLOCATORS, get_allocator
-from .cache import SieveCache, SieveLayer
-from .decoding import DecodeAnswer, DecodeStats, decode
-from .errors import (
+from tokensieve import explain  # a callable package: tokensieve.explain(model, tok, ...) and tokensieve.explain.*
+from tokensieve.core.observe.hooks import prepare
+from tokensieve.errors import (
     BatchError,
     BudgetError,
     CalibrationError,
@@ -20,14 +18,16 @@ from .errors import (
     UnknownMethodError,
     UnsupportedArchitectureError,
 )
-from .evicting import DecodeCache
-from .methods import REGISTRY, Method, get_method, method_ids
-from .models import BUNDLED, DEFAULT_MODEL, load_model
-from .observe.hooks import prepare
-from .pipeline import Answer, Compressed, Prefill, Stats, compress, generate, prefill
-from .prompts import PromptFormat
-from .prune import prune
-from .sparse import SparseCache
+from tokensieve.kv.budget import ALLOCATORS, get_allocator
+from tokensieve.kv.cache import SieveCache, SieveLayer
+from tokensieve.kv.decoding import DecodeAnswer, DecodeStats, decode
+from tokensieve.kv.evicting import DecodeCache
+from tokensieve.kv.methods import REGISTRY, Method, get_method, method_ids
+from tokensieve.kv.pipeline import Answer, Compressed, Prefill, Stats, compress, generate, prefill
+from tokensieve.kv.prune import prune
+from tokensieve.kv.sparse import SparseCache
+from tokensieve.runtime.models import BUNDLED, DEFAULT_MODEL, load_model
+from tokensieve.runtime.prompts import PromptFormat
 
 __version__ = "0.1.0"
 

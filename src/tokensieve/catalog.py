@@ -8,12 +8,12 @@ from typing import Any
 def describe_all() -> list[dict[str, Any]]:
     """One row per method id: prefill eviction (marked when it also evicts while generating), sparse
     decoding, prefill pruning; then the budget allocators, which compose with every score."""
-    from .budget import ALLOCATORS
-    from .evicting import DECODE_RULES
-    from .explain import EXPLAINERS
-    from .methods import REGISTRY
-    from .prune import PRUNERS
-    from .sparse import SPARSE
+    from tokensieve.explain import EXPLAINERS
+    from tokensieve.kv.budget import ALLOCATORS
+    from tokensieve.kv.evicting import DECODE_RULES
+    from tokensieve.kv.methods import REGISTRY
+    from tokensieve.kv.prune import PRUNERS
+    from tokensieve.kv.sparse import SPARSE
 
     rows = []
     for cls in REGISTRY.values():

@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .budget import ALLOCATORS
-from .errors import TokenSieveError
+from tokensieve.errors import TokenSieveError
+from tokensieve.kv.budget import ALLOCATORS
 
 # rich falls back to 80 columns off a terminal; tables of answers want more
 console = Console(width=shutil.get_terminal_size((150, 40)).columns)
@@ -48,7 +48,7 @@ def _add_page_args(parser: argparse.ArgumentParser) -> None:
 
 def _page_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The page options as keywords, validated (a bad one exits 2 before the model loads)."""
-    from .act.pages import Paging
+    from tokensieve.kv.pages import Paging
 
     kw = {"pages": args.pages, "page_layout": args.page_layout, "page_agg": args.page_agg}
     kw = {k: v for k, v in kw.items() if v is not None}
@@ -57,7 +57,7 @@ def _page_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from .catalog import describe_all
+    from tokensieve.catalog import describe_all
 
     rows = describe_all()
     if args.json:
@@ -87,10 +87,10 @@ def _context(args: argparse.Namespace) -> str:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .act.compress import Plan
-    from .budget import get_allocator
-    from .models import load_model
-    from .pipeline import generate
+    from tokensieve.kv.budget import get_allocator
+    from tokensieve.kv.pipeline import generate
+    from tokensieve.kv.plan import Plan
+    from tokensieve.runtime.models import load_model
 
     params = {**dict(args.param or []), **_page_kwargs(args)}
     # fail fast on a bad method, allocator, parameter or keep, before loading the model
@@ -142,8 +142,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from .calibration import calibration_path, get_calibration
-    from .models import load_model
+    from tokensieve.kv.calibration import calibration_path, get_calibration
+    from tokensieve.runtime.models import load_model
 
     for name in ("induction", "echo"):
         if not 0.0 <= getattr(args, name) <= 1.0:
@@ -182,9 +182,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_sinks(args: argparse.Namespace) -> int:
-    from .models import load_model
-    from .observe.sinks import sink_map
-    from .tasks.passkey import passkey_context
+    from tokensieve.kv.sinks import sink_map
+    from tokensieve.runtime.models import load_model
+    from tokensieve.runtime.passkey import passkey_context
 
     if not 0.0 < args.epsilon <= 1.0:
         raise TokenSieveError(f"--epsilon {args.epsilon} must be an attention share in (0, 1], e.g. 0.3")
@@ -223,8 +223,8 @@ def cmd_sinks(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    from .decoding import decode, family_of
-    from .models import load_model
+    from tokensieve.kv.decoding import decode, family_of
+    from tokensieve.runtime.models import load_model
 
     params = dict(args.param or [])
     family = family_of(args.method)  # fail fast on a bad method before loading the model
@@ -292,37 +292,37 @@ def _count(text: str) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from tokensieve.demo import run_demo
 
     return run_demo(args.model, args.method, args.keep, args.tokens, args.depth, console)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench.cli import run_bench
+    from tokensieve.measure.bench.cli import run_bench
 
     return run_bench(args, console)
 
 
 def cmd_vision(args: argparse.Namespace) -> int:
-    from .vision.cli import run_vision
+    from tokensieve.vision.cli import run_vision
 
     return run_vision(args, console)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from .explain.cli import run_explain
+    from tokensieve.explain.cli import run_explain
 
     return run_explain(args, console, _context(args))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train.cli import run as run_train
+    from tokensieve.train.cli import run as run_train
 
     return run_train(args, console)
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from .quantize.cli import run_quantize
+    from tokensieve.quantize.cli import run_quantize
 
     return run_quantize(args, console)
 
@@ -423,31 +423,31 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--depth", type=float, default=0.5)
     d.set_defaults(func=cmd_demo)
 
-    from .bench.cli import add_arguments
+    from tokensieve.measure.bench.cli import add_arguments
 
     b = sub.add_parser("bench", help="rank methods on offline long-context tasks: prefill once, compress many")
     add_arguments(b)
     b.set_defaults(func=cmd_bench)
 
-    from .vision.cli import add_arguments as add_vision_arguments
+    from tokensieve.vision.cli import add_arguments as add_vision_arguments
 
     v = sub.add_parser("vision", help="prune or merge an image's patch tokens inside a ViT; FLOPs, CLS cosine")
     add_vision_arguments(v, _keep)
     v.set_defaults(func=cmd_vision)
 
-    from .explain.cli import add_arguments as add_explain_arguments
+    from tokensieve.explain.cli import add_arguments as add_explain_arguments
 
     ex = sub.add_parser("explain", help="which context tokens an answer rests on, with faithfulness measured")
     add_explain_arguments(ex)
     ex.set_defaults(func=cmd_explain)
 
-    from .train.cli import add_arguments as add_train_arguments
+    from tokensieve.train.cli import add_arguments as add_train_arguments
 
     t = sub.add_parser("train", help="fine-tune with a token-weighting rule on an offline reasoning task")
     add_train_arguments(t)
     t.set_defaults(func=cmd_train)
 
-    from .quantize.cli import add_arguments as add_quantize_arguments
+    from tokensieve.quantize.cli import add_arguments as add_quantize_arguments
 
     qz = sub.add_parser("quantize", help="quantize weights (rtn, gptq, rsq), save as safetensors, --eval vs full")
     add_quantize_arguments(qz)

@@ -19,7 +19,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicS
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from .errors import EngagementError
+from tokensieve.errors import EngagementError
 
 TRANSFORMERS_VERSION: str = transformers.__version__
 # the floor and the newest release the test suite runs on (CI runs both; pyproject and README say the same)

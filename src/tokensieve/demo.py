@@ -8,11 +8,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .measure.memory import mib
-from .methods import get_method
-from .models import load_model
-from .pipeline import Stats, compress, generate, prefill
-from .tasks.passkey import passkey_context
+from tokensieve.core.ops.memory import mib
+from tokensieve.kv.methods import get_method
+from tokensieve.kv.pipeline import Stats, compress, generate, prefill
+from tokensieve.runtime.models import load_model
+from tokensieve.runtime.passkey import passkey_context
 
 
 def _row(table: Table, mode: str, answer: str, ok: bool, s: Stats) -> None:

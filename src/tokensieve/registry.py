@@ -6,23 +6,23 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, TypeVar
 
-from .errors import ParameterError, TokenSieveError, UnknownMethodError
+from tokensieve.errors import ParameterError, TokenSieveError, UnknownMethodError
 
 T = TypeVar("T")
 
 
 def _family_of(method: str) -> str | None:
-    from .budget import ALLOCATORS
-    from .methods import REGISTRY
-    from .prune import PRUNERS
-    from .sparse import SPARSE
+    from tokensieve.kv.budget import ALLOCATORS
+    from tokensieve.kv.methods import REGISTRY
+    from tokensieve.kv.prune import PRUNERS
+    from tokensieve.kv.sparse import SPARSE
 
     if method in REGISTRY:
         return "a prefill method: use tokensieve.compress / Compressed, or DecodeCache for decode eviction"
     if method in SPARSE:
         return "a sparse-decoding method: use tokensieve.decode or SparseCache"
     if method in PRUNERS:
-        return "a prefill-pruning method: use tokensieve.decode or tokensieve.prune"
+        return "a prefill-pruning method: use tokensieve.decode or tokensieve.kv.prune"
     if method in ALLOCATORS:
         return f"a budget allocator: pass allocator={method!r}"
     return None

@@ -9,20 +9,20 @@ from __future__ import annotations
 import sys
 import types
 
-from ..methods import REGISTRY as KV_REGISTRY
-from ..methods.base import Method
-from .api import explain, make_problem
-from .base import Explainer
-from .methods.attention import Attention
-from .methods.grad_x_input import GradXInput
-from .methods.integrated_gradients import IntegratedGradients
-from .methods.kvscore import KVScore, kv_explainer
-from .methods.occlusion import Occlusion
-from .methods.reagent import ReAGent
-from .methods.rollout import Rollout
-from .registry import EXPLAINERS, get_explainer
-from .result import Explanation
-from .target import ExplainError, Problem, Target
+from tokensieve.explain.api import explain, make_problem
+from tokensieve.explain.base import Explainer
+from tokensieve.explain.methods.attention import Attention
+from tokensieve.explain.methods.grad_x_input import GradXInput
+from tokensieve.explain.methods.integrated_gradients import IntegratedGradients
+from tokensieve.explain.methods.kvscore import KVScore, kv_explainer
+from tokensieve.explain.methods.occlusion import Occlusion
+from tokensieve.explain.methods.reagent import ReAGent
+from tokensieve.explain.methods.rollout import Rollout
+from tokensieve.explain.registry import EXPLAINERS, get_explainer
+from tokensieve.explain.result import Explanation
+from tokensieve.explain.target import ExplainError, Problem, Target
+from tokensieve.kv.methods import REGISTRY as KV_REGISTRY
+from tokensieve.kv.methods.base import Method
 
 
 def _scores_only(cls: type[Method]) -> bool:

@@ -9,13 +9,13 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..observe.hooks import prepare
-from ..prompts import PromptFormat, StopAtText, clean_answer
-from . import faithfulness as faith
-from .base import Explainer
-from .registry import get_explainer
-from .result import Explanation
-from .target import ExplainError, Problem, Target
+from tokensieve.core.observe.hooks import prepare
+from tokensieve.explain import faithfulness as faith
+from tokensieve.explain.base import Explainer
+from tokensieve.explain.registry import get_explainer
+from tokensieve.explain.result import Explanation
+from tokensieve.explain.target import ExplainError, Problem, Target
+from tokensieve.runtime.prompts import PromptFormat, StopAtText, clean_answer
 
 
 def baseline_token(tok: PreTrainedTokenizerBase) -> int:

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from .target import Problem
+from tokensieve.explain.target import Problem
 
 
 @dataclass

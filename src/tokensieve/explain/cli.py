@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .result import Explanation
-from .target import ExplainError
+from tokensieve.explain.result import Explanation
+from tokensieve.explain.target import ExplainError
 
 FAITH_COLUMNS = (
     "comprehensiveness",
@@ -83,8 +83,8 @@ def faith_table(ex: Explanation) -> Table:
 
 
 def run_explain(args: argparse.Namespace, console: Console, context: str) -> int:
-    from ..models import load_model
-    from . import EXPLAINERS, explain
+    from tokensieve.explain import EXPLAINERS, explain
+    from tokensieve.runtime.models import load_model
 
     methods = args.method or ["reagent"]
     unknown = [m for m in methods if m not in EXPLAINERS]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .target import Problem
+from tokensieve.explain.target import Problem
 
 KS = (1, 5, 10, 20, 50)
 

@@ -9,7 +9,7 @@ import json
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .result import Explanation
+    from tokensieve.explain.result import Explanation
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;max-width:1100px;color:#222}

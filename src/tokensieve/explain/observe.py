@@ -7,11 +7,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..cache import SieveCache, SieveLayer
-from ..compat import with_cache
-from ..observe.capture import LayerObservation, Needs, observe
-from ..observe.hooks import prepare
-from .target import ExplainError, Problem
+from tokensieve.compat import with_cache
+from tokensieve.core.observe.capture import LayerObservation, Needs, observe
+from tokensieve.core.observe.hooks import prepare
+from tokensieve.explain.target import ExplainError, Problem
+from tokensieve.kv.cache import SieveCache, SieveLayer
 
 
 def observed_prefill(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..registry import instantiate
-from .base import Explainer
+from tokensieve.explain.base import Explainer
+from tokensieve.registry import instantiate
 
 EXPLAINERS: dict[str, type[Explainer]] = {}
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .target import ExplainError, Problem
+from tokensieve.explain.target import ExplainError, Problem
 
 
 @contextmanager

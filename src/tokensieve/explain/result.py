@@ -7,9 +7,9 @@ from typing import Any
 
 from torch import Tensor
 
-from .target import ExplainError, Target
-from .units import Unit, score_units, spans, word_units
-from .verbalize import verbalize
+from tokensieve.explain.target import ExplainError, Target
+from tokensieve.explain.units import Unit, score_units, spans, word_units
+from tokensieve.explain.verbalize import verbalize
 
 
 @dataclass
@@ -68,7 +68,7 @@ class Explanation:
         }
 
     def to_html(self, path: str | None = None) -> str:
-        from .html import render
+        from tokensieve.explain.html import render
 
         html = render(self)
         if path is not None:

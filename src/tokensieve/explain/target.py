@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..errors import TokenSieveError
+from tokensieve.errors import TokenSieveError
 
 
 class ExplainError(TokenSieveError, ValueError):

@@ -3,7 +3,7 @@ their shares of the positive attribution mass and their line in the context (Fel
 
 from __future__ import annotations
 
-from .units import Unit, spans
+from tokensieve.explain.units import Unit, spans
 
 
 def _ref(u: Unit, n_lines: int) -> str:

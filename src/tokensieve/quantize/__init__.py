@@ -6,10 +6,10 @@ attention-concentration token weights. See ``docs/quantize.md``.
 
 from __future__ import annotations
 
-from .engine import QuantResult, quantize_gptq, quantize_rtn
-from .gptq import Quantized, QuantSpec, gptq, rtn
-from .rotate import RotationError, rotate
-from .weights import attncon, weight_source
+from tokensieve.quantize.engine import QuantResult, quantize_gptq, quantize_rtn
+from tokensieve.quantize.gptq import Quantized, QuantSpec, gptq, rtn
+from tokensieve.quantize.rotate import RotationError, rotate
+from tokensieve.quantize.weights import attncon, weight_source
 
 __all__ = [
     "QuantResult",

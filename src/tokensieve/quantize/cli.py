@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..errors import ParameterError
+from tokensieve.errors import ParameterError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,10 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_quantize(args: argparse.Namespace, console: Console) -> int:
-    from ..models import load_model
-    from .io import save
-    from .methods import get_quant_method
-    from .run import Recipe, quantize
+    from tokensieve.quantize.io import save
+    from tokensieve.quantize.methods import get_quant_method
+    from tokensieve.quantize.run import Recipe, quantize
+    from tokensieve.runtime.models import load_model
 
     m = get_quant_method(args.method)
     if not m.calibrated and (args.weights or args.rotate):
@@ -51,8 +51,8 @@ def run_quantize(args: argparse.Namespace, console: Console) -> int:
     out = {"method": args.method, "bits": args.bits, "group": args.group, "seconds": round(result.seconds, 1),
            "calib_tokens": result.tokens, "layers": len(result.layers), "file": str(path)}  # fmt: skip
     if args.eval:
-        from .data import evaluation_windows
-        from .evaluate import compare, passkey
+        from tokensieve.quantize.data import evaluation_windows
+        from tokensieve.quantize.evaluate import compare, passkey
 
         full, _ = load_model(args.model)
         with console.status("evaluating against full precision..."):

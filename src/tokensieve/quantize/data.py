@@ -11,8 +11,8 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from ..errors import CalibrationError
-from ..tasks.corpus import paragraphs
+from tokensieve.errors import CalibrationError
+from tokensieve.runtime.corpus import paragraphs
 
 
 def _topics() -> list[str]:

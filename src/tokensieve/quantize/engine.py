@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..compat import call_layer, decoder_layers, record_layer_calls
-from ..errors import CalibrationError
-from .gptq import Hessian, Quantized, QuantSpec, gptq, rtn
+from tokensieve.compat import call_layer, decoder_layers, record_layer_calls
+from tokensieve.errors import CalibrationError
+from tokensieve.quantize.gptq import Hessian, Quantized, QuantSpec, gptq, rtn
 
 Progress = Callable[[int, int], None]  # (layers done, layers in all)
 

@@ -14,9 +14,9 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from ..compat import logits_from_hidden
-from ..pipeline import prefill
-from ..tasks.passkey import passkey_context
+from tokensieve.compat import logits_from_hidden
+from tokensieve.kv.pipeline import prefill
+from tokensieve.runtime.passkey import passkey_context
 
 SLICE = 64
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..errors import ParameterError
+from tokensieve.errors import ParameterError
 
 BITS = (2, 3, 4, 8)
 BLOCK = 128  # lazy-batch width of GPTQ's column updates

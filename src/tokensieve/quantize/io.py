@@ -19,11 +19,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from ..errors import ModelNotFoundError
-from .engine import QuantResult
-from .gptq import Quantized
-from .rotate import rotate
-from .run import Recipe
+from tokensieve.errors import ModelNotFoundError
+from tokensieve.quantize.engine import QuantResult
+from tokensieve.quantize.gptq import Quantized
+from tokensieve.quantize.rotate import rotate
+from tokensieve.quantize.run import Recipe
 
 FILE = "quantized.safetensors"
 
@@ -55,7 +55,7 @@ def load(path: str | Path, base: nn.Module | None = None) -> tuple[nn.Module, ob
     full-precision model to load into (in place; tokenizer None), instead of loading the recorded one."""
     from safetensors import safe_open
 
-    from ..models import load_model
+    from tokensieve.runtime.models import load_model
 
     file = Path(path) / FILE
     if not file.exists():

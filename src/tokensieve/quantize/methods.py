@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import UnknownMethodError
+from tokensieve.errors import UnknownMethodError
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..errors import TokenSieveError
+from tokensieve.errors import TokenSieveError
 
 
 class RotationError(TokenSieveError, ValueError):

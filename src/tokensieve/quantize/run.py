@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from .data import calibration_windows
-from .engine import Progress, QuantResult, check_spec, quantize_gptq, quantize_rtn
-from .gptq import QuantSpec
-from .methods import get_quant_method
-from .rotate import rotate as rotate_model
-from .weights import weight_source
+from tokensieve.quantize.data import calibration_windows
+from tokensieve.quantize.engine import Progress, QuantResult, check_spec, quantize_gptq, quantize_rtn
+from tokensieve.quantize.gptq import QuantSpec
+from tokensieve.quantize.methods import get_quant_method
+from tokensieve.quantize.rotate import rotate as rotate_model
+from tokensieve.quantize.weights import weight_source
 
 
 @dataclass

@@ -14,13 +14,13 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from ..errors import CalibrationError, UnknownMethodError
-from ..methods import get_method, method_ids
-from ..observe.capture import Needs
-from ..observe.stats import AttnSum
-from ..pipeline import prefill
-from ..score.attention import visible_counts
-from ..score.inputs import ScoreInputs
+from tokensieve.core.observe.capture import Needs
+from tokensieve.core.observe.inputs import ScoreInputs
+from tokensieve.core.observe.stats import AttnSum
+from tokensieve.core.scores.attention import visible_counts
+from tokensieve.errors import CalibrationError, UnknownMethodError
+from tokensieve.kv.methods import get_method, method_ids
+from tokensieve.kv.pipeline import prefill
 
 WeightSource = Callable[[nn.Module, Tensor], Tensor]
 RANGE = (1.0, 3.0)

@@ -5,7 +5,7 @@ over time (``Request.arrival``), wait in a first-come-first-served queue, and ar
 has their prefill's peak free; after the prefill they keep reserved only what their decoding can still
 need (a guaranteed-no-evict scheduler: nothing is ever preempted, so the pool is never exceeded).
 
-A request's pages follow the page-granular rule of ``tokensieve.act.pages``. The prefill holds the whole
+A request's pages follow the page-granular rule of ``tokensieve.kv.pages``. The prefill holds the whole
 prompt (``prefill_peak="all"``, an engine hook after the context step) or one full layer at a time
 (``"layer"``, tokensieve's layer-by-layer compression); then compression frees all but
 ``max(1, round(keep * L) // P)`` pages per layer (the last one being the page being filled); every decode
@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..errors import TokenSieveError
+from tokensieve.errors import TokenSieveError
 
 
 class SimulatorError(TokenSieveError, ValueError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from .simulator import Request
+from tokensieve.serving.simulator import Request
 
 
 def poisson_requests(

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..registry import instantiate
-from .base import SFT, Rule, TokenBatch, TrainRuleError, weighted_nll
-from .context_reliance import ContextReliance
-from .critical import Critical, critical_margin, critical_weights, token_dpo_loss
-from .dft import DFT, dft_loss
-from .excess_loss import ExcessLoss, excess_loss_weights
-from .loss import token_batch, token_loss
-from .sstoken import SSToken, sstoken_score
-from .tokens import token_logprobs
-from .tshirt import TShirt
+from tokensieve.registry import instantiate
+from tokensieve.train.base import SFT, Rule, TokenBatch, TrainRuleError, weighted_nll
+from tokensieve.train.context_reliance import ContextReliance
+from tokensieve.train.critical import Critical, critical_margin, critical_weights, token_dpo_loss
+from tokensieve.train.dft import DFT, dft_loss
+from tokensieve.train.excess_loss import ExcessLoss, excess_loss_weights
+from tokensieve.train.loss import token_batch, token_loss
+from tokensieve.train.sstoken import SSToken, sstoken_score
+from tokensieve.train.tokens import token_logprobs
+from tokensieve.train.tshirt import TShirt
 
 RULES: dict[str, type[Rule]] = {
     r.id: r for r in (SFT, ExcessLoss, SSToken, DFT, Critical, TShirt, ContextReliance)  # type: ignore[type-abstract]

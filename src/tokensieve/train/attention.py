@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..compat import attention_layer_index, register_attention, sdpa_attention
-from ..errors import NotPreparedError
+from tokensieve.compat import attention_layer_index, register_attention, sdpa_attention
+from tokensieve.errors import NotPreparedError
 
 NAME = "tokensieve_train"
 _active = threading.local()

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ..errors import TokenSieveError
+from tokensieve.errors import TokenSieveError
 
 NEEDS = {"reference", "attention", "no_prompt", "perturbed"}
 

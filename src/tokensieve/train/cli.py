@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..errors import TokenSieveError
+from tokensieve.errors import TokenSieveError
 
 SETTINGS = ("method", "task", "steps", "model", "batch", "lr", "max_len", "train_layers", "noise", "seed", "bf16",
             "aux_steps")
@@ -55,7 +55,7 @@ def _params(items: list[str]) -> dict[str, float]:
 def load_trainable(name: str, train_layers: int) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..models import resolve
+    from tokensieve.runtime.models import resolve
 
     path = resolve(name)
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -100,10 +100,10 @@ def _plot(out: Path, state: dict) -> None:
 def run(args: argparse.Namespace, console: Any) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from . import rule as make_rule
-    from .data import EVAL_SEED_OFFSET, collate, encode, inject_noise, load_task, wrong_solution
-    from .evaluate import answer_nll, exact_match
-    from .loop import frozen_copy, make_optimizer, train
+    from tokensieve.train import rule as make_rule
+    from tokensieve.train.data import EVAL_SEED_OFFSET, collate, encode, inject_noise, load_task, wrong_solution
+    from tokensieve.train.evaluate import answer_nll, exact_match
+    from tokensieve.train.loop import frozen_copy, make_optimizer, train
 
     if args.steps < 1 or args.batch < 1:
         raise TokenSieveError(f"--steps {args.steps} / --batch {args.batch} must be positive integers")
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace, console: Any) -> int:
     groups = lambda items: (collate(items[i : i + args.batch], tok.pad_token_id)  # noqa: E731
                             for i in range(done * args.batch, len(items) - args.batch + 1, args.batch))
     if getattr(rule, "pairwise", False):
-        from .pairs import contrast_models, train_pairs
+        from tokensieve.train.pairs import contrast_models, train_pairs
 
         console.print(f"[tokensieve] critical: training the contrast models ({args.aux_steps} steps each)")
         aux = load_task(args.task, args.aux_steps * args.batch, args.seed + 7)

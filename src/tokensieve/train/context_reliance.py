@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from .base import Rule, TokenBatch
+from tokensieve.train.base import Rule, TokenBatch
 
 
 def context_reliance_weights(logp: Tensor, free_logp: Tensor, mask: Tensor, cap: float) -> Tensor:

@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Rule, TokenBatch
+from tokensieve.train.base import Rule, TokenBatch
 
 
 def critical_margin(pos_logp: Tensor, neg_logp: Tensor) -> Tensor:

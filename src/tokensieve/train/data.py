@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from ..errors import TokenSieveError
-from .tokens import IGNORE
+from tokensieve.errors import TokenSieveError
+from tokensieve.train.tokens import IGNORE
 
 TASKS = {
     "chain_sum": dict(min_terms=2, max_terms=3, min_digits=1, max_digits=2),

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from .base import Rule, TokenBatch
+from tokensieve.train.base import Rule, TokenBatch
 
 
 def dft_loss(logp: Tensor, mask: Tensor) -> Tensor:

@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from .base import Rule
-from .data import Example, collate, encode
-from .loss import token_batch
-from .tokens import IGNORE, token_logprobs
+from tokensieve.train.base import Rule
+from tokensieve.train.data import Example, collate, encode
+from tokensieve.train.loss import token_batch
+from tokensieve.train.tokens import IGNORE, token_logprobs
 
 ANSWER = re.compile(r"Answer:\s*(-?\d+)")
 

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from .base import Rule, TokenBatch, top_fraction
+from tokensieve.train.base import Rule, TokenBatch, top_fraction
 
 
 def excess_loss_weights(logp: Tensor, ref_logp: Tensor, mask: Tensor, k: float) -> Tensor:

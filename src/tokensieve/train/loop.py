@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from .base import Rule
-from .loss import token_loss
+from tokensieve.train.base import Rule
+from tokensieve.train.loss import token_loss
 
 
 def frozen_copy(model: Any) -> Any:

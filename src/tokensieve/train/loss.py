@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .attention import prompt_attention
-from .base import Rule, TokenBatch, TrainRuleError
-from .tokens import IGNORE, logprobs_from_hidden, shifted, token_logprobs
+from tokensieve.train.attention import prompt_attention
+from tokensieve.train.base import Rule, TokenBatch, TrainRuleError
+from tokensieve.train.tokens import IGNORE, logprobs_from_hidden, shifted, token_logprobs
 
 
 def prompt_lengths(labels: Tensor) -> Tensor:

@@ -11,10 +11,10 @@ from typing import Any
 
 import torch
 
-from .base import SFT, TokenBatch
-from .critical import Critical, critical_margin, critical_weights
-from .loop import StepLog, frozen_copy, make_optimizer, train
-from .tokens import token_logprobs
+from tokensieve.train.base import SFT, TokenBatch
+from tokensieve.train.critical import Critical, critical_margin, critical_weights
+from tokensieve.train.loop import StepLog, frozen_copy, make_optimizer, train
+from tokensieve.train.tokens import token_logprobs
 
 
 def contrast_models(model: Any, correct: Iterable[dict], incorrect: Iterable[dict], steps: int, lr: float,

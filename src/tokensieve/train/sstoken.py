@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from .base import Rule, TokenBatch, minmax, top_fraction
+from tokensieve.train.base import Rule, TokenBatch, minmax, top_fraction
 
 
 def sstoken_score(logp: Tensor, hist_logp: Tensor, attn: Tensor, mask: Tensor, gamma: float) -> Tensor:

@@ -12,9 +12,9 @@ from typing import Any
 
 from transformers import Trainer
 
-from .base import Rule
-from .loop import frozen_copy
-from .loss import token_loss
+from tokensieve.train.base import Rule
+from tokensieve.train.loop import frozen_copy
+from tokensieve.train.loss import token_loss
 
 
 class TokenSieveTrainer(Trainer):

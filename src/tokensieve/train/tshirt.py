@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .base import Rule, TokenBatch, top_fraction
+from tokensieve.train.base import Rule, TokenBatch, top_fraction
 
 
 def informative_tokens(logp: Tensor, free_logp: Tensor, mask: Tensor, q: float) -> Tensor:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from .api import Features, features, load_image, measure_flops, preprocess
-from .engine import Sieve
-from .methods import VISION_METHODS, VisionMethod, get_vision_method
-from .model import DEFAULT_VISION_MODEL, VisionModel, load_vision, wrap
+from tokensieve.vision.api import Features, features, load_image, measure_flops, preprocess
+from tokensieve.vision.engine import Sieve
+from tokensieve.vision.methods import VISION_METHODS, VisionMethod, get_vision_method
+from tokensieve.vision.model import DEFAULT_VISION_MODEL, VisionModel, load_vision, wrap
 
 __all__ = [
     "DEFAULT_VISION_MODEL", "VISION_METHODS", "Features", "Sieve", "VisionMethod", "VisionModel", "features",

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import ImageError
-from .engine import Sieve
-from .methods import get_vision_method
-from .model import VisionModel
-from .tokens import Tokens
+from tokensieve.errors import ImageError
+from tokensieve.vision.engine import Sieve
+from tokensieve.vision.methods import get_vision_method
+from tokensieve.vision.model import VisionModel
+from tokensieve.vision.tokens import Tokens
 
 
 @dataclass

@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
-from .api import features, measure_flops, preprocess
-from .data import fashion, load_photos, views
-from .methods import VISION_METHODS
-from .model import DEFAULT_VISION_MODEL, VisionModel, load_vision
+from tokensieve.vision.api import features, measure_flops, preprocess
+from tokensieve.vision.data import fashion, load_photos, views
+from tokensieve.vision.methods import VISION_METHODS
+from tokensieve.vision.model import DEFAULT_VISION_MODEL, VisionModel, load_vision
 
 KEEPS = (0.5, 0.35, 0.25, 0.75)
 

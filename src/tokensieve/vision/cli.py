@@ -9,10 +9,10 @@ from typing import Any
 import torch.nn.functional as F
 from rich.console import Console
 
-from ..errors import BudgetError
-from .api import features, load_image, measure_flops, preprocess
-from .methods import get_vision_method
-from .model import load_vision
+from tokensieve.errors import BudgetError
+from tokensieve.vision.api import features, load_image, measure_flops, preprocess
+from tokensieve.vision.methods import get_vision_method
+from tokensieve.vision.model import load_vision
 
 
 def add_arguments(p: argparse.ArgumentParser, keep_type: Any) -> None:
@@ -56,11 +56,11 @@ def run_vision(args: argparse.Namespace, console: Console) -> int:
         "cls_cosine": float(F.cosine_similarity(out.cls, base.cls).item()),
     }  # fmt: skip
     if out.saliency is not None:
-        from .bench import top_iou
+        from tokensieve.vision.bench import top_iou
 
         row["saliency_iou"] = float(top_iou(out.saliency, base.saliency).item())
     if args.plot:
-        from .report import draw_patches
+        from tokensieve.vision.report import draw_patches
 
         draw_patches(vm, image, [(args.method, out.state)], args.plot)
         row["plot"] = args.plot

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelNotFoundError
-from .api import load_image
+from tokensieve.errors import ModelNotFoundError
+from tokensieve.vision.api import load_image
 
 SKIMAGE = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "camera.png",
            "hubble_deep_field.jpg", "retina.jpg", "ihc.png", "moon.png", "grass.png", "brick.png"]  # fmt: skip

@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .. import compat
-from ..errors import NoClsTokenError, NotEngagedError
-from .methods.base import VisionMethod
-from .model import VisionModel
-from .tokens import Tokens, unmerge
+from tokensieve import compat
+from tokensieve.errors import NoClsTokenError, NotEngagedError
+from tokensieve.vision.methods.base import VisionMethod
+from tokensieve.vision.model import VisionModel
+from tokensieve.vision.tokens import Tokens, unmerge
 
 _active = threading.local()
 

@@ -22,8 +22,8 @@ from rich.console import Console
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import ModelNotFoundError
-from ..models import cache_dir
+from tokensieve.errors import ModelNotFoundError
+from tokensieve.runtime.models import cache_dir
 
 DEFAULT_VISION_MODEL = "dinov2-s-focus"
 ONNX_FILE = "models/vit_s_focus.onnx"

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .tokens import Tokens
+from tokensieve.vision.tokens import Tokens
 
 
 def draw_patches(vm: Any, image: np.ndarray, states: list[tuple[str, Tokens | None]], out: str | Path) -> None:
@@ -19,7 +19,7 @@ def draw_patches(vm: Any, image: np.ndarray, states: list[tuple[str, Tokens | No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .api import preprocess
+    from tokensieve.vision.api import preprocess
 
     x = preprocess(vm, image)[0]
     pic = (x * torch.tensor(vm.std)[:, None, None] + torch.tensor(vm.mean)[:, None, None]).clamp(0, 1)
@@ -60,10 +60,10 @@ def draw_patches(vm: Any, image: np.ndarray, states: list[tuple[str, Tokens | No
 
 def patches_figure(path: Path, model: str, keep: float = 0.35, photo: str = "astronaut.png") -> None:
     """Which patches each method keeps or merges on one photo at ``keep``."""
-    from .api import features, load_image, preprocess
-    from .data import photo_paths
-    from .methods import VISION_METHODS
-    from .model import load_vision
+    from tokensieve.vision.api import features, load_image, preprocess
+    from tokensieve.vision.data import photo_paths
+    from tokensieve.vision.methods import VISION_METHODS
+    from tokensieve.vision.model import load_vision
 
     vm = load_vision(model)
     src = next(p for p in photo_paths() if p.name == photo)

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..base import Explainer
-from ..target import Problem
+from tokensieve.explain.base import Explainer
+from tokensieve.explain.target import Problem
 
 
 def context_gradient(problem: Problem, embeds: Tensor) -> Tensor:

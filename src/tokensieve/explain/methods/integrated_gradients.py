@@ -5,9 +5,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..base import Explainer
-from ..target import ExplainError, Problem
-from .grad_x_input import context_gradient
+from tokensieve.explain.base import Explainer
+from tokensieve.explain.methods.grad_x_input import context_gradient
+from tokensieve.explain.target import ExplainError, Problem
 
 
 @dataclass

@@ -6,11 +6,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ...methods import get_method
-from ...score.inputs import ScoreInputs
-from ..base import Explainer
-from ..observe import observed_prefill
-from ..target import Problem
+from tokensieve.core.observe.inputs import ScoreInputs
+from tokensieve.explain.base import Explainer
+from tokensieve.explain.observe import observed_prefill
+from tokensieve.explain.target import Problem
+from tokensieve.kv.methods import get_method
 
 
 @dataclass

@@ -6,9 +6,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..base import Explainer
-from ..replace import PredictionReplacer
-from ..target import ExplainError, Problem
+from tokensieve.explain.base import Explainer
+from tokensieve.explain.replace import PredictionReplacer
+from tokensieve.explain.target import ExplainError, Problem
 
 
 @dataclass

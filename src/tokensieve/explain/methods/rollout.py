@@ -5,11 +5,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ...observe.capture import Needs
-from ...score.attention import attention_probs
-from ..base import Explainer
-from ..observe import observed_prefill, target_rows
-from ..target import Problem
+from tokensieve.core.observe.capture import Needs
+from tokensieve.core.scores.attention import attention_probs
+from tokensieve.explain.base import Explainer
+from tokensieve.explain.observe import observed_prefill, target_rows
+from tokensieve.explain.target import Problem
 
 
 @dataclass

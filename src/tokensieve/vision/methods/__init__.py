@@ -5,18 +5,18 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
-from ...errors import ParameterError, UnknownMethodError
-from .base import VisionMethod
-from .cls import ClsAttention
-from .divprune import DivPrune
-from .downsample import Downsample
-from .fourier import Fourier
-from .hired import HiRED
-from .pitome import PiToMe
-from .random import RandomPrune
-from .tome import ToMe
-from .transprune import TransPrune
-from .zero_tprune import ZeroTPrune
+from tokensieve.errors import ParameterError, UnknownMethodError
+from tokensieve.vision.methods.base import VisionMethod
+from tokensieve.vision.methods.cls import ClsAttention
+from tokensieve.vision.methods.divprune import DivPrune
+from tokensieve.vision.methods.downsample import Downsample
+from tokensieve.vision.methods.fourier import Fourier
+from tokensieve.vision.methods.hired import HiRED
+from tokensieve.vision.methods.pitome import PiToMe
+from tokensieve.vision.methods.random import RandomPrune
+from tokensieve.vision.methods.tome import ToMe
+from tokensieve.vision.methods.transprune import TransPrune
+from tokensieve.vision.methods.zero_tprune import ZeroTPrune
 
 VISION_METHODS: dict[str, type[VisionMethod]] = {
     m.id: m

@@ -8,8 +8,8 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from ...errors import BudgetError, InvalidKeepError, check_keep
-from ..tokens import Tokens, prune
+from tokensieve.errors import BudgetError, InvalidKeepError, check_keep
+from tokensieve.vision.tokens import Tokens, prune
 
 
 @dataclass

@@ -4,8 +4,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ..tokens import Tokens
-from .base import VisionMethod, cls_attention
+from tokensieve.vision.methods.base import VisionMethod, cls_attention
+from tokensieve.vision.tokens import Tokens
 
 
 @dataclass

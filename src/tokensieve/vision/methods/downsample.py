@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..tokens import Tokens
-from .base import VisionMethod
+from tokensieve.vision.methods.base import VisionMethod
+from tokensieve.vision.tokens import Tokens
 
 
 @dataclass

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..tokens import Tokens, prune
-from .base import VisionMethod, cls_attention
+from tokensieve.vision.methods.base import VisionMethod, cls_attention
+from tokensieve.vision.tokens import Tokens, prune
 
 
 def split_budget(weights: Tensor, caps: Tensor, k: int) -> Tensor:

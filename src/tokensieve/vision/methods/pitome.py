@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..tokens import Tokens
-from .tome import ToMe
+from tokensieve.vision.methods.tome import ToMe
+from tokensieve.vision.tokens import Tokens
 
 
 def energy(keys: Tensor, margin: float, alpha: float = 1.0) -> Tensor:

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..tokens import Tokens
-from .base import VisionMethod
+from tokensieve.vision.methods.base import VisionMethod
+from tokensieve.vision.tokens import Tokens
 
 
 @dataclass

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ...errors import BudgetError
-from ..tokens import Tokens, merge
-from .base import VisionMethod
+from tokensieve.errors import BudgetError
+from tokensieve.vision.methods.base import VisionMethod
+from tokensieve.vision.tokens import Tokens, merge
 
 
 @dataclass

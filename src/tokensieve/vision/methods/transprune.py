@@ -5,8 +5,8 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..tokens import Tokens
-from .base import VisionMethod, cls_attention
+from tokensieve.vision.methods.base import VisionMethod, cls_attention
+from tokensieve.vision.tokens import Tokens
 
 
 def transition_variation(prev: Tensor, now: Tensor) -> Tensor:

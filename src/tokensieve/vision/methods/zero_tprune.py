@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..tokens import Tokens, prune
-from .base import VisionMethod
+from tokensieve.vision.methods.base import VisionMethod
+from tokensieve.vision.tokens import Tokens, prune
 
 
 def attention_pagerank(q: Tensor, k: Tensor, scale: float, bias: Tensor | None, iters: int, chunk: int = 64) -> Tensor:

@@ -1,0 +1,101 @@
+"""Observations that need the whole prefilled cache (or the prefill's final hidden states) at once.
+
+Eviction during the prefill sees one layer at a time; these passes run after it, on a fork of the full
+cache: KVzip's context reconstruction (the attention a model pays to its cache while it repeats the
+context) and the context's own token surprise (NLL). Both are chunked: no T x T matrix, no [T, vocab].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from tokensieve.compat import with_cache
+from tokensieve.core.scores.attention import attention_probs, group_queries
+from tokensieve.errors import EmptyContextError
+
+
+def reconstruction_scores(
+    model: torch.nn.Module,
+    cache,
+    context_ids: Tensor,
+    context_mask: Tensor | None,
+    prompt_ids: Sequence[int],
+    chunk: int = 512,
+    stride: int = 1,
+    query_chunk: int = 256,
+    sample: float = 1.0,
+) -> dict[int, Tensor]:
+    """Per full-attention layer ``[B, Hkv, T]``: the max over reconstruction queries (and over the query heads
+    of each GQA group) of the attention they pay to each cached context slot.
+
+    Each chunk of the context is teacher-forced after ``prompt_ids`` on its own fork of the prefilled cache
+    (the cache is never changed), so a chunk attends to the whole context plus the prompt and itself. The pass
+    computes its layers' attention itself (eager, fp32, ``query_chunk`` rows per softmax block) so that one
+    softmax gives both the output and the score. Only every ``stride``-th reconstruction query is scored, and
+    with ``sample`` < 1 only that fraction of the chunks is reconstructed (evenly spread; the cost falls with it,
+    and a skipped chunk's slots score only by what the reconstructed chunks' queries pay them).
+    """
+    b, t = context_ids.shape
+    if t == 0:
+        raise EmptyContextError("kvzip needs a context to reconstruct: the context is empty")
+    prompt = torch.tensor(list(prompt_ids), dtype=torch.long).expand(b, -1)
+    out: dict[int, Tensor] = {}
+    state = {"n": 0}  # reconstruction rows in the current forward (the rows after the prompt)
+
+    def attend(layer, query: Tensor, value: Tensor, scaling: float) -> tuple[Tensor, None]:
+        # one softmax serves both the layer's output (eager attention, the teacher-forced forward) and the score
+        b_, h, n, d = query.shape
+        hkv = layer.keys.shape[1]
+        q = group_queries(query, hkv).float()
+        score = out.setdefault(layer.layer_idx, torch.zeros(b, hkv, t, device=query.device))
+        base = layer.n_held - n  # the token index of the first new row
+        first = n - state["n"]  # rows before this are the prompt's: not reconstruction queries
+        outs = []
+        for lo in range(0, n, query_chunk):
+            rows = torch.arange(lo, min(n, lo + query_chunk), device=query.device)
+            probs = attention_probs(q[:, :, :, rows], layer.keys.float(), rows + base, layer.valid, scaling)
+            outs.append(torch.matmul(probs, value[:, :, None, : probs.shape[-1]].float()))  # keys past a row unseen
+            picked = probs[:, :, :, ((rows >= first) & ((rows - first) % stride == 0)).nonzero().flatten()]
+            if picked.shape[3]:
+                torch.maximum(score, picked[..., :t].amax(dim=(2, 3)), out=score)
+        o = torch.cat(outs, 3).reshape(b_, h, n, d).to(query.dtype)
+        return o.transpose(1, 2).contiguous(), None
+
+    for i, lo in enumerate(range(0, t, chunk)):
+        if int((i + 1) * sample) == int(i * sample):  # chunk i is not among the sampled ones
+            continue
+        hi = min(t, lo + chunk)
+        state["n"] = hi - lo
+        fork = cache.fork()
+        for layer in fork.sieve_layers:
+            layer.attend_with = attend
+        ids = torch.cat([prompt, context_ids[:, lo:hi]], -1)
+        kw = {}
+        if context_mask is not None:
+            ones = torch.ones(b, prompt.shape[1], dtype=context_mask.dtype)
+            kw["attention_mask"] = torch.cat([context_mask, ones, context_mask[:, lo:hi]], -1).to(model.device)
+        with torch.inference_mode():
+            model(**with_cache(model, fork, input_ids=ids.to(model.device), use_cache=True, logits_to_keep=1, **kw))
+    if not out:
+        raise RuntimeError("the reconstruction pass observed no layer: is the model prepared (tokensieve.prepare)?")
+    return out
+
+
+def token_nll(model: torch.nn.Module, hidden: Tensor, ids: Tensor, chunk: int = 256) -> Tensor:
+    """``-log p(x_t | x_<t)`` ``[B, T]`` from the final (normed) hidden states ``[B, T, d]``, through the output
+    embedding ``chunk`` rows at a time (never a [T, vocab] tensor). The first token, which nothing predicts,
+    gets its row's largest NLL (it is the sink: keep it)."""
+    head = model.get_output_embeddings()
+    b, t = ids.shape
+    nll = torch.zeros(b, t, dtype=torch.float32, device=hidden.device)
+    with torch.inference_mode():
+        for lo in range(0, t - 1, chunk):
+            hi = min(t - 1, lo + chunk)
+            logits = head(hidden[:, lo:hi]).float()
+            target = ids[:, lo + 1 : hi + 1].to(logits.device)
+            nll[:, lo + 1 : hi + 1] = torch.logsumexp(logits, -1) - logits.gather(-1, target[..., None])[..., 0]
+    nll[:, 0] = nll[:, 1:].amax(-1) if t > 1 else 0.0
+    return nll

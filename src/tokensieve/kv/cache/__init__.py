@@ -1,0 +1,6 @@
+"""Cache layouts: a transformers ``Cache`` whose layers shrink, and the layers themselves."""
+
+from tokensieve.kv.cache.layers import CompactSlidingLayer, SieveLayer
+from tokensieve.kv.cache.sieve import SieveCache
+
+__all__ = ["CompactSlidingLayer", "SieveCache", "SieveLayer"]

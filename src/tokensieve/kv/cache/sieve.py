@@ -1,0 +1,104 @@
+"""A transformers ``Cache`` whose full-attention layers can be compressed.
+
+Sliding-window layers are left as transformers builds them (they already bound their size), except
+that their prefill view is copied out so its memory is released.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from transformers.cache_utils import DynamicCache
+
+from tokensieve import compat
+from tokensieve.core.observe import hooks
+from tokensieve.errors import UnsupportedArchitectureError
+from tokensieve.kv.cache.layers import CompactSlidingLayer, SieveLayer
+
+
+class SieveCache(DynamicCache):
+    """A ``DynamicCache`` with ``SieveLayer`` for every full-attention layer.
+
+    Build it from a model to compress while generating (``SieveCache(model, method="snapkv", keep=0.25)``
+    compresses the prompt at the end of the prefill, layer by layer), or let ``tokensieve.compress`` and
+    ``tokensieve.prefill`` build one for you.
+    """
+
+    def __init__(
+        self,
+        model_or_config,
+        method=None,
+        *,
+        keep: float | None = None,
+        budget: int | None = None,
+        allocator="uniform",
+        **method_params,
+    ) -> None:
+        config = getattr(model_or_config, "config", model_or_config)
+        if not isinstance(config, compat.PreTrainedConfig):
+            raise TypeError("SieveCache needs a model or its config")
+        if config is not model_or_config:
+            hooks.prepare(model_or_config)
+        text = config.get_text_config(decoder=True)
+        types, kwargs = compat.layer_types_and_kwargs(text)
+        layers = []
+        for i, (kind, kw) in enumerate(zip(types, kwargs, strict=True)):
+            if kind == "full_attention":
+                layers.append(SieveLayer(i))
+            elif kind == "sliding_attention":
+                layers.append(CompactSlidingLayer(**kw))
+            else:
+                raise UnsupportedArchitectureError(f"cache layer type {kind!r} is not supported")
+        compat.init_cache_layers(self, layers)  # DynamicCache's own __init__ would build its own layers
+        self.config = text
+        if method is not None:
+            from tokensieve.kv.plan import Plan
+
+            plan = Plan.make(method, keep=keep, budget=budget, allocator=allocator, **method_params)
+            if config is not model_or_config:
+                plan.bind(model_or_config)
+            plan.attach(self)
+        elif keep is not None or budget is not None:
+            raise TypeError("keep/budget need a method")
+
+    paging = None  # an ``act.pages.Paging`` when compressed in whole pages: kv_bytes then counts pages
+
+    @property
+    def sieve_layers(self) -> list[SieveLayer]:
+        return [layer for layer in self.layers if isinstance(layer, SieveLayer)]
+
+    @property
+    def has_sliding_layers(self) -> bool:
+        return any(isinstance(layer, compat.SlidingLayer) for layer in self.layers)
+
+    def fork(self) -> SieveCache:
+        """A cheap copy that shares tensors: appending to it never touches this cache (updates rebind
+        new tensors, nothing is written in place), so one compressed context can serve many questions."""
+        out = copy.copy(self)
+        out.layers = [layer.fork() if isinstance(layer, SieveLayer) else copy.copy(layer) for layer in self.layers]
+        return out
+
+    def kv_bytes(self) -> int:
+        """Bytes actually held by the key and value tensors (their storages, counted once); for a paged cache,
+        what a paged engine holds (pages x page bytes, from the tensors' shapes and dtypes)."""
+        from tokensieve.core.ops.memory import tensor_bytes
+
+        if self.paging is not None:
+            from tokensieve.kv.pages import paged_kv_bytes
+
+            return paged_kv_bytes(self, self.paging)
+
+        return tensor_bytes(t for layer in self.layers if layer.is_initialized for t in _held(layer))
+
+    def tokens_held(self) -> list[float]:
+        """Slots held per KV head, per layer (the mean over heads for a ragged layer)."""
+        return [
+            (layer.tokens_per_head() if isinstance(layer, SieveLayer) else layer.keys.shape[-2])
+            if layer.is_initialized
+            else 0
+            for layer in self.layers
+        ]
+
+
+def _held(layer) -> list:
+    return layer.held_tensors() if isinstance(layer, SieveLayer) else [layer.keys, layer.values]

@@ -1,0 +1,49 @@
+"""Method registry: one small file per method, one entry here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tokensieve.kv.methods.a2sf import A2SF
+from tokensieve.kv.methods.base import Method
+from tokensieve.kv.methods.compresskv import CompressKV
+from tokensieve.kv.methods.ems import EMS
+from tokensieve.kv.methods.expected_attention import ExpectedAttention
+from tokensieve.kv.methods.h2o import H2O
+from tokensieve.kv.methods.keydiff import KeyDiff
+from tokensieve.kv.methods.keyformer import Keyformer
+from tokensieve.kv.methods.knorm import KNorm
+from tokensieve.kv.methods.kvzip import KVzip, KVzipPlus
+from tokensieve.kv.methods.lagkv import LagKV
+from tokensieve.kv.methods.mikv import MiKV, ZipCacheQuant
+from tokensieve.kv.methods.modifiers import ACT, ZeroTuning
+from tokensieve.kv.methods.random import Random
+from tokensieve.kv.methods.razor import Razor
+from tokensieve.kv.methods.scissorhands import Scissorhands
+from tokensieve.kv.methods.snapkv import SnapKV
+from tokensieve.kv.methods.span import Span
+from tokensieve.kv.methods.streaming import Streaming
+from tokensieve.kv.methods.surprise import Surprise
+from tokensieve.kv.methods.tova import TOVA
+from tokensieve.kv.methods.zipcache import ZipCache
+from tokensieve.registry import instantiate
+
+REGISTRY: dict[str, type[Method]] = {
+    cls.id: cls for cls in (Streaming, H2O, Scissorhands, A2SF, Keyformer, SnapKV, TOVA, KNorm, ZipCache, EMS, Random)
+}
+# keeping evicted information at low cost (the head-adaptive issue)
+REGISTRY.update({cls.id: cls for cls in (MiKV, ZipCacheQuant, Razor, CompressKV, ACT, ZeroTuning)})
+# question-unseen compression (issue 12)
+REGISTRY.update({cls.id: cls for cls in (KVzip, KVzipPlus, ExpectedAttention, KeyDiff, LagKV, Surprise, Span)})
+
+
+def method_ids() -> list[str]:
+    return list(REGISTRY)
+
+
+def get_method(method: str | Method, **params: Any) -> Method:
+    """A method instance from its id (with optional parameter overrides), or the instance itself."""
+    return instantiate(REGISTRY, Method, "method id", method, params)
+
+
+__all__ = ["REGISTRY", "Method", "get_method", "method_ids"]

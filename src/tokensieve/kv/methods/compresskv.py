@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from tokensieve.core.observe.capture import Needs
+from tokensieve.core.observe.inputs import ScoreInputs
+from tokensieve.core.scores.attention import pool_keys
+from tokensieve.errors import CalibrationError
+from tokensieve.kv.methods.base import Method
+
+
+def srh_scores(probs: Tensor, retrieval: Tensor, heads: int) -> Tensor:
+    """Window attention ``probs [B, Hkv, G, n, T]`` summed over rows, read only from the layer's ``heads``
+    strongest semantic retrieval heads (``retrieval [H]``, one score per query head). A GQA group's score is the
+    mean over its own retrieval heads; a group without one takes the mean over the layer's retrieval heads."""
+    b, hkv, g, _, t = probs.shape
+    top = retrieval.topk(min(heads, retrieval.numel())).indices.to(probs.device)
+    chosen = torch.zeros(hkv * g, dtype=torch.bool, device=probs.device)
+    chosen[top] = True
+    chosen = chosen.view(hkv, g)
+    summed = probs.sum(3)  # [B, Hkv, G, T]
+    layer = summed.reshape(b, hkv * g, t)[:, top].mean(1)  # [B, T]
+    own = (summed * chosen[None, :, :, None]).sum(2) / chosen.sum(1).clamp(min=1)[None, :, None]
+    return torch.where(chosen.any(1)[None, :, None], own, layer[:, None, :])
+
+
+@dataclass
+class CompressKV(Method):
+    """Semantic retrieval heads: ``tokensieve calibrate`` (run once per model, automatically on first use)
+    measures, on synthetic needle prompts, how much attention each query head's question and answer rows pay
+    to the needle and its surroundings. Here each layer's ``heads`` strongest such heads score the tokens
+    (SnapKV-style: attention of the last ``window`` prompt queries, summed, pooled with ``kernel``), and their
+    score is applied to their whole GQA group (a group without one uses the layer's). The observation window
+    is kept. Pair it with the ``compresskv`` allocator for the paper's error-proportional layer budgets."""
+
+    id = "compresskv"
+    paper = "CompressKV: Semantic Retrieval Heads Know What Tokens are Not Important Before Generation (2025)"
+    rule = "window attention from the layer's top calibrated retrieval heads only, per GQA group; window kept"
+    kind: ClassVar[str] = "prefill eviction (calibrated)"
+
+    window: float = 32
+    kernel: int = 7
+    heads: int = 2
+
+    def __post_init__(self) -> None:
+        self._cal = None
+
+    def bind(self, model: Any) -> None:
+        from tokensieve.kv.calibration import get_calibration
+
+        self._cal = get_calibration(model)
+
+    def needs(self) -> Needs:
+        return Needs(window=int(self.window))
+
+    def score(self, x: ScoreInputs) -> Tensor:
+        if self._cal is None:
+            raise CalibrationError(
+                "compresskv needs the model's calibration: compress through tokensieve.compress / prefill / "
+                "SieveCache(model, ...), which bind it (or call method.bind(model))"
+            )
+        retrieval = self._cal.retrieval[self._cal.row(x.layer_idx)]
+        probs = x.window_probs(int(self.window))
+        return pool_keys(srh_scores(probs, retrieval, self.heads), self.kernel)

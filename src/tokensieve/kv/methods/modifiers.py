@@ -1,0 +1,101 @@
+"""Attention modifiers: they keep the whole cache and change how attention is spread (ACT, ZeroTuning).
+They act on the prefill itself, so they are installed on the cache before it runs (``prepare_cache``)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch import Tensor
+
+from tokensieve import compat
+from tokensieve.core.observe.inputs import ScoreInputs
+from tokensieve.core.observe.stats import AttnSum, accumulate
+from tokensieve.core.scores.attention import visible_counts
+from tokensieve.errors import BudgetError
+from tokensieve.kv.methods.base import Method
+
+if TYPE_CHECKING:
+    from tokensieve.kv.cache import SieveCache
+    from tokensieve.kv.cache.biased import BiasedLayer
+
+
+class Modifier(Method):
+    kind: ClassVar[str] = "attention modifier"
+
+    def prepare_cache(self, cache: SieveCache) -> None:
+        from tokensieve.kv.cache.biased import BiasedLayer
+
+        for layer in cache.sieve_layers:
+            compat.set_cache_layer(cache, layer.layer_idx, BiasedLayer(layer.layer_idx, self.bias))
+
+    def bias(self, layer: BiasedLayer, query: Tensor, scaling: float) -> Tensor | None:
+        raise NotImplementedError
+
+    def score(self, x: ScoreInputs) -> Tensor:
+        raise BudgetError(f"{self.id} is an attention modifier and keeps every token: use keep=1.0")
+
+    def act(self, layer, x, budget, allocator, inplace):
+        raise BudgetError(f"{self.id} is an attention modifier and keeps every token: use keep=1.0")
+
+
+def first_real(valid: Tensor | None, batch: int, device) -> Tensor:
+    if valid is None:
+        return torch.zeros(batch, dtype=torch.long, device=device)
+    return valid.long().argmax(-1)
+
+
+@dataclass
+class ZeroTuning(Modifier):
+    """Scale the attention every query head pays to the initial token by ``gamma`` and renormalise (a logit bias
+    ``log(gamma)`` on that token), in layers ``first_layer`` and up. gamma < 1 takes mass from the sink and gives
+    it to the other tokens in proportion; gamma > 1 does the opposite. Head-specific tuning is left to the
+    user (one gamma for all heads here); the paper tunes it per head on unlabeled data."""
+
+    id = "zerotuning"
+    paper = "ZeroTuning: Unlocking the Initial Token's Power to Enhance Large Language Models Without Training (2025)"
+    rule = "attention to the initial token x gamma, renormalised, in every head of the chosen layers"
+
+    gamma: float = 0.6
+    first_layer: int = 0
+
+    def bias(self, layer: BiasedLayer, query: Tensor, scaling: float) -> Tensor | None:
+        if layer.layer_idx < self.first_layer:
+            return None
+        b, h, t, _ = query.shape
+        out = query.new_zeros(b, h, t, dtype=torch.float32)
+        first = first_real(layer.valid, b, query.device)
+        out[torch.arange(b), :, first] = math.log(self.gamma)
+        return out
+
+
+@dataclass
+class ACT(Modifier):
+    """Attention calibration: in every query head of layers ``first_layer`` and up, the tokens other than the
+    first that take a mean attention share >= ``epsilon`` (sinks in the middle of the sequence, measured over
+    all prompt queries in bounded chunks while the prefill runs) get their attention scaled by ``beta`` and the
+    rest renormalised. The sinks are found once per prompt at the prefill and kept for decoding."""
+
+    id = "act"
+    paper = "Unveiling and Harnessing Hidden Attention Sinks: Training-Free Attention Calibration (Yu et al., 2024)"
+    rule = "non-initial tokens with mean attention share >= epsilon: attention x beta, renormalised"
+
+    epsilon: float = 0.2
+    beta: float = 0.4
+    first_layer: int = 2
+    min_queries: int = 32
+
+    def bias(self, layer: BiasedLayer, query: Tensor, scaling: float) -> Tensor | None:
+        if layer.layer_idx < self.first_layer:
+            return None
+        b, h, t, d = query.shape
+        keys = layer.keys.repeat_interleave(h // layer.keys.shape[1], 1)
+        stat = AttnSum()
+        sums = accumulate([stat], query.view(b, h, 1, t, d), keys, layer.valid, scaling)[stat.key]
+        counts = visible_counts(torch.arange(t, device=query.device), t, layer.valid, b).clamp(min=1)
+        share = sums / counts[:, None, :]
+        sink = (share >= self.epsilon) & (counts >= min(self.min_queries, max(1, t // 2)))[:, None, :]
+        sink[torch.arange(b), :, first_real(layer.valid, b, query.device)] = False
+        return torch.where(sink, math.log(self.beta), 0.0)

@@ -1,0 +1,131 @@
+"""Score -> budget -> evict, for one layer or a whole cache."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor
+
+from tokensieve import compat
+from tokensieve.core.observe.capture import LayerObservation, observe
+from tokensieve.core.observe.inputs import ScoreInputs
+from tokensieve.core.ops.memory import tensor_bytes
+from tokensieve.errors import BudgetError, check_budget, check_keep
+from tokensieve.kv.budget import Allocator, get_allocator
+from tokensieve.kv.heads import evict_layer
+from tokensieve.kv.methods import Method, get_method
+from tokensieve.kv.pages import Paging, check_pageable, layer_paged_bytes, page_evict_layer
+
+if TYPE_CHECKING:
+    from tokensieve.kv.cache import SieveCache, SieveLayer
+
+
+def real_length(valid: Tensor | None, n_tokens: int) -> int:
+    """The longest row's number of real (non-padding) tokens."""
+    return n_tokens if valid is None else int(valid.sum(-1).max())
+
+
+@dataclass
+class Plan:
+    """A method with its budget: ``keep`` (fraction of the context) or ``budget`` (tokens per head)."""
+
+    method: Method
+    keep: float | None = None
+    budget: int | None = None
+    allocator: Allocator = field(default_factory=lambda: get_allocator("uniform"))
+    seconds: float = 0.0  # time spent observing and evicting inside the forward
+    full_bytes: int = 0  # bytes each layer held just before its eviction (measured)
+    pages: Paging | None = None  # evict whole pages (``pages=P, page_layout=, page_agg=`` keywords)
+
+    @classmethod
+    def make(
+        cls,
+        method: str | Method,
+        keep: float | None = None,
+        budget: int | None = None,
+        allocator: str | Allocator = "uniform",
+        **params: Any,
+    ) -> Plan:
+        paging = Paging.pop(params)
+        if (keep is None) == (budget is None):
+            raise BudgetError("give exactly one of keep (a fraction in (0, 1]) or budget (tokens per head)")
+        if keep is not None:
+            check_keep(keep)
+        elif not isinstance(budget, int) or budget < 1:
+            raise BudgetError(f"token budget {budget!r} must be a positive integer (tokens kept per head)")
+        plan = cls(get_method(method, **params), keep, budget, get_allocator(allocator), pages=paging)
+        if paging is not None:
+            check_pageable(plan.method, plan.allocator)
+        return plan
+
+    def mean_budget(self, n_tokens: int) -> int:
+        if self.keep is not None:
+            return max(1, min(n_tokens, round(self.keep * n_tokens)))
+        return check_budget(self.budget, n_tokens)
+
+    def layer_budgets(self, n_tokens: int, n_layers: int) -> list[int]:
+        return self.allocator.layer_budgets(self.mean_budget(n_tokens), n_layers, n_tokens)
+
+    def bind(self, model: Any) -> Plan:
+        """Give the method and allocator the model, for what they calibrate on it (cached per model)."""
+        self.method.bind(model)
+        self.allocator.bind(model)
+        return self
+
+    def attach(self, cache: SieveCache) -> None:
+        """Compress each full-attention layer right after its prefill attention (peak = one full layer)."""
+        prepare_cache = getattr(self.method, "prepare_cache", None)
+        if prepare_cache is not None:  # methods that change the prefill's attention itself install their layers
+            prepare_cache(cache)
+        layers = cache.sieve_layers
+        budgets: list[int] = []
+        cache.paging = self.pages
+
+        def on_attention(layer: SieveLayer, query: Tensor, scaling: float) -> None:
+            start = time.perf_counter()
+            if not budgets:
+                budgets.extend(self.layer_budgets(real_length(layer.valid, layer.n_held), len(layers)))
+            if self.pages is None:
+                self.full_bytes += tensor_bytes((layer.keys, layer.values))
+            else:
+                self.full_bytes += layer_paged_bytes(layer, self.pages)
+            obs = observe(self.method.needs(), query, layer.keys, layer.valid, scaling)
+            k = budgets[layers.index(layer)]
+            new = compress_layer(
+                layer, self.method, k, obs, len(layers), inplace=True, allocator=self.allocator, pages=self.pages
+            )
+            if new is not layer:  # another layout (ragged, mixed precision) replaces the layer
+                compat.set_cache_layer(cache, layer.layer_idx, new)
+            self.seconds += time.perf_counter() - start
+
+        for layer in layers:
+            layer.on_attention = on_attention
+
+
+def compress_layer(
+    layer: SieveLayer,
+    method: Method,
+    budget: int,
+    obs: LayerObservation | None,
+    n_layers: int = 1,
+    inplace: bool = False,
+    allocator: Allocator | None = None,
+    full: Tensor | None = None,
+    pages: Paging | None = None,
+) -> SieveLayer:
+    """Compress ``layer`` to ``budget`` tokens per head by ``method``'s score (a no-op if it fits): eviction
+    by default, with per-head budgets when ``allocator`` gives them; a method with its own ``act`` (merge,
+    quantize, retrieval heads) decides itself; ``pages`` evicts whole pages (``act.pages``). The result may be
+    a new layer of another layout."""
+    layer.on_attention = None
+    if budget >= layer.n_held:
+        return layer if inplace else layer.fork()
+    x = ScoreInputs(layer.keys, layer.values, layer.valid, obs, layer.layer_idx, n_layers, full)
+    if pages is not None:
+        return page_evict_layer(layer, method, method.score(x), budget, pages, allocator, inplace)
+    act = getattr(method, "act", None)
+    if act is not None:
+        return act(layer, x, budget, allocator, inplace)
+    return evict_layer(layer, method.score(x), budget, *method.protected(budget), allocator, inplace)

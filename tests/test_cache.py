@@ -14,7 +14,8 @@ import tokensieve as ts
 from conftest import make_model, twin
 from tokensieve.compat import with_cache
 from tokensieve.core.observe.hooks import sieve_attention
-from tokensieve.kv.cache import SieveCache, SieveLayer
+from tokensieve.kv.cache import SieveLayer
+from tokensieve.kv.plan import SieveCache
 
 T, Q = 40, 6
 # attention modifiers keep every token and change the prefill itself: tested in test_sinks.py
@@ -258,9 +259,9 @@ def test_several_questions_share_one_compressed_cache():
     model = ts.prepare(make_model("gemma3"))
     c = ts.compress(model, None, ids(18, T), "tova", keep=0.5)
     q1, q2 = ids(19, 3)[0].tolist(), ids(20, 5)[0].tolist()
-    from tokensieve.kv.pipeline import _left_pad
+    from tokensieve.runtime.encode import left_pad
 
-    qs, mask = _left_pad([q1, q2], 0)
+    qs, mask = left_pad([q1, q2], 0)
     both = c.generate(qs, mask, max_new_tokens=4, min_new_tokens=4)
     one = c.generate(torch.tensor([q1]), max_new_tokens=4, min_new_tokens=4)
     two = c.generate(torch.tensor([q2]), max_new_tokens=4, min_new_tokens=4)

@@ -56,9 +56,9 @@ def test_budget_holds_at_every_step(llama, method, lengths, budget, steps):
     seen: list[tuple[int, int, int]] = []
     for layer in cache.evicting_layers:
         layer.on_step = lambda layer: seen.append((layer.layer_idx, layer.n_held, layer.cumulative_length))
-    from tokensieve.kv.pipeline import _left_pad
+    from tokensieve.runtime.encode import left_pad
 
-    prompt, mask = _left_pad(rows, 0)
+    prompt, mask = left_pad(rows, 0)
     mask = torch.ones_like(prompt) if mask is None else mask
     with torch.inference_mode():
         out = llama.generate(
@@ -96,12 +96,12 @@ def test_incremental_scores_equal_recomputed_scores(arch, padded, method, params
     """Nothing evicted: after the prompt, a 3-token forward and 5 single-token steps, each running score
     equals the method's score recomputed from scratch by a prefill over the whole sequence (every query,
     every key). The padded case runs two left-padded rows of different lengths."""
-    from tokensieve.kv.pipeline import _left_pad
+    from tokensieve.runtime.encode import left_pad
 
     model = ts.prepare(make_model(arch))
     lengths = (20, 13) if padded else (20,)
     rows = [ids(1 + i, n)[0].tolist() for i, n in enumerate(lengths)]
-    prompt, mask = _left_pad(rows, 0)
+    prompt, mask = left_pad(rows, 0)
     new = ids(9, 8, batch=len(rows))
     cache = DecodeCache(model, method, budget=1000, **params)
     full_mask = None if mask is None else torch.cat([mask, torch.ones_like(new)], 1)
@@ -225,9 +225,9 @@ def test_every_decode_method_generates_on_every_architecture(arch, method):
 @pytest.mark.parametrize("method", ["h2o", "scissorhands", "tova"])
 def test_left_padded_batch_matches_rows_decoded_alone(llama, method):
     a, b = ids(8, 14)[0].tolist(), ids(9, 25)[0].tolist()
-    from tokensieve.kv.pipeline import _left_pad
+    from tokensieve.runtime.encode import left_pad
 
-    prompt, mask = _left_pad([a, b], 0)
+    prompt, mask = left_pad([a, b], 0)
     cache = DecodeCache(llama, method, budget=10)
     with torch.inference_mode():
         both = llama.generate(

@@ -12,7 +12,7 @@ import tokensieve as ts
 from conftest import make_model
 from tokensieve.cli import main
 from tokensieve.compat import with_cache
-from tokensieve.kv.cache import SieveCache
+from tokensieve.kv.plan import SieveCache
 
 CTX = torch.randint(3, 100, (1, 30), generator=torch.Generator().manual_seed(0))
 

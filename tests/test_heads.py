@@ -244,10 +244,10 @@ def test_ragged_left_padded_batch_matches_rows_compressed_alone():
         torch.testing.assert_close(got[row : row + 1], want, atol=1e-4, rtol=1e-3)
     # several left-padded questions on one ragged context agree with asking them one by one
     c = ts.compress(model, None, [b], "snapkv", budget=16, allocator="adakv", window=4)
-    from tokensieve.kv.pipeline import _left_pad
+    from tokensieve.runtime.encode import left_pad
 
     q1, q2 = ids(19, 3)[0].tolist(), ids(20, 5)[0].tolist()
-    qs, mask = _left_pad([q1, q2], 0)
+    qs, mask = left_pad([q1, q2], 0)
     both = c.generate(qs, mask, max_new_tokens=4, min_new_tokens=4)
     one = c.generate(torch.tensor([q1]), max_new_tokens=4, min_new_tokens=4)
     two = c.generate(torch.tensor([q2]), max_new_tokens=4, min_new_tokens=4)

@@ -165,10 +165,10 @@ def test_mixed_cache_batches_padding_and_questions():
         # different codes than alone (attention is rotation-invariant, quantization is not)
         torch.testing.assert_close(got[row : row + 1], want, atol=5e-3, rtol=1e-2)
     c = ts.compress(model, None, [b], "zipcache_quant", keep=0.3)
-    from tokensieve.kv.pipeline import _left_pad
+    from tokensieve.runtime.encode import left_pad
 
     q1, q2 = ids(19, 3)[0].tolist(), ids(20, 5)[0].tolist()
-    qs, mask = _left_pad([q1, q2], 0)
+    qs, mask = left_pad([q1, q2], 0)
     both = c.generate(qs, mask, max_new_tokens=4, min_new_tokens=4)
     one = c.generate(torch.tensor([q1]), max_new_tokens=4, min_new_tokens=4)
     two = c.generate(torch.tensor([q2]), max_new_tokens=4, min_new_tokens=4)

@@ -14,10 +14,10 @@ from planted import planted_model
 from tokensieve.compat import with_cache
 from tokensieve.core.observe.hooks import sieve_attention
 from tokensieve.core.ops.merge import merge_into
+from tokensieve.core.scores.retrieval import srh_scores
 from tokensieve.kv.budget import ErrorProportional
 from tokensieve.kv.cache.ragged import RaggedLayer
 from tokensieve.kv.calibration import calibrate, calibration_path, get_calibration
-from tokensieve.kv.methods.compresskv import srh_scores
 
 T = 40
 

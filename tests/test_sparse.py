@@ -11,7 +11,6 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 import tokensieve as ts
 from conftest import make_model, twin
 from tokensieve.compat import with_cache
-from tokensieve.kv.pipeline import _left_pad
 from tokensieve.kv.sparse import SPARSE, SelectInputs, SparseCache, get_sparse
 from tokensieve.kv.sparse.calibrate import LayerSample
 from tokensieve.kv.sparse.double_sparsity import outlier_channels
@@ -28,6 +27,7 @@ from tokensieve.kv.sparse.select import (
     quest_bounds,
     rope_chunk_channels,
 )
+from tokensieve.runtime.encode import left_pad
 
 B, HKV, G, S, D = 2, 2, 3, 37, 8
 TINY = {
@@ -322,7 +322,7 @@ def test_left_padded_batch_matches_rows_alone(method):
     group slots by their position in the cache, which padding shifts, so only these can match exactly)."""
     model = ts.prepare(make_model("llama"))
     a, b = ids(6, 20)[0].tolist(), ids(7, 33)[0].tolist()
-    prompt, mask = _left_pad([a, b], 0)
+    prompt, mask = left_pad([a, b], 0)
     kw = dict(read=10, **TINY.get(method, {}))
     with torch.inference_mode():
         both = model.generate(
@@ -349,7 +349,7 @@ def test_left_padded_batch_matches_rows_alone(method):
 @pytest.mark.parametrize("method", ["quest", "hisa", "tokenselect", "tidal"])
 def test_padded_batch_never_reads_padding(method):
     model = ts.prepare(make_model("llama"))
-    prompt, mask = _left_pad([ids(6, 20)[0].tolist(), ids(7, 33)[0].tolist()], 0)
+    prompt, mask = left_pad([ids(6, 20)[0].tolist(), ids(7, 33)[0].tolist()], 0)
     cache = SparseCache(model, method, read=10, **TINY.get(method, {}))
     seen = []
     for layer in cache.sparse_layers:

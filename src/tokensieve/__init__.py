@@ -19,11 +19,12 @@ from tokensieve.errors import (
     UnsupportedArchitectureError,
 )
 from tokensieve.kv.budget import ALLOCATORS, get_allocator
-from tokensieve.kv.cache import SieveCache, SieveLayer
+from tokensieve.kv.cache import SieveLayer
 from tokensieve.kv.decoding import DecodeAnswer, DecodeStats, decode
 from tokensieve.kv.evicting import DecodeCache
 from tokensieve.kv.methods import REGISTRY, Method, get_method, method_ids
 from tokensieve.kv.pipeline import Answer, Compressed, Prefill, Stats, compress, generate, prefill
+from tokensieve.kv.plan import SieveCache
 from tokensieve.kv.prune import prune
 from tokensieve.kv.sparse import SparseCache
 from tokensieve.runtime.models import BUNDLED, DEFAULT_MODEL, load_model

@@ -1,30 +1,35 @@
 """One lookup for every method family: an id (plus parameter overrides) or an instance, with errors that
-name the family a misplaced id belongs to."""
+name the family a misplaced id belongs to.
+
+Families register themselves (``register_family``) when their package is imported; this module imports
+none of them, so it sits at the bottom of the house and any consumer can use it.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, TypeVar
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, TypeVar
 
-from tokensieve.errors import ParameterError, TokenSieveError, UnknownMethodError
+from tokensieve.errors import UnknownMethodError
 
 T = TypeVar("T")
 
+# family name -> (its registry, how to use one of its ids), in registration order
+_FAMILIES: dict[str, tuple[dict[str, Any], str]] = {}
 
-def _family_of(method: str) -> str | None:
-    from tokensieve.kv.budget import ALLOCATORS
-    from tokensieve.kv.methods import REGISTRY
-    from tokensieve.kv.prune import PRUNERS
-    from tokensieve.kv.sparse import SPARSE
 
-    if method in REGISTRY:
-        return "a prefill method: use tokensieve.compress / Compressed, or DecodeCache for decode eviction"
-    if method in SPARSE:
-        return "a sparse-decoding method: use tokensieve.decode or SparseCache"
-    if method in PRUNERS:
-        return "a prefill-pruning method: use tokensieve.decode or tokensieve.kv.prune"
-    if method in ALLOCATORS:
-        return f"a budget allocator: pass allocator={method!r}"
+def register_family(name: str, registry: dict[str, Any], usage: str) -> dict[str, Any]:
+    """Make ``registry``'s ids known to every lookup's error hint (``usage`` may name ``{id}``); returns
+    ``registry`` (later updates to it stay visible)."""
+    _FAMILIES[name] = (registry, usage)
+    return registry
+
+
+def family_of(method: str) -> str | None:
+    """How to use ``method`` if some registered family has it, else None."""
+    for registry, usage in _FAMILIES.values():
+        if method in registry:
+            return usage.format(id=method)
     return None
 
 
@@ -36,32 +41,29 @@ def instantiate(registry: dict[str, type[T]], base: type[T], family: str, method
         return method
     cls = registry.get(method)  # type: ignore[arg-type]
     if cls is None:
-        where = _family_of(str(method))
+        where = family_of(str(method))
         hint = f"; {method!r} is {where}" if where else ""
         raise UnknownMethodError(
             f"unknown {family} {method!r}; choose one of: {', '.join(registry)} (see `tokensieve methods`){hint}"
         )
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")}  # type: ignore
-    for name, value in params.items():
-        if name in fields:
-            check_param(method, name, value, fields[name].default)
     try:
         return cls(**params)
-    except TokenSieveError:
-        raise
     except TypeError as e:
-        raise UnknownMethodError(f"bad parameter for method {method!r} ({e}); it takes: {', '.join(fields)}") from None
-    except ValueError as e:
-        raise ParameterError(f"bad parameter for method {method!r}: {e}") from None
+        names = ", ".join(n for n in cls.__dataclass_fields__ if not n.startswith("_"))  # type: ignore[attr-defined]
+        raise UnknownMethodError(f"bad parameter for method {method!r} ({e}); it takes: {names}") from None
 
 
-def check_param(method: Any, name: str, value: Any, default: Any) -> None:
-    """A parameter's value must be of its default's kind (a number for a number, a flag for a flag): the
-    command line hands over text, and ``window="abc"`` would otherwise fail deep inside the method."""
-    if default is dataclasses.MISSING or default is None or value is None:
-        return
-    number = isinstance(default, int | float) and not isinstance(default, bool)
-    if number and (isinstance(value, bool) or not isinstance(value, int | float)):
-        raise ParameterError(f"parameter {name}={value!r} of {method!r} must be a number (like its default {default})")
-    if isinstance(default, bool) and not isinstance(value, bool):
-        raise ParameterError(f"parameter {name}={value!r} of {method!r} must be true or false")
+@dataclass
+class Registered:
+    """What every registered method, pruner and allocator says about itself (``tokensieve methods`` lists it)."""
+
+    id: ClassVar[str]
+    paper: ClassVar[str] = ""
+    rule: ClassVar[str] = ""
+    kind: ClassVar[str] = ""
+
+    def params(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "paper": self.paper, "rule": self.rule, "defaults": self.params()}

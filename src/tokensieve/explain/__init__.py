@@ -27,7 +27,7 @@ from tokensieve.kv.methods.base import Method
 
 def _scores_only(cls: type[Method]) -> bool:
     # a score read as a ranking: methods that act on the cache themselves or need a calibration are left out
-    return not hasattr(cls, "act") and not hasattr(cls, "prepare_cache") and cls.bind is Method.bind
+    return cls.act is Method.act and not cls.changes_prefill and cls.bind is Method.bind
 
 
 EXPLAINERS.update({cls.id: cls for cls in (ReAGent, Occlusion, GradXInput, IntegratedGradients, Attention, Rollout)})

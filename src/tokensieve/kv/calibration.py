@@ -18,9 +18,7 @@ What is measured, per compressible (full-attention) layer and query head:
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,8 @@ import torch
 from rich.console import Console
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+
+from tokensieve.runtime.store import model_key, store_path
 
 VERSION = 1
 _console = Console(stderr=True)
@@ -105,32 +105,8 @@ class Calibration:
         )
 
 
-def model_key(model: Any) -> str:
-    """Architecture + a fingerprint of the weights (a strided sample of every parameter): a model fine-tuned or
-    re-initialised gets its own calibration."""
-    cfg = model.config.get_text_config(decoder=True)
-    h = hashlib.sha1()
-    for name in ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads"):
-        h.update(f"{name}={getattr(cfg, name, None)};".encode())
-    h.update(f"v{VERSION};".encode())
-    with torch.no_grad():
-        for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
-            flat = p.detach().reshape(-1)
-            sample = flat[:: max(1, flat.numel() // 2048)].float().cpu().contiguous()
-            h.update(name.encode())
-            h.update(sample.numpy().tobytes())
-    return f"{getattr(cfg, 'model_type', 'model')}-{h.hexdigest()[:16]}"
-
-
-def calibration_dir() -> Path:
-    from tokensieve.runtime.models import cache_dir
-
-    env = os.environ.get("TOKENSIEVE_CALIBRATION")
-    return Path(env) if env else cache_dir() / "calibration"
-
-
 def calibration_path(model: Any) -> Path:
-    return calibration_dir() / f"{model_key(model)}.safetensors"
+    return store_path(model)
 
 
 def _tokenizer_for(model: Any):
@@ -150,7 +126,7 @@ def get_calibration(model: Any, tokenizer: Any = None, force: bool = False, quie
     key = model_key(model)
     if not force and key in _loaded:
         return _loaded[key]
-    path = calibration_dir() / f"{key}.safetensors"
+    path = store_path(model)
     if path.exists() and not force:
         cal = Calibration.load(path)
     else:
@@ -236,9 +212,8 @@ def calibrate(
     """Measure echo / induction / retrieval scores per head and eviction errors per layer (see the module)."""
     from tokensieve.core.observe.capture import Needs
     from tokensieve.core.observe.inputs import ScoreInputs
-    from tokensieve.core.scores.retrieval import echo_induction, output_error, span_mass
-    from tokensieve.kv.methods.compresskv import srh_scores
-    from tokensieve.kv.pipeline import prefill
+    from tokensieve.core.scores.retrieval import echo_induction, output_error, span_mass, srh_scores
+    from tokensieve.kv.observed import observe_prefill
 
     cfg = model.config.get_text_config(decoder=True)
     vocab = cfg.vocab_size
@@ -247,7 +222,7 @@ def calibrate(
 
     # echo and induction: random sequences repeated twice
     ids = repeated_sequences(vocab, n_seq, period, seed)
-    pre = prefill(model, None, ids, needs=Needs(window=period))
+    pre = observe_prefill(model, ids, needs=Needs(window=period))
     layers = [layer.layer_idx for layer in pre.cache.sieve_layers]
     n_kv = pre.cache.sieve_layers[0].keys.shape[1]
     echo, induction = [], []
@@ -260,7 +235,7 @@ def calibrate(
 
     # semantic retrieval and layer errors: needle prompts, teacher-forced answers
     prompts = needle_prompts(tokenizer, vocab, n_tokens, list(depths), seed)
-    pres = [prefill(model, None, p.ids, needs=Needs(window=p.tail)) for p in prompts]
+    pres = [observe_prefill(model, p.ids, needs=Needs(window=p.tail)) for p in prompts]
     retrieval = torch.zeros(len(layers), echo[0].numel())
     for p, pre in zip(prompts, pres, strict=True):
         for r, layer in enumerate(pre.cache.sieve_layers):

@@ -59,6 +59,9 @@ class Paging:
     def label(self) -> str:
         return f"pages={self.size}:page_layout={self.layout}:page_agg={self.agg}"
 
+    def kv_bytes(self, cache: Any) -> int:
+        return paged_kv_bytes(cache, self)
+
 
 @dataclass
 class PageChoice:

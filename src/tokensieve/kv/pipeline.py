@@ -22,18 +22,18 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tokensieve import compat
-from tokensieve.core.observe.capture import LayerObservation, Needs, observe
+from tokensieve.core.observe.capture import LayerObservation, Needs
 from tokensieve.core.observe.hooks import engaged, prepare
 from tokensieve.core.ops.memory import tensor_bytes
 from tokensieve.errors import BatchError, EmptyContextError, ParameterError, TokenSieveError, check_count
 from tokensieve.kv.budget import Allocator
 from tokensieve.kv.cache import SieveCache, SieveLayer
 from tokensieve.kv.methods import Method, get_method
+from tokensieve.kv.observed import forward, observe_prefill
 from tokensieve.kv.pages import paged_kv_bytes
 from tokensieve.kv.plan import Plan, compress_layer, real_length
+from tokensieve.runtime.encode import Context, encode_context, left_pad, pad_id_of
 from tokensieve.runtime.prompts import PromptFormat, StopAtText, clean_answer
-
-Context = str | Sequence[str] | Tensor | Sequence[Sequence[int]]
 
 
 @dataclass
@@ -50,47 +50,6 @@ class Stats:
     @property
     def ratio(self) -> float:
         return self.kv_bytes / self.kv_bytes_full if self.kv_bytes_full else 1.0
-
-
-def _left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor | None]:
-    n = max(len(r) for r in rows)
-    ids = torch.full((len(rows), n), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(rows), n, dtype=torch.long)
-    for i, r in enumerate(rows):
-        if len(r):
-            ids[i, n - len(r) :] = torch.tensor(list(r))
-            mask[i, n - len(r) :] = 1
-    return ids, (None if bool(mask.all()) else mask)
-
-
-def _pad_id(tokenizer: PreTrainedTokenizerBase | None, model: PreTrainedModel) -> int:
-    for src in (tokenizer, model.generation_config, model.config):
-        for attr in ("pad_token_id", "eos_token_id"):
-            v = getattr(src, attr, None)
-            if isinstance(v, list):
-                v = v[0] if v else None
-            if v is not None:
-                return int(v)
-    return 0
-
-
-def encode_context(context: Context, fmt: PromptFormat | None, pad_id: int) -> tuple[Tensor, Tensor | None]:
-    """Token ids [B, T] (left-padded) and a mask (None without padding) from text(s) or ids."""
-    if isinstance(context, Tensor):
-        ids = context if context.dim() == 2 else context.unsqueeze(0)
-        rows = [r.tolist() for r in ids]
-    elif isinstance(context, str) or (isinstance(context, Sequence) and context and isinstance(context[0], str)):
-        texts = [context] if isinstance(context, str) else list(context)
-        if any(not t.strip() for t in texts):
-            raise EmptyContextError("the context is empty: pass the text (or token ids) to compress")
-        if fmt is None:
-            raise TypeError("text contexts need a tokenizer")
-        rows = [fmt.context_ids(t) for t in texts]
-    else:
-        rows = [list(r) for r in context]
-    if not rows or any(len(r) == 0 for r in rows):
-        raise EmptyContextError("the context is empty: pass the text (or token ids) to compress")
-    return _left_pad(rows, pad_id)
 
 
 @dataclass
@@ -143,7 +102,7 @@ class Compressed:
             question_mask = torch.ones_like(question_ids)
         input_ids = torch.cat([ctx_ids, question_ids], -1).to(self.model.device)
         mask = torch.cat([ctx_mask, question_mask], -1).to(self.model.device)
-        pad = _pad_id(self.tokenizer, self.model)
+        pad = pad_id_of(self.tokenizer, self.model)
         if self.tokenizer is not None and not PromptFormat(self.tokenizer).chat and "stopping_criteria" not in kwargs:
             # base models run on past the answer into the next "Question:"; stop there
             kwargs["stopping_criteria"] = [StopAtText(self.tokenizer, input_ids.shape[1])]
@@ -171,7 +130,7 @@ class Compressed:
             keep = question_mask[row].bool()
             sub = self if self.context_ids.shape[0] == 1 else self._row(row)
             outs.append(sub.generate(question_ids[row : row + 1, keep], **kwargs)[0])
-        pad = _pad_id(self.tokenizer, self.model)
+        pad = pad_id_of(self.tokenizer, self.model)
         width = max(len(o) for o in outs)
         return torch.stack([torch.cat([o, o.new_full((width - len(o),), pad)]) for o in outs])
 
@@ -194,7 +153,7 @@ class Compressed:
             raise ParameterError(f"question {question!r} must be a string or a list of strings")
         fmt = self.fmt
         rows = [fmt.question_ids(q, answer_prefix) for q in questions]
-        ids, mask = _left_pad(rows, _pad_id(self.tokenizer, self.model))
+        ids, mask = left_pad(rows, pad_id_of(self.tokenizer, self.model))
         new = self.generate(ids, mask, max_new_tokens=max_new_tokens, **kwargs)
         texts = [clean_answer(self.tokenizer.decode(row, skip_special_tokens=True)) for row in new]
         return texts[0] if isinstance(question, str) and len(texts) == 1 else texts
@@ -251,7 +210,7 @@ class Prefill:
         **params: Any,
     ) -> Compressed:
         plan = Plan.make(method, keep=keep, budget=budget, allocator=allocator, **params).bind(self.model)
-        if hasattr(plan.method, "prepare_cache"):
+        if plan.method.changes_prefill:
             raise TokenSieveError(
                 f"{plan.method.id} changes the attention of the prefill itself, which has already run: "
                 "use tokensieve.compress / generate (or SieveCache(model, ...)) instead of prefill().compress()"
@@ -319,36 +278,6 @@ def _needs(methods: Sequence[str | Method]) -> Needs:
     return out
 
 
-def _forward(model: PreTrainedModel, ids: Tensor, mask: Tensor | None, cache: SieveCache, what: str) -> Tensor:
-    with torch.inference_mode(), engaged(cache, model, what, observed=True):  # every observer / compression ran
-        out = model(
-            input_ids=ids.to(model.device),
-            attention_mask=None if mask is None else mask.to(model.device),
-            **compat.with_cache(model, cache),
-            use_cache=True,
-            logits_to_keep=1,
-        )
-    return out.logits[:, -1]
-
-
-def _forward_hidden(model: PreTrainedModel, ids: Tensor, mask: Tensor | None, cache: SieveCache, what: str):
-    """The prefill that also keeps the final hidden states (public ``output_hidden_states``; the last entry is
-    the normed output the LM head reads), for scores computed from the model's own predictions."""
-    with torch.inference_mode(), engaged(cache, model, what, observed=True):
-        out = model(
-            **compat.with_cache(
-                model,
-                cache,
-                input_ids=ids.to(model.device),
-                attention_mask=None if mask is None else mask.to(model.device),
-                use_cache=True,
-                logits_to_keep=1,
-                output_hidden_states=True,
-            )
-        )
-    return out.logits[:, -1], out.hidden_states[-1]
-
-
 def prefill(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase | None,
@@ -359,25 +288,10 @@ def prefill(
     """Run the context once, keeping the full cache and what ``methods`` (or ``needs``) must observe."""
     prepare(model)
     fmt = PromptFormat(tokenizer) if tokenizer is not None else None
-    ids, mask = encode_context(context, fmt, _pad_id(tokenizer, model))
+    ids, mask = encode_context(context, fmt, pad_id_of(tokenizer, model))
     needs = (needs or Needs()) | _needs(methods)
-    cache = SieveCache(model.config)
-    observations: dict[int, LayerObservation] = {}
-
-    def record(layer: SieveLayer, query: Tensor, scaling: float) -> None:
-        layer.on_attention = None
-        observations[layer.layer_idx] = observe(needs, query, layer.keys, layer.valid, scaling)
-
-    for layer in cache.sieve_layers:
-        layer.on_attention = record
-    start = time.perf_counter()
-    hidden = None
-    if needs.final_hidden:
-        logits, hidden = _forward_hidden(model, ids, mask, cache, "the observing prefill")
-    else:
-        logits = _forward(model, ids, mask, cache, "the observing prefill")
-    seconds = time.perf_counter() - start
-    return Prefill(model, tokenizer, cache, observations, ids, mask, needs, seconds, logits, hidden)
+    obs = observe_prefill(model, ids, mask, needs)
+    return Prefill(model, tokenizer, obs.cache, obs.observations, ids, mask, needs, obs.seconds, obs.logits, obs.hidden)
 
 
 def compress(
@@ -401,13 +315,13 @@ def compress(
     prepare(model)
     plan.bind(model)
     fmt = PromptFormat(tokenizer) if tokenizer is not None else None
-    ids, mask = encode_context(context, fmt, _pad_id(tokenizer, model))
+    ids, mask = encode_context(context, fmt, pad_id_of(tokenizer, model))
     n_tokens = real_length(None if mask is None else mask.bool(), ids.shape[1])
     plan.mean_budget(n_tokens)  # validates the budget against the context before any work
     cache = SieveCache(model.config)
     plan.attach(cache)
     start = time.perf_counter()
-    _forward(model, ids, mask, cache, f"compression ({plan.method.id})")
+    forward(model, ids, mask, cache, f"compression ({plan.method.id})")
     total = time.perf_counter() - start
     # measured: each full layer's bytes just before its eviction, plus the layers that were not compressed
     others = tensor_bytes(

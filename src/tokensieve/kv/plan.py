@@ -14,6 +14,7 @@ from tokensieve.core.observe.inputs import ScoreInputs
 from tokensieve.core.ops.memory import tensor_bytes
 from tokensieve.errors import BudgetError, check_budget, check_keep
 from tokensieve.kv.budget import Allocator, get_allocator
+from tokensieve.kv.cache import sieve as _sieve
 from tokensieve.kv.heads import evict_layer
 from tokensieve.kv.methods import Method, get_method
 from tokensieve.kv.pages import Paging, check_pageable, layer_paged_bytes, page_evict_layer
@@ -76,9 +77,8 @@ class Plan:
 
     def attach(self, cache: SieveCache) -> None:
         """Compress each full-attention layer right after its prefill attention (peak = one full layer)."""
-        prepare_cache = getattr(self.method, "prepare_cache", None)
-        if prepare_cache is not None:  # methods that change the prefill's attention itself install their layers
-            prepare_cache(cache)
+        if self.method.changes_prefill:  # methods that change the prefill's attention itself install their layers
+            self.method.prepare_cache(cache)
         layers = cache.sieve_layers
         budgets: list[int] = []
         cache.paging = self.pages
@@ -125,7 +125,32 @@ def compress_layer(
     x = ScoreInputs(layer.keys, layer.values, layer.valid, obs, layer.layer_idx, n_layers, full)
     if pages is not None:
         return page_evict_layer(layer, method, method.score(x), budget, pages, allocator, inplace)
-    act = getattr(method, "act", None)
-    if act is not None:
-        return act(layer, x, budget, allocator, inplace)
+    own = method.act(layer, x, budget, allocator, inplace)
+    if own is not None:
+        return own
     return evict_layer(layer, method.score(x), budget, *method.protected(budget), allocator, inplace)
+
+
+class SieveCache(_sieve.SieveCache):
+    """A ``DynamicCache`` with ``SieveLayer`` for every full-attention layer; given a method it compresses the prompt
+    at the end of the prefill, layer by layer: ``SieveCache(model, "snapkv", keep=0.25)`` in ``model.generate``.
+    ``tokensieve.compress`` and ``tokensieve.prefill`` build one for you."""
+
+    def __init__(
+        self,
+        model_or_config: Any,
+        method: str | Method | None = None,
+        *,
+        keep: float | None = None,
+        budget: int | None = None,
+        allocator: str | Allocator = "uniform",
+        **method_params: Any,
+    ) -> None:
+        super().__init__(model_or_config)
+        if method is not None:
+            plan = Plan.make(method, keep=keep, budget=budget, allocator=allocator, **method_params)
+            if getattr(model_or_config, "config", None) is not None:
+                plan.bind(model_or_config)
+            plan.attach(self)
+        elif keep is not None or budget is not None or method_params:
+            raise TypeError("keep/budget need a method")

@@ -96,12 +96,13 @@ def sink_map(
     """Run ``context`` (text or token ids, one row) once and measure every query head's mean attention per token."""
     from tokensieve.core.observe.hooks import prepare
     from tokensieve.kv.cache import SieveCache
-    from tokensieve.kv.pipeline import _forward, _pad_id, encode_context
+    from tokensieve.kv.observed import forward
+    from tokensieve.runtime.encode import encode_context, pad_id_of
     from tokensieve.runtime.prompts import PromptFormat
 
     prepare(model)
     fmt = PromptFormat(tokenizer) if tokenizer is not None else None
-    ids, mask = encode_context(context, fmt, _pad_id(tokenizer, model))
+    ids, mask = encode_context(context, fmt, pad_id_of(tokenizer, model))
     if ids.shape[0] != 1:
         raise ValueError("the sink map takes one context")
     cache = SieveCache(model.config)
@@ -118,7 +119,7 @@ def sink_map(
 
     for layer in cache.sieve_layers:
         layer.on_attention = record
-    _forward(model, ids, mask, cache)
+    forward(model, ids, mask, cache, "the sink map")
     t = ids.shape[1]
     counts = visible_counts(torch.arange(t), t, None, 1)[0]  # queries that see each token
     layers = sorted(sums)

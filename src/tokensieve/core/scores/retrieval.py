@@ -47,3 +47,18 @@ def output_error(probs: Tensor, values: Tensor, kept: Tensor) -> Tensor:
     part = torch.einsum("bhgnt,bhtd->bhgnd", p, values.float())
     err = (full - part).norm(dim=-1) / full.norm(dim=-1).clamp(min=1e-12)
     return err.mean((2, 3))
+
+
+def srh_scores(probs: Tensor, retrieval: Tensor, heads: int) -> Tensor:
+    """Window attention ``probs [B, Hkv, G, n, T]`` summed over rows, read only from the layer's ``heads``
+    strongest semantic retrieval heads (``retrieval [H]``, one score per query head). A GQA group's score is the
+    mean over its own retrieval heads; a group without one takes the mean over the layer's retrieval heads."""
+    b, hkv, g, _, t = probs.shape
+    top = retrieval.topk(min(heads, retrieval.numel())).indices.to(probs.device)
+    chosen = torch.zeros(hkv * g, dtype=torch.bool, device=probs.device)
+    chosen[top] = True
+    chosen = chosen.view(hkv, g)
+    summed = probs.sum(3)  # [B, Hkv, G, T]
+    layer = summed.reshape(b, hkv * g, t)[:, top].mean(1)  # [B, T]
+    own = (summed * chosen[None, :, :, None]).sum(2) / chosen.sum(1).clamp(min=1)[None, :, None]
+    return torch.where(chosen.any(1)[None, :, None], own, layer[:, None, :])

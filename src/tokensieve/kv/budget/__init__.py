@@ -11,6 +11,7 @@ from tokensieve.kv.budget.adakv import AdaKV
 from tokensieve.kv.budget.base import Allocator, _round_capped
 from tokensieve.kv.budget.compresskv import ErrorProportional
 from tokensieve.kv.budget.zipvl import ZipVL
+from tokensieve.registry import register_family
 
 
 @dataclass
@@ -46,6 +47,11 @@ class Pyramid(Allocator):
 
 
 ALLOCATORS: dict[str, type[Allocator]] = {cls.id: cls for cls in (Uniform, Pyramid, AdaKV, ZipVL, ErrorProportional)}
+register_family(
+    "budget allocator",
+    ALLOCATORS,
+    "a budget allocator: pass allocator={id!r}",
+)
 
 
 def get_allocator(allocator: str | Allocator, **params: Any) -> Allocator:

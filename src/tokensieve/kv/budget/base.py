@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from torch import Tensor
 
+from tokensieve.registry import Registered
+
 
 @dataclass
-class Allocator(ABC):
+class Allocator(Registered, ABC):
     """Two decisions: ``layer_budgets`` before the prefill (per-layer mean budgets per KV head), and
     ``head_budgets`` when a layer is compressed, from its scores (None: every head keeps the layer budget).
     An allocator composes with any method's score."""
 
-    id: ClassVar[str] = "base"
     kind: ClassVar[str] = "budget allocator"
-    paper: ClassVar[str] = ""
-    rule: ClassVar[str] = ""
 
     @abstractmethod
     def layer_budgets(self, budget: int, n_layers: int, n_tokens: int) -> list[int]:
@@ -32,11 +31,7 @@ class Allocator(ABC):
         """Load or compute what this allocator needs from the model (calibration); a no-op by default."""
         return None
 
-    def params(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
-    def describe(self) -> dict[str, Any]:
-        return {"id": self.id, "kind": self.kind, "paper": self.paper, "rule": self.rule, "defaults": self.params()}
 
 
 def _round_capped(raw: list[float], total: int, cap: int) -> list[int]:

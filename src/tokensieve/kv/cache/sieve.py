@@ -19,21 +19,11 @@ from tokensieve.kv.cache.layers import CompactSlidingLayer, SieveLayer
 class SieveCache(DynamicCache):
     """A ``DynamicCache`` with ``SieveLayer`` for every full-attention layer.
 
-    Build it from a model to compress while generating (``SieveCache(model, method="snapkv", keep=0.25)``
-    compresses the prompt at the end of the prefill, layer by layer), or let ``tokensieve.compress`` and
-    ``tokensieve.prefill`` build one for you.
+    This layer of the house holds tensors only; ``tokensieve.SieveCache`` (``kv/plan.py``) adds a method that
+    compresses the prompt at the end of the prefill, layer by layer.
     """
 
-    def __init__(
-        self,
-        model_or_config,
-        method=None,
-        *,
-        keep: float | None = None,
-        budget: int | None = None,
-        allocator="uniform",
-        **method_params,
-    ) -> None:
+    def __init__(self, model_or_config) -> None:
         config = getattr(model_or_config, "config", model_or_config)
         if not isinstance(config, compat.PreTrainedConfig):
             raise TypeError("SieveCache needs a model or its config")
@@ -51,15 +41,6 @@ class SieveCache(DynamicCache):
                 raise UnsupportedArchitectureError(f"cache layer type {kind!r} is not supported")
         compat.init_cache_layers(self, layers)  # DynamicCache's own __init__ would build its own layers
         self.config = text
-        if method is not None:
-            from tokensieve.kv.plan import Plan
-
-            plan = Plan.make(method, keep=keep, budget=budget, allocator=allocator, **method_params)
-            if config is not model_or_config:
-                plan.bind(model_or_config)
-            plan.attach(self)
-        elif keep is not None or budget is not None:
-            raise TypeError("keep/budget need a method")
 
     paging = None  # an ``act.pages.Paging`` when compressed in whole pages: kv_bytes then counts pages
 
@@ -84,9 +65,7 @@ class SieveCache(DynamicCache):
         from tokensieve.core.ops.memory import tensor_bytes
 
         if self.paging is not None:
-            from tokensieve.kv.pages import paged_kv_bytes
-
-            return paged_kv_bytes(self, self.paging)
+            return self.paging.kv_bytes(self)
 
         return tensor_bytes(t for layer in self.layers if layer.is_initialized for t in _held(layer))
 

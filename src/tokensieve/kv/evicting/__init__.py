@@ -85,7 +85,7 @@ class DecodeCache(SieveCache):
             if prefill_keep is None and prefill_budget is None:
                 prefill_budget = budget
             p = Plan.make(prefill, keep=prefill_keep, budget=prefill_budget)
-            if not getattr(p.method, "evicts_only", not hasattr(p.method, "act")):
+            if not p.method.evicts_only:
                 raise TokenSieveError(
                     f"prefill={p.method.id!r} does more than evict (it merges, quantizes or keeps heads whole), which "
                     "decode eviction cannot carry on: pass a prefill-eviction method (e.g. snapkv), or ems with "

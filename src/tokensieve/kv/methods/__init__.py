@@ -26,11 +26,16 @@ from tokensieve.kv.methods.streaming import Streaming
 from tokensieve.kv.methods.surprise import Surprise
 from tokensieve.kv.methods.tova import TOVA
 from tokensieve.kv.methods.zipcache import ZipCache
-from tokensieve.registry import instantiate
+from tokensieve.registry import instantiate, register_family
 
 REGISTRY: dict[str, type[Method]] = {
     cls.id: cls for cls in (Streaming, H2O, Scissorhands, A2SF, Keyformer, SnapKV, TOVA, KNorm, ZipCache, EMS, Random)
 }
+register_family(
+    "prefill eviction",
+    REGISTRY,
+    "a prefill method: use tokensieve.compress / Compressed, or DecodeCache for decode eviction",
+)
 # keeping evicted information at low cost (the head-adaptive issue)
 REGISTRY.update({cls.id: cls for cls in (MiKV, ZipCacheQuant, Razor, CompressKV, ACT, ZeroTuning)})
 # question-unseen compression (issue 12)

@@ -8,27 +8,39 @@ budget says how many, ``act.evict`` applies the protected sinks and recent windo
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from torch import Tensor
 
 from tokensieve.core.observe.capture import Needs
 from tokensieve.core.observe.inputs import ScoreInputs
+from tokensieve.registry import Registered
 
 
 @dataclass
-class Method(ABC):
+class Method(Registered, ABC):
     """Protection is shared by all methods: ``sinks`` first tokens and a ``window`` of recent ones are
     always kept. ``window`` < 1 is a fraction of the budget (H2O's half-recent split), else a count."""
 
-    id: ClassVar[str]
-    paper: ClassVar[str]
-    rule: ClassVar[str]
     kind: ClassVar[str] = "prefill eviction"  # the family `tokensieve methods` groups it under
 
     sinks: int = 0
     window: float = 0
+
+    changes_prefill: ClassVar[bool] = False  # installs its own layers on the cache before the prefill runs
+
+    @property
+    def evicts_only(self) -> bool:
+        """Its result is plain eviction by score (what decode-time eviction can carry on)."""
+        return type(self).act is Method.act
+
+    def act(self, layer: Any, x: ScoreInputs, budget: int, allocator: Any, inplace: bool) -> Any:
+        """A layout of its own (merge, quantize, whole heads) for one layer; None: plain eviction by ``score``."""
+        return None
+
+    def prepare_cache(self, cache: Any) -> None:
+        """For ``changes_prefill`` methods: install their layers on the cache before the prefill."""
 
     def needs(self) -> Needs:
         return Needs()
@@ -51,9 +63,3 @@ class Method(ABC):
         window = round(self.window * budget) if 0 < self.window < 1 else int(self.window)
         sinks = min(self.sinks, budget)
         return sinks, max(0, min(window, budget - sinks))
-
-    def params(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    def describe(self) -> dict[str, Any]:
-        return {"id": self.id, "kind": self.kind, "paper": self.paper, "rule": self.rule, "defaults": self.params()}

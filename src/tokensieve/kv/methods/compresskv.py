@@ -3,29 +3,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor
 
 from tokensieve.core.observe.capture import Needs
 from tokensieve.core.observe.inputs import ScoreInputs
 from tokensieve.core.scores.attention import pool_keys
+from tokensieve.core.scores.retrieval import srh_scores
 from tokensieve.errors import CalibrationError
 from tokensieve.kv.methods.base import Method
-
-
-def srh_scores(probs: Tensor, retrieval: Tensor, heads: int) -> Tensor:
-    """Window attention ``probs [B, Hkv, G, n, T]`` summed over rows, read only from the layer's ``heads``
-    strongest semantic retrieval heads (``retrieval [H]``, one score per query head). A GQA group's score is the
-    mean over its own retrieval heads; a group without one takes the mean over the layer's retrieval heads."""
-    b, hkv, g, _, t = probs.shape
-    top = retrieval.topk(min(heads, retrieval.numel())).indices.to(probs.device)
-    chosen = torch.zeros(hkv * g, dtype=torch.bool, device=probs.device)
-    chosen[top] = True
-    chosen = chosen.view(hkv, g)
-    summed = probs.sum(3)  # [B, Hkv, G, T]
-    layer = summed.reshape(b, hkv * g, t)[:, top].mean(1)  # [B, T]
-    own = (summed * chosen[None, :, :, None]).sum(2) / chosen.sum(1).clamp(min=1)[None, :, None]
-    return torch.where(chosen.any(1)[None, :, None], own, layer[:, None, :])
 
 
 @dataclass

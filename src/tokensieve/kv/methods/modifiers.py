@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 class Modifier(Method):
     kind: ClassVar[str] = "attention modifier"
 
+    changes_prefill: ClassVar[bool] = True
+
     def prepare_cache(self, cache: SieveCache) -> None:
         from tokensieve.kv.cache.biased import BiasedLayer
 

@@ -20,9 +20,14 @@ from tokensieve.kv.prune.base import Pruner
 from tokensieve.kv.prune.engine import PrunedCache, PruneEngine, decoder_layers
 from tokensieve.kv.prune.lazyllm import LazyLLM
 from tokensieve.kv.prune.spatten import SpAtten
-from tokensieve.registry import instantiate
+from tokensieve.registry import instantiate, register_family
 
 PRUNERS: dict[str, type[Pruner]] = {cls.id: cls for cls in (LazyLLM, SpAtten)}
+register_family(
+    "prefill pruning",
+    PRUNERS,
+    "a prefill-pruning method: use tokensieve.decode or tokensieve.prune",
+)
 
 
 def get_pruner(method: str | Pruner, **params: Any) -> Pruner:

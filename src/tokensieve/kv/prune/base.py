@@ -8,8 +8,8 @@ saving). Importance is always ``[B, n_alive]`` over the tokens still in the sequ
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
 from tokensieve.errors import InvalidKeepError
 
@@ -20,9 +20,6 @@ class Pruner:
     fraction of the prompt still in the sequence after each of them (non-increasing). The first ``sinks``
     tokens and the last token (the one whose logits are the first answer token) are never pruned."""
 
-    id: ClassVar[str]
-    paper: ClassVar[str]
-    rule: ClassVar[str]
     kind: ClassVar[str] = "prefill pruning"
     cumulative: ClassVar[bool] = False  # importance summed over every observed layer (True) or the latest
     revive: ClassVar[bool] = False  # pruned tokens can come back while generating (aux cache)
@@ -54,9 +51,3 @@ class Pruner:
     def observed_layers(self, n_layers: int) -> set[int]:
         """The layers whose attention feeds importance (default: the one before each pruning layer)."""
         return {i - 1 for i in self.stages(n_layers)}
-
-    def params(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    def describe(self) -> dict[str, Any]:
-        return {"id": self.id, "kind": self.kind, "paper": self.paper, "rule": self.rule, "defaults": self.params()}

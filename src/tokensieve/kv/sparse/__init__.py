@@ -26,11 +26,16 @@ from tokensieve.kv.sparse.quest import Quest
 from tokensieve.kv.sparse.tidal import TidalDecode
 from tokensieve.kv.sparse.token_sparse import TokenSparse
 from tokensieve.kv.sparse.tokenselect import TokenSelect
-from tokensieve.registry import instantiate
+from tokensieve.registry import instantiate, register_family
 
 SPARSE: dict[str, type[SparseMethod]] = {
     cls.id: cls for cls in (Quest, TokenSelect, TidalDecode, DoubleSparsity, FASA, HISA, TokenSparse)
 }
+register_family(
+    "sparse decoding",
+    SPARSE,
+    "a sparse-decoding method: use tokensieve.decode or SparseCache",
+)
 
 
 def get_sparse(method: str | SparseMethod, **params: Any) -> SparseMethod:

@@ -10,10 +10,12 @@ read, so the fraction of the cache each step touches is measured, not assumed.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from torch import Tensor
+
+from tokensieve.registry import Registered
 
 Index = dict[str, Tensor]
 
@@ -46,19 +48,16 @@ class Selection:
 
 
 @dataclass
-class SparseMethod(ABC):
+class SparseMethod(Registered, ABC):
     """Every method reads the first ``sinks`` and the last ``window`` real slots, counted in ``k``; each
     takes at most a quarter of ``k``, so at least half of the reads are the method's own choice."""
 
-    id: ClassVar[str]
-    paper: ClassVar[str]
-    rule: ClassVar[str]
     kind: ClassVar[str] = "sparse decoding"
 
     sinks: int = 4
     window: int = 16
 
-    def setup(self, model, tokenizer=None) -> None:  # noqa: B027 (optional hook, most methods need nothing)
+    def setup(self, model, tokenizer=None) -> None:
         """Model-specific preparation (offline calibration); called once when a cache is built."""
 
     def protected(self, k: int) -> tuple[int, int]:
@@ -73,9 +72,3 @@ class SparseMethod(ABC):
 
     @abstractmethod
     def select(self, x: SelectInputs) -> Selection: ...
-
-    def params(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
-
-    def describe(self) -> dict[str, Any]:
-        return {"id": self.id, "kind": self.kind, "paper": self.paper, "rule": self.rule, "defaults": self.params()}

@@ -3,24 +3,20 @@
 A calibration prefill over bundled prose (or seeded random tokens when there is no tokenizer) captures
 each full-attention layer's queries and keys after RoPE; a method turns them into a small per-layer
 tensor (outlier channels, dominant RoPE frequency chunks). The result is saved as safetensors under
-``<cache dir>/calibration/`` keyed by the method, its parameters and a fingerprint of the model's
-configuration and weights, so the next cache for the same model loads it instead of recomputing.
+the one calibration store (``runtime/store.py``) keyed by the method, its parameters and the model's
+fingerprint, so the next cache for the same model loads it instead of recomputing.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from tokensieve.core.observe.capture import Needs
-from tokensieve.runtime.models import cache_dir
+from tokensieve.runtime.store import load_tensors, save_tensors, store_path
 
 
 @dataclass
@@ -45,23 +41,12 @@ def calibration_ids(model, tokenizer, n_tokens: int, seed: int = 0) -> Tensor:
     return torch.randint(3, vocab, (1, n_tokens), generator=torch.Generator().manual_seed(seed))
 
 
-def fingerprint(model) -> str:
-    """The model's configuration, parameter names and shapes, and a sample of the first and last weights."""
-    h = hashlib.sha1(model.config.to_json_string(use_diff=False).encode())
-    state = model.state_dict()
-    for name, t in state.items():
-        h.update(f"{name}{tuple(t.shape)}".encode())
-    for name in (next(iter(state)), next(reversed(state))):
-        h.update(state[name].detach().flatten()[:4096].float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def sample(model, tokenizer, n_tokens: int) -> list[LayerSample]:
     """Prefill the calibration text once; every full-attention layer's queries (all rows) and keys."""
-    from tokensieve.kv.pipeline import prefill
+    from tokensieve.kv.observed import observe_prefill
 
     ids = calibration_ids(model, tokenizer, n_tokens)
-    pre = prefill(model, None, ids, needs=Needs(window=ids.shape[1]))
+    pre = observe_prefill(model, ids, needs=Needs(window=ids.shape[1]))
     out = []
     for layer in pre.cache.sieve_layers:
         obs = pre.observations[layer.layer_idx]
@@ -73,13 +58,9 @@ def calibrated(
     name: str, model, tokenizer, params: dict, n_tokens: int, compute: Callable[[list[LayerSample]], Tensor]
 ) -> Tensor:
     """``compute(samples)`` -> a tensor with one row per full-attention layer, cached per model and params."""
-    key = hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    path = Path(cache_dir()) / "calibration" / f"{name}-{fingerprint(model)}-{key}-{n_tokens}.safetensors"
+    path = store_path(model, name, {**params, "n_tokens": n_tokens})
     if path.exists():
-        return load_file(str(path))["value"]
+        return load_tensors(path)["value"]
     value = compute(sample(model, tokenizer, n_tokens)).contiguous()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"value": value}, str(tmp))
-    tmp.replace(path)
+    save_tensors(path, {"value": value})
     return value

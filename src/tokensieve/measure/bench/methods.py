@@ -57,7 +57,7 @@ class MethodSpec:
         """An attention modifier: it changes the prefill itself and keeps every token, so each of its cells
         has its own prefill and runs once per sample, at keep 1.0."""
         cls = REGISTRY.get(self.id)
-        return cls is not None and hasattr(cls, "prepare_cache")
+        return cls is not None and cls.changes_prefill
 
     @property
     def sparse(self) -> bool:

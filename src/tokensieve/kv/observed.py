@@ -1,0 +1,84 @@
+"""The one observed forward below the compression pipeline: a prefill that keeps the full cache and what each
+layer's attention showed, checking that every observer engaged. The pipeline, calibration and the sink map all
+start from it, so none of them needs the compression pipeline above."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel
+
+from tokensieve import compat
+from tokensieve.core.observe.capture import LayerObservation, Needs, observe
+from tokensieve.core.observe.hooks import engaged, prepare
+from tokensieve.kv.cache import SieveCache, SieveLayer
+
+
+@dataclass
+class Observed:
+    cache: SieveCache
+    observations: dict[int, LayerObservation]
+    logits: Tensor  # the last position's logits [B, vocab]
+    hidden: Tensor | None  # the final hidden states [B, T, D] when ``needs.final_hidden``
+    seconds: float
+
+
+def forward(model: PreTrainedModel, ids: Tensor, mask: Tensor | None, cache: SieveCache, what: str) -> Tensor:
+    with torch.inference_mode(), engaged(cache, model, what, observed=True):  # every observer / compression ran
+        out = model(
+            input_ids=ids.to(model.device),
+            attention_mask=None if mask is None else mask.to(model.device),
+            **compat.with_cache(model, cache),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+    return out.logits[:, -1]
+
+
+def forward_hidden(model: PreTrainedModel, ids: Tensor, mask: Tensor | None, cache: SieveCache, what: str):
+    """The prefill that also keeps the final hidden states (public ``output_hidden_states``; the last entry is
+    the normed output the LM head reads), for scores computed from the model's own predictions."""
+    with torch.inference_mode(), engaged(cache, model, what, observed=True):
+        out = model(
+            **compat.with_cache(
+                model,
+                cache,
+                input_ids=ids.to(model.device),
+                attention_mask=None if mask is None else mask.to(model.device),
+                use_cache=True,
+                logits_to_keep=1,
+                output_hidden_states=True,
+            )
+        )
+    return out.logits[:, -1], out.hidden_states[-1]
+
+
+def observe_prefill(
+    model: PreTrainedModel,
+    ids: Tensor,
+    mask: Tensor | None = None,
+    needs: Needs | None = None,
+    what: str = "the observing prefill",
+) -> Observed:
+    """Run ``ids`` once into a full ``SieveCache``, recording what ``needs`` asks of every full-attention layer."""
+    prepare(model)
+    needs = needs or Needs()
+    cache = SieveCache(model.config)
+    observations: dict[int, LayerObservation] = {}
+
+    def record(layer: SieveLayer, query: Tensor, scaling: float) -> None:
+        layer.on_attention = None
+        observations[layer.layer_idx] = observe(needs, query, layer.keys, layer.valid, scaling)
+
+    for layer in cache.sieve_layers:
+        layer.on_attention = record
+    start = time.perf_counter()
+    hidden = None
+    if needs.final_hidden:
+        logits, hidden = forward_hidden(model, ids, mask, cache, what)
+    else:
+        logits = forward(model, ids, mask, cache, what)
+    return Observed(cache, observations, logits, hidden, time.perf_counter() - start)

@@ -86,7 +86,7 @@ def test_cli_decode_json(smollm2, capsys, tmp_path, args):
                 "kv_bytes", "peak_kv_bytes", "extra"):  # fmt: skip
         assert key in out
     extra, method = out["extra"], args[1]
-    assert out["new_tokens"] >= 1 and out["prompt_tokens"] > 300
+    assert out["new_tokens"] >= 1 and out["prompt_tokens"] > 250
     if method == "h2o":  # engaged: the budget held (plus the step's one new slot before its eviction)
         assert 64 <= extra["peak_tokens_held"] <= 64 + 1
     elif method == "quest":  # engaged: about the requested fraction read, and something measured

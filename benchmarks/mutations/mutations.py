@@ -22,7 +22,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "mikv_rank_reversed",
         "MiKV's high-precision ranking reversed (the least important tokens stay full precision)",
-        "src/tokensieve/methods/mikv.py",
+        "src/tokensieve/kv/methods/mikv.py",
         "order = rank(scores, layer.valid, sinks, window)",
         "order = rank(-scores, layer.valid, sinks, window)",
         ("tests/test_oracles.py::test_mikv_keeps_the_highest_scores_in_full_precision",),
@@ -30,7 +30,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "decode_evicts_highest",
         "decode eviction evicts the highest score instead of the lowest",
-        "src/tokensieve/evicting/layer.py",
+        "src/tokensieve/kv/evicting/layer.py",
         "return select(self.rule.score(state).expand(b, hkv, s), self.budget",
         "return select((-self.rule.score(state)).expand(b, hkv, s), self.budget",
         ("tests/test_oracles.py::test_decode_eviction_keeps_the_highest_scores",),
@@ -38,7 +38,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "tova_first_query",
         "TOVA's decode rule reads the first new query instead of the last",
-        "src/tokensieve/evicting/rules.py",
+        "src/tokensieve/kv/evicting/rules.py",
         'return {"last": step.probs[:, :, :, -1].mean(dim=(1, 2)).unsqueeze(1)}',
         'return {"last": step.probs[:, :, :, 0].mean(dim=(1, 2)).unsqueeze(1)}',
         ("tests/test_oracles.py::test_tova_decode_rule_reads_the_last_query",),
@@ -46,7 +46,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "gumbel_sign_flipped",
         "the Gumbel noise's sign flipped (-log(-log u) becomes log(-log u))",
-        "src/tokensieve/score/attention.py",
+        "src/tokensieve/core/scores/attention.py",
         "return u.log_().neg_().log_().neg_().unsqueeze(0).to(rows.device)",
         "return u.log_().neg_().log_().unsqueeze(0).to(rows.device)",
         ("tests/test_oracles.py::test_gumbel_noise_is_standard_gumbel",),
@@ -54,7 +54,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "adakv_no_shift",
         "AdaKV's per-head normalisation loses its shift to >= 0",
-        "src/tokensieve/budget/adakv.py",
+        "src/tokensieve/kv/budget/adakv.py",
         "s = (s - low).masked_fill(~e, 0.0)",
         "s = s.masked_fill(~e, 0.0)",
         (
@@ -65,7 +65,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "pyramid_no_slope",
         "pyramid budgets ignore their slope (every layer gets the mean)",
-        "src/tokensieve/budget/__init__.py",
+        "src/tokensieve/kv/budget/__init__.py",
         "raw = [bottom + (top - bottom) * i / (n_layers - 1) for i in range(n_layers)]",
         "raw = [float(budget) for i in range(n_layers)]",
         ("tests/test_oracles.py::test_pyramid_budgets_follow_their_slope",),
@@ -73,7 +73,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "scissorhands_ge",
         "Scissorhands counts attention at the uniform level too (> becomes >=)",
-        "src/tokensieve/evicting/rules.py",
+        "src/tokensieve/kv/evicting/rules.py",
         "above = (step.probs * step.n_visible > 1.0) & (step.real[:, None, None, :, None] > 0)",
         "above = (step.probs * step.n_visible >= 1.0) & (step.real[:, None, None, :, None] > 0)",
         ("tests/test_oracles.py::test_scissorhands_counts_strictly_above_uniform",),
@@ -81,7 +81,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "sparse_sinks_window_swapped",
         "the sparse layer's sinks and window swapped",
-        "src/tokensieve/sparse/layer.py",
+        "src/tokensieve/kv/sparse/layer.py",
         "sinks, window = self.method.protected(k)\n        idx = top_slots(",
         "window, sinks = self.method.protected(k)\n        idx = top_slots(",
         ("tests/test_oracles.py::test_sparse_layer_reads_its_sinks_and_window",),
@@ -89,7 +89,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "prune_hook_old_cache_name",
         "the prefill-pruning layer hook reads the pre-5.24 name (the bug of issue 10: pruning silently off)",
-        "src/tokensieve/prune/engine.py",
+        "src/tokensieve/kv/prune/engine.py",
         "if compat.call_cache(module, kwargs) is not self.cache:",
         'if kwargs.get("past_key_values") is not self.cache:',
         ("tests/test_engagement.py::test_prune_engages_on_every_layer",),

@@ -2,17 +2,21 @@
 name the family a misplaced id belongs to.
 
 Families register themselves (``register_family``) when their package is imported; this module imports
-none of them, so it sits at the bottom of the house and any consumer can use it.
+none of them, so it sits at the bottom of the house and every consumer can use it. ``Registered`` is the one
+small base that gives every method, pruner and allocator its ``id/paper/rule/kind``, ``params()`` and
+``describe()``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, TypeVar
 
-from tokensieve.errors import UnknownMethodError
+from tokensieve.errors import ParameterError, TokenSieveError, UnknownMethodError
 
 T = TypeVar("T")
+
 
 # family name -> (its registry, how to use one of its ids), in registration order
 _FAMILIES: dict[str, tuple[dict[str, Any], str]] = {}
@@ -33,26 +37,6 @@ def family_of(method: str) -> str | None:
     return None
 
 
-def instantiate(registry: dict[str, type[T]], base: type[T], family: str, method: str | T, params: dict[str, Any]) -> T:
-    """``registry[method](**params)``, or ``method`` itself when it already is an instance of ``base``."""
-    if isinstance(method, base):
-        if params:
-            raise TypeError("pass parameters either to the method instance or as keywords, not both")
-        return method
-    cls = registry.get(method)  # type: ignore[arg-type]
-    if cls is None:
-        where = family_of(str(method))
-        hint = f"; {method!r} is {where}" if where else ""
-        raise UnknownMethodError(
-            f"unknown {family} {method!r}; choose one of: {', '.join(registry)} (see `tokensieve methods`){hint}"
-        )
-    try:
-        return cls(**params)
-    except TypeError as e:
-        names = ", ".join(n for n in cls.__dataclass_fields__ if not n.startswith("_"))  # type: ignore[attr-defined]
-        raise UnknownMethodError(f"bad parameter for method {method!r} ({e}); it takes: {names}") from None
-
-
 @dataclass
 class Registered:
     """What every registered method, pruner and allocator says about itself (``tokensieve methods`` lists it)."""
@@ -67,3 +51,42 @@ class Registered:
 
     def describe(self) -> dict[str, Any]:
         return {"id": self.id, "kind": self.kind, "paper": self.paper, "rule": self.rule, "defaults": self.params()}
+
+
+def instantiate(registry: dict[str, type[T]], base: type[T], family: str, method: str | T, params: dict[str, Any]) -> T:
+    """``registry[method](**params)``, or ``method`` itself when it already is an instance of ``base``."""
+    if isinstance(method, base):
+        if params:
+            raise TypeError("pass parameters either to the method instance or as keywords, not both")
+        return method
+    cls = registry.get(method)  # type: ignore[arg-type]
+    if cls is None:
+        where = family_of(str(method))
+        hint = f"; {method!r} is {where}" if where else ""
+        raise UnknownMethodError(
+            f"unknown {family} {method!r}; choose one of: {', '.join(registry)} (see `tokensieve methods`){hint}"
+        )
+    known = {f.name: f for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")}  # type: ignore
+    for name, value in params.items():
+        if name in known:
+            check_param(method, name, value, known[name].default)
+    try:
+        return cls(**params)
+    except TokenSieveError:
+        raise
+    except TypeError as e:
+        raise UnknownMethodError(f"bad parameter for method {method!r} ({e}); it takes: {', '.join(known)}") from None
+    except ValueError as e:
+        raise ParameterError(f"bad parameter for method {method!r}: {e}") from None
+
+
+def check_param(method: Any, name: str, value: Any, default: Any) -> None:
+    """A parameter's value must be of its default's kind (a number for a number, a flag for a flag): the
+    command line hands over text, and ``window="abc"`` would otherwise fail deep inside the method."""
+    if default is dataclasses.MISSING or default is None or value is None:
+        return
+    number = isinstance(default, int | float) and not isinstance(default, bool)
+    if number and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise ParameterError(f"parameter {name}={value!r} of {method!r} must be a number (like its default {default})")
+    if isinstance(default, bool) and not isinstance(value, bool):
+        raise ParameterError(f"parameter {name}={value!r} of {method!r} must be true or false")

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from tokensieve.errors import InvalidKeepError
+from tokensieve.registry import Registered
 
 
 @dataclass
-class Pruner:
+class Pruner(Registered):
     """``layers`` are the pruning layers (fractions of the depth in (0, 1), or layer indices); ``keep`` is the
     fraction of the prompt still in the sequence after each of them (non-increasing). The first ``sinks``
     tokens and the last token (the one whose logits are the first answer token) are never pruned."""

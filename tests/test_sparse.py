@@ -379,7 +379,8 @@ def test_read_fraction_is_measured_from_what_was_read():
     assert cache.report()["attended_fraction"] == pytest.approx(8 / 64)
 
 
-def test_calibration_is_cached_per_model(tmp_path):
+def test_calibration_is_cached_per_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOKENSIEVE_CALIBRATION", str(tmp_path / "calibration"))  # the one store, here
     model = ts.prepare(make_model("llama"))
     SparseCache(model, "double_sparsity", calibration_tokens=64)
     files = list((tmp_path / "calibration").glob("double_sparsity-*.safetensors"))

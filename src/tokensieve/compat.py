@@ -137,7 +137,7 @@ def set_cache_layer(cache: Cache, i: int, layer: Any) -> None:
     cache.layers[i] = layer
 
 
-ENGAGEMENT_COUNTS = ("n_updates", "n_attends")  # set by observe.hooks: updates bound, attention calls received
+ENGAGEMENT_COUNTS = ("n_updates", "n_attends")  # set by core.observe.hooks: updates bound, attention calls received
 
 
 # `PreTrainedConfig` is the name from 5.x; `PretrainedConfig` is the legacy alias (kept for older releases).
@@ -166,7 +166,7 @@ def attn_implementation(model: torch.nn.Module) -> str | None:
 
 
 # Relies on: an attention layer calls `cache.update(...)` and then its attention function right away, on the same
-# thread, with the keys `update` returned: `observe.hooks` binds the layer in `update` and picks it up there.
+# thread, with the keys `update` returned: `core.observe.hooks` binds the layer in `update` and picks it up there.
 # `check_engaged` below turns a break of that order (attention never reached us) into an error.
 
 

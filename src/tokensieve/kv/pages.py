@@ -206,7 +206,7 @@ def _dense(layer: Any) -> bool:
 def page_evict_layer(
     layer: Any, method: Any, scores: Tensor, budget: int, paging: Paging, allocator: Any = None, inplace: bool = False
 ) -> Any:
-    """``act.heads.evict_layer`` in whole pages. Allocators may set layer budgets, not per-head ones (a page
+    """``kv.heads.evict_layer`` in whole pages. Allocators may set layer budgets, not per-head ones (a page
     table has one size per layer)."""
     check_pageable(method)
     sinks, window = method.protected(budget)

@@ -117,7 +117,7 @@ def compress_layer(
 ) -> SieveLayer:
     """Compress ``layer`` to ``budget`` tokens per head by ``method``'s score (a no-op if it fits): eviction
     by default, with per-head budgets when ``allocator`` gives them; a method with its own ``act`` (merge,
-    quantize, retrieval heads) decides itself; ``pages`` evicts whole pages (``act.pages``). The result may be
+    quantize, retrieval heads) decides itself; ``pages`` evicts whole pages (``kv.pages``). The result may be
     a new layer of another layout."""
     layer.on_attention = None
     if budget >= layer.n_held:

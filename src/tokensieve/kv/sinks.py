@@ -2,7 +2,7 @@
 share is at least ``epsilon`` (0.3).
 
 The share of token ``j`` is ``sum_i A[i, j]`` over the queries that can see it, divided by their number, and
-it is accumulated over bounded query chunks while the prefill runs (``observe.stats``): never a T x T matrix.
+it is accumulated over bounded query chunks while the prefill runs (``core.observe.stats``): never a T x T matrix.
 Tokens seen by fewer than ``min_queries`` queries (the last few) are not candidates: a handful of queries
 cannot make a sink. Full-attention layers only (sliding-window layers are left to transformers).
 """

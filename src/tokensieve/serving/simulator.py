@@ -54,7 +54,7 @@ class Policy:
         return math.ceil(context / self.page)
 
     def kept_pages(self, context: int) -> int:
-        """Pages per layer after compression: act.pages' rule (whole pages, at most keep * L tokens)."""
+        """Pages per layer after compression: kv.pages' rule (whole pages, at most keep * L tokens)."""
         if self.keep is None:
             return self.prompt_pages(context)
         budget = max(1, min(context, round(self.keep * context)))  # Plan.mean_budget

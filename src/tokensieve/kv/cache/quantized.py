@@ -1,7 +1,7 @@
 """A mixed-precision layout: important tokens in full precision, the others quantized per token.
 
 The full-precision part is the ``SieveLayer`` itself (``keys``/``values``, its padding and indices); every
-token appended while decoding lands there too. The rest sits in quantized *tiers* (``act.quant.QTensor``:
+token appended while decoding lands there too. The rest sits in quantized *tiers* (``core.ops.quant.QTensor``:
 packed INT8/INT4/INT2 codes with fp16 scales and zero points, keys optionally channel-balanced), each with
 its own tokens per head. ``kv_bytes`` counts the packed codes, scales, zero points and channel factors.
 

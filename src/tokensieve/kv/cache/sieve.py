@@ -42,7 +42,7 @@ class SieveCache(DynamicCache):
         compat.init_cache_layers(self, layers)  # DynamicCache's own __init__ would build its own layers
         self.config = text
 
-    paging = None  # an ``act.pages.Paging`` when compressed in whole pages: kv_bytes then counts pages
+    paging = None  # an ``kv.pages.Paging`` when compressed in whole pages: kv_bytes then counts pages
 
     @property
     def sieve_layers(self) -> list[SieveLayer]:

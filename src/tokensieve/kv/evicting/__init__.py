@@ -76,7 +76,7 @@ class DecodeCache(SieveCache):
         prefill_budget: int | None = None,
         **params: Any,
     ) -> None:
-        paging = Paging.pop(params)  # pages=P, page_layout=, page_agg=: evict whole pages (act.pages)
+        paging = Paging.pop(params)  # pages=P, page_layout=, page_agg=: evict whole pages (kv.pages)
         m = get_method(method, **params)
         rule = decode_rule(m)
         check_decode_budget(budget)

@@ -95,7 +95,7 @@ class EvictingLayer(SieveLayer):
         self.prompt_held = 0  # slots held by this layer during the prompt's forward, before it is cut
         self.peak_held = 0  # the most slots held while generating (inside a forward, before its eviction)
         self.on_step: Callable[[EvictingLayer], None] | None = None  # test/measure hook, after each eviction
-        self.paging: Paging | None = None  # whole pages: at most budget // size pages held (``act.pages``)
+        self.paging: Paging | None = None  # whole pages: at most budget // size pages held (``kv.pages``)
 
     @property
     def needs_tokensieve_attention(self) -> bool:

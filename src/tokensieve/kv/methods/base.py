@@ -2,7 +2,7 @@
 
 A method says what it needs the prefill to observe (``needs``) and turns one layer's observation into
 a score ``[B, Hkv, T]`` (larger = keep). Which tokens survive is decided elsewhere, uniformly: the
-budget says how many, ``act.evict`` applies the protected sinks and recent window and takes the top.
+budget says how many, ``core.ops.select`` applies the protected sinks and recent window and takes the top.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ class EMS(Method):
 
     Evict-then-merge, per KV head: the low-score tokens are evicted, then each evicted token whose key has
     cosine similarity >= ``threshold`` with its nearest kept key is merged into it (similarity-weighted
-    average of k and v, ``act.merge``) instead of dropped; the slot then stands for its members and draws
+    average of k and v, ``core.ops.merge``) instead of dropped; the slot then stands for its members and draws
     their attention (log of its weight added to its logits). Heads whose attention is redundant (similar
     keys) thus merge, heads with sparse, distinct keys just evict: the paper's split, decided per token by
     the threshold. ``merge=False`` evicts only. Merged layers are ragged (per-slot weights cost 4 bytes

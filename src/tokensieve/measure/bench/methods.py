@@ -66,7 +66,7 @@ class MethodSpec:
 
     @property
     def page_kwargs(self) -> dict[str, Any]:
-        """``pages`` / ``page_layout`` / ``page_agg`` (whole-page eviction, ``act.pages``): for compress only."""
+        """``pages`` / ``page_layout`` / ``page_agg`` (whole-page eviction, ``kv.pages``): for compress only."""
         return {k: v for k, v in self.params if k in PAGE_KEYS}
 
     def method(self) -> Method | SparseMethod:

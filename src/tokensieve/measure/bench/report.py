@@ -456,7 +456,8 @@ def _kvpress_section(kvp: list[dict[str, Any]], res: Results) -> list[str]:
         "## tokensieve vs kvpress on the same samples",
         "",
         "kvpress runs in its own environment (kvpress 0.5.5 pins transformers<5.3; see",
-        f"`tokensieve/bench/kvpress_bridge.py`){' ' + ', '.join(versions) if versions else ''}, through its own "
+        f"`tokensieve/measure/bench/kvpress_bridge.py`){' ' + ', '.join(versions) if versions else ''}, through its "
+        "own "
         "pipeline (retrieval) or its press hooks",
         "exactly as that pipeline applies them (fidelity), on the same contexts, questions and keep ratios.",
         "`matched` is the tokensieve spec configured to compute the same thing; `nominal` the tokensieve method",

@@ -31,8 +31,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "decode_evicts_highest",
         "decode eviction evicts the highest score instead of the lowest",
         "src/tokensieve/kv/evicting/layer.py",
-        "return select(self.rule.score(state).expand(b, hkv, s), self.budget",
-        "return select((-self.rule.score(state)).expand(b, hkv, s), self.budget",
+        "return self._select(self.rule.score(state).expand(b, hkv, s), self.budget",
+        "return self._select((-self.rule.score(state)).expand(b, hkv, s), self.budget",
         ("tests/test_oracles.py::test_decode_eviction_keeps_the_highest_scores",),
     ),
     Mutation(

@@ -82,7 +82,8 @@ def main() -> int:
     for m in chosen:
         rows.append(probe(m, m.tests))
         r = rows[-1]
-        print(f"{r['id']:30s} {'CAUGHT' if r['caught'] else 'SURVIVED'}  {r.get('seconds', 0):6.1f}s  {r['what']}")
+        verdict = "CAUGHT" if r["caught"] else "SURVIVED" if r["applied"] else "NOT APPLIED (code moved: update it)"
+        print(f"{r['id']:30s} {verdict}  {r.get('seconds', 0):6.1f}s  {r['what']}")
         write(Path(args.out), command, rows, done=len(rows) - 1 == len(chosen))
     survived = [r["id"] for r in rows[1:] if not r["caught"]]
     return 1 if survived else 0
@@ -95,7 +96,9 @@ def write(out: Path, command: str, rows: list[dict], done: bool) -> None:
     lines = [f"# mutation probe\n\n`{command}`\n", "| mutation | caught | seconds | evidence |", "|---|---|---|---|"]
     for r in rows:
         evidence = str(r.get("evidence", "")).replace("|", "\\|")
-        verdict = ("yes" if r["caught"] else "NO") if r["id"] != "unmutated" else ("FAILS" if r["caught"] else "passes")
+        verdict = ("yes" if r["caught"] else "NO" if r["applied"] else "not applied") if r["id"] != "unmutated" else (
+            "FAILS" if r["caught"] else "passes"
+        )
         lines.append(f"| {r['id']} | {verdict} | {r.get('seconds', '')} | {evidence} |")
     if not done:
         lines.append("\n(interrupted: the mutations not listed were not run)")

@@ -1,17 +1,16 @@
-"""One observing prefill for the attention-based explainers, through the KV-cache half's machinery:
-a ``SieveCache`` whose layers hand each layer's queries to ``observe`` (the same path the compression
-methods score from), so no attention matrix is ever built for all rows at once."""
+"""One observing prefill for the attention-based explainers: the KV cache's own ``observe_prefill`` (the same path
+the compression methods score from, with its engagement check), so no attention matrix is ever built for all
+rows at once."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from tokensieve.compat import with_cache
-from tokensieve.core.observe.capture import LayerObservation, Needs, observe
-from tokensieve.core.observe.hooks import prepare
+from tokensieve.core.observe.capture import LayerObservation, Needs
 from tokensieve.explain.target import ExplainError, Problem
-from tokensieve.kv.cache import SieveCache, SieveLayer
+from tokensieve.kv.cache import SieveCache
+from tokensieve.kv.observed import observe_prefill
 
 
 def observed_prefill(
@@ -20,21 +19,11 @@ def observed_prefill(
     """Run the prompt (plus the answer's tokens but the last when ``with_answer``: the rows that predict
     the answer) once, recording ``needs`` per attention layer. Raises if no layer was observed."""
     model = problem.model
-    prepare(model)
     ids = problem.ids
     if with_answer and len(problem.target.ids) > 1:
         ids = torch.cat([ids, torch.tensor(problem.target.ids[:-1], device=ids.device)])
-    cache = SieveCache(model.config)
-    observations: dict[int, LayerObservation] = {}
-
-    def record(layer: SieveLayer, query: Tensor, scaling: float) -> None:
-        layer.on_attention = None
-        observations[layer.layer_idx] = observe(needs, query, layer.keys, layer.valid, scaling)
-
-    for layer in cache.sieve_layers:
-        layer.on_attention = record
-    with torch.inference_mode():
-        model(**with_cache(model, cache, input_ids=ids[None], use_cache=True, logits_to_keep=1))
+    obs = observe_prefill(model, ids[None], None, needs, "an explanation's observing prefill")
+    cache, observations = obs.cache, obs.observations
     if not observations:
         raise ExplainError("the prefill observed no attention layer: call tokensieve.prepare(model) first")
     return cache, observations

@@ -234,7 +234,7 @@ def check_pageable(method: Any, allocator: Any = None) -> None:
             f"allocator {allocator.id!r} gives KV heads different budgets, which one page table per layer cannot "
             "hold: use a layer-level allocator (uniform, pyramid) with pages="
         )
-    if hasattr(method, "act") and not getattr(method, "evicts_only", False):
+    if not method.evicts_only:  # declared on the Method base
         raise PageError(
             f"{method.id} does more than evict (it merges, quantizes or keeps heads whole), which page eviction "
             "cannot do: drop pages= or pick an eviction method (e.g. snapkv; ems with merge=false)"

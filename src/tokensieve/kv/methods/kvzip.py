@@ -34,7 +34,8 @@ class KVzip(Method):
 
     ``scope="global"`` spends the whole cache's budget (every layer's budget summed) on one top-k over every
     layer's and head's scores, as KVzip's reference does, so layers and heads keep what they need (a ragged
-    cache; each head keeps at least one slot). ``scope="layer"`` leaves the budgets to the allocator."""
+    cache; each head keeps at least one slot): the default, measured best. ``scope="layer"`` leaves the budgets to the
+    allocator."""
 
     id = "kvzip"
     paper = "KVzip: Query-Agnostic KV Cache Compression with Context Reconstruction (Kim et al., 2025)"
@@ -44,7 +45,7 @@ class KVzip(Method):
     stride: int = 1
     sample: float = 1.0
     prompt: str = PROMPT
-    scope: str = "layer"
+    scope: str = "global"
 
     def __post_init__(self) -> None:
         if self.scope not in ("layer", "global"):

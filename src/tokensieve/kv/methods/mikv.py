@@ -40,10 +40,13 @@ class MiKV(Method):
     lo_bits: int = 2
     group: int = 32
     balance: bool = True
+    budget_of: str = "tokens"  # "bytes": keep is the fraction of the full cache's bytes held (equal-bytes cells)
 
     def __post_init__(self) -> None:
         from tokensieve.kv.methods import get_method
 
+        if self.budget_of not in ("tokens", "bytes"):
+            raise ParameterError(f"budget_of={self.budget_of!r}: use 'tokens' or 'bytes'")
         if self.hi_bits:
             check_bits(self.hi_bits, "hi_bits")
         if self.lo_bits:
@@ -89,6 +92,9 @@ class MiKV(Method):
 
         group_size(self.group, layer.keys.shape[-1])  # a clear error before any work
         scores = self.score(x)
+        if self.budget_of == "bytes":  # the budget's share of the tokens, read as a share of the bytes
+            t = layer.keys.shape[-2]
+            budget = round(self.keep_for_bytes(budget / t, layer.keys.shape[-1], layer.keys.element_size()) * t)
         sinks, window = self.protected(budget)
         counts = None if allocator is None else allocator.head_budgets(scores, budget, layer.valid, sinks, window)
         if counts is not None:

@@ -11,6 +11,7 @@ from tokensieve.measure.tasks.fidelity import Fidelity
 from tokensieve.measure.tasks.ruler import (
     CommonWords,
     FrequentWords,
+    NiahMultiAsk,
     NiahMultiKey,
     NiahMultiQuery,
     NiahMultiValue,
@@ -21,7 +22,16 @@ from tokensieve.spec import split_spec
 
 TASKS: dict[str, type[Task]] = {
     cls.name: cls
-    for cls in (NiahSingle, NiahMultiKey, NiahMultiValue, NiahMultiQuery, VariableTracking, CommonWords, FrequentWords)
+    for cls in (
+        NiahSingle,
+        NiahMultiKey,
+        NiahMultiValue,
+        NiahMultiQuery,
+        NiahMultiAsk,
+        VariableTracking,
+        CommonWords,
+        FrequentWords,
+    )
 }
 TASKS[Fidelity.name] = Fidelity
 
@@ -35,6 +45,7 @@ GROUPS: dict[str, list[str]] = {
         "niah_multikey",
         "niah_multivalue",
         "niah_multiquery",
+        "niah_multiask:haystack=prose",
         "vt",
         "cwe:common=3",  # 10 common words (RULER) is beyond a 135M model even with the full cache
         "fwe",

@@ -173,6 +173,40 @@ class NiahMultiKey(NeedleTask):
 
 
 @dataclass
+class NiahMultiAsk(NeedleTask):
+    """``asks`` needles with different keys at random depths, and one question per key, asked one after
+    another of the same compressed context (the use a question-unseen cache serves: several questions over one
+    document). Scoring: ``contains`` per question, the sample's score is their mean. In the query-aware setting
+    only the first question is in the compressed prompt."""
+
+    name = "niah_multiask"
+    kind = "retrieval"
+    asks: int = 3
+
+    def sample(self, tokenizer: PreTrainedTokenizerBase, n_tokens: int, index: int, seed: int = 0) -> Sample:
+        rng = self.rng(n_tokens, index, seed)
+        used: set[str] = set()
+        keys = []
+        while len(keys) < self.asks:
+            k = rng.choice(WORDS)
+            if k not in used:
+                used.add(k)
+                keys.append(k)
+        needles = [(rng.random(), k, make_value(self.value, rng, used)) for k in keys]
+        one, _ = _names(self.value)
+        questions = [
+            (
+                f"What is the special magic {one} for {k} mentioned in the provided text?",
+                [i],
+                "contains",
+                f"The special magic {one} for {k} mentioned in the provided text is",
+            )
+            for i, k in enumerate(keys)
+        ]
+        return self._sample(tokenizer, n_tokens, index, seed, rng, needles, questions, {"asks": self.asks})
+
+
+@dataclass
 class NiahMultiValue(NeedleTask):
     """One key with ``values`` different values, each in its own needle at a random depth.
     Question: all values of the key. Scoring: ``recall`` (fraction of the values in the answer)."""

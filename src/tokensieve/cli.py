@@ -16,6 +16,7 @@ from rich.table import Table
 
 from tokensieve.errors import TokenSieveError
 from tokensieve.kv.budget import ALLOCATORS
+from tokensieve.kv.methods import DEFAULT_METHOD
 
 # rich falls back to 80 columns off a terminal; tables of answers want more
 console = Console(width=shutil.get_terminal_size((150, 40)).columns)
@@ -337,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="compress a context, then answer a question from the compressed cache")
     g.add_argument("--model", default="smollm2", help="bundled name (smollm2, gemma3-270m) or a local model dir")
-    g.add_argument("--method", required=True, help="method id (see `tokensieve methods`)")
+    g.add_argument("--method", default=DEFAULT_METHOD, help=f"method id (see `tokensieve methods`; {DEFAULT_METHOD})")
     size = g.add_mutually_exclusive_group(required=True)
     size.add_argument("--keep", type=_keep, help="fraction of context tokens to keep, in (0, 1]")
     size.add_argument("--budget", type=int, help="tokens to keep per KV head")
@@ -417,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the main job: a pass key in ~2k tokens, compressed 4x, answered")
     d.add_argument("--model", default="smollm2")
-    d.add_argument("--method", default="snapkv")
+    d.add_argument("--method", default=DEFAULT_METHOD)
     d.add_argument("--keep", type=_keep, default=0.25)
     d.add_argument("--tokens", type=int, default=2000)
     d.add_argument("--depth", type=float, default=0.5)

@@ -41,6 +41,10 @@ REGISTRY.update({cls.id: cls for cls in (MiKV, ZipCacheQuant, Razor, CompressKV,
 # question-unseen compression (issue 12)
 REGISTRY.update({cls.id: cls for cls in (KVzip, KVzipPlus, ExpectedAttention, KeyDiff, LagKV, Surprise, Span)})
 
+# what `tokensieve generate` and the demo use unless told: the measured best question-unseen method
+# (docs/unseen.md, benchmarks/results/unseen12)
+DEFAULT_METHOD = "kvzip"
+
 
 def method_ids() -> list[str]:
     return list(REGISTRY)
@@ -51,4 +55,4 @@ def get_method(method: str | Method, **params: Any) -> Method:
     return instantiate(REGISTRY, Method, "method id", method, params)
 
 
-__all__ = ["REGISTRY", "Method", "get_method", "method_ids"]
+__all__ = ["DEFAULT_METHOD", "REGISTRY", "Method", "get_method", "method_ids"]

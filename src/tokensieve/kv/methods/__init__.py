@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from tokensieve.kv.methods.a2sf import A2SF
 from tokensieve.kv.methods.base import Method
 from tokensieve.kv.methods.compresskv import CompressKV
+from tokensieve.kv.methods.decode_rule import DecodeRule
 from tokensieve.kv.methods.ems import EMS
 from tokensieve.kv.methods.expected_attention import ExpectedAttention
 from tokensieve.kv.methods.h2o import H2O
@@ -41,6 +43,11 @@ REGISTRY.update({cls.id: cls for cls in (MiKV, ZipCacheQuant, Razor, CompressKV,
 # question-unseen compression (issue 12)
 REGISTRY.update({cls.id: cls for cls in (KVzip, KVzipPlus, ExpectedAttention, KeyDiff, LagKV, Surprise, Span)})
 
+# the methods that also evict while generating: method id -> its ``decode_rule`` (the rule lives in its file)
+DECODE_RULES: dict[str, Callable[[Any], DecodeRule]] = {
+    cls.id: cls.decode_rule for cls in (H2O, A2SF, Scissorhands, TOVA, Keyformer)
+}
+
 
 def method_ids() -> list[str]:
     return list(REGISTRY)
@@ -51,4 +58,4 @@ def get_method(method: str | Method, **params: Any) -> Method:
     return instantiate(REGISTRY, Method, "method id", method, params)
 
 
-__all__ = ["REGISTRY", "Method", "get_method", "method_ids"]
+__all__ = ["DECODE_RULES", "REGISTRY", "Method", "get_method", "method_ids"]

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor
 
 from tokensieve.core.observe.capture import Needs
 from tokensieve.core.observe.inputs import ScoreInputs
 from tokensieve.registry import Registered
+
+if TYPE_CHECKING:
+    from tokensieve.kv.methods.decode_rule import DecodeRule
 
 
 @dataclass
@@ -37,6 +40,11 @@ class Method(Registered, ABC):
 
     def act(self, layer: Any, x: ScoreInputs, budget: int, allocator: Any, inplace: bool) -> Any:
         """A layout of its own (merge, quantize, whole heads) for one layer; None: plain eviction by ``score``."""
+        return None
+
+    def decode_rule(self) -> DecodeRule | None:
+        """Its score carried forward one query at a time while generating (``DecodeCache``), built from its own
+        parameters; None: it does not evict at decode time. The rule lives in the method's file."""
         return None
 
     def prepare_cache(self, cache: Any) -> None:

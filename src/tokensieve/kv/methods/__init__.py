@@ -17,7 +17,7 @@ from tokensieve.kv.methods.keyformer import Keyformer
 from tokensieve.kv.methods.knorm import KNorm
 from tokensieve.kv.methods.kvzip import KVzip, KVzipPlus
 from tokensieve.kv.methods.lagkv import LagKV
-from tokensieve.kv.methods.mikv import MiKV, ZipCacheQuant
+from tokensieve.kv.methods.mikv import MiKV
 from tokensieve.kv.methods.modifiers import ACT, ZeroTuning
 from tokensieve.kv.methods.random import Random
 from tokensieve.kv.methods.razor import Razor
@@ -28,6 +28,7 @@ from tokensieve.kv.methods.streaming import Streaming
 from tokensieve.kv.methods.surprise import Surprise
 from tokensieve.kv.methods.tova import TOVA
 from tokensieve.kv.methods.zipcache import ZipCache
+from tokensieve.kv.methods.zipcache_quant import ZipCacheQuant
 from tokensieve.registry import instantiate, register_family
 
 REGISTRY: dict[str, type[Method]] = {

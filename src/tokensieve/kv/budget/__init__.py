@@ -7,22 +7,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from tokensieve.kv.budget.adakv import AdaKV
-from tokensieve.kv.budget.base import Allocator, _round_capped
+from tokensieve.kv.budget.base import Allocator, EqualLayers, _round_capped
 from tokensieve.kv.budget.compresskv import ErrorProportional
 from tokensieve.kv.budget.zipvl import ZipVL
 from tokensieve.registry import instantiate, register_family
 
 
 @dataclass
-class Uniform(Allocator):
+class Uniform(EqualLayers):
     """The same budget in every layer and head."""
 
     id = "uniform"
     paper = "baseline"
     rule = "the same keep count in every layer and head"
-
-    def layer_budgets(self, budget: int, n_layers: int, n_tokens: int) -> list[int]:
-        return [min(budget, n_tokens)] * n_layers
 
 
 @dataclass

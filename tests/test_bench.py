@@ -23,7 +23,8 @@ from tokensieve.kv.sparse import get_sparse
 from tokensieve.measure.bench import cells as ev
 from tokensieve.measure.bench.methods import PRESSES, MethodSpec, default_methods
 from tokensieve.measure.bench.report import Results, write_summary
-from tokensieve.measure.bench.runner import Config, _retrieval_fields, load_done, run
+from tokensieve.measure.bench.records import retrieval_fields
+from tokensieve.measure.bench.runner import Config, load_done, run
 from tokensieve.measure.tasks import GROUPS, Item, Question, expand_tasks, get_task, score
 from tokensieve.measure.tasks.ruler import spread_depth
 
@@ -150,7 +151,7 @@ def test_multi_ask_asks_one_question_per_needle_of_one_context(byte_tok):
     for key, q in zip(keys, s.questions, strict=True):  # each question's value is its own key's needle
         assert f"numbers for {key} is: {q.items[0].text}." in s.context
     answers = [q.items[0].text for q in s.questions[:2]] + ["no idea"]
-    assert _retrieval_fields(s, answers)["score"] == pytest.approx(2 / 3)  # the mean over the questions
+    assert retrieval_fields(s, answers)["score"] == pytest.approx(2 / 3)  # the mean over the questions
 
 
 def test_variable_tracking_chain_in_order(byte_tok):

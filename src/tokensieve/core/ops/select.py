@@ -15,6 +15,13 @@ def protection_mask(valid: Tensor | None, batch: int, n_tokens: int, sinks: int,
     return valid & ((rank < sinks) | (back < window))
 
 
+def first_real(valid: Tensor | None, batch: int, device=None) -> Tensor:
+    """[B] index of each row's first real token (0 without padding): where a left-padded row starts."""
+    if valid is None:
+        return torch.zeros(batch, dtype=torch.long, device=device)
+    return valid.long().argmax(-1)
+
+
 def rank(scores: Tensor, valid: Tensor | None, sinks: int = 0, window: int = 0) -> Tensor:
     """Token indices [B, Hkv, T] from most to least wanted: protected tokens first, padding last, ties
     towards the later token (deterministic)."""

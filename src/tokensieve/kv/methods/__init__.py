@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from tokensieve.kv.methods.a2sf import A2SF
 from tokensieve.kv.methods.base import Method
 from tokensieve.kv.methods.compresskv import CompressKV
+from tokensieve.kv.methods.decode_rule import DecodeRule
 from tokensieve.kv.methods.ems import EMS
 from tokensieve.kv.methods.expected_attention import ExpectedAttention
 from tokensieve.kv.methods.h2o import H2O
@@ -15,7 +17,7 @@ from tokensieve.kv.methods.keyformer import Keyformer
 from tokensieve.kv.methods.knorm import KNorm
 from tokensieve.kv.methods.kvzip import KVzip, KVzipPlus
 from tokensieve.kv.methods.lagkv import LagKV
-from tokensieve.kv.methods.mikv import MiKV, ZipCacheQuant
+from tokensieve.kv.methods.mikv import MiKV
 from tokensieve.kv.methods.modifiers import ACT, ZeroTuning
 from tokensieve.kv.methods.random import Random
 from tokensieve.kv.methods.razor import Razor
@@ -26,6 +28,7 @@ from tokensieve.kv.methods.streaming import Streaming
 from tokensieve.kv.methods.surprise import Surprise
 from tokensieve.kv.methods.tova import TOVA
 from tokensieve.kv.methods.zipcache import ZipCache
+from tokensieve.kv.methods.zipcache_quant import ZipCacheQuant
 from tokensieve.registry import instantiate, register_family
 
 REGISTRY: dict[str, type[Method]] = {
@@ -45,6 +48,11 @@ REGISTRY.update({cls.id: cls for cls in (KVzip, KVzipPlus, ExpectedAttention, Ke
 # (docs/unseen.md, benchmarks/results/unseen12)
 DEFAULT_METHOD = "kvzip"
 
+# the methods that also evict while generating: method id -> its ``decode_rule`` (the rule lives in its file)
+DECODE_RULES: dict[str, Callable[[Any], DecodeRule]] = {
+    cls.id: cls.decode_rule for cls in (H2O, A2SF, Scissorhands, TOVA, Keyformer)
+}
+
 
 def method_ids() -> list[str]:
     return list(REGISTRY)
@@ -55,4 +63,4 @@ def get_method(method: str | Method, **params: Any) -> Method:
     return instantiate(REGISTRY, Method, "method id", method, params)
 
 
-__all__ = ["DEFAULT_METHOD", "REGISTRY", "Method", "get_method", "method_ids"]
+__all__ = ["DECODE_RULES", "DEFAULT_METHOD", "REGISTRY", "Method", "get_method", "method_ids"]

@@ -130,14 +130,7 @@ def sparse_cell(pre: Prefill, method, read: float) -> Compressed:
     cache = SparseCache(pre.model, method, read=read, tokenizer=pre.tokenizer).adopt(pre.cache)
     for layer in cache.sparse_layers:
         layer.pool_meter = True
-    stats = Stats(
-        pre.context_tokens,
-        pre.cache.kv_bytes(),
-        cache.kv_bytes(),
-        cache.tokens_held(),
-        pre.seconds,
-        time.perf_counter() - start,
-    )
+    stats = Stats.measure(cache, pre.context_tokens, pre.cache.kv_bytes(), pre.seconds, time.perf_counter() - start)
     return Compressed(pre.model, pre.tokenizer, cache, pre.context_ids, pre.context_mask, stats, method.id, read)
 
 

@@ -22,8 +22,8 @@ from tokensieve.cli import main
 from tokensieve.kv.sparse import get_sparse
 from tokensieve.measure.bench import cells as ev
 from tokensieve.measure.bench.methods import PRESSES, MethodSpec, default_methods
-from tokensieve.measure.bench.report import Results, write_summary
 from tokensieve.measure.bench.records import retrieval_fields
+from tokensieve.measure.bench.report import Results, write_summary
 from tokensieve.measure.bench.runner import Config, load_done, run
 from tokensieve.measure.tasks import GROUPS, Item, Question, expand_tasks, get_task, score
 from tokensieve.measure.tasks.ruler import spread_depth

@@ -39,6 +39,14 @@ def evict_layer(
     return RaggedLayer.from_dense(layer, rank(scores, layer.valid, sinks, window), counts)
 
 
+def evict_to_counts(layer: SieveLayer, scores: Tensor, counts: Tensor, inplace: bool = False) -> SieveLayer:
+    """Keep the best ``counts[b, h]`` tokens of each head (no protection): dense when every head keeps as many,
+    else ragged. How a budget spent over the whole cache at once (``global_counts``) is applied per layer."""
+    if bool((counts == counts.flatten()[0]).all()):
+        return evict_layer(layer, scores, int(counts.flatten()[0]), 0, 0, None, inplace)
+    return RaggedLayer.from_dense(layer, rank(scores, layer.valid), counts)
+
+
 def head_counts(
     scores: Tensor, budget: int, valid: Tensor | None, sinks: int, window: int, allocator: Allocator | None
 ) -> Tensor:

@@ -15,7 +15,8 @@ from tokensieve.kv.methods.h2o import H2O
 from tokensieve.kv.methods.keydiff import KeyDiff
 from tokensieve.kv.methods.keyformer import Keyformer
 from tokensieve.kv.methods.knorm import KNorm
-from tokensieve.kv.methods.kvzip import KVzip, KVzipPlus
+from tokensieve.kv.methods.kvzip import KVzip
+from tokensieve.kv.methods.kvzip_plus import KVzipPlus
 from tokensieve.kv.methods.lagkv import LagKV
 from tokensieve.kv.methods.mikv import MiKV
 from tokensieve.kv.methods.modifiers import ACT, ZeroTuning

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, ClassVar
 from tokensieve.core.observe.inputs import ScoreInputs
 from tokensieve.core.ops.quant import check_bits, group_size, keep_for_byte_fraction, mixed_byte_fraction
 from tokensieve.core.ops.select import rank
-from tokensieve.errors import ParameterError
+from tokensieve.errors import ParameterError, check_choice
 from tokensieve.kv.heads import equal_head_budget
 from tokensieve.kv.methods.base import ScoredBy
 
@@ -41,8 +41,7 @@ class MiKV(ScoredBy):
     def __post_init__(self) -> None:
         from tokensieve.kv.methods import get_method
 
-        if self.budget_of not in ("tokens", "bytes"):
-            raise ParameterError(f"budget_of={self.budget_of!r}: use 'tokens' or 'bytes'")
+        check_choice("budget_of", self.budget_of, ("tokens", "bytes"))
         if self.hi_bits:
             check_bits(self.hi_bits, "hi_bits")
         if self.lo_bits:

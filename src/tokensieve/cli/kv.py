@@ -1,60 +1,17 @@
-"""Command line: ``tokensieve methods | generate | decode | calibrate | sinks | demo | bench | quantize``."""
+"""The KV-cache commands: ``methods | generate | calibrate | sinks | decode | demo``."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import sys
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tokensieve.cli.args import _add_page_args, _context, _count, _keep, _page_kwargs, _param, _read, console
 from tokensieve.errors import TokenSieveError
 from tokensieve.kv.budget import ALLOCATORS
 from tokensieve.kv.methods import DEFAULT_METHOD
-
-# rich falls back to 80 columns off a terminal; tables of answers want more
-console = Console(width=shutil.get_terminal_size((150, 40)).columns)
-
-
-def _param(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"method parameter {text!r} must look like name=value")
-    name, raw = text.split("=", 1)
-    try:
-        value: Any = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return name, value
-
-
-def _keep(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--keep takes a fraction in (0, 1], not {text!r}") from None
-
-
-def _add_page_args(parser: argparse.ArgumentParser) -> None:
-    """``--pages P`` (+ layout, aggregation): evict whole pages of P tokens, as a paged serving engine must."""
-    parser.add_argument("--pages", type=int, metavar="P", help="evict whole pages of P tokens (e.g. 16)")
-    parser.add_argument("--page-layout", choices=["layer", "head"], help="pages shared by a layer's KV heads (default)")
-    parser.add_argument("--page-agg", choices=["max", "mean"], help="a page's score from its tokens' (default max)")
-
-
-def _page_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The page options as keywords, validated (a bad one exits 2 before the model loads)."""
-    from tokensieve.kv.pages import Paging
-
-    kw = {"pages": args.pages, "page_layout": args.page_layout, "page_agg": args.page_agg}
-    kw = {k: v for k, v in kw.items() if v is not None}
-    Paging.pop(dict(kw))
-    return kw
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
@@ -72,19 +29,6 @@ def cmd_methods(args: argparse.Namespace) -> int:
     console.print(table)
     return 0
 
-
-def _context(args: argparse.Namespace) -> str:
-    """The context text (never empty)."""
-    if args.context_file is not None:
-        path = Path(args.context_file)
-        if not path.is_file():
-            raise TokenSieveError(f"context file {str(path)!r} does not exist: pass a readable text file")
-        text = path.read_text(encoding="utf-8")
-    else:
-        text = args.context
-    if not text.strip():
-        raise TokenSieveError("the context is empty: pass --context TEXT or --context-file PATH with text in it")
-    return text
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -270,27 +214,6 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 < value <= 1.0:  # a count of tokens has its own flag, so `--read 2` is not silently 2 tokens
-        raise argparse.ArgumentTypeError(
-            f"--read takes a fraction in (0, 1] such as 0.125, not {text!r} (for a token count use --read-tokens N)"
-        )
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"takes a positive whole number, not {text!r}")
-    return value
-
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from tokensieve.demo import run_demo
@@ -298,40 +221,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.model, args.method, args.keep, args.tokens, args.depth, console)
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from tokensieve.measure.bench.cli import run_bench
-
-    return run_bench(args, console)
-
-
-def cmd_vision(args: argparse.Namespace) -> int:
-    from tokensieve.vision.cli import run_vision
-
-    return run_vision(args, console)
-
-
-def cmd_explain(args: argparse.Namespace) -> int:
-    from tokensieve.explain.cli import run_explain
-
-    return run_explain(args, console, _context(args))
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from tokensieve.train.cli import run as run_train
-
-    return run_train(args, console)
-
-
-def cmd_quantize(args: argparse.Namespace) -> int:
-    from tokensieve.quantize.cli import run_quantize
-
-    return run_quantize(args, console)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tokensieve", description="Token importance for Hugging Face models.")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def add_parsers(sub: argparse._SubParsersAction) -> None:
     m = sub.add_parser("methods", help="list every method id with its paper and rule")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_methods)
@@ -423,47 +313,3 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--tokens", type=int, default=2000)
     d.add_argument("--depth", type=float, default=0.5)
     d.set_defaults(func=cmd_demo)
-
-    from tokensieve.measure.bench.cli import add_arguments
-
-    b = sub.add_parser("bench", help="rank methods on offline long-context tasks: prefill once, compress many")
-    add_arguments(b)
-    b.set_defaults(func=cmd_bench)
-
-    from tokensieve.vision.cli import add_arguments as add_vision_arguments
-
-    v = sub.add_parser("vision", help="prune or merge an image's patch tokens inside a ViT; FLOPs, CLS cosine")
-    add_vision_arguments(v, _keep)
-    v.set_defaults(func=cmd_vision)
-
-    from tokensieve.explain.cli import add_arguments as add_explain_arguments
-
-    ex = sub.add_parser("explain", help="which context tokens an answer rests on, with faithfulness measured")
-    add_explain_arguments(ex)
-    ex.set_defaults(func=cmd_explain)
-
-    from tokensieve.train.cli import add_arguments as add_train_arguments
-
-    t = sub.add_parser("train", help="fine-tune with a token-weighting rule on an offline reasoning task")
-    add_train_arguments(t)
-    t.set_defaults(func=cmd_train)
-
-    from tokensieve.quantize.cli import add_arguments as add_quantize_arguments
-
-    qz = sub.add_parser("quantize", help="quantize weights (rtn, gptq, rsq), save as safetensors, --eval vs full")
-    add_quantize_arguments(qz)
-    qz.set_defaults(func=cmd_quantize)
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except TokenSieveError as e:
-        print(f"tokensieve: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

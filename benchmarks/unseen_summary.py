@@ -97,6 +97,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--min-share", type=float, default=0.5)
     ap.add_argument("--command", action="append", default=[], help="the commands that produced the folders")
+    ap.add_argument("--mean", action="append", default=[], help="comma list of tasks to average (repeatable)")
     args = ap.parse_args()
     cells = load([Path(f) for f in args.folders])
     by: dict[tuple, dict[int, dict]] = defaultdict(dict)  # (task, length, label, keep) -> {sample: cell}
@@ -138,19 +139,22 @@ def main() -> None:
         name = task.replace(":", "_").replace("=", "-")
         plot(out / f"unseen_{name}_{length}.png", f"{task}, {length} tokens", n, rows)
     lines += ["## Mean over tasks", ""]
-    for length, tasks in sorted(per_length.items()):
-        rows = mean_over_tasks(tasks)
-        if not rows:
-            continue
-        n = rows[0][-1]
-        lines += [f"### {length} tokens: {', '.join(sorted(tasks))}; {n} sample indices per task", ""]
-        lines += ["| method | keep | score | 95% CI | % of full | 95% CI |", "|---|---|---|---|---|---|"]
-        for m, kp, a, lo, hi, rel, rlo, rhi, _ in rows:
-            rel_ci = f"[{100 * rlo:.0f}, {100 * rhi:.0f}]"
-            lines.append(f"| {m} | {kp} | {a:.3f} | [{lo:.2f}, {hi:.2f}] | {100 * rel:.0f}% | {rel_ci} |")
-        lines.append("")
-        plot(out / f"unseen_mean_{length}.png", f"mean over {len(tasks)} tasks, {length} tokens", n,
-             [(m, kp, a, lo, hi) for m, kp, a, lo, hi, *_ in rows])  # fmt: skip
+    for length, every in sorted(per_length.items()):
+        for which in args.mean or [",".join(every)]:
+            tasks = {t: every[t] for t in which.split(",") if t in every}
+            rows = mean_over_tasks(tasks) if tasks else []
+            if not rows:
+                continue
+            n = rows[0][-1]
+            lines += [f"### {length} tokens: {', '.join(sorted(tasks))}; {n} sample indices per task", ""]
+            lines += ["| method | keep | score | 95% CI | % of full | 95% CI |", "|---|---|---|---|---|---|"]
+            for m, kp, a, lo, hi, rel, rlo, rhi, _ in rows:
+                rel_ci = f"[{100 * rlo:.0f}, {100 * rhi:.0f}]"
+                lines.append(f"| {m} | {kp} | {a:.3f} | [{lo:.2f}, {hi:.2f}] | {100 * rel:.0f}% | {rel_ci} |")
+            lines.append("")
+            title = f"mean over {len(tasks)} tasks, {length} tokens"
+            pts = [(m, kp, a, lo, hi) for m, kp, a, lo, hi, *_ in rows]
+            plot(out / f"unseen_mean_{length}_{len(tasks)}tasks.png", title, n, pts)
     lines += ["## Per task", "", *tables]
     (out / "unseen_summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -180,6 +184,7 @@ def plot(path: Path, title: str, n: int, rows: list[tuple]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     methods = sorted({r[0] for r in rows if r[0] != "full"})
     full = [r for r in rows if r[0] == "full"]
@@ -203,10 +208,11 @@ def plot(path: Path, title: str, n: int, rows: list[tuple]) -> None:
         ax.set_xscale("log")
         ax.set_xticks([0.1, 0.25, 0.5])
         ax.set_xticklabels(["0.1", "0.25", "0.5"])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("keep (fraction of the context)")
         ax.set_title(fam)
         ax.set_ylim(-0.02, 1.02)
-        ax.legend(fontsize=7, loc="upper left")
+        ax.legend(fontsize=7, loc="best", framealpha=0.6)
     axes[0][0].set_ylabel(f"score (n={n}, 95% interval)")
     fig.suptitle(f"{title}, question unseen")
     fig.tight_layout()

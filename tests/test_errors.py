@@ -110,7 +110,6 @@ def test_cli_lists_methods_as_json(capsys):
     rows = json.loads(capsys.readouterr().out)
     from tokensieve.kv.prune import PRUNERS
     from tokensieve.kv.sparse import SPARSE
-
     from tokensieve.quantize.methods import REGISTRY as QUANT
     from tokensieve.train import RULES
 

@@ -6,17 +6,15 @@ turns a command-line list (names, specs, or the groups ``retrieval``, ``fidelity
 
 from __future__ import annotations
 
+from tokensieve.measure.tasks.aggregation import CommonWords, FrequentWords, VariableTracking
 from tokensieve.measure.tasks.base import Item, Question, Sample, Task, score
 from tokensieve.measure.tasks.fidelity import Fidelity
 from tokensieve.measure.tasks.ruler import (
-    CommonWords,
-    FrequentWords,
     NiahMultiAsk,
     NiahMultiKey,
     NiahMultiQuery,
     NiahMultiValue,
     NiahSingle,
-    VariableTracking,
 )
 from tokensieve.spec import split_spec
 

@@ -75,7 +75,8 @@ def family(method: str) -> str:
 
 
 def label(c: dict) -> str:
-    return c["method"] if c["engine"] == "tokensieve" or c["method"] == "full" else f"kvpress:{c['method']}"
+    m = c["method"]
+    return m if c["engine"] == "tokensieve" or m == "full" or m.startswith("kvpress:") else f"kvpress:{m}"
 
 
 def load(folders: list[Path]) -> list[dict]:
@@ -127,7 +128,8 @@ def main() -> None:
             cs = [by[k][s] for s in common]
             xs = [c["score"] for c in cs]
             lo, hi = interval(xs)
-            byte_share = mean(c["kv_bytes"] / c["kv_bytes_full"] for c in cs if c.get("kv_bytes_full"))
+            shares = [c["kv_bytes"] / c["kv_bytes_full"] for c in cs if c.get("kv_bytes_full")]
+            byte_share = mean(shares) if shares else float("nan")  # kvpress cells do not report bytes
             rows.append((k[2], k[3], mean(xs), lo, hi, byte_share, mean(c.get("wall_seconds", 0) for c in cs)))
         rows.sort(key=lambda r: (r[0] != "full", -r[1], -r[2], r[0]))
         tables += [f"### {task}, {length} tokens, {n} samples", ""]

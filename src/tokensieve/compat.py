@@ -299,3 +299,26 @@ def logits_from_hidden(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Te
     logits = model.get_output_embeddings()(hidden)
     cap = getattr(model.config.get_text_config(decoder=True), "final_logit_softcapping", None)
     return torch.tanh(logits / cap) * cap if cap else logits
+
+
+# --- vision, round 2: merging inside a ViT block (tokensieve.vision) ---
+_MLP_NORMS = ("norm2", "layernorm_after", "layer_norm2")  # Dinov2 / ViT, DeiT / CLIP, SigLIP
+
+
+def vision_mlp_branch(layer: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """The norm that feeds a ViT block's MLP and the MLP itself, or None when the block has neither."""
+    # relies on pre-norm ViT-family blocks computing `h = x + attn(norm1(x)); out = h + mlp(norm2(h))`, with the
+    # second norm named as in _MLP_NORMS and the MLP `mlp` (ViT, DeiT, Dinov2, CLIP, SigLIP in transformers 5.x);
+    # anything elementwise after `mlp` (LayerScale, dropout, drop-path) commutes with a per-token copy
+    norm = next((getattr(layer, n) for n in _MLP_NORMS if isinstance(getattr(layer, n, None), torch.nn.Module)), None)
+    mlp = getattr(layer, "mlp", None)
+    return (norm, mlp) if norm is not None and isinstance(mlp, torch.nn.Module) else None
+
+
+def replace_layer_output(output: Any, hidden: torch.Tensor) -> Any:
+    """A layer's output with its hidden states replaced (a tensor in 5.x, the first item of a tuple before)."""
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
+def layer_output_hidden(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output

@@ -43,11 +43,11 @@ def photo_paths() -> list[Path]:
 
 
 def views(image: np.ndarray, n: int = 3) -> list[np.ndarray]:
-    """Deterministic views of one photo: the whole photo, its mirror, a 70% crop off-centre, a 60% crop."""
+    """Deterministic views of one photo: the whole photo, a 70% crop off-centre, its mirror, a mirrored 60%
+    crop (in that order, so two views are already a real test: a crop, not only a flip)."""
     h, w = image.shape[:2]
-    out = [image, image[:, ::-1]]
     ch, cw = int(h * 0.7), int(w * 0.7)
-    out.append(image[h - ch :, :cw])
+    out = [image, image[h - ch :, :cw], image[:, ::-1]]
     ch, cw = int(h * 0.6), int(w * 0.6)
     out.append(image[(h - ch) // 2 : (h - ch) // 2 + ch, w - cw :][:, ::-1])
     return [np.ascontiguousarray(v) for v in out[:n]]

@@ -9,16 +9,18 @@ from typing import ClassVar
 from torch import Tensor
 
 from tokensieve.errors import BudgetError, InvalidKeepError, check_keep
+from tokensieve.registry import Registered
 from tokensieve.vision.tokens import MergePlan, Tokens, prune
 
 
 @dataclass
-class VisionMethod:
+class VisionMethod(Registered):
     """One-shot pruning by default: before layer ``at``, keep ``keep`` of the patch tokens by ``score``."""
 
     id: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     rule: ClassVar[str] = ""
+    kind: ClassVar[str] = "vision tokens (ViT)"
     needs_cls: ClassVar[bool] = False  # ranks by [CLS] attention: refuses models without a CLS token
     observe: ClassVar[frozenset[str]] = frozenset()  # "cls", "qk", "ttv": what the attention hook records
     # where token counts change: "layer" (before a layer, by ``reduce``) or "mlp" (inside a block, between

@@ -113,8 +113,9 @@ def write_report(out: Path, command: str) -> None:
         "",
         f"{base['n_views']} photo views (scikit-image + opencv-doc photos, deterministic views) for CLS cosine, "
         f"view retrieval and saliency; Fashion-MNIST probe: {base['n_probe']} test images. Images/s: one batch "
-        f"of 32, pruned vs the unpruned model timed in the same run (unpruned batch: "
-        f"{base['base_batch32_seconds']:.1f} s) on a CPU shared with other jobs, so the ratio is noisy. "
+        f"of 32, pruned vs the unpruned model timed in the same run in CPU seconds of the one-thread process "
+        f"(unpruned batch: {base['base_batch32_seconds']:.1f} CPU s), because the 2-core machine was shared "
+        "with other jobs that held most of it: wall seconds would measure the scheduler. "
         "`keep` = fraction of patch tokens left after the cut (one-shot methods cut before layer 3; ToMe/PiToMe "
         "merge a constant r per layer, between attention and MLP from layer 0, to end at `keep`); `tome` rows "
         "with `r` are ToMe's own constant-r schedule at the measured backbone FLOPs of `cls` at that keep. "

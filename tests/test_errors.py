@@ -113,7 +113,8 @@ def test_cli_lists_methods_as_json(capsys):
     from tokensieve.quantize.methods import REGISTRY as QUANT
     from tokensieve.train import RULES
 
-    others = ("budget allocator", "attribution", "token-weighted training", "weight quantization")
+    vision = ("vision tokens (ViT)", "vision-language tokens (VLM)")
+    others = ("budget allocator", "attribution", "token-weighted training", "weight quantization", *vision)
     ids = [r["id"] for r in rows if r["kind"] not in others]
     assert ids == [*ts.method_ids(), *SPARSE, *PRUNERS]  # every family, each under its kind
     assert [r["id"] for r in rows if r["kind"] == "token-weighted training"] == list(RULES)  # train
@@ -124,6 +125,12 @@ def test_cli_lists_methods_as_json(capsys):
     kinds = {r["id"]: r["kind"] for r in rows}
     assert kinds["h2o"] == "prefill eviction + decode eviction" and kinds["snapkv"] == "prefill eviction"
     assert kinds["quest"] == "sparse decoding" and kinds["lazyllm"] == "prefill pruning"
+    from tokensieve.vision import VISION_METHODS
+    from tokensieve.vlm import VLM_METHODS
+
+    assert [r["id"] for r in rows if r["kind"] == vision[0]] == list(VISION_METHODS)  # `tokensieve vision`
+    assert [r["id"] for r in rows if r["kind"] == vision[1]] == list(VLM_METHODS)
+    assert list(VLM_METHODS) == ["fastv", "todre", "idpruner", "mmtok"]
 
 
 # --- decode-time families ----------------------------------------------------------------------

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from transformers import (
     CLIPVisionConfig,
     CLIPVisionModel,
@@ -32,7 +33,7 @@ from tokensieve.vision.methods.hired import split_budget
 from tokensieve.vision.methods.pitome import energy
 from tokensieve.vision.methods.transprune import transition_variation
 from tokensieve.vision.methods.zero_tprune import attention_pagerank
-from tokensieve.vision.tokens import Tokens, merge, prune, unmerge
+from tokensieve.vision.tokens import Tokens, match, merge, prune, unmerge
 
 SMALL = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, image_size=56,
              patch_size=7)  # fmt: skip
@@ -90,7 +91,8 @@ def test_every_method_prunes_and_cleans_up(kind: str, pixels: torch.Tensor) -> N
         assert torch.isfinite(out.cls).all(), m
         assert vm.backbone.config._attn_implementation == before
         layers = compat.vision_layers(vm.backbone)
-        assert not any(layer._forward_pre_hooks for layer in layers)
+        assert not any(layer._forward_pre_hooks or layer._forward_hooks for layer in layers)
+        assert not any(mod._forward_pre_hooks or mod._forward_hooks for mod in layers.modules())
         assert not vm.backbone._forward_pre_hooks and not vm.backbone._forward_hooks
 
 
@@ -124,6 +126,51 @@ def test_tome_merge_preserves_size_weighted_sums_and_matches_a_loop() -> None:
             torch.testing.assert_close(unmerge(out, st)[i, 1 + j], want)
             for a in group:  # every member of the group unmerges to the same output
                 torch.testing.assert_close(unmerge(out, st)[i, 1 + a], want)
+
+
+def _block_by_hand(layer, x: Tensor, sizes: Tensor | None, r: int, ns: int = 1):
+    """One Dinov2 block written out: attention with log(size) on the keys, then ToMe's merge of the residual
+    stream between attention and MLP (the plan from this layer's head-mean keys), then the MLP on the merged
+    tokens. Returns the block output, the merged sizes and the plan."""
+    b, t, d = x.shape
+    attn = layer.attention
+    n = layer.norm1(x)
+    q, k, v = (p(n).view(b, t, 4, 8).transpose(1, 2) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+    logits = q @ k.transpose(-1, -2) / math.sqrt(8)
+    if sizes is not None:
+        logits = logits + sizes.log()[:, None, None, :]
+    a = attn.o_proj((logits.softmax(-1) @ v).transpose(1, 2).reshape(b, t, d))  # oracle: the full T x T softmax
+    h = x + layer.layer_scale1(a)
+    st = Tokens(ns, (1, t - ns), torch.arange(t).expand(b, -1).clone(), torch.zeros(b, t, dtype=torch.bool), sizes)
+    idx = torch.arange(t - ns).expand(b, -1)
+    plan = match(h, st, k.mean(1), idx[:, ::2], idx[:, 1::2], r)
+    hm = plan.apply(h)
+    return hm + layer.layer_scale2(layer.mlp(layer.norm2(hm))), plan.sizes, plan
+
+
+def test_tome_merges_between_attention_and_mlp_as_written_by_hand(pixels: torch.Tensor) -> None:
+    vm = _tiny("dinov2")
+    layers = compat.vision_layers(vm.backbone)
+    seen: dict[str, list[int]] = {"attn": [], "mlp": []}
+    taps = [layers[i].norm1.register_forward_hook(lambda m, a, o: seen["attn"].append(o.shape[1])) for i in range(4)]
+    taps += [layers[i].mlp.register_forward_hook(lambda m, a, o: seen["mlp"].append(o.shape[1])) for i in range(4)]
+    try:
+        with torch.no_grad(), Sieve(vm, get_vision_method("tome", r=5, at=2)) as s:
+            out = vm.backbone(pixel_values=pixels).last_hidden_state
+    finally:
+        for t in taps:
+            t.remove()
+    assert seen == {"attn": [65, 65, 65, 60], "mlp": [65, 65, 60, 55]}  # the MLP already runs on the merged tokens
+    with torch.no_grad():
+        x = vm.backbone.embeddings(pixels)
+        for layer in layers[:2]:
+            x = layer(x)
+        x, sizes, _ = _block_by_hand(layers[2], x, None, 5)
+        x, sizes, _ = _block_by_hand(layers[3], x, sizes, 5)  # proportional attention from the first merge
+        want = vm.backbone.layernorm(x)
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(s.state.sizes, sizes)
+    assert s.state.sizes.sum(1).tolist() == [65.0, 65.0]  # every patch is in exactly one token
 
 
 def test_prune_keeps_chosen_and_unmerges_dropped_to_nearest_kept() -> None:

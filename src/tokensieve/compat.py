@@ -299,3 +299,77 @@ def logits_from_hidden(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Te
     logits = model.get_output_embeddings()(hidden)
     cap = getattr(model.config.get_text_config(decoder=True), "final_logit_softcapping", None)
     return torch.tanh(logits / cap) * cap if cap else logits
+
+
+# --- vision, round 2: merging inside a ViT block (tokensieve.vision) ---
+_MLP_NORMS = ("norm2", "layernorm_after", "layer_norm2")  # Dinov2 / ViT, DeiT / CLIP, SigLIP
+
+
+def vision_mlp_branch(layer: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """The norm that feeds a ViT block's MLP and the MLP itself, or None when the block has neither."""
+    # relies on pre-norm ViT-family blocks computing `h = x + attn(norm1(x)); out = h + mlp(norm2(h))`, with the
+    # second norm named as in _MLP_NORMS and the MLP `mlp` (ViT, DeiT, Dinov2, CLIP, SigLIP in transformers 5.x);
+    # anything elementwise after `mlp` (LayerScale, dropout, drop-path) commutes with a per-token copy
+    norm = next((getattr(layer, n) for n in _MLP_NORMS if isinstance(getattr(layer, n, None), torch.nn.Module)), None)
+    mlp = getattr(layer, "mlp", None)
+    return (norm, mlp) if norm is not None and isinstance(mlp, torch.nn.Module) else None
+
+
+def replace_layer_output(output: Any, hidden: torch.Tensor) -> Any:
+    """A layer's output with its hidden states replaced (a tensor in 5.x, the first item of a tuple before)."""
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
+def layer_output_hidden(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+# --- vision-language models (tokensieve.vlm) ---
+VLM_ATTENTION = "tokensieve_vlm"
+# the keywords LLaVA-style models hand their language model (`self.language_model(inputs_embeds=..., ...)`)
+LM_EMBEDS_ARG, LM_MASK_ARG, LM_POSITIONS_ARG = "inputs_embeds", "attention_mask", "position_ids"
+# relies on: releases before 5.24 also pass `cache_position` (each new token's slot in the cache); 5.24 dropped it
+CACHE_POSITION_ARG = "cache_position"
+
+
+def vlm_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, int] | None:
+    """A LLaVA-style model's language model and image-token id, or None for a model without both."""
+    # relies on: `get_decoder()` finding `language_model` under LLaVA-style models (through `base_model`) and the
+    # config naming the placeholder `image_token_id` (`image_token_index` before 5.x)
+    config = getattr(model, "config", None)
+    token = getattr(config, "image_token_id", None)
+    token = getattr(config, "image_token_index", None) if token is None else token
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    if token is None or decoder is None or decoder is model or not hasattr(decoder, "layers"):
+        return None
+    return decoder, int(token)
+
+
+def take_tokens(x: Any, rows: torch.Tensor, n: int) -> Any:
+    """A per-token layer argument restricted to positions ``rows`` [B, k] of ``n`` (the decoder-layer call
+    convention above): token axis 1 (broadcast batch expanded), a 4-D [B, 1, n, n] mask on both last axes, a
+    1-D ``cache_position`` to its first k slots (the kept tokens fill the cache from its start), tuples
+    element-wise; anything else as is."""
+    if isinstance(x, tuple | list):
+        return type(x)(take_tokens(v, rows, n) for v in x)
+    if not isinstance(x, torch.Tensor):
+        return x
+    b, k = rows.shape
+    if x.dim() == 4 and x.shape[-2:] == (n, n):
+        x = x.expand(b, *x.shape[1:])
+        x = x.gather(2, rows[:, None, :, None].expand(-1, x.shape[1], -1, n))
+        return x.gather(3, rows[:, None, None, :].expand(-1, x.shape[1], k, -1))
+    if x.dim() >= 2 and x.shape[1] == n:
+        x = x.expand(b, *x.shape[1:])
+        return x.gather(1, rows.view(b, k, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:]))
+    if x.dim() == 1 and x.shape[0] == n:
+        return x[:k]
+    return x
+
+
+def take_keys(mask: Any, cols: torch.Tensor) -> Any:
+    """A 4-D [B, 1, q, K] mask restricted to key columns ``cols`` [B, K'] (None stays None)."""
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 4:
+        return mask
+    mask = mask.expand(cols.shape[0], *mask.shape[1:])
+    return mask.gather(3, cols[:, None, None, :].expand(-1, mask.shape[1], mask.shape[2], -1))

@@ -2,10 +2,16 @@
 
 On enter it switches the model to a registered attention function (SDPA underneath) and installs forward
 pre-hooks: one on the model (reads the image size, resets the per-pass state, lets ``downsample`` resize
-the input) and one per encoder layer (where token counts change, at layer boundaries). The attention
-function records what methods need (head-mean keys, CLS attention, q/k) and adds ToMe's ``log(size)``
-bias once tokens are merged. Everything is removed on exit. With nothing reduced the attention call is
-transformers' own SDPA with the same arguments, so outputs are bit-identical to the plain model.
+the input) and one per encoder layer (where one-shot pruners change token counts, at layer boundaries).
+A merging method (``stage == "mlp"``: ToMe, PiToMe) also gets three hooks per block, so it merges between
+attention and MLP as the paper does without touching the block's code: a pre-hook on the MLP's norm merges
+the residual stream ``h`` (the MLP then runs on fewer tokens), a hook on the MLP copies its output back to
+every member token, and a hook on the block merges ``h + mlp`` with the same plan. Since a merged slot's
+members all get the same MLP output, that last merge equals ``merge(h) + mlp(norm(merge(h)))`` exactly in
+real arithmetic, at the cost of a gather and a weighted sum, no matmul. The attention function records
+what methods need (head-mean keys, CLS attention, q/k) and adds ToMe's ``log(size)`` bias once tokens are
+merged. Everything is removed on exit. With nothing reduced the attention call is transformers' own SDPA
+with the same arguments and no hook changes a tensor, so outputs are bit-identical to the plain model.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from tokensieve import compat
 from tokensieve.errors import NoClsTokenError, NotEngagedError
 from tokensieve.vision.methods.base import VisionMethod
 from tokensieve.vision.model import VisionModel
-from tokensieve.vision.tokens import Tokens, unmerge
+from tokensieve.vision.tokens import MergePlan, Tokens, commit, unmerge
 
 _active = threading.local()
 
@@ -59,10 +65,17 @@ class Sieve:
         self._handles: list[Any] = []
         self._attn: list[tuple[Any, str]] = []
         self._pixels: tuple[int, int] = (vm.image_size, vm.image_size)
+        self._plan: MergePlan | None = None  # the merge of the block running now (stage "mlp")
         if method.needs_cls and not vm.has_cls:
             raise NoClsTokenError(
                 f"method {method.id!r} ranks patches by [CLS] attention, but {vm.name} has no CLS token "
                 "(SigLIP pools without one): use a CLS-free method such as tome, divprune or fourier"
+            )
+        self._branches = [compat.vision_mlp_branch(layer) for layer in self.layers] if method.stage == "mlp" else []
+        if any(b is None for b in self._branches):
+            raise NotEngagedError(
+                f"{method.id} merges between attention and MLP, but {type(self.layers[0]).__name__} has no "
+                "recognised MLP norm: use a ViT / DeiT / DINOv2 / CLIP-vision / SigLIP model"
             )
 
     def __enter__(self) -> Sieve:
@@ -73,6 +86,11 @@ class Sieve:
         self._handles.append(bb.register_forward_hook(self._finish, with_kwargs=True))
         for i, layer in enumerate(self.layers):
             self._handles.append(layer.register_forward_pre_hook(self._layer_hook(i), with_kwargs=True))
+        for i, branch in enumerate(self._branches):
+            norm, mlp = branch
+            self._handles.append(norm.register_forward_pre_hook(self._mlp_norm_hook(i)))
+            self._handles.append(mlp.register_forward_hook(self._mlp_hook))
+            self._handles.append(self.layers[i].register_forward_hook(self._block_hook))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -108,6 +126,12 @@ class Sieve:
                 "attention: the model does not route attention through transformers' interface; use a "
                 "ViT / DeiT / DINOv2 / CLIP-vision / SigLIP model"
             )
+        if self._branches and st.mlp_calls < len(self.layers):
+            raise NotEngagedError(
+                f"{type(module).__name__} ran {st.mlp_calls} of {len(self.layers)} MLP norms through tokensieve's "
+                "hooks: its blocks do not feed the MLP through the norm found; use a ViT / DeiT / DINOv2 / "
+                "CLIP-vision / SigLIP model"
+            )
 
     def _layer_hook(self, i: int):
         def hook(layer: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -119,9 +143,10 @@ class Sieve:
             st.layer = i
             if "ttv" in self.method.observe:
                 self.method.track(x, st)
-            target = self.method.target(i, len(self.layers), st, x.shape[1] - st.n_special)
-            if target is not None:
-                x = self.method.reduce(x, st, target)
+            if self.method.stage == "layer":
+                target = self.method.target(i, len(self.layers), st, x.shape[1] - st.n_special)
+                if target is not None:
+                    x = self.method.reduce(x, st, target)
             if args:
                 args = (x, *args[1:])
             else:
@@ -129,6 +154,30 @@ class Sieve:
             return args, kwargs
 
         return hook
+
+    def _mlp_norm_hook(self, i: int):
+        def hook(norm: nn.Module, args: tuple) -> tuple | None:
+            st, h = self.state, args[0]
+            st.mlp_calls += 1
+            self._plan = None
+            target = self.method.target(i, len(self.layers), st, h.shape[1] - st.n_special)
+            if target is None:
+                return None  # nothing merged in this block: the block runs untouched (bit-exact)
+            self._plan = self.method.plan(h, st, target)
+            commit(st, self._plan)
+            return (self._plan.apply(h), *args[1:])
+
+        return hook
+
+    def _mlp_hook(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
+        # the MLP ran on the merged tokens; the residual it is added to still has every token
+        return None if self._plan is None else self._plan.spread(output)
+
+    def _block_hook(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        plan, self._plan = self._plan, None
+        if plan is None:
+            return None
+        return compat.replace_layer_output(output, plan.apply(compat.layer_output_hidden(output)))
 
     def _new_state(self, x: Tensor) -> Tokens:
         p = self.vm.patch_size

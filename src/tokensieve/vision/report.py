@@ -113,19 +113,57 @@ def write_report(out: Path, command: str) -> None:
         "",
         f"{base['n_views']} photo views (scikit-image + opencv-doc photos, deterministic views) for CLS cosine, "
         f"view retrieval and saliency; Fashion-MNIST probe: {base['n_probe']} test images. Images/s: one batch "
-        f"of 32, pruned vs the unpruned model timed in the same run (unpruned batch: "
-        f"{base['base_batch32_seconds']:.1f} s) on a CPU shared with other jobs, so the ratio is noisy. "
+        f"of 32, pruned vs the unpruned model timed in the same run in CPU seconds of the one-thread process "
+        f"(unpruned batch: {base['base_batch32_seconds']:.1f} CPU s), because the 2-core machine was shared "
+        "with other jobs that held most of it: wall seconds would measure the scheduler. "
         "`keep` = fraction of patch tokens left after the cut (one-shot methods cut before layer 3; ToMe/PiToMe "
-        "merge a constant r per layer from layer 1 to end at `keep`); `tome` rows with `r` are ToMe at the "
-        "FLOPs of `cls` at that keep.",
+        "merge a constant r per layer, between attention and MLP from layer 0, to end at `keep`); `tome` rows "
+        "with `r` are ToMe's own constant-r schedule at the measured backbone FLOPs of `cls` at that keep. "
+        "Images/s ratios: each keep's rows against unpruned batches timed at the start of that keep and after "
+        "every 4 rows.",
         "",
         f"Unpruned: retrieval top-1 {base['retrieval_top1']:.3f}, probe accuracy {base['probe_acc']:.3f}.",
         "",
         *_table([base, *rest]),
         "",
+        "## At half the FLOPs",
+        "",
+        "Each method's CLS cosine and view-retrieval top-1 at a FLOPs ratio of 0.5, interpolated linearly between "
+        "its two measured points around 0.5 (keep rows; for `tome` also its matched-r rows); methods whose "
+        "rows do not straddle 0.5 are left out. Goal: cosine >= 0.98 and retrieval within 2 points of unpruned "
+        f"({base['retrieval_top1']:.3f}).",
+        "",
+        "| method | FLOPs points used | CLS cosine at 0.5 | retrieval top-1 at 0.5 |",
+        "|---|---|---|---|",
+        *_at_half(rest),
+        "",
     ]
     (out / "summary.md").write_text("\n".join(md))
     _plot(rows, base, out / "fidelity_vs_flops.png")
+
+
+def at_flops(rows: list[dict[str, Any]], key: str, x: float = 0.5) -> tuple[float, float, float] | None:
+    """``key`` interpolated linearly at FLOPs ratio ``x`` between the nearest measured rows on either side:
+    (value, left FLOPs, right FLOPs), or None when no rows straddle ``x``."""
+    pts = sorted((r["flops_ratio"], r[key]) for r in rows if r.get(key) is not None)
+    left = [p for p in pts if p[0] <= x]
+    right = [p for p in pts if p[0] >= x]
+    if not left or not right:
+        return None
+    (x0, y0), (x1, y1) = left[-1], right[0]
+    y = y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return y, x0, x1
+
+
+def _at_half(rows: list[dict[str, Any]]) -> list[str]:
+    out = []
+    for m in sorted({r["method"] for r in rows}):
+        mine = [r for r in rows if r["method"] == m]
+        cos, ret = at_flops(mine, "cls_cosine"), at_flops(mine, "retrieval_top1")
+        if cos is None or ret is None:
+            continue
+        out.append(f"| {m} | {cos[1]:.3f} / {cos[2]:.3f} | {cos[0]:.4f} | {ret[0]:.3f} |")
+    return sorted(out, key=lambda line: -float(line.split("|")[3]))
 
 
 def _plot(rows: list[dict[str, Any]], base: dict[str, Any], path: Path) -> None:

@@ -28,6 +28,7 @@ class Tokens:
     prev: Tensor | None = None  # the previous layer's input (token transition variation)
     ttv: Tensor | None = None  # [B, T] accumulated transition variation
     calls: int = 0  # attention calls seen: the engagement check
+    mlp_calls: int = 0  # MLP-norm pre-hooks run (merging between attention and MLP): the same check
 
     @property
     def n_patches(self) -> int:
@@ -60,12 +61,39 @@ def prune(x: Tensor, st: Tokens, keep: Tensor) -> Tensor:
     return kept
 
 
-def merge(x: Tensor, st: Tokens, metric: Tensor, a: Tensor, b_: Tensor, r: int) -> Tensor:
+@dataclass
+class MergePlan:
+    """One bipartite merge, kept so it can be applied twice: to the residual stream before a layer's MLP,
+    and again to the layer's output (ToMe merges between attention and MLP). ``old2new`` [B, T] maps each
+    token to its merged slot, ``rep`` [B, T'] names one member of each slot, ``count`` [B, T'] its members,
+    ``weights`` [B, T] the sizes of the tokens going in, ``sizes`` [B, T'] the sizes coming out."""
+
+    old2new: Tensor
+    rep: Tensor
+    count: Tensor
+    weights: Tensor
+    sizes: Tensor
+
+    def apply(self, x: Tensor) -> Tensor:
+        """[B, T, D] -> [B, T', D]: size-weighted mean of each slot's members; a slot of one token is that
+        token's value exactly (no x * s / s rounding)."""
+        d = x.shape[-1]
+        out = torch.zeros(x.shape[0], self.sizes.shape[1], d, dtype=x.dtype, device=x.device)
+        out.scatter_add_(1, self.old2new[..., None].expand(-1, -1, d), x * self.weights[..., None].to(x.dtype))
+        out = out / self.sizes[..., None].to(x.dtype)
+        alone = x.gather(1, self.rep[..., None].expand(-1, -1, d))
+        return torch.where((self.count == 1)[..., None], alone, out)
+
+    def spread(self, y: Tensor) -> Tensor:
+        """[B, T', D] -> [B, T, D]: every token gets its slot's value (the MLP output, back onto the residual)."""
+        return y.gather(1, self.old2new[..., None].expand(-1, -1, y.shape[-1]))
+
+
+def match(x: Tensor, st: Tokens, metric: Tensor, a: Tensor, b_: Tensor, r: int) -> MergePlan:
     """Bipartite soft matching: each token of A (patch indices [B, Na]) finds its most similar token of B
-    (cosine of ``metric`` [B, T, d]); the ``r`` best-matched A tokens are merged into their B partners by a
-    size-weighted average. Tokens in neither set are kept as they are. New order: specials and untouched
-    tokens, unmerged A, then B."""
-    ns, (bsz, t, d) = st.n_special, x.shape
+    (cosine of ``metric`` [B, T, d]); the ``r`` best-matched A tokens go into their B partners. Tokens in
+    neither set stay as they are. New order: specials and untouched tokens, unmerged A, then B."""
+    ns, (bsz, t, _) = st.n_special, x.shape
     dev = x.device
     pa, pb = a + ns, b_ + ns
     m = F.normalize(metric, dim=-1)
@@ -78,25 +106,32 @@ def merge(x: Tensor, st: Tokens, metric: Tensor, a: Tensor, b_: Tensor, r: int) 
     src, unm = order[:, :r], order[:, r:]
     dst = partner.gather(1, src)
     sizes = st.sizes if st.sizes is not None else torch.ones(bsz, t, dtype=x.dtype, device=dev)
-    weighted = x * sizes[..., None]
     src_tok, unm_tok = pa.gather(1, src), pa.gather(1, unm)
-    b_sum = weighted.gather(1, pb[..., None].expand(-1, -1, d))
-    b_sum = b_sum.scatter_add(
-        1, dst[..., None].expand(-1, -1, d), weighted.gather(1, src_tok[..., None].expand(-1, -1, d))
-    )
-    b_size = sizes.gather(1, pb).scatter_add(1, dst, sizes.gather(1, src_tok))
     in_ab = torch.zeros(bsz, t, dtype=torch.bool, device=dev).scatter_(1, pa, True).scatter_(1, pb, True)
     rest = (~in_ab).nonzero()[:, 1].view(bsz, -1)  # specials first: they are never in A or B
     k, nu = rest.shape[1], unm.shape[1]
-    out = torch.cat([x.gather(1, rest[..., None].expand(-1, -1, d)), x.gather(1, unm_tok[..., None].expand(-1, -1, d)),
-                     b_sum / b_size[..., None]], 1)  # fmt: skip
-    st.sizes = torch.cat([sizes.gather(1, rest), sizes.gather(1, unm_tok), b_size], 1)
     old2new = torch.empty(bsz, t, dtype=torch.long, device=dev)
     ar = torch.arange(t, device=dev).expand(bsz, -1)
     old2new.scatter_(1, rest, ar[:, :k]).scatter_(1, unm_tok, k + ar[:, :nu])
     old2new.scatter_(1, pb, k + nu + ar[:, : pb.shape[1]]).scatter_(1, src_tok, k + nu + dst)
-    _remap(st, old2new)
-    return out
+    rep = torch.cat([rest, unm_tok, pb], 1)
+    n_new = rep.shape[1]
+    count = torch.zeros(bsz, n_new, dtype=torch.long, device=dev).scatter_add_(1, old2new, torch.ones_like(old2new))
+    new_sizes = torch.zeros(bsz, n_new, dtype=sizes.dtype, device=dev).scatter_add_(1, old2new, sizes)
+    return MergePlan(old2new, rep, count, sizes, new_sizes)
+
+
+def commit(st: Tokens, plan: MergePlan) -> None:
+    """The state after ``plan``: merged sizes (ToMe's proportional attention) and where each patch lives."""
+    st.sizes = plan.sizes
+    _remap(st, plan.old2new)
+
+
+def merge(x: Tensor, st: Tokens, metric: Tensor, a: Tensor, b_: Tensor, r: int) -> Tensor:
+    """Match (``match``), update the state, and return the merged tokens: the layer-boundary form."""
+    plan = match(x, st, metric, a, b_, r)
+    commit(st, plan)
+    return plan.apply(x)
 
 
 def unmerge(hidden: Tensor, st: Tokens) -> Tensor:

@@ -6,6 +6,7 @@ from dataclasses import fields
 from typing import Any
 
 from tokensieve.errors import ParameterError, UnknownMethodError
+from tokensieve.registry import register_family
 from tokensieve.vision.methods.base import VisionMethod
 from tokensieve.vision.methods.cls import ClsAttention
 from tokensieve.vision.methods.divprune import DivPrune
@@ -22,6 +23,7 @@ VISION_METHODS: dict[str, type[VisionMethod]] = {
     m.id: m
     for m in (ToMe, PiToMe, ClsAttention, ZeroTPrune, DivPrune, TransPrune, Fourier, HiRED, RandomPrune, Downsample)
 }
+register_family("vision method", VISION_METHODS, "a vision (ViT) method: use tokensieve vision --method {id}")
 
 
 def get_vision_method(name: str, **params: Any) -> VisionMethod:

@@ -9,26 +9,34 @@ from typing import ClassVar
 from torch import Tensor
 
 from tokensieve.errors import BudgetError, InvalidKeepError, check_keep
-from tokensieve.vision.tokens import Tokens, prune
+from tokensieve.registry import Registered
+from tokensieve.vision.tokens import MergePlan, Tokens, prune
 
 
 @dataclass
-class VisionMethod:
+class VisionMethod(Registered):
     """One-shot pruning by default: before layer ``at``, keep ``keep`` of the patch tokens by ``score``."""
 
     id: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     rule: ClassVar[str] = ""
+    kind: ClassVar[str] = "vision tokens (ViT)"
     needs_cls: ClassVar[bool] = False  # ranks by [CLS] attention: refuses models without a CLS token
     observe: ClassVar[frozenset[str]] = frozenset()  # "cls", "qk", "ttv": what the attention hook records
+    # where token counts change: "layer" (before a layer, by ``reduce``) or "mlp" (inside a block, between
+    # attention and MLP, by ``plan``: ToMe's place, so the MLP already runs on the merged tokens)
+    stage: ClassVar[str] = "layer"
+    first_at: ClassVar[int] = 1  # the earliest ``at``: a layer-boundary cut needs one layer's attention first
 
     keep: float = 0.5
     at: int = 3  # the layer before which tokens are pruned (its predecessors' attention is the evidence)
 
     def __post_init__(self) -> None:
         check_keep(self.keep)
-        if self.at < 1:
-            raise InvalidKeepError(f"at={self.at} leaves no attention to score by: prune before layer 1 or later")
+        if self.at < self.first_at:
+            raise InvalidKeepError(
+                f"at={self.at} leaves no attention to score by: start at layer {self.first_at} or later"
+            )
 
     def n_keep(self, n_patches: int) -> int:
         return max(1, math.ceil(self.keep * n_patches - 1e-9))
@@ -47,6 +55,10 @@ class VisionMethod:
 
     def reduce(self, x: Tensor, st: Tokens, n: int) -> Tensor:
         return prune(x, st, self.score(x, st).topk(n, dim=1).indices)
+
+    def plan(self, x: Tensor, st: Tokens, n: int) -> MergePlan:
+        """For ``stage == "mlp"``: how to merge the residual stream ``x`` down to ``n`` patch tokens."""
+        raise NotImplementedError
 
     # hooks the engine calls; most methods leave them alone
     def resize(self, pixels: Tensor, patch: int) -> Tensor:

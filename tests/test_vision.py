@@ -173,6 +173,44 @@ def test_tome_merges_between_attention_and_mlp_as_written_by_hand(pixels: torch.
     assert s.state.sizes.sum(1).tolist() == [65.0, 65.0]  # every patch is in exactly one token
 
 
+class _Output(torch.nn.Module):
+    def __init__(self, dense: torch.nn.Module) -> None:
+        super().__init__()
+        self.dense = dense
+
+    def forward(self, y: Tensor, input_tensor: Tensor) -> Tensor:
+        return self.dense(y) + input_tensor
+
+
+class _OldViTLayer(torch.nn.Module):
+    """The same ViT block laid out as transformers had it up to 5.4: ``output(y, h)`` adds the residual itself."""
+
+    def __init__(self, layer: torch.nn.Module) -> None:
+        super().__init__()
+        self.attention, self.layernorm_before = layer.attention, layer.layernorm_before
+        self.layernorm_after = layer.layernorm_after
+        self.intermediate = torch.nn.Sequential(layer.mlp.fc1, layer.mlp.activation_fn)
+        self.output = _Output(layer.mlp.fc2)
+
+    def forward(self, hidden_states: Tensor, *args, **kwargs) -> Tensor:
+        h = self.attention(self.layernorm_before(hidden_states), *args, **kwargs)[0] + hidden_states
+        return self.output(self.intermediate(self.layernorm_after(h)), h)
+
+
+def test_tome_merges_inside_blocks_whose_output_adds_the_residual(pixels: torch.Tensor) -> None:
+    new = _tiny("vit")
+    old = _tiny("vit")
+    layers = compat.vision_layers(old.backbone)
+    for i, layer in enumerate(layers):
+        layers[i] = _OldViTLayer(layer)
+    with torch.no_grad():
+        torch.testing.assert_close(features(old, pixels).tokens, features(new, pixels).tokens, atol=0, rtol=0)
+        got, want = features(old, pixels, "tome", r=6), features(new, pixels, "tome", r=6)
+    assert got.tokens.shape[1] == 65 - 4 * 6
+    torch.testing.assert_close(got.tokens, want.tokens, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got.state.sizes, want.state.sizes)
+
+
 def test_prune_keeps_chosen_and_unmerges_dropped_to_nearest_kept() -> None:
     x = torch.tensor([[[9.0, 9], [1, 0], [0, 1], [0.9, 0.1], [0.1, 0.9]]])
     st = _state(1, 4)

@@ -10,7 +10,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from transformers import CLIPVisionConfig, LlamaConfig, LlamaForCausalLM, LlavaConfig, LlavaForConditionalGeneration
+from transformers import (
+    CLIPVisionConfig,
+    DynamicCache,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+)
 
 from tokensieve import compat
 from tokensieve.errors import (
@@ -278,6 +285,12 @@ def test_bad_input_gets_typed_errors(llava) -> None:
     batch["input_ids"][0, 3], batch["input_ids"][1, -6] = IMG, 7  # 17 and 15 image tokens: LLaVA's total still fits
     with pytest.raises(BatchError, match="same number of image tokens"), sieve(llava, "mmtok"), torch.no_grad():
         llava(**batch)
+    cache = DynamicCache()
+    one = {k: v[:1] for k, v in _batch(pad=False).items() if k != "position_ids"}
+    with torch.no_grad(), sieve(llava, "idpruner"):
+        llava(input_ids=torch.tensor([[1, 5]]), **compat.with_cache(llava, cache))
+        with pytest.raises(UnsupportedArchitectureError, match="non-empty cache"):
+            llava(**one, **compat.with_cache(llava, cache))
 
 
 def test_hooks_and_attention_are_gone_after_the_block(llava) -> None:

@@ -21,12 +21,12 @@ Speed figures need a quiet machine. Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
 
 import torch
+from _common import command, write_results
 
 from tokensieve.compat import with_cache
 
@@ -44,10 +44,10 @@ def text_tokens(tok, topic: str, n: int) -> list[int]:
 
 def run(model, cache, prompt: torch.Tensor, forced: list[int], label: str) -> dict:
     """Feed ``prompt``, then each token of ``forced`` in its own forward; record argmax and NLL per step."""
-    from tokensieve.core.ops.memory import tensor_bytes
+    from tokensieve.core.ops.memory import layers_bytes
 
     def kv_bytes() -> int:
-        return tensor_bytes(t for layer in cache.layers if layer.is_initialized for t in (layer.keys, layer.values))
+        return layers_bytes(cache.layers)
 
     argmax, nlls, times = [], [], []
     with torch.inference_mode():
@@ -96,18 +96,12 @@ def main() -> None:
     p.add_argument("--methods", default=",".join(DECODE_RULES))
     p.add_argument("--out", default="benchmarks/results/decode_evict")
     args = p.parse_args()
-    cmd = (
-        f".venv/bin/python benchmarks/decode_evict.py --model {args.model} --topic {args.topic} "
-        f"--prompt-tokens {args.prompt_tokens} --new-tokens {args.new_tokens} --budget {args.budget} "
-        f"--methods {args.methods} --out {args.out}"
-    )
+    cmd = command("decode_evict.py", args)
     model, tok = ts.load_model(args.model)
     ids = text_tokens(tok, args.topic, args.prompt_tokens + args.new_tokens)
     bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
     prompt = torch.tensor([bos + ids[: args.prompt_tokens]])
     forced = ids[args.prompt_tokens :]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
 
     rows = []
     ref = run(model, DynamicCache(config=model.config), prompt, forced, FULL)
@@ -128,11 +122,8 @@ def main() -> None:
         r["greedy_agreement"] = sum(same) / len(same)
         r["first_divergence"] = None if all(same) else same.index(False)
 
-    with open(out.with_suffix(".jsonl"), "w") as f:
-        for r in rows:
-            f.write(json.dumps({k: v for k, v in r.items() if k != "argmax"} | {
-                "prompt_tokens": prompt.shape[1], "new_tokens": len(forced),
-                "torch_threads": torch.get_num_threads(), "command": cmd}) + "\n")  # fmt: skip
+    run_fields = {"prompt_tokens": prompt.shape[1], "new_tokens": len(forced), "torch_threads": torch.get_num_threads()}
+    records = [{k: v for k, v in r.items() if k != "argmax"} | run_fields | {"command": cmd} for r in rows]
     lines = [
         f"# Decode eviction on {args.model}: {prompt.shape[1]}-token prompt, {len(forced)} more tokens, "
         f"budget {args.budget} tokens per KV head",
@@ -160,8 +151,7 @@ def main() -> None:
             f"{math.exp(r['nll']):.2f} ({math.exp(r['nll_second_half']):.2f}) | "
             f"{'-' if r['first_divergence'] is None else r['first_divergence']} |"
         )
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print(out.with_suffix(".md").read_text())
+    write_results(Path(args.out), records, lines)
 
 
 if __name__ == "__main__":

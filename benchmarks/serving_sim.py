@@ -16,6 +16,8 @@ import argparse
 import json
 from pathlib import Path
 
+from _common import command, write_results
+
 
 def main() -> None:
     from transformers import AutoConfig
@@ -36,11 +38,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/serving_sim/smollm2")
     a = p.parse_args()
-    cmd = (
-        f".venv/bin/python benchmarks/serving_sim.py --bench {a.bench} --model {a.model} --methods {a.methods} "
-        f"--keeps {a.keeps} --page {a.page} --pool-requests {a.pool_requests} --requests {a.requests} "
-        f"--rate {a.rate} --steps {a.steps} --seed {a.seed} --out {a.out}"
-    )
+    cmd = command("serving_sim.py", a)
     layers = AutoConfig.from_pretrained(resolve(a.model)).num_hidden_layers
     cells = [json.loads(ln) for ln in Path(a.bench).read_text().splitlines() if ln.startswith('{"type": "cell"')]
     full = [c for c in cells if c["method"] == "full" and c["context_tokens"]]
@@ -79,11 +77,6 @@ def main() -> None:
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
-    out_path = Path(a.out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(out_path.with_suffix(".jsonl"), "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
     lines = [
         f"# Serving simulator: {a.model}, pages of {a.page} tokens",
         "",
@@ -109,8 +102,7 @@ def main() -> None:
             f"{r['max_pages_in_use']} / {pool} | {100 * r['quality']:.1f} | {ci} | "
             f"{','.join(map(str, r['quality_samples'])) or '-'} |"
         )
-    out_path.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print(out_path.with_suffix(".md").read_text())
+    write_results(Path(a.out), rows, lines)
 
 
 if __name__ == "__main__":

@@ -20,33 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
+from _common import command, step_loop, write_results
 from longprompt import continuation_ids
 
 from tokensieve.compat import with_cache
 
 DEPTHS = (0.1, 0.5, 0.9)
 KEYS = ("40507", "88213")
-
-
-def step_loop(model, cache, first_logits: torch.Tensor, n: int, forced: list[int] | None) -> dict:
-    """One forward per token from a prefilled cache; greedy, or teacher-forced on ``forced``."""
-    tokens, times, agree, nll = [], [], 0, 0.0
-    logits = first_logits
-    with torch.inference_mode():
-        for step in range(n):
-            greedy = int(logits.argmax(-1))
-            nxt = greedy if forced is None else forced[step]
-            agree += greedy == nxt
-            nll -= float(torch.log_softmax(logits.float(), -1).view(-1)[nxt])
-            tokens.append(nxt)
-            t0 = time.perf_counter()
-            logits = model(torch.tensor([[nxt]]), **with_cache(model, cache)).logits[:, -1]
-            times.append(time.perf_counter() - t0)
-    return {"tokens": tokens, "times": times, "agree": agree / n, "nll": nll / n}
 
 
 def main() -> None:
@@ -65,11 +48,7 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/sparse_decode")
     args = p.parse_args()
     methods, reads = args.methods.split(","), [float(r) for r in args.reads.split(",")]
-    cmd = (
-        f".venv/bin/python benchmarks/sparse_decode.py --model {args.model} --lengths {args.lengths} "
-        f"--reads {args.reads} --methods {args.methods} --fidelity-tokens {args.fidelity_tokens} "
-        f"--timed-steps {args.timed_steps} --out {args.out}"
-    )
+    cmd = command("sparse_decode.py", args)
     from transformers import DynamicCache
 
     model, tok = ts.load_model(args.model)
@@ -167,8 +146,7 @@ def main() -> None:
             f"{r['passkey_correct']}/6 | {r['agree']:.3f} | {r['nll']:.3f} | {r['step_ms']:.1f} | "
             f"{dense['step_ms'] / r['step_ms']:.2f}x |"
         )
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print(out.with_suffix(".md").read_text())
+    write_results(out, None, lines)  # the rows are written above, as they are folded
 
 
 if __name__ == "__main__":

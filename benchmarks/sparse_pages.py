@@ -17,12 +17,12 @@ import json
 from pathlib import Path
 
 import torch
+from _common import command, step_loop, write_results
 from longprompt import continuation_ids
 
 
 def main() -> None:
     import tokensieve as ts
-    from tokensieve.compat import with_cache
     from tokensieve.core.ops.memory import cpu_threads
     from tokensieve.kv.sparse import SPARSE, SparseCache, get_sparse
     from tokensieve.kv.sparse.paged import SHARED_ACROSS_HEADS, PagedRead
@@ -36,21 +36,9 @@ def main() -> None:
     p.add_argument("--methods", default=",".join(SPARSE))
     p.add_argument("--out", default="benchmarks/results/sparse_pages/smollm2")
     a = p.parse_args()
-    cmd = (
-        f"OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sparse_pages.py --model {a.model} --lengths {a.lengths} "
-        f"--read {a.read} --pages {a.pages} --steps {a.steps} --methods {a.methods} --out {a.out}"
-    )
+    cmd = command("sparse_pages.py", a, env="OMP_NUM_THREADS=1")
     torch.set_num_threads(1)
     model, tok = ts.load_model(a.model)
-
-    def run(cache, first, forced):
-        agree, nll, logits = 0, 0.0, first
-        with torch.inference_mode():
-            for nxt in forced:
-                agree += int(logits.argmax(-1)) == nxt
-                nll -= float(torch.log_softmax(logits.float(), -1).view(-1)[nxt])
-                logits = model(**with_cache(model, cache, input_ids=torch.tensor([[nxt]]))).logits[:, -1]
-        return agree / len(forced), nll / len(forced)
 
     rows = []
     for length in [int(x) for x in a.lengths.split(",")]:
@@ -59,12 +47,7 @@ def main() -> None:
         for layer in pre.cache.layers:  # transformers 5.24 layers lost dtype/device, which adopt() copies
             if layer.is_initialized and not hasattr(layer, "dtype"):
                 layer.dtype, layer.device = layer.keys.dtype, layer.keys.device
-        dense, logits = [], pre.last_logits
-        cache = pre.cache.fork()
-        with torch.inference_mode():
-            for _ in range(a.steps):
-                dense.append(int(logits.argmax(-1)))
-                logits = model(**with_cache(model, cache, input_ids=torch.tensor([[dense[-1]]]))).logits[:, -1]
+        dense = step_loop(model, pre.cache.fork(), pre.last_logits, a.steps, None)["tokens"]
         for method in a.methods.split(","):
             cells = [("token", None, get_sparse(method))]
             for size in [int(x) for x in a.pages.split(",")]:
@@ -73,7 +56,7 @@ def main() -> None:
                     cells.append((layout, size, PagedRead(inner=inner, page=size, layout=layout)))
             for layout, size, m in cells:
                 sc = SparseCache(model, m, read=a.read, tokenizer=tok, measure=True).adopt(pre.cache)
-                agree, nll = run(sc, pre.last_logits, dense)
+                fid = step_loop(model, sc, pre.last_logits, len(dense), dense)
                 rep = sc.report()
                 row = {
                     "context": ids.shape[1],
@@ -81,19 +64,14 @@ def main() -> None:
                     "granularity": layout,
                     "page": size,
                     "shared_across_heads": method in SHARED_ACROSS_HEADS,
-                    "agree": agree,
-                    "nll": nll,
+                    "agree": fid["agree"],
+                    "nll": fid["nll"],
                     **{k: rep.get(k) for k in ("read_fraction", "attended_fraction", "recall", "attention_mass")},
                     "steps": a.steps,
                     "command": cmd,
                 }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.with_suffix(".jsonl"), "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
     lines = [
         f"# Sparse decoders in pages on {a.model} (CPU, {cpu_threads()} cores, 1 thread)",
         "",
@@ -113,8 +91,7 @@ def main() -> None:
             f"{r['read_fraction']:.3f} | {r['attended_fraction']:.3f} | {r['recall']:.3f} | "
             f"{r['attention_mass']:.3f} | {r['agree']:.3f} | {r['nll']:.3f} |"
         )
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print(out.with_suffix(".md").read_text())
+    write_results(Path(a.out), rows, lines)
 
 
 if __name__ == "__main__":

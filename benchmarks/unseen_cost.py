@@ -1,9 +1,10 @@
 """Compression seconds of the question-unseen scores against the prefill's seconds, one run per length.
 
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python benchmarks/unseen_cost.py --lengths 1024,2048,4096 \
-        --out benchmarks/results/unseen_cost
+        --out benchmarks/results/unseen12_cost
 
-Per length: a context of that many SmolLM2 tokens (the bundled essays), one plain prefill (the reference:
+Per length: a context of that many SmolLM2 tokens (the bundled essays, then the offline prose corpus), one plain
+prefill (the reference:
 ``tokensieve.prefill`` observing nothing, best of ``--repeats``), then for each method a prefill observing what
 it needs plus ``Prefill.compress`` at keep 0.25 (its full pass included, nothing memoised); the method's cost is
 its compress seconds plus the extra prefill seconds its observation adds over the plain prefill.
@@ -36,12 +37,18 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     model, tok = tokensieve.load_model()
+    # the bundled essays first (~2.1k tokens), then the offline prose corpus, so every length has real text
+    from tokensieve.runtime.corpus import prose_paragraphs
+
     text = (Path(tokensieve.__file__).parent / "data" / "essays.txt").read_text()
+    text += "\n\n" + "\n\n".join(prose_paragraphs())
     all_ids = tok.encode(text, add_special_tokens=False)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for n in (int(x) for x in args.lengths.split(",")):
+        if len(all_ids) < n:
+            raise SystemExit(f"the bundled text has {len(all_ids)} tokens, fewer than {n}")
         ids = torch.tensor([all_ids[:n]])
         base = min(prefill(model, tok, ids).seconds for _ in range(args.repeats))
         for spec in args.methods.split(","):

@@ -1,13 +1,17 @@
-"""Summaries with Wilson 95% intervals and plots for question-unseen bench folders (tokensieve bench output).
+"""Summaries with 95% intervals and plots for question-unseen bench folders (``tokensieve bench`` output).
 
-    .venv/bin/python benchmarks/unseen_summary.py benchmarks/results/unseen_bench [more folders...] \
-        --out benchmarks/results/unseen_bench
+    .venv/bin/python benchmarks/unseen_summary.py benchmarks/results/unseen12_1024 benchmarks/results/unseen12_2048 \
+        --out benchmarks/results/unseen12
 
-Per (task, length, method, keep): accuracy over the samples that every method of the folder finished (so the
-rows compare the same samples), its Wilson 95% interval, the mean compression seconds (the full pass counted once
-per sample: memoised passes are shared by keeps) and the mean prefill seconds. Writes unseen_summary.md and
-one plot per (task, length): score vs keep, one distinct, stable style per method, intervals as bands,
-families in separate panels.
+Rows compare the same samples: per (task, length), the samples every kept row finished; a row with fewer than
+``--min-share`` of the group's largest sample count is left out (and listed). Scores are per-sample means over
+the sample's questions; intervals are bootstrap percentiles over samples (2,000 resamples, seeded), and Wilson
+where every score is 0 or 1. "Mean over tasks" averages each sample index's score over the tasks (every task
+weighs the same), then bootstraps over sample indices, paired with the full cache for the relative score.
+kvpress cells (``--compare kvpress``) appear as ``kvpress:<press>`` on the same samples.
+
+Writes ``unseen_summary.md`` and one plot per length (mean over tasks) plus one per (task, length): score vs
+keep, one distinct stable style per method, intervals as bands, one panel per family.
 """
 
 from __future__ import annotations
@@ -15,15 +19,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 from collections import defaultdict
 from pathlib import Path
+from statistics import mean
 
 FAMILIES = {
-    "reconstruction": ("kvzip", "span:inner=kvzip", "mikv:importance=kvzip"),
-    "cheap query-agnostic": ("expected_attention", "keydiff", "lagkv", "knorm"),
-    "surprise": ("surprise", "span:inner=surprise"),
+    "reconstruction": ("kvzip", "span:inner=kvzip", "mikv:importance=kvzip", "kvpress:kvzip"),
+    "cheap query-agnostic": ("expected_attention", "keydiff", "lagkv", "knorm", "kvpress:"),
+    "surprise and spans": ("surprise", "span:"),
     "window / positional": ("snapkv", "streaming", "tova", "h2o"),
 }
+B = 2000
 
 
 def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -36,6 +43,30 @@ def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, c - h), min(1.0, c + h)
 
 
+def interval(xs: list[float], seed: int = 0) -> tuple[float, float]:
+    """Wilson for 0/1 scores, else a bootstrap percentile interval of the mean."""
+    if not xs:
+        return 0.0, 1.0
+    if all(x in (0.0, 1.0) for x in xs):
+        return wilson(sum(xs), len(xs))
+    rng = random.Random(seed)
+    means = sorted(mean(rng.choices(xs, k=len(xs))) for _ in range(B))
+    return means[int(0.025 * B)], means[int(0.975 * B) - 1]
+
+
+def ratio_interval(xs: list[float], ref: list[float], seed: int = 0) -> tuple[float, float]:
+    """Bootstrap interval of mean(xs) / mean(ref), resampling the paired sample indices."""
+    rng = random.Random(seed)
+    idx = range(len(xs))
+    out = []
+    for _ in range(B):
+        pick = rng.choices(idx, k=len(xs))
+        r = sum(ref[i] for i in pick)
+        out.append(sum(xs[i] for i in pick) / r if r else float("nan"))
+    out.sort()
+    return out[int(0.025 * B)], out[int(0.975 * B) - 1]
+
+
 def family(method: str) -> str:
     for name, prefixes in FAMILIES.items():
         if any(method.startswith(p) for p in prefixes):
@@ -43,12 +74,20 @@ def family(method: str) -> str:
     return "other"
 
 
+def label(c: dict) -> str:
+    m = c["method"]
+    return m if c["engine"] == "tokensieve" or m == "full" or m.startswith("kvpress:") else f"kvpress:{m}"
+
+
 def load(folders: list[Path]) -> list[dict]:
     cells = []
     for f in folders:
         for line in (f / "results.jsonl").read_text().splitlines():
             r = json.loads(line)
-            if r.get("type") == "cell" and r.get("setting") == "agnostic" and r.get("engine") == "tokensieve":
+            if r.get("type") == "cell" and r.get("setting") == "agnostic" and "score" in r:
+                if r["engine"] == "kvpress" and r["method"] == "full":
+                    continue  # the kvpress pipeline's full cache: the same model, reported once (tokensieve's)
+                r["label"] = label(r)
                 cells.append(r)
     return cells
 
@@ -57,69 +96,127 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("folders", nargs="+")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--min-share", type=float, default=0.5)
+    ap.add_argument("--command", action="append", default=[], help="the commands that produced the folders")
+    ap.add_argument("--mean", action="append", default=[], help="comma list of tasks to average (repeatable)")
     args = ap.parse_args()
     cells = load([Path(f) for f in args.folders])
-    by = defaultdict(dict)  # (task, length, method, keep) -> {sample: cell}
+    by: dict[tuple, dict[int, dict]] = defaultdict(dict)  # (task, length, label, keep) -> {sample: cell}
     for c in cells:
-        by[(c["task"], c["length"], c["method"], c["keep"])][c["sample"]] = c
-    groups = defaultdict(list)
+        by[(c["task"], c["length"], c["label"], c["keep"])][c["sample"]] = c
+    groups: dict[tuple, list[tuple]] = defaultdict(list)
     for key in by:
         groups[key[:2]].append(key)
     out = Path(args.out)
-    lines = ["# Question-unseen retrieval, Wilson 95% intervals", ""]
-    lines += [f"Folders: {', '.join(args.folders)}. Samples: those every row of the (task, length) finished.", ""]
-    for (task, length), keys in sorted(groups.items()):
-        common = set.intersection(*(set(by[k]) for k in keys))
+    out.mkdir(parents=True, exist_ok=True)
+    lines = ["# Question-unseen retrieval with 95% intervals (SmolLM2-135M-Instruct, CPU)", ""]
+    lines += [f"Folders: {', '.join(args.folders)}.", ""]
+    if args.command:
+        lines += ["Commands:", "", *(f"    {c}" for c in args.command), ""]
+    lines += [__doc__.split("\n\n", 2)[2].split("\n\nWrites")[0].replace("\n", " "), ""]
+    per_length: dict[int, dict[str, dict]] = defaultdict(dict)  # length -> task -> {(label, keep): {i: score}}
+    tables = []
+    for (task, length), keys in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        most = max(len(by[k]) for k in keys)
+        kept = [k for k in keys if len(by[k]) >= args.min_share * most]
+        dropped = sorted({k[2] for k in keys if k not in kept})
+        common = sorted(set.intersection(*(set(by[k]) for k in kept)))
         n = len(common)
-        lines += [f"## {task}, {length} tokens, {n} samples", ""]
-        lines += ["| method | keep | score | 95% CI | compress s | prefill s |", "|---|---|---|---|---|---|"]
+        per_length[length][task] = {(k[2], k[3]): {s: by[k][s]["score"] for s in common} for k in kept}
         rows = []
-        for k in keys:
-            cs = [by[k][s] for s in sorted(common)]
-            if not cs:
-                continue
-            hits = sum(c["score"] for c in cs)
-            lo, hi = wilson(hits, n)
-            comp = sum(c["compress_seconds"] for c in cs) / n
-            pre = sum(c["prefill_seconds"] for c in cs) / n
-            rows.append((k[2], k[3], hits / n, lo, hi, comp, pre))
+        for k in kept:
+            cs = [by[k][s] for s in common]
+            xs = [c["score"] for c in cs]
+            lo, hi = interval(xs)
+            shares = [c["kv_bytes"] / c["kv_bytes_full"] for c in cs if c.get("kv_bytes_full")]
+            byte_share = mean(shares) if shares else float("nan")  # kvpress cells do not report bytes
+            rows.append((k[2], k[3], mean(xs), lo, hi, byte_share, mean(c.get("wall_seconds", 0) for c in cs)))
         rows.sort(key=lambda r: (r[0] != "full", -r[1], -r[2], r[0]))
-        for m, keep, acc, lo, hi, comp, pre in rows:
-            lines.append(f"| {m} | {keep} | {acc:.2f} | [{lo:.2f}, {hi:.2f}] | {comp:.2f} | {pre:.2f} |")
-        lines.append("")
-        plot(out / f"unseen_{task.replace(':', '_').replace('=', '-')}_{length}.png", task, length, n, rows)
+        tables += [f"### {task}, {length} tokens, {n} samples", ""]
+        if dropped:
+            tables += [f"Left out (too few samples): {', '.join(dropped)}.", ""]
+        tables += ["| method | keep | score | 95% CI | bytes held |", "|---|---|---|---|---|"]
+        tables += [f"| {m} | {kp} | {a:.3f} | [{lo:.2f}, {hi:.2f}] | {bs:.3f} |" for m, kp, a, lo, hi, bs, _ in rows]
+        tables.append("")
+        name = task.replace(":", "_").replace("=", "-")
+        plot(out / f"unseen_{name}_{length}.png", f"{task}, {length} tokens", n, rows)
+    lines += ["## Mean over tasks", ""]
+    for length, every in sorted(per_length.items()):
+        for which in args.mean or [",".join(every)]:
+            tasks = {t: every[t] for t in which.split(",") if t in every}
+            rows = mean_over_tasks(tasks) if tasks else []
+            if not rows:
+                continue
+            n = rows[0][-1]
+            lines += [f"### {length} tokens: {', '.join(sorted(tasks))}; {n} sample indices per task", ""]
+            lines += ["| method | keep | score | 95% CI | % of full | 95% CI |", "|---|---|---|---|---|---|"]
+            for m, kp, a, lo, hi, rel, rlo, rhi, _ in rows:
+                rel_ci = f"[{100 * rlo:.0f}, {100 * rhi:.0f}]"
+                lines.append(f"| {m} | {kp} | {a:.3f} | [{lo:.2f}, {hi:.2f}] | {100 * rel:.0f}% | {rel_ci} |")
+            lines.append("")
+            title = f"mean over {len(tasks)} tasks, {length} tokens"
+            pts = [(m, kp, a, lo, hi) for m, kp, a, lo, hi, *_ in rows]
+            plot(out / f"unseen_mean_{length}_{len(tasks)}tasks.png", title, n, pts)
+    lines += ["## Per task", "", *tables]
     (out / "unseen_summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
-def plot(path: Path, task: str, length: int, n: int, rows: list[tuple]) -> None:
+def mean_over_tasks(tasks: dict[str, dict]) -> list[tuple]:
+    """Rows (method, keep, mean, lo, hi, share of full, lo, hi, n) over the sample indices every task has."""
+    labels = set.intersection(*(set(t) for t in tasks.values()))
+    if ("full", 1.0) not in labels:
+        return []
+    idx = sorted(set.intersection(*(set(t[("full", 1.0)]) for t in tasks.values())))
+    per = {lk: [mean(t[lk][i] for t in tasks.values()) for i in idx] for lk in labels if all(
+        i in t[lk] for t in tasks.values() for i in idx)}  # fmt: skip
+    full = per[("full", 1.0)]
+    rows = []
+    for (m, kp), xs in per.items():
+        lo, hi = interval(xs)
+        rel = mean(xs) / mean(full) if mean(full) else float("nan")
+        rlo, rhi = ratio_interval(xs, full)
+        rows.append((m, kp, mean(xs), lo, hi, rel, rlo, rhi, len(idx)))
+    rows.sort(key=lambda r: (r[0] != "full", -r[1], -r[2], r[0]))
+    return rows
+
+
+def plot(path: Path, title: str, n: int, rows: list[tuple]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     methods = sorted({r[0] for r in rows if r[0] != "full"})
     full = [r for r in rows if r[0] == "full"]
-    fams = sorted({family(m) for m in methods})
-    fig, axes = plt.subplots(1, len(fams), figsize=(4.2 * len(fams), 3.6), sharey=True, squeeze=False)
-    colours = plt.get_cmap("tab20").colors
+    fams = [f for f in FAMILIES if any(family(m) == f for m in methods)] + (
+        ["other"] if any(family(m) == "other" for m in methods) else []
+    )
+    fig, axes = plt.subplots(1, len(fams), figsize=(4.4 * len(fams), 3.8), sharey=True, squeeze=False)
+    colours = plt.get_cmap("tab10").colors
     marks = "osD^vP*Xh<>"
-    styles = {m: (colours[i % 20], marks[i % len(marks)], ("-", "--", ":")[i // 20 % 3]) for i, m in enumerate(methods)}
     for ax, fam in zip(axes[0], fams, strict=True):
-        for m in (m for m in methods if family(m) == fam):
+        mine = [m for m in methods if family(m) == fam]
+        for i, m in enumerate(mine):  # a stable style inside each panel: few lines per panel, distinct colours
             pts = sorted((r[1], r[2], r[3], r[4]) for r in rows if r[0] == m)
             x = [p[0] for p in pts]
-            c, mk, ls = styles[m]
+            c, mk = colours[i % 10], marks[i % len(marks)]
+            ls = "--" if m.startswith("kvpress:") else "-"
             ax.plot(x, [p[1] for p in pts], color=c, marker=mk, linestyle=ls, label=m)
             ax.fill_between(x, [p[2] for p in pts], [p[3] for p in pts], color=c, alpha=0.12)
         if full:
             ax.axhline(full[0][2], color="black", linewidth=1, label="full cache")
         ax.set_xscale("log")
+        ax.set_xticks([0.1, 0.25, 0.5])
+        ax.set_xticklabels(["0.1", "0.25", "0.5"])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("keep (fraction of the context)")
         ax.set_title(fam)
-        ax.legend(fontsize=7, loc="lower right")
-    axes[0][0].set_ylabel(f"accuracy (n={n}, Wilson 95%)")
-    fig.suptitle(f"{task}, {length} tokens, question unseen")
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend(fontsize=7, loc="best", framealpha=0.6)
+    axes[0][0].set_ylabel(f"score (n={n}, 95% interval)")
+    fig.suptitle(f"{title}, question unseen")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -22,6 +22,7 @@ from tokensieve.cli import main
 from tokensieve.kv.sparse import get_sparse
 from tokensieve.measure.bench import cells as ev
 from tokensieve.measure.bench.methods import PRESSES, MethodSpec, default_methods
+from tokensieve.measure.bench.records import retrieval_fields
 from tokensieve.measure.bench.report import Results, write_summary
 from tokensieve.measure.bench.runner import Config, load_done, run
 from tokensieve.measure.tasks import GROUPS, Item, Question, expand_tasks, get_task, score
@@ -142,6 +143,17 @@ def test_multi_needle_tasks(byte_tok):
         assert all(0.0 <= d <= 1.0 for d in depths)
 
 
+def test_multi_ask_asks_one_question_per_needle_of_one_context(byte_tok):
+    s = get_task("niah_multiask:asks=3").sample(byte_tok, 2000, 0)
+    assert len(s.questions) == 3 and all(q.rule == "contains" and len(q.items) == 1 for q in s.questions)
+    keys = [q.text.split(" for ")[1].split(" mentioned")[0] for q in s.questions]
+    assert len(set(keys)) == 3
+    for key, q in zip(keys, s.questions, strict=True):  # each question's value is its own key's needle
+        assert f"numbers for {key} is: {q.items[0].text}." in s.context
+    answers = [q.items[0].text for q in s.questions[:2]] + ["no idea"]
+    assert retrieval_fields(s, answers)["score"] == pytest.approx(2 / 3)  # the mean over the questions
+
+
 def test_variable_tracking_chain_in_order(byte_tok):
     s = get_task("vt").sample(byte_tok, 2000, 1)
     names = [it.text for it in s.questions[0].items]
@@ -233,6 +245,24 @@ def test_stacked_cells_equal_cells_alone(arch):
     # a pyramid cell has other per-layer sizes: it is evaluated in its own group
     mixed = [*cells, pre.compress("snapkv", keep=0.3, allocator="pyramid")]
     assert [len(g) for g in ev.groups(mixed, 8)] == [5, 1]
+
+
+def test_ragged_cells_stack_across_keeps_and_equal_cells_alone():
+    from tokensieve.kv.cache.ragged import RaggedLayer
+
+    model = ts.prepare(tiny_llama())
+    ctx = torch.randint(3, 120, (1, 120), generator=torch.Generator().manual_seed(5))
+    pre = ts.prefill(model, None, ctx, methods=["kvzip", "snapkv"])
+    cells = [pre.compress(m, keep=k) for m in ("kvzip", "kvzip+") for k in (0.5, 0.25)]
+    cells += [pre.compress("snapkv", keep=0.25, allocator="adakv")]
+    ragged = [i for i, c in enumerate(cells) if all(isinstance(x, RaggedLayer) for x in c.cache.sieve_layers)]
+    assert len(ragged) >= 3  # head-adaptive budgets: ragged in every layer, at any keep
+    group = next(g for g in ev.groups(cells, 8) if len(g) > 1)
+    stacked = ev.stack([cells[i] for i in group])
+    q = torch.randint(3, 120, (1, 5), generator=torch.Generator().manual_seed(6))
+    rows = stacked.generate(q.expand(len(group), -1), max_new_tokens=6, min_new_tokens=6)
+    for r, i in enumerate(group):
+        assert torch.equal(rows[r], cells[i].generate(q, max_new_tokens=6, min_new_tokens=6)[0])
 
 
 # --- the runner: one JSON line per cell, resume, report -------------------------------------------

@@ -110,10 +110,15 @@ def test_cli_lists_methods_as_json(capsys):
     rows = json.loads(capsys.readouterr().out)
     from tokensieve.kv.prune import PRUNERS
     from tokensieve.kv.sparse import SPARSE
+    from tokensieve.quantize.methods import REGISTRY as QUANT
+    from tokensieve.train import RULES
 
     vision = ("vision tokens (ViT)", "vision-language tokens (VLM)")
-    ids = [r["id"] for r in rows if r["kind"] not in ("budget allocator", "attribution", *vision)]
+    others = ("budget allocator", "attribution", "token-weighted training", "weight quantization", *vision)
+    ids = [r["id"] for r in rows if r["kind"] not in others]
     assert ids == [*ts.method_ids(), *SPARSE, *PRUNERS]  # every family, each under its kind
+    assert [r["id"] for r in rows if r["kind"] == "token-weighted training"] == list(RULES)  # train
+    assert [r["id"] for r in rows if r["kind"] == "weight quantization"] == list(QUANT)  # quantize
     assert [r["id"] for r in rows if r["kind"] == "budget allocator"] == list(ts.ALLOCATORS)
     assert {"reagent", "occlusion", "rollout"} <= {r["id"] for r in rows if r["kind"] == "attribution"}  # explain
     assert all(r["paper"] and r["rule"] and r["kind"] for r in rows)

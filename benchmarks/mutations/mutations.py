@@ -38,7 +38,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "tova_first_query",
         "TOVA's decode rule reads the first new query instead of the last",
-        "src/tokensieve/kv/evicting/rules.py",
+        "src/tokensieve/kv/methods/tova.py",
         'return {"last": step.probs[:, :, :, -1].mean(dim=(1, 2)).unsqueeze(1)}',
         'return {"last": step.probs[:, :, :, 0].mean(dim=(1, 2)).unsqueeze(1)}',
         ("tests/test_oracles.py::test_tova_decode_rule_reads_the_last_query",),
@@ -73,7 +73,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "scissorhands_ge",
         "Scissorhands counts attention at the uniform level too (> becomes >=)",
-        "src/tokensieve/kv/evicting/rules.py",
+        "src/tokensieve/kv/methods/scissorhands.py",
         "above = (step.probs * step.n_visible > 1.0) & (step.real[:, None, None, :, None] > 0)",
         "above = (step.probs * step.n_visible >= 1.0) & (step.real[:, None, None, :, None] > 0)",
         ("tests/test_oracles.py::test_scissorhands_counts_strictly_above_uniform",),

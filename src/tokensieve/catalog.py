@@ -7,15 +7,17 @@ from typing import Any
 
 def describe_all() -> list[dict[str, Any]]:
     """One row per method id: prefill eviction (marked when it also evicts while generating), sparse
-    decoding, prefill pruning; then the budget allocators, which compose with every score; the attribution
-    methods; the vision methods (patch tokens inside a ViT) and the vision-language ones (image tokens of a
-    LLaVA-style model)."""
+    decoding, prefill pruning; the budget allocators, which compose with every score; then the other
+    consumers' families: attribution methods, training rules, weight quantization, the vision methods (patch
+    tokens inside a ViT) and the vision-language ones (image tokens of a LLaVA-style model)."""
     from tokensieve.explain import EXPLAINERS
     from tokensieve.kv.budget import ALLOCATORS
     from tokensieve.kv.evicting import DECODE_RULES
     from tokensieve.kv.methods import REGISTRY
     from tokensieve.kv.prune import PRUNERS
     from tokensieve.kv.sparse import SPARSE
+    from tokensieve.quantize.methods import REGISTRY as QUANT
+    from tokensieve.train import RULES
     from tokensieve.vision.methods import VISION_METHODS
     from tokensieve.vlm import VLM_METHODS
 
@@ -29,6 +31,8 @@ def describe_all() -> list[dict[str, Any]]:
     rows += [cls().describe() for cls in PRUNERS.values()]
     rows += [cls().describe() for cls in ALLOCATORS.values()]
     rows += [cls().describe() for cls in EXPLAINERS.values() if cls.kind == "attribution"]  # `tokensieve explain`
+    rows += [cls().describe() for cls in RULES.values()]  # `tokensieve train`
+    rows += [q.describe() for q in QUANT.values()]  # `tokensieve quantize`
     rows += [cls().describe() for cls in VISION_METHODS.values()]  # `tokensieve vision`
     rows += [cls().describe() for cls in VLM_METHODS.values()]  # `tokensieve.vlm.sieve`
     return rows

@@ -51,8 +51,9 @@ def run_demo(model_name: str, method: str, keep: float, tokens: int, depth: floa
     )
     _row(table, f"{method}, query-aware", ans.text, task.correct(ans.text), ans.stats)
 
-    # the same bytes, nothing dropped: the top tokens (by SnapKV's score) in fp32, every other token in INT2
-    mixed = get_method("mikv", importance="snapkv", lo_bits=2)
+    # the same bytes, nothing dropped: the top tokens (by the method's own score) in fp32, the others in INT2
+    importance = method if get_method(method).kind == "prefill eviction" else "snapkv"
+    mixed = get_method("mikv", importance=importance, lo_bits=2)
     cfg = model.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     hi = mixed.keep_for_bytes(keep, head_dim)

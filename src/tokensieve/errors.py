@@ -96,3 +96,9 @@ class ImageError(TokenSieveError, ValueError):
 
 class PageError(TokenSieveError, ValueError):
     pass
+
+
+def check_choice(name: str, value: object, choices: tuple[object, ...]) -> None:
+    """A method parameter that takes one of a few words: a one-line ``ParameterError`` naming them otherwise."""
+    if value not in choices:
+        raise ParameterError(f"{name}={value!r}: use {' or '.join(repr(c) for c in choices)}")

@@ -53,11 +53,19 @@ class Registered:
         return {"id": self.id, "kind": self.kind, "paper": self.paper, "rule": self.rule, "defaults": self.params()}
 
 
-def instantiate(registry: dict[str, type[T]], base: type[T], family: str, method: str | T, params: dict[str, Any]) -> T:
-    """``registry[method](**params)``, or ``method`` itself when it already is an instance of ``base``."""
+def instantiate(
+    registry: dict[str, type[T]],
+    base: type[T],
+    family: str,
+    method: str | T,
+    params: dict[str, Any],
+    noun: str = "method",
+) -> T:
+    """``registry[method](**params)``, or ``method`` itself when it already is an instance of ``base``.
+    ``noun`` names one of the family's members in the errors (``method``, ``allocator``)."""
     if isinstance(method, base):
         if params:
-            raise TypeError("pass parameters either to the method instance or as keywords, not both")
+            raise TypeError(f"pass parameters either to the {noun} instance or as keywords, not both")
         return method
     cls = registry.get(method)  # type: ignore[arg-type]
     if cls is None:
@@ -75,9 +83,10 @@ def instantiate(registry: dict[str, type[T]], base: type[T], family: str, method
     except TokenSieveError:
         raise
     except TypeError as e:
-        raise UnknownMethodError(f"bad parameter for method {method!r} ({e}); it takes: {', '.join(known)}") from None
+        takes = ", ".join(known) or "no parameters"
+        raise UnknownMethodError(f"bad parameter for {noun} {method!r} ({e}); it takes: {takes}") from None
     except ValueError as e:
-        raise ParameterError(f"bad parameter for method {method!r}: {e}") from None
+        raise ParameterError(f"bad parameter for {noun} {method!r}: {e}") from None
 
 
 def check_param(method: Any, name: str, value: Any, default: Any) -> None:

@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCrite
 
 from tokensieve import compat
 from tokensieve.core.observe.hooks import engaged, prepare
-from tokensieve.core.ops.memory import tensor_bytes
+from tokensieve.core.ops.memory import layers_bytes
 from tokensieve.errors import EmptyContextError, UnknownMethodError, check_count
 from tokensieve.kv.evicting import DECODE_RULES, DecodeCache, check_decode_budget
 from tokensieve.kv.prune import PRUNERS, prune
@@ -72,8 +72,9 @@ class DecodeAnswer:
 
 
 def kv_bytes(cache) -> int:
-    """Bytes held by every layer's key and value tensors (storages, counted once)."""
-    return tensor_bytes(t for layer in cache.layers if layer.is_initialized for t in (layer.keys, layer.values))
+    """Bytes held by every layer's key and value tensors (storages, counted once); unlike
+    ``SieveCache.kv_bytes``, never pages (a paged cache reports those in ``extra``)."""
+    return layers_bytes(cache.layers)
 
 
 class _Meter(StoppingCriteria):
@@ -87,10 +88,7 @@ class _Meter(StoppingCriteria):
         if self.first is None:
             self.first = now
         self.last = now
-        held = tensor_bytes(
-            t for layer in self.cache.layers if layer.is_initialized for t in (layer.keys, layer.values)
-        )
-        self.peak = max(self.peak, held)
+        self.peak = max(self.peak, kv_bytes(self.cache))
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 

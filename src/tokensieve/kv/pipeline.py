@@ -24,7 +24,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from tokensieve import compat
 from tokensieve.core.observe.capture import LayerObservation, Needs
 from tokensieve.core.observe.hooks import engaged, prepare
-from tokensieve.core.ops.memory import tensor_bytes
+from tokensieve.core.ops.memory import layers_bytes
 from tokensieve.errors import BatchError, EmptyContextError, ParameterError, TokenSieveError, check_count
 from tokensieve.kv.budget import Allocator
 from tokensieve.kv.cache import SieveCache, SieveLayer
@@ -46,6 +46,16 @@ class Stats:
     compress_seconds: float = 0.0
     decode_seconds: float = 0.0
     new_tokens: int = 0
+
+    @classmethod
+    def measure(
+        cls, cache: SieveCache, context_tokens: int, kv_bytes_full: int, prefill_seconds: float, compress_seconds: float
+    ) -> Stats:
+        """What ``cache`` holds, measured now (bytes from its tensors' storages, slots per head), beside the full
+        cache's bytes and the seconds spent: the one way every ``Compressed`` gets its stats."""
+        return cls(
+            context_tokens, kv_bytes_full, cache.kv_bytes(), cache.tokens_held(), prefill_seconds, compress_seconds
+        )
 
     @property
     def ratio(self) -> float:
@@ -183,13 +193,7 @@ class Prefill:
 
     def full(self) -> Compressed:
         """The uncompressed cache (a fork), as the reference row."""
-        stats = Stats(
-            self.context_tokens,
-            self.cache.kv_bytes(),
-            self.cache.kv_bytes(),
-            self.cache.tokens_held(),
-            self.seconds,
-        )
+        stats = Stats.measure(self.cache, self.context_tokens, self.cache.kv_bytes(), self.seconds, 0.0)
         return Compressed(
             self.model,
             self.tokenizer,
@@ -238,14 +242,8 @@ class Prefill:
             )
             compat.set_cache_layer(cache, layer.layer_idx, new)
         seconds = time.perf_counter() - start
-        stats = Stats(
-            self.context_tokens,
-            self.cache.kv_bytes() if plan.pages is None else paged_kv_bytes(self.cache, plan.pages),
-            cache.kv_bytes(),
-            cache.tokens_held(),
-            self.seconds,
-            seconds,
-        )
+        full_bytes = self.cache.kv_bytes() if plan.pages is None else paged_kv_bytes(self.cache, plan.pages)
+        stats = Stats.measure(cache, self.context_tokens, full_bytes, self.seconds, seconds)
         return Compressed(
             self.model,
             self.tokenizer,
@@ -324,20 +322,8 @@ def compress(
     forward(model, ids, mask, cache, f"compression ({plan.method.id})")
     total = time.perf_counter() - start
     # measured: each full layer's bytes just before its eviction, plus the layers that were not compressed
-    others = tensor_bytes(
-        t
-        for layer in cache.layers
-        if not isinstance(layer, SieveLayer) and layer.is_initialized
-        for t in (layer.keys, layer.values)
-    )
-    stats = Stats(
-        n_tokens,
-        plan.full_bytes + others,
-        cache.kv_bytes(),
-        cache.tokens_held(),
-        total - plan.seconds,
-        plan.seconds,
-    )
+    others = layers_bytes(layer for layer in cache.layers if not isinstance(layer, SieveLayer))
+    stats = Stats.measure(cache, n_tokens, plan.full_bytes + others, total - plan.seconds, plan.seconds)
     return Compressed(model, tokenizer, cache, ids, mask, stats, plan.method.id, keep)
 
 

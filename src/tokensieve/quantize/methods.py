@@ -16,6 +16,11 @@ class QuantMethod:
     rotate: bool  # rotates the residual stream first, unless the caller says otherwise
     weights: str  # default token-weight source: uniform = plain GPTQ
 
+    def describe(self) -> dict[str, object]:
+        defaults = {"calibrated": self.calibrated, "rotate": self.rotate, "weights": self.weights or "none"}
+        kind = "weight quantization"
+        return {"id": self.id, "kind": kind, "paper": self.paper, "rule": self.rule, "defaults": defaults}
+
 
 REGISTRY = {
     m.id: m

@@ -12,6 +12,8 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +64,21 @@ def converted_dir(name: str) -> Path:
     return cache_dir() / "models" / name
 
 
+@contextmanager
+def replacing_dir(out: Path, prefix: str) -> Iterator[Path]:
+    """A fresh folder beside ``out`` to write into; it replaces ``out`` once the block ends without error, so a
+    conversion cut short never stands as the cached copy."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=prefix))
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def convert(bundled: Bundled, force: bool = False) -> Path:
     """Dequantize the bundled GGUF to fp32 safetensors once; later calls return the cached directory."""
     out = converted_dir(bundled.name)
@@ -78,16 +95,9 @@ def convert(bundled: Bundled, force: bool = False) -> Path:
     config.__dict__.pop("quantization_config", None)  # the weights are plain fp32 from here on
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(model.state_dict())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{bundled.name}-"))
-    try:
+    with replacing_dir(out, f".{bundled.name}-") as tmp:
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     _console.print(f"[tokensieve] converted in {time.perf_counter() - start:.0f} s")
     return out
 

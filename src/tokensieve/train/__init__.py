@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tokensieve.registry import instantiate
+from tokensieve.registry import instantiate, register_family
 from tokensieve.train.base import SFT, Rule, TokenBatch, TrainRuleError, weighted_nll
 from tokensieve.train.context_reliance import ContextReliance
 from tokensieve.train.critical import Critical, critical_margin, critical_weights, token_dpo_loss
@@ -18,6 +18,8 @@ from tokensieve.train.tshirt import TShirt
 RULES: dict[str, type[Rule]] = {
     r.id: r for r in (SFT, ExcessLoss, SSToken, DFT, Critical, TShirt, ContextReliance)  # type: ignore[type-abstract]
 }
+
+register_family("token-weighted training", RULES, "a training rule: `tokensieve train --method`, tokensieve.train")
 
 
 def rule(method: str | Rule, **params: Any) -> Rule:

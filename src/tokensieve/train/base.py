@@ -9,13 +9,14 @@ embeddings. ``loss.py`` runs the forwards a rule needs, so rules never touch a m
 from __future__ import annotations
 
 from abc import ABC
-from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from tokensieve.errors import TokenSieveError
+from tokensieve.registry import Registered
 
 NEEDS = {"reference", "attention", "no_prompt", "perturbed"}
 
@@ -62,10 +63,8 @@ def top_fraction(score: Tensor, mask: Tensor, fraction: float, per_row: bool) ->
 
 
 @dataclass
-class Rule(ABC):
-    id: ClassVar[str]
-    paper: ClassVar[str]
-    rule: ClassVar[str]
+class Rule(Registered, ABC):
+    kind: ClassVar[str] = "token-weighted training"  # `tokensieve methods` lists it; `tokensieve train` runs it
     needs: ClassVar[frozenset[str]] = frozenset()
 
     def weights(self, b: TokenBatch) -> Tensor:
@@ -81,9 +80,6 @@ class Rule(ABC):
         if missing:
             raise TrainRuleError(f"rule {self.id!r} needs {', '.join(missing)} in its TokenBatch: compute the loss "
                                  "with tokensieve.train.token_loss(rule, model, batch, reference=...)")
-
-    def params(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass

@@ -11,8 +11,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tokensieve.errors import ModelNotFoundError
-from tokensieve.runtime.models import cache_dir
+from tokensieve.runtime.models import cache_dir, replacing_dir
 
 DEFAULT_VISION_MODEL = "dinov2-s-focus"
 ONNX_FILE = "models/vit_s_focus.onnx"
@@ -147,17 +145,10 @@ def convert_focus(force: bool = False) -> Path:
             hs[f"body.{3 * i + 1}.{p}"] = w[f"decoder.bn{i + 1}.{p}"]
     hs["final.weight"], hs["final.bias"] = w["decoder.final_conv.weight"], w["decoder.final_conv.bias"]
     head.load_state_dict(hs, strict=False)  # BatchNorm's num_batches_tracked is not in the ONNX
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{DEFAULT_VISION_MODEL}-"))
-    try:
+    with replacing_dir(out, f".{DEFAULT_VISION_MODEL}-") as tmp:
         model.save_pretrained(tmp)
         save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(tmp / "saliency.safetensors"))
         (tmp / "saliency.json").write_text(json.dumps({"dim": 384, "widths": list(head_widths(head))}))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     _console.print(f"[tokensieve] converted in {time.perf_counter() - start:.0f} s")
     return out
 

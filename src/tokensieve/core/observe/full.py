@@ -27,6 +27,7 @@ def reconstruction_scores(
     stride: int = 1,
     query_chunk: int = 256,
     sample: float = 1.0,
+    compute: torch.dtype = torch.float32,
 ) -> dict[int, Tensor]:
     """Per full-attention layer ``[B, Hkv, T]``: the max over reconstruction queries (and over the query heads
     of each GQA group) of the attention they pay to each cached context slot.
@@ -37,6 +38,10 @@ def reconstruction_scores(
     softmax gives both the output and the score. Only every ``stride``-th reconstruction query is scored, and
     with ``sample`` < 1 only that fraction of the chunks is reconstructed (evenly spread; the cost falls with it,
     and a skipped chunk's slots score only by what the reconstructed chunks' queries pay them).
+
+    ``compute=torch.bfloat16`` runs the pass's matmuls (its linear layers under CPU/GPU autocast, and the
+    attention) in bfloat16, the scores kept in fp32: on CPUs with AMX or AVX512-BF16 the pass
+    is faster, and the scores approximate the fp32 ones to bf16's 3 digits (their ranking is what is used).
     """
     b, t = context_ids.shape
     if t == 0:
@@ -49,18 +54,28 @@ def reconstruction_scores(
         # one softmax serves both the layer's output (eager attention, the teacher-forced forward) and the score
         b_, h, n, d = query.shape
         hkv = layer.keys.shape[1]
-        q = group_queries(query, hkv).float()
+        q = group_queries(query, hkv).to(compute)
         score = out.setdefault(layer.layer_idx, torch.zeros(b, hkv, t, device=query.device))
         base = layer.n_held - n  # the token index of the first new row
         first = n - state["n"]  # rows before this are the prompt's: not reconstruction queries
         outs = []
+        keys = layer.keys.to(compute)
         for lo in range(0, n, query_chunk):
-            rows = torch.arange(lo, min(n, lo + query_chunk), device=query.device)
-            probs = attention_probs(q[:, :, :, rows], layer.keys.float(), rows + base, layer.valid, scaling)
-            outs.append(torch.matmul(probs, value[:, :, None, : probs.shape[-1]].float()))  # keys past a row unseen
-            picked = probs[:, :, :, ((rows >= first) & ((rows - first) % stride == 0)).nonzero().flatten()]
-            if picked.shape[3]:
-                torch.maximum(score, picked[..., :t].amax(dim=(2, 3)), out=score)
+            hi = min(n, lo + query_chunk)
+            probs = _block_probs(q[:, :, :, lo:hi], keys, base + lo, base, layer.valid, scaling)
+            v = value[:, :, None, : probs.shape[-1]].to(compute)  # keys past a row are unseen
+            outs.append(torch.matmul(probs, v))
+            # probabilities are >= 0, so rows that are not scored can be zeroed (the output is already taken);
+            # reducing the whole block is much faster on CPU than reducing a row-sliced view
+            start = max(first, lo) + (-(max(first, lo) - first)) % stride
+            if start >= hi:
+                continue
+            if stride > 1:
+                probs = probs[:, :, :, start - lo :: stride].contiguous()
+            elif start > lo:
+                probs[:, :, :, : start - lo].zero_()
+            flat = probs.reshape(b_, hkv, -1, probs.shape[-1])  # (group head, row) as one axis: a faster reduction
+            torch.maximum(score, flat[..., :t].amax(dim=2).float(), out=score)
         o = torch.cat(outs, 3).reshape(b_, h, n, d).to(query.dtype)
         return o.transpose(1, 2).contiguous(), None
 
@@ -77,11 +92,27 @@ def reconstruction_scores(
         if context_mask is not None:
             ones = torch.ones(b, prompt.shape[1], dtype=context_mask.dtype)
             kw["attention_mask"] = torch.cat([context_mask, ones, context_mask[:, lo:hi]], -1).to(model.device)
-        with torch.inference_mode():
+        low = compute != torch.float32
+        with torch.inference_mode(), torch.autocast(model.device.type, dtype=compute, enabled=low):
             model(**with_cache(model, fork, input_ids=ids.to(model.device), use_cache=True, logits_to_keep=1, **kw))
     if not out:
         raise RuntimeError("the reconstruction pass observed no layer: is the model prepared (tokensieve.prepare)?")
     return out
+
+
+def _block_probs(q: Tensor, k: Tensor, row0: int, past: int, valid: Tensor | None, scaling: float) -> Tensor:
+    """Softmax rows ``row0 .. row0 + n`` over the keys they see. Every new row sees all ``past`` cached slots, so
+    only the new tokens' columns need the causal mask; padding (rare: batches) takes the general path."""
+    if valid is not None:
+        rows = torch.arange(row0, row0 + q.shape[3], device=q.device)
+        return attention_probs(q.float(), k.float(), rows, valid, scaling)
+    b, hkv, g, n, d = q.shape
+    t = row0 + n
+    logits = torch.matmul((q * scaling).reshape(b, hkv, g * n, d), k[:, :, :t].transpose(-1, -2)).view(b, hkv, g, n, t)
+    rows = torch.arange(row0, t, device=q.device)
+    cols = torch.arange(past, t, device=q.device)
+    logits[..., past:].masked_fill_(cols[None, :] > rows[:, None], float("-inf"))
+    return torch.softmax(logits, dim=-1)  # in the compute dtype: a bf16 -> fp32 softmax is 4x slower on CPU
 
 
 def token_nll(model: torch.nn.Module, hidden: Tensor, ids: Tensor, chunk: int = 256) -> Tensor:

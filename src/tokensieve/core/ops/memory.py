@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import resource
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor
 
@@ -21,6 +22,17 @@ def tensor_bytes(tensors: Iterable[Tensor | None]) -> int:
         seen[storage.data_ptr()] = storage.nbytes()
     return sum(seen.values())
 
+
+
+def keys_and_values(layer: Any) -> list[Tensor | None]:
+    """What a plain cache layer holds."""
+    return [layer.keys, layer.values]
+
+
+def layers_bytes(layers: Iterable[Any], held: Callable[[Any], Iterable[Tensor | None]] = keys_and_values) -> int:
+    """Bytes held by the initialized layers of a transformers cache: ``held(layer)`` names the tensors a layer
+    holds (its keys and values unless a layout says more); storages shared across layers count once."""
+    return tensor_bytes(t for layer in layers if layer.is_initialized for t in held(layer))
 
 def _status_kib(field: str) -> int | None:
     try:

@@ -8,6 +8,8 @@ tokens would (ToMe's proportional attention): merging exact duplicates changes n
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -50,3 +52,13 @@ def compensation_token(drop_k: Tensor, drop_v: Tensor) -> tuple[Tensor, Tensor, 
     them (weight = their number)."""
     n = drop_k.shape[0]
     return drop_k.mean(0, keepdim=True), drop_v.mean(0, keepdim=True), float(n)
+
+
+def with_compensation_token(
+    keep_k: Tensor, keep_v: Tensor, drop_k: Tensor, drop_v: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The kept tokens with the compensation token of the dropped ones in front: keys, values ``[1 + n, D]`` and
+    the logit bias ``[1 + n]`` (log of its weight for the compensation token, 0 for the kept ones)."""
+    ck, cv, count = compensation_token(drop_k, drop_v)
+    bias = torch.zeros(keep_k.shape[0], device=keep_k.device)
+    return torch.cat([ck, keep_k]), torch.cat([cv, keep_v]), torch.cat([bias.new_full((1,), math.log(count)), bias])

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from tokensieve.errors import ParameterError
+from tokensieve.errors import BudgetError, ParameterError
 
 BITS = (2, 4, 8)
 STORE = torch.float16  # scales and zero points
@@ -168,3 +168,36 @@ def bytes_per_token(dim: int, bits: int | None, group: int = 32, full_bytes: int
         return float(dim * full_bytes)
     g = group_size(group, dim)
     return dim * bits / 8 + (dim // g) * 2 * torch.finfo(STORE).bits / 8
+
+
+def mixed_byte_fraction(
+    keep: float, dim: int, hi_bits: int | None, lo_bits: int | None, group: int = 32, full_bytes: int = 4
+) -> float:
+    """The fraction of the full cache's bytes a mixed-precision cache holds when ``keep`` of its tokens are at
+    ``hi_bits`` (None: full precision) and the rest at ``lo_bits`` (None: evicted), before anything is appended.
+
+    Bytes per head and token, for head dim D: full precision ``full_bytes`` x D; INT-b codes D*b/8 plus 4 bytes
+    per group (fp16 scale + zero). For SmolLM2 (D=64, group 32): INT8 72, INT4 40, INT2 24 bytes against 256 in
+    fp32, so keep=f holds f + (1-f) x 24/256 of the full cache (0.32 at f=0.25)."""
+    full = bytes_per_token(dim, None, full_bytes=full_bytes)
+    hi = bytes_per_token(dim, hi_bits, group, full_bytes)
+    lo = 0.0 if lo_bits is None else bytes_per_token(dim, lo_bits, group, full_bytes)
+    return (keep * hi + (1 - keep) * lo) / full
+
+
+def keep_for_byte_fraction(
+    fraction: float,
+    dim: int,
+    hi_bits: int | None,
+    lo_bits: int | None,
+    group: int = 32,
+    full_bytes: int = 4,
+    who: str = "mixed precision",
+) -> float:
+    """The ``keep`` whose held bytes are ``fraction`` of the full cache's (the inverse of ``mixed_byte_fraction``);
+    ``who`` names the method in the error when no keep holds that much."""
+    lo = mixed_byte_fraction(0.0, dim, hi_bits, lo_bits, group, full_bytes)
+    one = mixed_byte_fraction(1.0, dim, hi_bits, lo_bits, group, full_bytes)
+    if not lo < fraction <= one:
+        raise BudgetError(f"{fraction:.3f} of the bytes is outside what {who} can hold ({lo:.3f}, {one:.3f}]")
+    return (fraction - lo) / (one - lo)

@@ -15,6 +15,13 @@ def protection_mask(valid: Tensor | None, batch: int, n_tokens: int, sinks: int,
     return valid & ((rank < sinks) | (back < window))
 
 
+def first_real(valid: Tensor | None, batch: int, device=None) -> Tensor:
+    """[B] index of each row's first real token (0 without padding): where a left-padded row starts."""
+    if valid is None:
+        return torch.zeros(batch, dtype=torch.long, device=device)
+    return valid.long().argmax(-1)
+
+
 def rank(scores: Tensor, valid: Tensor | None, sinks: int = 0, window: int = 0) -> Tensor:
     """Token indices [B, Hkv, T] from most to least wanted: protected tokens first, padding last, ties
     towards the later token (deterministic)."""
@@ -38,3 +45,17 @@ def select(scores: Tensor, budget: int, valid: Tensor | None, sinks: int = 0, wi
 def gather_tokens(x: Tensor, idx: Tensor) -> Tensor:
     """x [B, H, T, D] -> [B, H, k, D] at per-head indices [B, H, k]."""
     return x.gather(2, idx.unsqueeze(-1).expand(-1, -1, -1, x.shape[-1]))
+
+
+def global_counts(scores: dict[int, Tensor], budget: int, valid: Tensor | None) -> dict[int, Tensor]:
+    """Per layer ``[B, Hkv]``: how many of each head's slots are among the top ``budget x layers x heads`` scores
+    of its row over the whole cache (at least one per head)."""
+    ids = sorted(scores)
+    s = torch.stack([scores[i].float() for i in ids], 1)  # [B, L, Hkv, T]
+    if valid is not None:
+        s = s.masked_fill(~valid[:, None, None, :], float("-inf"))
+    b, n_layers, h, t = s.shape
+    top = s.reshape(b, -1).topk(min(budget * n_layers * h, n_layers * h * t), -1).indices
+    hit = torch.zeros(b, n_layers * h * t, dtype=torch.long, device=s.device).scatter_(1, top, 1)
+    per_head = hit.view(b, n_layers, h, t).sum(-1).clamp(min=1)
+    return {i: per_head[:, n] for n, i in enumerate(ids)}

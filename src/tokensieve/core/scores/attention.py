@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -129,3 +130,20 @@ def decay_weights(rows: Tensor, last_row: int, decay: float) -> Tensor:
     if decay == 1.0:
         return torch.ones(rows.numel())
     return torch.exp((last_row - rows).double() * math.log(decay)).float()
+
+
+@lru_cache(maxsize=4)
+def _noise_block(seed: int, block: int) -> Tensor:
+    """Keyformer's Gumbel noise for rows [64 * block, 64 * block + 64) over every key they can see: the same
+    values the prefill statistic draws (``gumbel_noise``), computed once per 64 decode steps."""
+    b0 = block * NOISE_BLOCK
+    return gumbel_noise(seed, 1, torch.arange(b0, b0 + NOISE_BLOCK), b0 + NOISE_BLOCK)[0, 0]
+
+
+def gumbel_rows(seed: int, rows: Tensor, positions: Tensor) -> Tensor:
+    """Noise [B, Hkv, q, S] at (row, positions[b, h, s]) for each new row: shared by heads, as at prefill."""
+    out = []
+    for r in rows.tolist():  # one row per decode step; a forward has only a few new rows
+        block = _noise_block(seed, r // NOISE_BLOCK).to(positions.device)
+        out.append(block[r % NOISE_BLOCK][positions.clamp(max=block.shape[1] - 1)])
+    return torch.stack(out, 2)

@@ -6,24 +6,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tokensieve.errors import UnknownMethodError
 from tokensieve.kv.budget.adakv import AdaKV
-from tokensieve.kv.budget.base import Allocator, _round_capped
+from tokensieve.kv.budget.base import Allocator, EqualLayers, _round_capped
 from tokensieve.kv.budget.compresskv import ErrorProportional
 from tokensieve.kv.budget.zipvl import ZipVL
-from tokensieve.registry import register_family
+from tokensieve.registry import instantiate, register_family
 
 
 @dataclass
-class Uniform(Allocator):
+class Uniform(EqualLayers):
     """The same budget in every layer and head."""
 
     id = "uniform"
     paper = "baseline"
     rule = "the same keep count in every layer and head"
-
-    def layer_budgets(self, budget: int, n_layers: int, n_tokens: int) -> list[int]:
-        return [min(budget, n_tokens)] * n_layers
 
 
 @dataclass
@@ -55,18 +51,8 @@ register_family(
 
 
 def get_allocator(allocator: str | Allocator, **params: Any) -> Allocator:
-    if isinstance(allocator, Allocator):
-        if params:
-            raise TypeError("pass parameters either to the allocator instance or as keywords, not both")
-        return allocator
-    if allocator not in ALLOCATORS:
-        raise UnknownMethodError(f"unknown budget allocator {allocator!r}; choose one of: {', '.join(ALLOCATORS)}")
-    cls = ALLOCATORS[allocator]
-    try:
-        return cls(**params)
-    except TypeError as e:
-        names = ", ".join(cls.__dataclass_fields__) or "no parameters"
-        raise UnknownMethodError(f"bad parameter for allocator {allocator!r} ({e}); it takes: {names}") from None
+    """An allocator instance from its id (with optional parameter overrides), or the instance itself."""
+    return instantiate(ALLOCATORS, Allocator, "budget allocator", allocator, params, noun="allocator")
 
 
 __all__ = ["ALLOCATORS", "AdaKV", "Allocator", "ErrorProportional", "Pyramid", "Uniform", "ZipVL", "get_allocator"]

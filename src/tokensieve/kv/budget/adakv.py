@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from tokensieve.core.ops.select import protection_mask, rank
-from tokensieve.kv.budget.base import Allocator
+from tokensieve.kv.budget.base import EqualLayers
 
 
 def head_distributions(scores: Tensor, eligible: Tensor) -> Tensor:
@@ -26,7 +26,7 @@ def head_distributions(scores: Tensor, eligible: Tensor) -> Tensor:
 
 
 @dataclass
-class AdaKV(Allocator):
+class AdaKV(EqualLayers):
     """Each layer keeps ``Hkv x budget`` tokens in all, chosen by one top-k across its KV heads: a head whose
     attention concentrates on few tokens yields slots to a head whose attention spreads. Every head first gets
     a floor of ``floor x budget`` tokens (the paper's safeguard, alpha = 0.2) and its protected tokens.
@@ -40,9 +40,6 @@ class AdaKV(Allocator):
     rule = "per layer, top-(Hkv x budget) across heads of per-head normalised scores, with a per-head floor"
 
     floor: float = 0.2
-
-    def layer_budgets(self, budget: int, n_layers: int, n_tokens: int) -> list[int]:
-        return [min(budget, n_tokens)] * n_layers
 
     def head_budgets(self, scores: Tensor, budget: int, valid: Tensor | None, sinks: int, window: int) -> Tensor:
         b, h, t = scores.shape

@@ -32,6 +32,13 @@ class Allocator(Registered, ABC):
         return None
 
 
+class EqualLayers(Allocator):
+    """Every layer gets the mean budget (capped at the context); a subclass may still split it per head."""
+
+    def layer_budgets(self, budget: int, n_layers: int, n_tokens: int) -> list[int]:
+        return [min(budget, n_tokens)] * n_layers
+
+
 
 
 def _round_capped(raw: list[float], total: int, cap: int) -> list[int]:

@@ -9,11 +9,11 @@ from torch import Tensor
 
 from tokensieve.core.ops.select import protection_mask
 from tokensieve.kv.budget.adakv import head_distributions
-from tokensieve.kv.budget.base import Allocator
+from tokensieve.kv.budget.base import EqualLayers
 
 
 @dataclass
-class ZipVL(Allocator):
+class ZipVL(EqualLayers):
     """Per layer, the smallest number of tokens whose score mass reaches ``tau`` of the total: each head's
     scores as a distribution (``head_distributions``), averaged over the layer's heads, sorted, and cut where
     the cumulative mass first reaches ``tau``. Every KV head of the layer keeps that many (its own top tokens),
@@ -31,9 +31,6 @@ class ZipVL(Allocator):
             from tokensieve.errors import BudgetError
 
             raise BudgetError(f"zipvl's mass threshold tau={self.tau} must be in (0, 1], e.g. tau=0.95")
-
-    def layer_budgets(self, budget: int, n_layers: int, n_tokens: int) -> list[int]:
-        return [min(budget, n_tokens)] * n_layers
 
     def head_budgets(self, scores: Tensor, budget: int, valid: Tensor | None, sinks: int, window: int) -> Tensor:
         b, h, t = scores.shape

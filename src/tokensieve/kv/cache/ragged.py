@@ -89,6 +89,24 @@ class RaggedLayer(SieveLayer):
                 index.append(idx if src is None else src.index_select(0, idx))
         return cls.from_segments(layer.layer_idx, layer.cumulative_length, b, h, keys, values, index)
 
+    @classmethod
+    def stack(cls, layers: list[RaggedLayer]) -> RaggedLayer:
+        """One layer whose rows are the given layers' rows in order (same context length, same heads, no
+        padding held): how the bench evaluates several compressed cells in one batch."""
+        keys, values, index, bias = [], [], [], []
+        for layer in layers:
+            for lo, n in zip(layer.starts, layer.lengths, strict=True):
+                keys.append(layer.keys[lo : lo + n])
+                values.append(layer.values[lo : lo + n])
+                index.append(layer.flat_index[lo : lo + n])
+                b = layer.flat_bias
+                bias.append(b[lo : lo + n] if b is not None else torch.zeros(n, device=layer.keys.device))
+        first = layers[0]
+        rows = sum(layer.batch for layer in layers)
+        return cls.from_segments(
+            first.layer_idx, first.cumulative_length, rows, first.n_kv_heads, keys, values, index, bias
+        )
+
     # --- transformers' layer protocol -------------------------------------------------------------
     def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
         b, h, n, _ = key_states.shape

@@ -12,6 +12,7 @@ from transformers.cache_utils import DynamicCache
 
 from tokensieve import compat
 from tokensieve.core.observe import hooks
+from tokensieve.core.ops.memory import layers_bytes
 from tokensieve.errors import UnsupportedArchitectureError
 from tokensieve.kv.cache.layers import CompactSlidingLayer, SieveLayer
 
@@ -62,12 +63,9 @@ class SieveCache(DynamicCache):
     def kv_bytes(self) -> int:
         """Bytes actually held by the key and value tensors (their storages, counted once); for a paged cache,
         what a paged engine holds (pages x page bytes, from the tensors' shapes and dtypes)."""
-        from tokensieve.core.ops.memory import tensor_bytes
-
         if self.paging is not None:
             return self.paging.kv_bytes(self)
-
-        return tensor_bytes(t for layer in self.layers if layer.is_initialized for t in _held(layer))
+        return layers_bytes(self.layers, _held)
 
     def tokens_held(self) -> list[float]:
         """Slots held per KV head, per layer (the mean over heads for a ragged layer)."""

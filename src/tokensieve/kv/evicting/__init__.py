@@ -5,38 +5,23 @@ cache = tokensieve.DecodeCache(model, "h2o", budget=256)   # never more than 256
 out = model.generate(**tok(prompt, return_tensors="pt"), **with_cache(model, cache), max_new_tokens=2000)
 cache.peak_kv_bytes()                                        # measured from the tensors' storages
 
-A method's decode rule carries its prefill score forward one query at a time (``rules.py``); the layer
-(``layer.py``) folds each new query's attention in and evicts the lowest-scoring unprotected slot.
+A method's decode rule carries its prefill score forward one query at a time (it lives in the method's file
+and the method declares it, ``Method.decode_rule``; ``DECODE_RULES`` lists the methods that have one); the
+layer (``layer.py``) folds each new query's attention in and evicts the lowest-scoring unprotected slot.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from tokensieve import compat
 from tokensieve.errors import BudgetError, TokenSieveError, UnknownMethodError
 from tokensieve.kv.cache import SieveCache
 from tokensieve.kv.evicting.layer import EvictingLayer, PrefillPlan
-from tokensieve.kv.evicting.rules import (
-    AboveUniformHistory,
-    AccumulatedAttention,
-    DecodeRule,
-    GumbelAccumulated,
-    LastQuery,
-)
-from tokensieve.kv.methods import Method, get_method
+from tokensieve.kv.methods import DECODE_RULES, Method, get_method
+from tokensieve.kv.methods.decode_rule import DecodeRule
 from tokensieve.kv.pages import Paging
 from tokensieve.kv.plan import Plan
-
-# method id -> its decode rule, built from the method's own parameters
-DECODE_RULES: dict[str, Callable[[Any], DecodeRule]] = {
-    "h2o": lambda m: AccumulatedAttention(1.0),
-    "a2sf": lambda m: AccumulatedAttention(m.decay),
-    "scissorhands": lambda m: AboveUniformHistory(m.history),
-    "tova": lambda m: LastQuery(),
-    "keyformer": lambda m: GumbelAccumulated(m.tau, m.tau_end, m.tau_steps, m.seed),
-}
 
 
 def decode_rule(method: Method) -> DecodeRule:

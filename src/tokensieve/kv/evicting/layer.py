@@ -22,8 +22,8 @@ from tokensieve.core.observe.inputs import ScoreInputs
 from tokensieve.core.ops.select import select
 from tokensieve.core.scores.attention import group_queries
 from tokensieve.kv.cache import SieveLayer
-from tokensieve.kv.evicting.rules import DecodeRule, State, Step
 from tokensieve.kv.methods import Method
+from tokensieve.kv.methods.decode_rule import DecodeRule, State, Step
 from tokensieve.kv.pages import Paging, pages_held, select_pages
 
 

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from tokensieve.kv.methods.a2sf import A2SF
 from tokensieve.kv.methods.base import Method
 from tokensieve.kv.methods.compresskv import CompressKV
+from tokensieve.kv.methods.decode_rule import DecodeRule
 from tokensieve.kv.methods.ems import EMS
 from tokensieve.kv.methods.expected_attention import ExpectedAttention
 from tokensieve.kv.methods.h2o import H2O
 from tokensieve.kv.methods.keydiff import KeyDiff
 from tokensieve.kv.methods.keyformer import Keyformer
 from tokensieve.kv.methods.knorm import KNorm
-from tokensieve.kv.methods.kvzip import KVzip, KVzipPlus
+from tokensieve.kv.methods.kvzip import KVzip
+from tokensieve.kv.methods.kvzip_plus import KVzipPlus
 from tokensieve.kv.methods.lagkv import LagKV
-from tokensieve.kv.methods.mikv import MiKV, ZipCacheQuant
+from tokensieve.kv.methods.mikv import MiKV
 from tokensieve.kv.methods.modifiers import ACT, ZeroTuning
 from tokensieve.kv.methods.random import Random
 from tokensieve.kv.methods.razor import Razor
@@ -26,6 +29,7 @@ from tokensieve.kv.methods.streaming import Streaming
 from tokensieve.kv.methods.surprise import Surprise
 from tokensieve.kv.methods.tova import TOVA
 from tokensieve.kv.methods.zipcache import ZipCache
+from tokensieve.kv.methods.zipcache_quant import ZipCacheQuant
 from tokensieve.registry import instantiate, register_family
 
 REGISTRY: dict[str, type[Method]] = {
@@ -41,6 +45,15 @@ REGISTRY.update({cls.id: cls for cls in (MiKV, ZipCacheQuant, Razor, CompressKV,
 # question-unseen compression (issue 12)
 REGISTRY.update({cls.id: cls for cls in (KVzip, KVzipPlus, ExpectedAttention, KeyDiff, LagKV, Surprise, Span)})
 
+# what `tokensieve generate` and the demo use unless told: the measured best question-unseen method
+# (docs/unseen.md, benchmarks/results/unseen12)
+DEFAULT_METHOD = "kvzip"
+
+# the methods that also evict while generating: method id -> its ``decode_rule`` (the rule lives in its file)
+DECODE_RULES: dict[str, Callable[[Any], DecodeRule]] = {
+    cls.id: cls.decode_rule for cls in (H2O, A2SF, Scissorhands, TOVA, Keyformer)
+}
+
 
 def method_ids() -> list[str]:
     return list(REGISTRY)
@@ -51,4 +64,4 @@ def get_method(method: str | Method, **params: Any) -> Method:
     return instantiate(REGISTRY, Method, "method id", method, params)
 
 
-__all__ = ["REGISTRY", "Method", "get_method", "method_ids"]
+__all__ = ["DECODE_RULES", "DEFAULT_METHOD", "REGISTRY", "Method", "get_method", "method_ids"]

@@ -8,6 +8,8 @@ from tokensieve.core.observe.capture import Needs
 from tokensieve.core.observe.inputs import ScoreInputs
 from tokensieve.core.observe.stats import AttnSum
 from tokensieve.kv.methods.base import Method
+from tokensieve.kv.methods.decode_rule import DecodeRule
+from tokensieve.kv.methods.h2o import AccumulatedAttention
 
 
 @dataclass
@@ -27,3 +29,6 @@ class A2SF(Method):
 
     def score(self, x: ScoreInputs) -> Tensor:
         return x.stat(AttnSum(decay=self.decay))
+
+    def decode_rule(self) -> DecodeRule:
+        return AccumulatedAttention(self.decay)

@@ -9,13 +9,20 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor
 
+from tokensieve import compat
 from tokensieve.core.observe.capture import Needs
 from tokensieve.core.observe.inputs import ScoreInputs
+from tokensieve.errors import BudgetError, CalibrationError
 from tokensieve.registry import Registered
+
+if TYPE_CHECKING:
+    from tokensieve.kv.cache import SieveCache
+    from tokensieve.kv.cache.biased import BiasedLayer
+    from tokensieve.kv.methods.decode_rule import DecodeRule
 
 
 @dataclass
@@ -37,6 +44,11 @@ class Method(Registered, ABC):
 
     def act(self, layer: Any, x: ScoreInputs, budget: int, allocator: Any, inplace: bool) -> Any:
         """A layout of its own (merge, quantize, whole heads) for one layer; None: plain eviction by ``score``."""
+        return None
+
+    def decode_rule(self) -> DecodeRule | None:
+        """Its score carried forward one query at a time while generating (``DecodeCache``), built from its own
+        parameters; None: it does not evict at decode time. The rule lives in the method's file."""
         return None
 
     def prepare_cache(self, cache: Any) -> None:
@@ -63,3 +75,72 @@ class Method(Registered, ABC):
         window = round(self.window * budget) if 0 < self.window < 1 else int(self.window)
         sinks = min(self.sinks, budget)
         return sinks, max(0, min(window, budget - sinks))
+
+
+class ScoredBy(Method):
+    """A method that ranks with another method's score (``self._inner``, set by the subclass) and acts on the
+    ranking its own way (mixed precision): what the score needs, binds and protects is the inner method's."""
+
+    _inner: Method
+
+    def needs(self) -> Needs:
+        return self._inner.needs()
+
+    def bind(self, model: Any) -> None:
+        self._inner.bind(model)
+
+    def full_pass(self, pre: Any) -> dict[int, Tensor] | None:
+        return self._inner.full_pass(pre)
+
+    def score(self, x: ScoreInputs) -> Tensor:
+        return self._inner.score(x)
+
+    def protected(self, budget: int) -> tuple[int, int]:
+        return self._inner.protected(budget)
+
+
+class Calibrated(Method):
+    """A method that reads the model's calibration (``kv.calibration``: retrieval heads, layer errors), loaded
+    once by ``bind``; ``calibration`` says clearly when nothing bound it."""
+
+    _cal: Any = None  # not a field: what bind loaded
+
+    def bind(self, model: Any) -> None:
+        from tokensieve.kv.calibration import get_calibration  # its store and readers load only when bound
+
+        self._cal = get_calibration(model)
+
+    @property
+    def calibration(self) -> Any:
+        if self._cal is None:
+            raise CalibrationError(
+                f"{self.id} needs the model's calibration: compress through tokensieve.compress / prefill / "
+                "SieveCache(model, ...), which bind it (or call method.bind(model))"
+            )
+        return self._cal
+
+
+class Modifier(Method):
+    """An attention modifier (ACT, ZeroTuning): it keeps every token and changes the attention of the prefill
+    itself, through a logit ``bias`` that its layers add, installed on the cache before the prefill runs."""
+
+    kind: ClassVar[str] = "attention modifier"
+
+    changes_prefill: ClassVar[bool] = True
+
+    def prepare_cache(self, cache: SieveCache) -> None:
+        from tokensieve.kv.cache.biased import BiasedLayer
+
+        for layer in cache.sieve_layers:
+            compat.set_cache_layer(cache, layer.layer_idx, BiasedLayer(layer.layer_idx, self.bias))
+
+    def bias(self, layer: BiasedLayer, query: Tensor, scaling: float) -> Tensor | None:
+        """The logit bias ``[B, Hq, T]`` (per query head and key) this layer adds for the prompt's queries
+        ``[B, Hq, T, D]``; None leaves the layer's attention alone."""
+        raise NotImplementedError
+
+    def score(self, x: ScoreInputs) -> Tensor:
+        raise BudgetError(f"{self.id} is an attention modifier and keeps every token: use keep=1.0")
+
+    def act(self, layer: Any, x: ScoreInputs, budget: int, allocator: Any, inplace: bool) -> Any:
+        raise BudgetError(f"{self.id} is an attention modifier and keeps every token: use keep=1.0")

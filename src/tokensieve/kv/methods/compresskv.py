@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from torch import Tensor
 
@@ -9,12 +9,11 @@ from tokensieve.core.observe.capture import Needs
 from tokensieve.core.observe.inputs import ScoreInputs
 from tokensieve.core.scores.attention import pool_keys
 from tokensieve.core.scores.retrieval import srh_scores
-from tokensieve.errors import CalibrationError
-from tokensieve.kv.methods.base import Method
+from tokensieve.kv.methods.base import Calibrated
 
 
 @dataclass
-class CompressKV(Method):
+class CompressKV(Calibrated):
     """Semantic retrieval heads: ``tokensieve calibrate`` (run once per model, automatically on first use)
     measures, on synthetic needle prompts, how much attention each query head's question and answer rows pay
     to the needle and its surroundings. Here each layer's ``heads`` strongest such heads score the tokens
@@ -31,23 +30,11 @@ class CompressKV(Method):
     kernel: int = 7
     heads: int = 2
 
-    def __post_init__(self) -> None:
-        self._cal = None
-
-    def bind(self, model: Any) -> None:
-        from tokensieve.kv.calibration import get_calibration
-
-        self._cal = get_calibration(model)
-
     def needs(self) -> Needs:
         return Needs(window=int(self.window))
 
     def score(self, x: ScoreInputs) -> Tensor:
-        if self._cal is None:
-            raise CalibrationError(
-                "compresskv needs the model's calibration: compress through tokensieve.compress / prefill / "
-                "SieveCache(model, ...), which bind it (or call method.bind(model))"
-            )
-        retrieval = self._cal.retrieval[self._cal.row(x.layer_idx)]
+        cal = self.calibration
+        retrieval = cal.retrieval[cal.row(x.layer_idx)]
         probs = x.window_probs(int(self.window))
         return pool_keys(srh_scores(probs, retrieval, self.heads), self.kernel)

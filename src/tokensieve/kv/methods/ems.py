@@ -11,7 +11,7 @@ from tokensieve.core.observe.inputs import ScoreInputs
 from tokensieve.core.observe.stats import AttnSum
 from tokensieve.core.ops.merge import merge_into
 from tokensieve.core.ops.select import rank
-from tokensieve.kv.heads import evict_layer, head_counts, head_segments
+from tokensieve.kv.heads import evict_layer, head_counts, ragged_layer
 from tokensieve.kv.methods.base import Method
 
 if TYPE_CHECKING:
@@ -71,18 +71,9 @@ class EMS(Method):
         sinks, window = self.protected(budget)
         if not self.merge:
             return evict_layer(layer, scores, budget, sinks, window, allocator, inplace)
-        from tokensieve.kv.cache.ragged import RaggedLayer
-
         counts = head_counts(scores, budget, layer.valid, sinks, window, allocator)
-        order = rank(scores, layer.valid, sinks, window)
-        keys, values, index, bias = [], [], [], []
-        for row, head, kept, dropped in head_segments(order, counts, layer.valid):
-            k_all, v_all = layer.keys[row, head], layer.values[row, head]
-            k, v, w, _ = merge_into(k_all[kept], v_all[kept], k_all[dropped], v_all[dropped], self.threshold)
-            src = kept if layer.token_index is None else layer.token_index[row, head, kept]
-            keys.append(k)
-            values.append(v)
-            index.append(src)
-            bias.append(w.log())
-        b, h = counts.shape
-        return RaggedLayer.from_segments(layer.layer_idx, layer.cumulative_length, b, h, keys, values, index, bias)
+        return ragged_layer(layer, rank(scores, layer.valid, sinks, window), counts, self._merged)
+
+    def _merged(self, k_all: Tensor, v_all: Tensor, kept: Tensor, dropped: Tensor, src: Tensor):
+        k, v, w, _ = merge_into(k_all[kept], v_all[kept], k_all[dropped], v_all[dropped], self.threshold)
+        return k, v, src, w.log()

@@ -1,52 +1,23 @@
 """Attention modifiers: they keep the whole cache and change how attention is spread (ACT, ZeroTuning).
-They act on the prefill itself, so they are installed on the cache before it runs (``prepare_cache``)."""
+They act on the prefill itself, so they are installed on the cache before it runs (``Modifier.prepare_cache``,
+in ``base.py``)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from tokensieve import compat
-from tokensieve.core.observe.inputs import ScoreInputs
 from tokensieve.core.observe.stats import AttnSum, accumulate
+from tokensieve.core.ops.select import first_real
 from tokensieve.core.scores.attention import visible_counts
-from tokensieve.errors import BudgetError
-from tokensieve.kv.methods.base import Method
+from tokensieve.kv.methods.base import Modifier
 
 if TYPE_CHECKING:
-    from tokensieve.kv.cache import SieveCache
     from tokensieve.kv.cache.biased import BiasedLayer
-
-
-class Modifier(Method):
-    kind: ClassVar[str] = "attention modifier"
-
-    changes_prefill: ClassVar[bool] = True
-
-    def prepare_cache(self, cache: SieveCache) -> None:
-        from tokensieve.kv.cache.biased import BiasedLayer
-
-        for layer in cache.sieve_layers:
-            compat.set_cache_layer(cache, layer.layer_idx, BiasedLayer(layer.layer_idx, self.bias))
-
-    def bias(self, layer: BiasedLayer, query: Tensor, scaling: float) -> Tensor | None:
-        raise NotImplementedError
-
-    def score(self, x: ScoreInputs) -> Tensor:
-        raise BudgetError(f"{self.id} is an attention modifier and keeps every token: use keep=1.0")
-
-    def act(self, layer, x, budget, allocator, inplace):
-        raise BudgetError(f"{self.id} is an attention modifier and keeps every token: use keep=1.0")
-
-
-def first_real(valid: Tensor | None, batch: int, device) -> Tensor:
-    if valid is None:
-        return torch.zeros(batch, dtype=torch.long, device=device)
-    return valid.long().argmax(-1)
 
 
 @dataclass

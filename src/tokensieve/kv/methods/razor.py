@@ -1,17 +1,17 @@
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from tokensieve.core.observe.inputs import ScoreInputs
-from tokensieve.core.ops.merge import compensation_token
-from tokensieve.core.ops.select import rank
-from tokensieve.errors import BudgetError, CalibrationError
-from tokensieve.kv.methods.base import Method
+from tokensieve.core.ops.merge import with_compensation_token
+from tokensieve.errors import BudgetError
+from tokensieve.kv.heads import ragged_layer, rank_rows, real_lengths, window_counts
+from tokensieve.kv.methods.base import Calibrated
+from tokensieve.kv.methods.streaming import Streaming
 
 if TYPE_CHECKING:
     from tokensieve.kv.budget import Allocator
@@ -19,17 +19,14 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class Razor(Method):
-    """Retrieval heads keep everything; every other KV head keeps ``sinks`` + a recent window + one compensation
-    token (the mean key and value of what it dropped, standing for all of them: log of their number is added to
-    its logits).
-
-    Retrieval heads come from the model's calibration (``tokensieve calibrate``; automatic on first use): on
-    random sequences repeated twice, the top ``induction`` fraction of KV heads by induction score (attention
-    to the token after the previous occurrence) plus the top ``echo`` fraction by echo score (attention to the
-    previous occurrence), a KV head scoring as its strongest query head. The window is sized so that the whole
-    cache averages the requested budget: ``(budget x N - T x R) / (N - R) - 1`` tokens for the N - R other KV
-    heads of the model (R retrieval heads, T context tokens), so ``keep`` must exceed the retrieval share."""
+class Razor(Calibrated):
+    """Retrieval heads keep everything; every other KV head keeps ``sinks`` + a recent window + one compensation token
+    (the mean key and value of what it dropped, standing for all of them: log of their number is added to its logits).
+    Retrieval heads: the top ``induction`` fraction of KV heads by induction score plus the top ``echo`` fraction by
+    echo score (attention to the token after, and to, the previous occurrence on repeated random sequences; a KV head
+    scores as its strongest query head), from the model's calibration (``tokensieve calibrate``, automatic on first
+    use). The window makes the whole cache average the budget, ``(budget x N - T x R) / (N - R) - 1`` tokens in each of
+    the N - R other KV heads (R retrieval heads, T context tokens): ``keep`` must exceed the retrieval share."""
 
     id = "razor"
     paper = "RazorAttention: Efficient KV Cache Compression Through Retrieval Heads (Tang et al., 2024)"
@@ -40,20 +37,13 @@ class Razor(Method):
     induction: float = 0.1
     echo: float = 0.02
     compensate: bool = True
+    _heads: Tensor | None = field(default=None, init=False, repr=False, compare=False)  # [L, Hkv] bool, by bind
 
-    def __post_init__(self) -> None:
-        self._cal = None
-        self._heads: Tensor | None = None
+    score = Streaming.score  # plain recency: the window is the most recent tokens
 
     def bind(self, model: Any) -> None:
-        from tokensieve.kv.calibration import get_calibration
-
-        self._cal = get_calibration(model)
-        self._heads = self._cal.retrieval_kv_heads(self.induction, self.echo)
-
-    def score(self, x: ScoreInputs) -> Tensor:
-        b, h, t = x.shape
-        return torch.arange(t, dtype=torch.float32, device=x.keys.device).expand(b, h, t)
+        super().bind(model)
+        self._heads = self.calibration.retrieval_kv_heads(self.induction, self.echo)
 
     def window_for(self, budget: int, n_tokens: int) -> int:
         """Slots each non-retrieval head keeps besides its compensation token."""
@@ -69,42 +59,22 @@ class Razor(Method):
         return window
 
     def act(self, layer: SieveLayer, x: ScoreInputs, budget: int, allocator: Allocator | None, inplace: bool):
-        from tokensieve.kv.cache.ragged import RaggedLayer
-
-        if self._cal is None or self._heads is None:
-            raise CalibrationError(
-                "razor needs the model's calibration: compress through tokensieve.compress / prefill / "
-                "SieveCache(model, ...), which bind it (or call method.bind(model))"
-            )
+        row_of = self.calibration.row(layer.layer_idx)  # raises first when nothing bound the calibration
         scores = self.score(x)
         if allocator is not None and allocator.head_budgets(scores, budget, layer.valid, self.sinks, 0) is not None:
             raise BudgetError(
                 "razor sets each head's budget itself (retrieval heads whole, the others a window): use the "
                 "uniform, pyramid or compresskv allocator"
             )
-        retrieval = self._heads[self._cal.row(layer.layer_idx)]
-        b, h, t = scores.shape
-        keys, values, index, bias = [], [], [], []
-        for row in range(b):
-            n_real = t if layer.valid is None else int(layer.valid[row].sum())
-            window = self.window_for(budget, n_real)
-            valid = None if layer.valid is None else layer.valid[row : row + 1]
-            order = rank(scores[row : row + 1], valid, self.sinks, window - self.sinks)[0]
-            for head in range(h):
-                k_all, v_all = layer.keys[row, head], layer.values[row, head]
-                src = layer.token_index[row, head] if layer.token_index is not None else None
-                n = n_real if bool(retrieval[head]) else min(window, n_real)
-                kept, dropped = order[head, :n].sort().values, order[head, n:n_real]
-                k, v = k_all[kept], v_all[kept]
-                idx = kept if src is None else src[kept]
-                w = torch.zeros(n, device=k.device)
-                if self.compensate and dropped.numel():
-                    ck, cv, count = compensation_token(k_all[dropped], v_all[dropped])
-                    k, v = torch.cat([ck, k]), torch.cat([cv, v])
-                    idx = torch.cat([idx.new_full((1,), -1), idx])
-                    w = torch.cat([w.new_full((1,), math.log(count)), w])
-                keys.append(k)
-                values.append(v)
-                index.append(idx)
-                bias.append(w)
-        return RaggedLayer.from_segments(layer.layer_idx, layer.cumulative_length, b, h, keys, values, index, bias)
+        real = real_lengths(layer.valid, scores.shape[0], scores.shape[2])
+        windows = [self.window_for(budget, n) for n in real]
+        order = rank_rows(scores, layer.valid, self.sinks, [w - self.sinks for w in windows])
+        counts = window_counts(real, windows, self._heads[row_of])  # type: ignore[index]  # set with the calibration
+        # dropped tokens stay in rank order: the compensation token's mean sums them in that order
+        return ragged_layer(layer, order, counts, self._segment, sort_dropped=False)
+
+    def _segment(self, k_all: Tensor, v_all: Tensor, kept: Tensor, dropped: Tensor, src: Tensor):
+        if not (self.compensate and dropped.numel()):
+            return k_all[kept], v_all[kept], src, torch.zeros(kept.numel(), device=k_all.device)
+        k, v, w = with_compensation_token(k_all[kept], v_all[kept], k_all[dropped], v_all[dropped])
+        return k, v, torch.cat([src.new_full((1,), -1), src]), w

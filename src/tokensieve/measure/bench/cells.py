@@ -19,6 +19,7 @@ from torch import Tensor
 
 from tokensieve import compat
 from tokensieve.kv.cache import SieveCache, SieveLayer
+from tokensieve.kv.cache.ragged import RaggedLayer
 from tokensieve.kv.pipeline import Compressed, Prefill, Stats
 from tokensieve.measure.bench import metrics
 from tokensieve.measure.tasks.base import Question
@@ -29,8 +30,12 @@ def _signature(c: Compressed) -> tuple | None:
     """What must match for two cells to share a batch; None if this cache cannot be stacked."""
     sig = []
     for layer in c.cache.layers:
-        if isinstance(layer, SieveLayer):
-            # other layouts (ragged, quantized, sparse) override attend: evaluate them alone
+        if isinstance(layer, RaggedLayer):  # per-head counts may differ: rows stack as more segments
+            if layer.flat_valid is not None:
+                return None
+            sig.append(("ragged", layer.cumulative_length, layer.n_kv_heads))
+        elif isinstance(layer, SieveLayer):
+            # other layouts (quantized, sparse) override attend: evaluate them alone
             if type(layer) is not SieveLayer or layer.valid is not None or not layer.is_initialized:
                 return None
             sig.append(tuple(layer.keys.shape))
@@ -56,14 +61,17 @@ def groups(cells: Sequence[Compressed], max_batch: int) -> list[list[int]]:
 
 
 def stack(cells: Sequence[Compressed]) -> Compressed:
-    """One batched ``Compressed`` whose row r is ``cells[r]`` (same context, same per-layer sizes)."""
+    """One batched ``Compressed`` whose row r is ``cells[r]`` (same context, same per-layer sizes; ragged layers
+    need only the same context)."""
     if len(cells) == 1:
         return cells[0]
     first = cells[0]
     cache: SieveCache = first.cache.fork()
     n = len(cells)
     for i, layer in enumerate(first.cache.layers):
-        if isinstance(layer, SieveLayer):
+        if isinstance(layer, RaggedLayer):
+            compat.set_cache_layer(cache, i, RaggedLayer.stack([c.cache.layers[i] for c in cells]))
+        elif isinstance(layer, SieveLayer):
             new = layer.fork()
             layers = [c.cache.layers[i] for c in cells]
             new.keys = torch.cat([x.keys for x in layers])
@@ -122,14 +130,7 @@ def sparse_cell(pre: Prefill, method, read: float) -> Compressed:
     cache = SparseCache(pre.model, method, read=read, tokenizer=pre.tokenizer).adopt(pre.cache)
     for layer in cache.sparse_layers:
         layer.pool_meter = True
-    stats = Stats(
-        pre.context_tokens,
-        pre.cache.kv_bytes(),
-        cache.kv_bytes(),
-        cache.tokens_held(),
-        pre.seconds,
-        time.perf_counter() - start,
-    )
+    stats = Stats.measure(cache, pre.context_tokens, pre.cache.kv_bytes(), pre.seconds, time.perf_counter() - start)
     return Compressed(pre.model, pre.tokenizer, cache, pre.context_ids, pre.context_mask, stats, method.id, read)
 
 

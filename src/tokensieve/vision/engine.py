@@ -8,10 +8,12 @@ attention and MLP as the paper does without touching the block's code: a pre-hoo
 the residual stream ``h`` (the MLP then runs on fewer tokens), a hook on the MLP copies its output back to
 every member token, and a hook on the block merges ``h + mlp`` with the same plan. Since a merged slot's
 members all get the same MLP output, that last merge equals ``merge(h) + mlp(norm(merge(h)))`` exactly in
-real arithmetic, at the cost of a gather and a weighted sum, no matmul. The attention function records
-what methods need (head-mean keys, CLS attention, q/k) and adds ToMe's ``log(size)`` bias once tokens are
-merged. Everything is removed on exit. With nothing reduced the attention call is transformers' own SDPA
-with the same arguments and no hook changes a tensor, so outputs are bit-identical to the plain model.
+real arithmetic, at the cost of a gather and a weighted sum, no matmul. (Blocks whose MLP output adds the
+residual itself, ViT / DeiT up to transformers 5.4, get the merged ``h`` handed to it instead.) The
+attention function records what methods need (head-mean keys, CLS attention, q/k) and adds ToMe's
+``log(size)`` bias once tokens are merged. Everything is removed on exit. With nothing reduced the attention
+call is transformers' own SDPA with the same arguments and no hook changes a tensor, so outputs are
+bit-identical to the plain model.
 """
 
 from __future__ import annotations
@@ -87,10 +89,12 @@ class Sieve:
         for i, layer in enumerate(self.layers):
             self._handles.append(layer.register_forward_pre_hook(self._layer_hook(i), with_kwargs=True))
         for i, branch in enumerate(self._branches):
-            norm, mlp = branch
-            self._handles.append(norm.register_forward_pre_hook(self._mlp_norm_hook(i)))
-            self._handles.append(mlp.register_forward_hook(self._mlp_hook))
-            self._handles.append(self.layers[i].register_forward_hook(self._block_hook))
+            self._handles.append(branch.norm.register_forward_pre_hook(self._mlp_norm_hook(i)))
+            if branch.residual_inside:  # output(y, h) adds h itself: hand it the merged h instead
+                self._handles.append(branch.mlp.register_forward_pre_hook(self._residual_hook, with_kwargs=True))
+            else:
+                self._handles.append(branch.mlp.register_forward_hook(self._mlp_hook))
+                self._handles.append(self.layers[i].register_forward_hook(self._block_hook))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -172,6 +176,12 @@ class Sieve:
     def _mlp_hook(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
         # the MLP ran on the merged tokens; the residual it is added to still has every token
         return None if self._plan is None else self._plan.spread(output)
+
+    def _residual_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        plan, self._plan = self._plan, None
+        if plan is None:
+            return None
+        return compat.with_residual(args, kwargs, plan.apply(compat.call_residual(args, kwargs)))
 
     def _block_hook(self, module: nn.Module, args: tuple, output: Any) -> Any:
         plan, self._plan = self._plan, None

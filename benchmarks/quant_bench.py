@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(1)
     full, tok = load_model(args.model)
-    windows = evaluation_windows(tok, args.eval_windows, 512)
+    windows = evaluation_windows(tok, args.eval_windows, 512)  # the essays: outside the calibration's domain
+    docs = evaluation_windows(tok, args.eval_windows, 512, domain="docs")  # the calibration's domain, other topics
     out = Path(args.out or f"benchmarks/results/quant/{args.model}.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> None:
         )
         result, _ = quantize(model, tok, recipe)
         quality = compare(model, full, windows)
+        in_domain = compare(model, full, docs)
         quality.passkey = passkey(model, tok, args.passkey_tokens, args.depths, args.keys)
         quality.passkey_full = pk_full
         quality.passkey_n = len(args.depths) * len(args.keys)
@@ -82,6 +84,7 @@ def run(args: argparse.Namespace) -> None:
             "rotate_s": round(rotate_s, 1) if rot else 0.0,
             "calib_tokens": result.tokens,
             **quality.as_dict(),
+            **{f"{k}_docs": v for k, v in in_domain.as_dict().items() if k in ("ppl", "ppl_full", "kl", "top1")},
         }
         with out.open("a") as f:
             f.write(json.dumps(row) + "\n")
@@ -93,6 +96,14 @@ def _mean(rs: list[dict], f: str) -> float:
     return sum(r[f] for r in rs) / len(rs)
 
 
+def _mean_ci(xs: list[float]) -> tuple[float, float]:
+    """Mean over seeds and a 95% normal half-width (nan for one seed)."""
+    m = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return m, float("nan")
+    return m, 1.96 * math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) / math.sqrt(len(xs))
+
+
 def table(paths: list[str]) -> str:
     rows = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line.strip()]
     groups: dict[tuple, list[dict]] = {}
@@ -100,23 +111,28 @@ def table(paths: list[str]) -> str:
         groups.setdefault((r["model"], r["bits"], r["group"], r["variant"]), []).append(r)
     order = list(VARIANTS)
     lines = [
-        "| model | bits | group | method | seeds | ppl (full) | KL (95% CI) | top-1 | passkey (full) | quant s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | bits | group | method | seeds | prose ppl (full) | prose KL (95% CI) | prose top-1 "
+        "| docs ppl (full) | docs KL (95% CI) | docs top-1 | passkey (full) | quant s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key in sorted(groups, key=lambda k: (k[0], -k[1], k[2], order.index(k[3]))):
         rs = groups[key]
-        kl = [r["kl"] for r in rs]
-        m = sum(kl) / len(kl)
-        ci = (
-            1.96 * math.sqrt(sum((x - m) ** 2 for x in kl) / (len(kl) - 1)) / math.sqrt(len(kl))
-            if len(kl) > 1
-            else float("nan")
-        )
         pk = f"{_mean(rs, 'passkey'):.2f} ({rs[0]['passkey_full']:.2f})"
+        cells = []
+        for suffix in ("", "_docs"):
+            if f"kl{suffix}" not in rs[0]:  # rows from before the docs domain was measured
+                cells += ["-", "-", "-"]
+                continue
+            m, ci = _mean_ci([r[f"kl{suffix}"] for r in rs])
+            cells += [
+                f"{_mean(rs, 'ppl' + suffix):.2f} ({rs[0]['ppl_full' + suffix]:.2f})",
+                f"{m:.4f} ± {ci:.4f}",
+                f"{_mean(rs, 'top1' + suffix):.3f}",
+            ]
         lines.append(
             f"| {key[0]} | {key[1]} | {key[2] or 'row'} | {key[3]} | {len(rs)} | "
-            f"{_mean(rs, 'ppl'):.2f} ({rs[0]['ppl_full']:.2f}) | "
-            f"{m:.4f} ± {ci:.4f} | {_mean(rs, 'top1'):.3f} | {pk} | {_mean(rs, 'quantize_s'):.0f} |"
+            + " | ".join(cells)
+            + f" | {pk} | {_mean(rs, 'quantize_s'):.0f} |"
         )
     return "\n".join(lines)
 
@@ -127,8 +143,8 @@ def main() -> None:
     p.add_argument("--configs", default="3:64,2:64,4:0", help="bits:group list (group 0 = per output channel)")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--n-calib", type=int, default=4)
-    p.add_argument("--calib-len", type=int, default=256)
+    p.add_argument("--n-calib", type=int, default=32)
+    p.add_argument("--calib-len", type=int, default=512)
     p.add_argument("--eval-windows", type=int, default=4)
     p.add_argument("--passkey-tokens", type=int, default=1024)
     p.add_argument("--depths", default="0.25,0.75")

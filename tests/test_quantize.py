@@ -203,3 +203,19 @@ def test_real_rotation_is_exact_and_cli_round_trips(smollm2, tmp_path, capsys) -
     assert meta["model"] == "smollm2" and meta["bits"] == "4"
     lin = loaded.model.layers[3].mlp.down_proj.weight
     assert torch.equal(lin, rtn(model.model.layers[3].mlp.down_proj.weight, QuantSpec(4, 64)).dequantize())
+
+
+@pytest.mark.real
+def test_evaluation_domains_are_disjoint_from_calibration(smollm2) -> None:
+    from tokensieve.errors import CalibrationError
+    from tokensieve.quantize.data import calibration_text, evaluation_text, evaluation_windows
+
+    _, tok = smollm2
+    cal = calibration_text()
+    prose, docs = evaluation_windows(tok, 2, 128), evaluation_windows(tok, 2, 128, domain="docs")
+    assert not torch.equal(prose[0], docs[0])
+    for w in prose + docs:  # no evaluation window is a piece of the calibration text
+        assert tok.decode(w[0, 8:40]) not in cal
+    assert evaluation_text("docs") in evaluation_text("prose")  # prose = the essays, then the same topics
+    with pytest.raises(CalibrationError, match="unknown evaluation domain"):
+        evaluation_text("news")

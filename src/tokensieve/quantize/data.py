@@ -2,7 +2,10 @@
 
 Calibration: the even-numbered topics of Python's own help text (``pydoc_data.topics``, shipped with
 CPython). Evaluation: the odd-numbered topics, after the project's bundled essays. The pass-key task
-uses the bundled essays as its haystack (``tasks.passkey``).
+uses the bundled essays as its haystack (``tasks.passkey``). ``evaluation_windows(domain=...)`` picks the
+essays ("prose": a different domain from the calibration text) or the odd topics only ("docs": the
+calibration's domain, disjoint topics): GPTQ fits its calibration domain, so the two can rank methods
+differently.
 """
 
 from __future__ import annotations
@@ -25,8 +28,14 @@ def calibration_text() -> str:
     return "\n\n".join(_topics()[0::2])
 
 
-def evaluation_text() -> str:
-    return "\n\n".join(list(paragraphs()) + _topics()[1::2])
+DOMAINS = ("prose", "docs")
+
+
+def evaluation_text(domain: str = "prose") -> str:
+    """The "prose" text: the essays, then the odd topics (so long windows still fit); "docs": odd topics only."""
+    if domain not in DOMAINS:
+        raise CalibrationError(f"unknown evaluation domain {domain!r}: use one of {', '.join(DOMAINS)}")
+    return "\n\n".join((list(paragraphs()) if domain == "prose" else []) + _topics()[1::2])
 
 
 def calibration_windows(tokenizer: PreTrainedTokenizerBase, n: int, length: int, seed: int = 0) -> list[Tensor]:
@@ -38,7 +47,9 @@ def calibration_windows(tokenizer: PreTrainedTokenizerBase, n: int, length: int,
     return [ids[s : s + length].unsqueeze(0) for s in starts.tolist()]
 
 
-def evaluation_windows(tokenizer: PreTrainedTokenizerBase, n: int, length: int = 512) -> list[Tensor]:
-    """The first ``n`` consecutive ``length``-token windows of the evaluation text."""
-    ids = torch.tensor(tokenizer(evaluation_text(), add_special_tokens=False).input_ids)
+def evaluation_windows(
+    tokenizer: PreTrainedTokenizerBase, n: int, length: int = 512, domain: str = "prose"
+) -> list[Tensor]:
+    """The first ``n`` consecutive ``length``-token windows of the evaluation text of ``domain``."""
+    ids = torch.tensor(tokenizer(evaluation_text(domain), add_special_tokens=False).input_ids)
     return [ids[i * length : (i + 1) * length].unsqueeze(0) for i in range(min(n, ids.numel() // length))]

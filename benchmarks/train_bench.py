@@ -23,7 +23,7 @@ import torch
 
 from tokensieve.runtime.models import resolve
 from tokensieve.train import rule as make_rule
-from tokensieve.train.data import EVAL_SEED_OFFSET, collate, encode, inject_noise, load_task
+from tokensieve.train.data import EVAL_SEED_OFFSET, collate, encode, inject_noise, load_task, wrong_solution
 from tokensieve.train.evaluate import answer_nll, exact_match, selection
 from tokensieve.train.loop import frozen_copy, train
 
@@ -52,6 +52,23 @@ def batches(tok, examples, batch: int, max_len: int):
         yield collate(enc[lo : lo + batch], tok.pad_token_id)
 
 
+def pair_steps(args, rule, model, tok, examples, seed: int, reference):
+    """The cDPO arm: two contrast models (``--aux-steps`` SFT steps each on correct / wrong trajectories of
+    other prompts), then token-weighted DPO on (clean, wrong) pairs of the same prompts as the other arms.
+    It sees each prompt twice (chosen and rejected) and pays 2 x aux-steps extra steps: stated in the report."""
+    from tokensieve.train.pairs import contrast_models, train_pairs
+
+    aux = load_task(args.task, args.aux_steps * args.batch, seed + 7)
+    wrong = [wrong_solution(e, seed + i) for i, e in enumerate(aux)]
+    pos, neg = contrast_models(model, batches(tok, aux, args.batch, args.max_len),
+                               batches(tok, wrong, args.batch, args.max_len), args.aux_steps, args.lr,
+                               tok.pad_token_id, args.bf16)  # fmt: skip
+    rejected = [wrong_solution(e, 10_000 + seed + i) for i, e in enumerate(examples)]
+    pairs = zip(batches(tok, examples, args.batch, args.max_len), batches(tok, rejected, args.batch, args.max_len),
+                strict=True)  # fmt: skip
+    return train_pairs(rule, model, pairs, args.steps, args.lr, reference, pos, neg, args.bf16)
+
+
 def run(args, arm: str, seed: int, base_eval: bool = False) -> dict:
     torch.manual_seed(seed)
     model, tok = load(args.train_layers)
@@ -62,18 +79,25 @@ def run(args, arm: str, seed: int, base_eval: bool = False) -> dict:
               "torch": torch.__version__, "python": platform.python_version()}
     t0 = time.perf_counter()
     if not base_eval:
-        train_set = inject_noise(load_task(args.task, args.steps * args.batch, seed), args.noise, seed)
+        examples = load_task(args.task, args.steps * args.batch, seed)
+        train_set = inject_noise(examples, args.noise, seed)
         base = frozen_copy(model)
         rule = make_rule(arm)
         logs = []
-        for log in train(rule, model, batches(tok, train_set, args.batch, args.max_len), args.steps, lr=args.lr,
-                         reference=base if "reference" in rule.needs else None, pad_id=tok.pad_token_id,
-                         bf16=args.bf16):
+        if getattr(rule, "pairwise", False):  # cDPO: (clean, wrong-digit) pairs of the same prompts
+            steps = pair_steps(args, rule, model, tok, examples, seed, base)
+        else:
+            steps = train(rule, model, batches(tok, train_set, args.batch, args.max_len), args.steps, lr=args.lr,
+                          reference=base if "reference" in rule.needs else None, pad_id=tok.pad_token_id,
+                          bf16=args.bf16)
+        for log in steps:
             logs.append(log.__dict__)
             print(f"{arm} s{seed} step {log.step} loss {log.loss:.4f} kept {log.kept:.2f} "
                   f"{time.perf_counter() - t0:.0f}s", flush=True)
         record["train_s"] = time.perf_counter() - t0
         record["log"] = logs
+        if getattr(rule, "pairwise", False):
+            record["aux_steps"] = args.aux_steps  # each contrast model's SFT steps, on top of --steps
         record["tokens"] = sum(int((b["labels"] != -100).sum()) for b in batches(tok, train_set, args.batch,
                                                                                   args.max_len))
         if seed == args.selection_seed:  # which tokens each rule would drop, on the trained model
@@ -189,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-eval", type=int, default=200)
     p.add_argument("--max-new", type=int, default=40, help="greedy tokens generated per eval item")
     p.add_argument("--selection-seed", type=int, default=0)
+    p.add_argument("--aux-steps", type=int, default=20, help="critical: SFT steps for each contrast model")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--base", action="store_true", help="also evaluate the untrained model")
     p.add_argument("--report", action="store_true")

@@ -1,4 +1,5 @@
-"""One SmolLM2 linear: GPTQ vs RTN loss tr(dW H dW^T) per token, on the calibration Hessian and on held-out text.
+"""One SmolLM2 linear: GPTQ vs RTN loss tr(dW H dW^T) per token, on the calibration Hessian and on held-out text
+of two domains (the essays; other topics of the calibration's own Python docs).
 
 OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python benchmarks/quant_heldout_layer.py --layer 5 --linear mlp.down_proj
 """
@@ -45,18 +46,21 @@ def main() -> None:
         handle.remove()
         return h.h, h.tokens
 
-    held, n_held = hessian(evaluation_windows(tok, 4, 512))
+    held = {d: hessian(evaluation_windows(tok, 4, 512, domain=d)) for d in ("prose", "docs")}
     spec = QuantSpec(a.bits, a.group)
     w = lin.weight.detach()
     r = rtn(w, spec).dequantize()
-    for n, t in [(4, 256), (16, 512)]:
+    for n, t in [(4, 256), (16, 512), (32, 512)]:
         cal, n_cal = hessian(calibration_windows(tok, n, t, 0))
         g = gptq(w, cal, spec).dequantize()
         cal_r, cal_g = layer_loss(w, r, cal) / n_cal, layer_loss(w, g, cal) / n_cal
-        out_r, out_g = layer_loss(w, r, held) / n_held, layer_loss(w, g, held) / n_held
+        outs = " | ".join(
+            f"held-out {d} ({n_h} tokens) rtn {layer_loss(w, r, h) / n_h:.4f} gptq {layer_loss(w, g, h) / n_h:.4f}"
+            for d, (h, n_h) in held.items()
+        )
         print(
             f"layer {a.layer} {a.linear}, {n_cal} calibration tokens: calibration loss rtn {cal_r:.4f} gptq {cal_g:.4f}"
-            f" | held-out ({n_held} tokens) rtn {out_r:.4f} gptq {out_g:.4f}",
+            f" | {outs}",
             flush=True,
         )
 

@@ -26,12 +26,14 @@ VARIANTS = {  # name -> (method, rotate, weights)
     "attncon": ("gptq", False, "attncon"),
     "rsq": ("rsq", True, "attncon"),
 }
+# a rotated variant may name its placement: gptq+rot@stream, rsq@inputs (default: auto, see quantize.rotate);
+# rows always record the placement that ran, as variant@placement
 
 
 def run(args: argparse.Namespace) -> None:
     from tokensieve.quantize.data import evaluation_windows
     from tokensieve.quantize.evaluate import compare, passkey
-    from tokensieve.quantize.rotate import rotate
+    from tokensieve.quantize.rotate import placement_of, rotate
     from tokensieve.quantize.run import Recipe, quantize
     from tokensieve.runtime.models import load_model
 
@@ -41,10 +43,16 @@ def run(args: argparse.Namespace) -> None:
     docs = evaluation_windows(tok, args.eval_windows, 512, domain="docs")  # the calibration's domain, other topics
     out = Path(args.out or f"benchmarks/results/quant/{args.model}.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
-    t = time.perf_counter()
-    rotated = copy.deepcopy(full)
-    rotate(rotated, seed=0)  # one rotation per model, shared by every rotated run (timed once)
-    rotate_s = time.perf_counter() - t
+    rotated: dict[str, tuple[torch.nn.Module, float]] = {}  # placement -> the model, seconds to rotate
+
+    def rotated_model(placement: str) -> tuple[torch.nn.Module, float]:
+        if placement not in rotated:  # one rotation per placement, shared by every rotated run (timed once)
+            t = time.perf_counter()
+            m = copy.deepcopy(full)
+            rotate(m, seed=0, placement=placement)
+            rotated[placement] = (m, time.perf_counter() - t)
+        return rotated[placement]
+
     pk_full = passkey(full, tok, args.passkey_tokens, args.depths, args.keys)
     plan = []  # the first config over every seed, then the others at the first seed, then their other seeds
     first, rest = args.configs[0], args.configs[1:]
@@ -56,8 +64,11 @@ def run(args: argparse.Namespace) -> None:
         for (bits, group), seed in stage:
             plan += [(bits, group, v, seed) for v in args.variants if v != "rtn" or seed == args.seeds[0]]
     for bits, group, v, seed in plan:
-        method, rot, weights = VARIANTS[v]
-        model = copy.deepcopy(rotated if rot else full)
+        base, _, where = v.partition("@")
+        method, rot, weights = VARIANTS[base]
+        placement = placement_of(full, where or "auto") if rot else ""
+        source, rotate_s = rotated_model(placement) if rot else (full, 0.0)
+        model = copy.deepcopy(source)
         recipe = Recipe(
             method,
             bits,
@@ -76,7 +87,8 @@ def run(args: argparse.Namespace) -> None:
         quality.passkey_n = len(args.depths) * len(args.keys)
         row = {
             "model": args.model,
-            "variant": v,
+            "variant": f"{base}@{placement}" if rot else v,
+            "placement": placement,
             "bits": bits,
             "group": group,
             "seed": seed,
@@ -115,7 +127,7 @@ def table(paths: list[str]) -> str:
         "| docs ppl (full) | docs KL (95% CI) | docs top-1 | passkey (full) | quant s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for key in sorted(groups, key=lambda k: (k[0], -k[1], k[2], order.index(k[3]))):
+    for key in sorted(groups, key=lambda k: (k[0], -k[1], k[2], order.index(k[3].partition("@")[0]), k[3])):
         rs = groups[key]
         pk = f"{_mean(rs, 'passkey'):.2f} ({rs[0]['passkey_full']:.2f})"
         cells = []

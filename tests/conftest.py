@@ -115,6 +115,13 @@ def smollm2():
     return tokensieve.load_model("smollm2")
 
 
+@pytest.fixture(scope="session")
+def gemma3_270m():
+    import tokensieve
+
+    return tokensieve.load_model("gemma3-270m")
+
+
 INTEGRATION_NAMES = ("exact", "equal", "match", "bit", "every_arch", "architecture", "engag")
 
 

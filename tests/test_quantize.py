@@ -65,8 +65,15 @@ def test_bad_spec_is_one_clear_error() -> None:
 # --- the model-level pass: token weights and rotation on tiny random models ---
 
 from conftest import make_model  # noqa: E402
-from tokensieve.quantize.engine import quantize_gptq  # noqa: E402
-from tokensieve.quantize.rotate import RotationError, hadamard, rotate, rotation_matrix  # noqa: E402
+from tokensieve.quantize.engine import quantize_gptq, quantize_rtn  # noqa: E402
+from tokensieve.quantize.rotate import (  # noqa: E402
+    RotatedOutput,
+    RotationError,
+    hadamard,
+    placement_of,
+    rotate,
+    rotation_matrix,
+)
 from tokensieve.quantize.weights import attncon, scale_range, weight_source  # noqa: E402
 
 
@@ -133,13 +140,72 @@ def test_rotation_is_exact_in_full_precision(arch: str, tied: bool) -> None:
     ids = _calib(n=1, t=20)[0]
     with torch.no_grad():
         before = model(input_ids=ids).logits
-        rotate(model, seed=1)
+        rotate(model, seed=1, placement="stream")
         after = model(input_ids=ids).logits
         changed = model.get_input_embeddings().weight
     assert torch.allclose(after, before, atol=1e-4, rtol=1e-4)
     assert model.lm_head.weight is not changed  # untied: the head carries the fused final norm
     # the stream really is rotated: embeddings moved, and every reader norm is now a pure normalisation
     assert not torch.allclose(make_model(arch).get_input_embeddings().weight, changed)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_inputs_placement_is_exact_and_leaves_the_stream_alone(arch: str) -> None:
+    model = make_model(arch)
+    _randomise_norms(model)
+    emb = model.get_input_embeddings().weight.detach().clone()
+    ids = _calib(n=1, t=20)[0]
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        rotate(model, seed=1, placement="inputs")
+        after = model(input_ids=ids).logits
+    assert torch.allclose(after, before, atol=1e-4, rtol=1e-4)
+    assert torch.equal(model.get_input_embeddings().weight, emb)  # the stream is not rotated
+    layer = model.model.layers[0]
+    assert isinstance(layer.input_layernorm, RotatedOutput) and not isinstance(model.model.norm, RotatedOutput)
+
+
+def test_auto_placement_follows_the_structure_and_bad_names_fail() -> None:
+    # Gemma-3's post-norms already cost a full-precision rotation in the stream placement
+    assert placement_of(make_model("gemma3")) == "inputs"
+    assert placement_of(make_model("llama")) == "stream"  # gains all 1: nothing silenced
+    assert placement_of(_massive_channel("llama")) == "inputs"  # a gain of 0 silences channel 5
+    assert placement_of(make_model("llama"), "inputs") == "inputs"
+    with pytest.raises(RotationError, match="placement"):
+        rotate(make_model("llama"), placement="middle")
+
+
+def _massive_channel(arch: str, c: int = 5):
+    """A residual channel ~100x the others that every reader norm's gain sets to exactly 0 (Gemma-3 270M:
+    channel 400 of every pre-feed-forward norm)."""
+    model = make_model(arch)
+    zero = -1.0 if arch == "gemma3" else 0.0  # Gemma's gain is 1 + w
+    with torch.no_grad():
+        model.get_input_embeddings().weight[:, c] = 300.0
+        for name, m in model.named_modules():
+            if name.endswith("layernorm") or name == "model.norm":
+                m.weight[c] = zero
+    return model
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_inputs_rotation_survives_a_zeroed_massive_channel(arch: str) -> None:
+    """The defect that collapsed Gemma-3 (perplexity 3e16 at 3 bits): with the gains fused, the stream
+    rotation spreads the massive channel over every input column, and every rounding error meets it."""
+    base = _massive_channel(arch)
+    ids = _calib(n=1, t=32)[0]
+    with torch.no_grad():
+        ref = base(input_ids=ids).logits
+    err = {}
+    for placement in (None, "stream", "auto"):
+        model = copy.deepcopy(base)
+        if placement:
+            rotate(model, seed=0, placement=placement)
+        quantize_rtn(model, QuantSpec(bits=3, group=16))
+        with torch.no_grad():
+            err[placement] = float((model(input_ids=ids).logits - ref).norm() / ref.norm())
+    assert err["auto"] < 2 * err[None] + 1e-3  # auto = inputs; measured: equal to unrotated (0.012 / 1e-4)
+    assert err["stream"] > 20 * err["auto"] + 0.1  # measured: 10.5 / 0.31
 
 
 def test_rotation_matrices_are_orthogonal_and_hadamard_needs_a_power_of_two() -> None:
@@ -156,8 +222,9 @@ def test_saved_codes_load_back_to_the_same_model(arch: str, tmp_path) -> None:
 
     model = make_model(arch)
     _randomise_norms(model)
-    q = rotate(model, seed=2)
+    q = rotate(model, seed=2)  # auto: inputs on gemma3, stream on llama; the file must say which
     result = quantize_gptq(model, _calib(), QuantSpec(bits=3, group=16))
+    result.placement = placement_of(make_model(arch))
     save(tmp_path, "tiny", Recipe("gptq", 3, 16), result, q)
     fresh = make_model(arch)
     _randomise_norms(fresh)
@@ -219,3 +286,30 @@ def test_evaluation_domains_are_disjoint_from_calibration(smollm2) -> None:
     assert evaluation_text("docs") in evaluation_text("prose")  # prose = the essays, then the same topics
     with pytest.raises(CalibrationError, match="unknown evaluation domain"):
         evaluation_text("news")
+
+
+@pytest.mark.real
+def test_real_gemma_rotation_is_exact_and_does_not_collapse(gemma3_270m) -> None:
+    """Gemma-3 270M zeroes its massive residual channels with norm gains of 0: the auto placement
+    (inputs) must rotate it exactly and quantize no worse than unrotated round-to-nearest."""
+    from tokensieve.quantize.data import evaluation_windows
+    from tokensieve.quantize.engine import quantize_rtn
+    from tokensieve.quantize.evaluate import compare
+
+    model, tok = gemma3_270m
+    assert placement_of(model) == "inputs"
+    window = evaluation_windows(tok, 1, 512, domain="docs")
+    kl = {}
+    for placement in (None, "auto"):
+        quant = copy.deepcopy(model)
+        if placement:
+            ids = window[0][:, :64]
+            with torch.no_grad():
+                before = model(input_ids=ids).logits[0, -1]
+                rotate(quant, seed=0, placement=placement)
+                after = quant(input_ids=ids).logits[0, -1]
+            assert torch.allclose(after, before, atol=1e-3 * float(before.abs().max()))
+        quantize_rtn(quant, QuantSpec(bits=3, group=64))
+        kl[placement] = compare(quant, model, window).kl
+        del quant
+    assert kl["auto"] < 1.25 * kl[None], kl  # the stream placement measured KL 36 (perplexity 3e16)

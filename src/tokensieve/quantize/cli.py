@@ -18,8 +18,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bits", type=int, default=4, help="2, 3, 4 or 8")
     p.add_argument("--group", type=int, default=0, help="input columns per scale; 0 = one per output channel")
     p.add_argument("--weights", help="token weights: attncon, uniform or a KV score id (rsq: attncon)")
-    p.add_argument("--rotate", action=argparse.BooleanOptionalAction, default=None, help="rotate the residual")
+    p.add_argument("--rotate", action=argparse.BooleanOptionalAction, default=None, help="rotate what the linears read")
     p.add_argument("--rotation", default="auto", help="auto | hadamard | random")
+    p.add_argument(
+        "--placement",
+        default="auto",
+        choices=("auto", "stream", "inputs"),
+        help="rotate the residual stream, or each norm's output (auto: inputs where the stream has post-norms)",
+    )
     p.add_argument("--clip", action="store_true", help="search a clipping ratio per group")
     p.add_argument("--calib", type=int, default=8, help="calibration windows")
     p.add_argument("--calib-len", type=int, default=512, help="tokens per calibration window")
@@ -45,7 +51,7 @@ def run_quantize(args: argparse.Namespace, console: Console) -> int:
     if not m.calibrated and (args.weights or args.rotate):
         raise ParameterError("--method rtn takes no calibration: drop --weights/--rotate, or use gptq or rsq")
     recipe = Recipe(args.method, args.bits, args.group, args.clip, args.weights, args.rotate, args.rotation,
-                    args.calib, args.calib_len, args.seed)  # fmt: skip
+                    args.placement, args.calib, args.calib_len, args.seed)  # fmt: skip
     model, tok = load_model(args.model)
     columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} layers")]
     with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as bar:

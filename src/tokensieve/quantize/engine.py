@@ -32,6 +32,7 @@ class QuantResult:
     layers: dict[str, Quantized] = field(default_factory=dict)
     seconds: float = 0.0
     tokens: int = 0
+    placement: str = ""  # where the rotation went (stream | inputs), empty without one
 
 
 def layer_linears(model: nn.Module) -> list[dict[str, nn.Linear]]:

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from tokensieve.errors import ModelNotFoundError
+from tokensieve.errors import ModelNotFoundError, ParameterError
 from tokensieve.quantize.engine import QuantResult
 from tokensieve.quantize.gptq import Quantized
 from tokensieve.quantize.rotate import rotate
@@ -37,6 +37,8 @@ def save(out: str | Path, model_name: str, recipe: Recipe, result: QuantResult, 
         tensors[f"{name}.scale"] = q.scale.contiguous()
         tensors[f"{name}.zero"] = q.zero.contiguous()
     if rotation is not None:
+        if result.placement not in ("stream", "inputs"):
+            raise ParameterError("a rotated model needs its placement to load back: set result.placement")
         tensors["rotation"] = rotation.contiguous()
     meta = {
         "model": model_name,
@@ -44,6 +46,7 @@ def save(out: str | Path, model_name: str, recipe: Recipe, result: QuantResult, 
         "bits": str(result.spec.bits),
         "group": str(result.spec.group),
         "seconds": f"{result.seconds:.2f}",
+        "placement": result.placement,
         "format": "tokensieve-quantized-v1",
     }
     save_file(tensors, str(out / FILE), metadata=meta)
@@ -65,7 +68,8 @@ def load(path: str | Path, base: nn.Module | None = None) -> tuple[nn.Module, ob
     tensors = load_file(str(file))
     model, tok = (base, None) if base is not None else load_model(meta["model"])
     if "rotation" in tensors:
-        rotate(model, q=tensors["rotation"])
+        # files written before placements existed rotated the stream
+        rotate(model, q=tensors["rotation"], placement=meta.get("placement") or "stream")
     bits = int(meta["bits"])
     names = sorted({k.rsplit(".", 1)[0] for k in tensors if k != "rotation"})
     with torch.no_grad():

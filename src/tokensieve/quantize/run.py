@@ -12,6 +12,7 @@ from tokensieve.quantize.data import calibration_windows
 from tokensieve.quantize.engine import Progress, QuantResult, check_spec, quantize_gptq, quantize_rtn
 from tokensieve.quantize.gptq import QuantSpec
 from tokensieve.quantize.methods import get_quant_method
+from tokensieve.quantize.rotate import placement_of
 from tokensieve.quantize.rotate import rotate as rotate_model
 from tokensieve.quantize.weights import weight_source
 
@@ -25,6 +26,7 @@ class Recipe:
     weights: str | None = None  # None: the method's default
     rotate: bool | None = None  # None: the method's default
     rotation: str = "auto"
+    placement: str = "auto"  # where the rotation goes: auto | stream | inputs (see quantize.rotate)
     n_calib: int = 8
     calib_len: int = 512
     seed: int = 0
@@ -49,7 +51,8 @@ def quantize(
     spec = QuantSpec(bits=r.bits, group=r.group, clip=r.clip)
     check_spec(model, spec)
     start = time.perf_counter()
-    q = rotate_model(model, q=rotation, kind=r.rotation, seed=r.seed) if r.rotate else None
+    placement = placement_of(model, r.placement) if r.rotate else ""
+    q = rotate_model(model, q=rotation, kind=r.rotation, seed=r.seed, placement=placement) if r.rotate else None
     if not get_quant_method(r.method).calibrated:
         result = quantize_rtn(model, spec, progress)
     else:
@@ -58,4 +61,5 @@ def quantize(
         weights = None if r.weights == "uniform" else [source(model, ids) for ids in calib]
         result = quantize_gptq(model, calib, spec, weights, progress, method=r.method)
     result.seconds = time.perf_counter() - start
+    result.placement = placement
     return result, q

@@ -123,12 +123,31 @@ def test_attncon_oracle_on_a_tiny_model() -> None:
         assert torch.allclose(w[layer], expect, atol=1e-4)
 
 
-def test_kv_score_as_weight_source_and_unknown_name() -> None:
+@pytest.mark.parametrize("source", ["snapkv", "surprise", "kvzip", "lagkv"])
+def test_kv_score_as_weight_source_and_unknown_name(source: str) -> None:
+    # surprise and kvzip score over the whole prefill; lagkv marks its always-kept tokens +inf
     model = make_model("llama")
-    w = weight_source("snapkv")(model, _calib(n=1, t=40)[0])
+    w = weight_source(source)(model, _calib(n=1, t=40)[0])
     assert w.shape == (3, 40) and torch.isfinite(w).all() and float(w.min()) > 0
+    assert torch.allclose(w.mean(-1), torch.ones(3)) and bool((w.amax(-1) / w.amin(-1) <= 3.0 + 1e-4).all())
     with pytest.raises(Exception, match="token-weight source"):
         weight_source("nope")
+    with pytest.raises(ParameterError, match="changes the prefill"):
+        weight_source("act")
+
+
+def test_surprise_weights_follow_the_token_loss() -> None:
+    """Oracle: surprise weights are the per-token NLL under the model, min-max scaled to [1, 3], mean 1."""
+    model = make_model("llama")
+    ids = _calib(n=1, t=24)[0]
+    w = weight_source("surprise")(model, ids)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)  # test oracle: the full logits
+    nll = torch.empty(24)
+    nll[1:] = -logp[:-1].gather(1, ids[0, 1:, None])[:, 0]
+    nll[0] = nll[1:].max()  # nothing predicts the first token: the row's largest NLL
+    expect = scale_range(nll)
+    assert torch.allclose(w[0], expect / expect.mean(), atol=1e-4)
 
 
 @pytest.mark.parametrize("arch,tied", [("llama", False), ("llama", True), ("gemma3", True)])

@@ -18,7 +18,7 @@ from tokensieve.core.observe.capture import Needs
 from tokensieve.core.observe.inputs import ScoreInputs
 from tokensieve.core.observe.stats import AttnSum
 from tokensieve.core.scores.attention import visible_counts
-from tokensieve.errors import CalibrationError, UnknownMethodError
+from tokensieve.errors import CalibrationError, ParameterError, UnknownMethodError
 from tokensieve.kv.methods import get_method, method_ids
 from tokensieve.kv.pipeline import prefill
 
@@ -33,6 +33,16 @@ def scale_range(s: Tensor, lo: float = RANGE[0], hi: float = RANGE[1]) -> Tensor
     return lo + (hi - lo) * (s - smin) / (smax - smin).clamp(min=1e-12)
 
 
+def finite(s: Tensor) -> Tensor:
+    """Each row's ``+inf`` (a KV score's always-kept tokens) as its largest finite value, ``-inf`` as its
+    smallest, so summing heads and min-max scaling give weights, not NaN (a row with none finite: 0)."""
+    ok = torch.isfinite(s)
+    top = torch.where(ok, s, float("-inf")).amax(-1, keepdim=True)
+    bottom = torch.where(ok, s, float("inf")).amin(-1, keepdim=True)
+    s = torch.where(s == float("inf"), top, torch.where(s == float("-inf"), bottom, s))
+    return torch.nan_to_num(s, nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def mean_one(w: Tensor) -> Tensor:
     return w / w.mean(-1, keepdim=True)
 
@@ -45,6 +55,7 @@ def _per_layer(model: nn.Module, ids: Tensor, method: str | None) -> Tensor:
         m.bind(model)
     needs = Needs(stats=frozenset({AttnSum()})) if m is None else m.needs()
     p = prefill(model, None, ids.reshape(1, -1), needs=needs)
+    full = {} if m is None else (m.full_pass(p) or {})  # scores over the whole prefill (surprise, kvzip)
     rows: dict[int, Tensor] = {}
     for layer in p.cache.sieve_layers:
         obs = p.observations.get(layer.layer_idx)
@@ -55,8 +66,10 @@ def _per_layer(model: nn.Module, ids: Tensor, method: str | None) -> Tensor:
             seen = visible_counts(torch.arange(t), t, None, 1)
             score = obs.stats[AttnSum().key].sum(1) / seen
         else:
-            x = ScoreInputs(layer.keys, layer.values, layer.valid, obs, layer.layer_idx, n_layers)
-            score = m.score(x).float().sum(1)
+            x = ScoreInputs(
+                layer.keys, layer.values, layer.valid, obs, layer.layer_idx, n_layers, full.get(layer.layer_idx)
+            )
+            score = finite(m.score(x).float()).sum(1)
         rows[layer.layer_idx] = score[0]
     if not rows:
         raise CalibrationError("the prefill observed no layer: the model has no full-attention layer to score tokens")
@@ -71,7 +84,9 @@ def attncon(model: nn.Module, ids: Tensor) -> Tensor:
 
 def from_score(method: str) -> WeightSource:
     """Any tokensieve KV-eviction score (``snapkv``, ``h2o``, ...) as token weights, mapped like attncon."""
-    get_method(method)  # fail early on an unknown id
+    m = get_method(method)  # fail early on an unknown id
+    if m.changes_prefill:
+        raise ParameterError(f"{method} changes the prefill's attention, so it scores no tokens: use a KV score")
     return lambda model, ids: mean_one(scale_range(_per_layer(model, ids, method)))
 
 

@@ -17,10 +17,11 @@ pre-feed-forward norm has gain exactly 0 where the stream is ~100x its median; S
 channel in most layers). Fused into the weights and rotated, the silencing no longer survives rounding:
 every weight's rounding error meets the large channel. Measured at 3 bits, group 64: Gemma-3's
 round-to-nearest relative output error per linear grows from 0.2 to 2-8 (perplexity 3e16) with the
-stream placement and stays at 0.2 with ``inputs``; SmolLM2's GPTQ KL to full precision drops from 1.13
-(stream) to 1.00 (inputs). Gemma's post-attention / post-feed-forward norms already cost two ``d x d``
-matmuls per layer in the stream placement (a per-channel gain after a rotation is not a rotation), so
-there ``inputs`` costs nothing extra; elsewhere it costs those two matmuls per layer.
+stream placement and stays at 0.2 with ``inputs``; SmolLM2's GPTQ+rotation KL to full precision on the
+essays drops from 1.15 (stream) to 0.96 (inputs), 3 seeds (benchmarks/results/quant). Gemma's
+post-attention / post-feed-forward norms already cost two ``d x d`` matmuls per layer in the stream
+placement (a per-channel gain after a rotation is not a rotation), so there ``inputs`` costs nothing
+extra; elsewhere it costs those two matmuls per layer.
 
 Where each weight sits is found from the module structure, not from the model type: one traced
 forward records which norm's output feeds which linear and which linear's output feeds which norm.

@@ -75,7 +75,8 @@ def run_quantize(args: argparse.Namespace, console: Console) -> int:
         out.update(quality.as_dict())
         out.update({f"{k}_docs": v for k, v in docs.as_dict().items() if k in ("ppl", "ppl_full", "kl", "top1")})
     if args.json:
-        print(json.dumps(out))
+        # strict JSON has no NaN (a one-window interval): null
+        print(json.dumps({k: None if isinstance(v, float) and v != v else v for k, v in out.items()}))
         return 0
     table = Table(title=f"{args.model}: {args.method} {args.bits}-bit, group {args.group or 'per channel'}")
     table.add_column("measure")

@@ -26,7 +26,7 @@ class Quality:
     ppl: float
     ppl_full: float
     kl: float
-    kl_ci: float  # 95% half-width over windows
+    kl_ci: float  # 95% half-width over windows (nan for one window)
     top1: float
     tokens: int
     passkey: float | None = None
@@ -62,7 +62,8 @@ def compare(quant: nn.Module, full: nn.Module, windows: list[Tensor]) -> Quality
         n += ids.shape[1] - 1
         kls.append(kl_w / (ids.shape[1] - 1))
     mean = sum(kls) / len(kls)
-    sd = math.sqrt(sum((k - mean) ** 2 for k in kls) / max(1, len(kls) - 1))
+    # one window has no spread to measure: nan, not a zero-width interval
+    sd = math.sqrt(sum((k - mean) ** 2 for k in kls) / (len(kls) - 1)) if len(kls) > 1 else float("nan")
     return Quality(math.exp(nll_q / n), math.exp(nll_f / n), mean, 1.96 * sd / math.sqrt(len(kls)), agree / n, n)
 
 

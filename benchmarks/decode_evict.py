@@ -85,7 +85,7 @@ def main() -> None:
 
     import tokensieve as ts
     from tokensieve.core.ops.memory import mib
-    from tokensieve.kv.evicting import DECODE_RULES, DecodeCache
+    from tokensieve.kv import DECODE_RULES, DecodeCache
 
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="smollm2")

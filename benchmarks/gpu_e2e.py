@@ -20,8 +20,8 @@ def main() -> None:
     from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
     import tokensieve as ts
+    from tokensieve.kv import SparseCache
     from tokensieve.kv.cache import SieveCache
-    from tokensieve.kv.sparse import SparseCache
 
     p = argparse.ArgumentParser()
     p.add_argument("--layers", type=int, default=4)

@@ -114,7 +114,7 @@ def main() -> None:
                         new = c.generate(torch.tensor([question[-1:]]), max_new_tokens=8)
                         return tok.decode(new[0], skip_special_tokens=True).strip()
 
-                    full = pre.full()
+                    full = pre.uncompressed()
                     a = ask(full)
                     row["results"]["full"] = {"ok": task.correct(a), "answer": a, "ratio": 1.0}
                     for label, method, params in table:

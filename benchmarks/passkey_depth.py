@@ -32,7 +32,7 @@ def main() -> None:
         for key in KEYS:
             task = passkey_context(tok, args.tokens, depth, key=key)
             pre = ts.prefill(model, tok, task.context, methods=[args.method])
-            full = pre.full().answer(task.question, answer_prefix=task.answer_prefix)
+            full = pre.uncompressed().answer(task.question, answer_prefix=task.answer_prefix)
             unseen = pre.compress(args.method, keep=args.keep).answer(task.question, answer_prefix=task.answer_prefix)
             aware = ts.generate(
                 model,

@@ -34,10 +34,10 @@ DEPTHS = (0.1, 0.5, 0.9)
 def plain_ttft(model, ids: torch.Tensor) -> tuple[float, list[int]]:
     from transformers import DynamicCache
 
-    from tokensieve.kv.decoding import _Meter
+    from tokensieve.kv import DecodeMeter
 
     cache = DynamicCache(config=model.config)
-    meter = _Meter(cache)
+    meter = DecodeMeter(cache)
     with torch.inference_mode():
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **with_cache(model, cache),
                              max_new_tokens=8, do_sample=False, temperature=None, top_p=None, top_k=None,

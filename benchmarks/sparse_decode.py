@@ -35,7 +35,7 @@ KEYS = ("40507", "88213")
 def main() -> None:
     import tokensieve as ts
     from tokensieve.core.ops.memory import cpu_threads
-    from tokensieve.kv.sparse import SPARSE, SparseCache
+    from tokensieve.kv import SPARSE, SparseCache
     from tokensieve.runtime.passkey import passkey_context
 
     p = argparse.ArgumentParser()

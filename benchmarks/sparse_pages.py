@@ -24,7 +24,7 @@ from longprompt import continuation_ids
 def main() -> None:
     import tokensieve as ts
     from tokensieve.core.ops.memory import cpu_threads
-    from tokensieve.kv.sparse import SPARSE, SparseCache, get_sparse
+    from tokensieve.kv import SPARSE, SparseCache, get_sparse
     from tokensieve.kv.sparse.paged import SHARED_ACROSS_HEADS, PagedRead
 
     p = argparse.ArgumentParser()

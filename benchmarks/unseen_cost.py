@@ -22,8 +22,7 @@ from pathlib import Path
 import torch
 
 import tokensieve
-from tokensieve.kv.methods import get_method
-from tokensieve.kv.pipeline import prefill
+from tokensieve.kv import get_method, prefill
 
 DEFAULT = "kvzip,kvzip:chunk=256,kvzip:stride=4,kvzip+,expected_attention,keydiff,lagkv,surprise,snapkv,h2o"
 

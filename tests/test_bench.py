@@ -19,7 +19,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 import tokensieve as ts
 from conftest import COMMON, make_model
 from tokensieve.cli import main
-from tokensieve.kv.sparse import get_sparse
+from tokensieve.kv import get_sparse
 from tokensieve.measure.bench import cells as ev
 from tokensieve.measure.bench.methods import PRESSES, MethodSpec, default_methods
 from tokensieve.measure.bench.records import retrieval_fields
@@ -248,7 +248,7 @@ def test_stacked_cells_equal_cells_alone(arch):
 
 
 def test_ragged_cells_stack_across_keeps_and_equal_cells_alone():
-    from tokensieve.kv.cache.ragged import RaggedLayer
+    from tokensieve.kv import RaggedLayer
 
     model = ts.prepare(tiny_llama())
     ctx = torch.randint(3, 120, (1, 120), generator=torch.Generator().manual_seed(5))
@@ -335,7 +335,7 @@ def test_runner_cell_equals_its_own_prefill(tiny_dir, tmp_path):
     sample = cfg.tasks[0].sample(tok, 300, 0)
     ctx = torch.tensor([sample.context_ids])
     full = ts.prefill(model, tok, ctx)
-    ref = ev.FidelityRef.build(full.full(), sample.continuation, int(full.last_logits[0].argmax()), 32)
+    ref = ev.FidelityRef.build(full.uncompressed(), sample.continuation, int(full.last_logits[0].argmax()), 32)
     own = ev.fidelity_rows(ts.compress(model, tok, ctx, "snapkv", keep=0.25), ref).value[0]
     for k in ("nll", "kl", "top1", "greedy"):
         assert rec["metrics"][k] == pytest.approx(own[k], abs=1e-5), k
@@ -359,7 +359,7 @@ def test_sparse_decoding_cells_from_the_shared_prefill(tiny_dir, tmp_path):
     model, tok = ts.load_model(str(tiny_dir))
     sample = cfg.tasks[0].sample(tok, 300, 0)
     pre = ts.prefill(model, tok, torch.tensor([sample.context_ids]))
-    ref = ev.FidelityRef.build(pre.full(), sample.continuation, int(pre.last_logits[0].argmax()), 32)
+    ref = ev.FidelityRef.build(pre.uncompressed(), sample.continuation, int(pre.last_logits[0].argmax()), 32)
     own = ev.fidelity_rows(ev.sparse_cell(pre, get_sparse("quest"), 0.25), ref).value[0]
     for k in ("nll", "kl", "top1", "greedy"):
         assert rec["metrics"][k] == pytest.approx(own[k], abs=1e-5), k
@@ -383,7 +383,7 @@ def test_attention_modifiers_run_once_per_sample_from_their_own_prefill(tiny_dir
     sample = cfg.tasks[0].sample(tok, 300, 0)
     ctx = torch.tensor([sample.context_ids])
     pre = ts.prefill(model, tok, ctx)
-    ref = ev.FidelityRef.build(pre.full(), sample.continuation, int(pre.last_logits[0].argmax()), 32)
+    ref = ev.FidelityRef.build(pre.uncompressed(), sample.continuation, int(pre.last_logits[0].argmax()), 32)
     own = ev.fidelity_rows(ts.compress(model, tok, ctx, "zerotuning", keep=1.0, gamma=0.5), ref).value[0]
     assert mod[0]["metrics"]["kl"] == pytest.approx(own["kl"], abs=1e-6) and own["kl"] > 0
     assert "(all tokens)" in write_summary(tmp_path / "run").read_text()
@@ -438,7 +438,7 @@ def test_kvpress_matched_presses_agree(tiny_dir):
     names = ("streaming", "knorm", "observed_attention", "tova")
     specs = [MethodSpec.parse(PRESSES[n].matched) for n in names]
     pre = ts.prefill(model, tok, ctx, methods=[s.method() for s in specs])
-    ref = ev.FidelityRef.build(pre.full(), sample.continuation, int(pre.last_logits[0].argmax()), 8)
+    ref = ev.FidelityRef.build(pre.uncompressed(), sample.continuation, int(pre.last_logits[0].argmax()), 8)
     bridge = Bridge(str(tiny_dir), None)
     try:
         cells = [(None, 1.0), *((PRESSES[n], 0.5) for n in names)]
@@ -446,7 +446,7 @@ def test_kvpress_matched_presses_agree(tiny_dir):
     finally:
         bridge.close()
     for n, spec in zip(("full", *names), (None, *specs), strict=True):
-        c = pre.full() if spec is None else pre.compress(spec.method(), keep=0.5)
+        c = pre.uncompressed() if spec is None else pre.compress(spec.method(), keep=0.5)
         mine = ev.fidelity_rows(c, ref).value[0]
         assert "error" not in got[n], got[n]
         assert got[n]["kv_bytes"] == c.stats.kv_bytes, n

@@ -14,8 +14,7 @@ import tokensieve as ts
 from conftest import make_model, twin
 from tokensieve.compat import with_cache
 from tokensieve.core.observe.hooks import sieve_attention
-from tokensieve.kv.cache import SieveLayer
-from tokensieve.kv.plan import SieveCache
+from tokensieve.kv import SieveCache, SieveLayer
 
 T, Q = 40, 6
 # attention modifiers keep every token and change the prefill itself: tested in test_sinks.py
@@ -287,3 +286,20 @@ def test_observed_window_attention_equals_transformers_eager_weights(arch):
         got = x.window_probs(8)  # [B, Hkv, G, 8, T]
         want = weights[layer.layer_idx][:, :, T - 8 :].reshape(got.shape)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_one_sieve_cache_and_the_old_import_paths():
+    """Issue 23: one ``SieveCache`` (the public one, on ``CompressibleCache``); ``tokensieve.kv.pipeline`` still
+    exports what it did; ``Prefill.full()`` is the deprecated name of ``uncompressed()``."""
+    from tokensieve.kv import CompressibleCache, pipeline
+
+    assert ts.SieveCache is SieveCache and issubclass(SieveCache, CompressibleCache)
+    assert SieveCache.__name__ != CompressibleCache.__name__
+    for name in ("Answer", "Compressed", "Prefill", "Stats", "compress", "generate", "prefill"):
+        assert getattr(pipeline, name) is getattr(ts, name)
+    model = ts.prepare(make_model("llama"))
+    pre = ts.prefill(model, None, ids(3, 20))
+    a, b = pre.full(), pre.uncompressed()
+    assert a.method == b.method == "full" and a.stats.kv_bytes == b.stats.kv_bytes == pre.cache.kv_bytes()
+    for x, y in zip(a.cache.sieve_layers, b.cache.sieve_layers, strict=True):
+        assert torch.equal(x.keys, y.keys) and torch.equal(x.values, y.values)

@@ -15,9 +15,9 @@ from conftest import make_model, twin
 from tokensieve.compat import with_cache
 from tokensieve.core.observe.capture import Needs
 from tokensieve.core.observe.inputs import ScoreInputs
+from tokensieve.kv import get_method
 from tokensieve.kv.evicting import DECODE_RULES, DecodeCache, decode_rule
 from tokensieve.kv.evicting.rules import GumbelAccumulated
-from tokensieve.kv.methods import get_method
 
 METHODS = list(DECODE_RULES)
 

@@ -122,7 +122,7 @@ class _Tok:
     "method, kw", [("h2o", {"budget": 12}), ("quest", {"read": 0.25}), ("lazyllm", {"keep": (0.75, 0.5, 0.25)})]
 )
 def test_decode_engages_and_raises_when_renamed(method, kw, monkeypatch):
-    from tokensieve.kv.decoding import decode
+    from tokensieve.kv import decode
 
     model = make_model("llama")
     tok = _Tok()

@@ -12,7 +12,7 @@ import tokensieve as ts
 from conftest import make_model
 from tokensieve.cli import main
 from tokensieve.compat import with_cache
-from tokensieve.kv.plan import SieveCache
+from tokensieve.kv import SieveCache
 
 CTX = torch.randint(3, 100, (1, 30), generator=torch.Generator().manual_seed(0))
 
@@ -108,8 +108,7 @@ def test_cli_empty_context_file(capsys, tmp_path):
 def test_cli_lists_methods_as_json(capsys):
     assert main(["methods", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    from tokensieve.kv.prune import PRUNERS
-    from tokensieve.kv.sparse import SPARSE
+    from tokensieve.kv import PRUNERS, SPARSE
     from tokensieve.quantize.methods import REGISTRY as QUANT
     from tokensieve.train import RULES
 

@@ -311,3 +311,30 @@ def test_adjacent_top_words_merge_into_a_span():
     assert best[1].text == "7143229" and best[1].share == pytest.approx(0.35)
     sentence = verbalize("7143229", units, "occlusion", 2, text)
     assert sentence.startswith("The answer '7143229' rests mostly on 'pass key' in line 1 (50%)")
+
+
+def test_kv_score_with_kvzip_reads_its_reconstruction_pass():
+    """Issue 23: a KV score read as an explanation runs the method's whole-prefill pass, as compression does:
+    kvzip's scores are its reconstruction attention, min-max scaled per layer, mean over heads and layers."""
+    from tokensieve import prefill
+    from tokensieve.explain import KVScore
+    from tokensieve.kv import get_method
+
+    p = tiny()
+    got = KVScore(method="kvzip").attribute(p)
+    pre = prefill(p.model, None, p.ids[None], methods=["kvzip"])
+    per = []
+    for own, _shared in get_method("kvzip").whole_pass(pre).values():  # {layer: (score [B, Hkv, T], shared)}
+        s = own.float().mean(dim=(0, 1))
+        per.append((s - s.min()) / (s.max() - s.min()))
+    torch.testing.assert_close(got, torch.stack(per).mean(0)[CTX], rtol=1e-5, atol=1e-7)
+
+
+def test_kv_score_with_lagkv_is_finite_and_keeps_its_kept_tail_on_top():
+    """Issue 23: lagkv keeps its tail with +inf; as an explanation the tail counts as each row's largest score."""
+    p = tiny()
+    got = get_explainer("lagkv", method_params={"lag": 4}).attribute(p)
+    assert torch.isfinite(got).all()
+    # 22 prompt tokens, lag 4: tokens 16.. have no full next chunk (+inf): scaled to 1 in every layer
+    assert torch.equal(got[16 - CTX.start :], torch.ones(CTX.stop - 16))
+    assert bool((got[: 16 - CTX.start] < 1).all())

@@ -14,10 +14,9 @@ import tokensieve as ts
 from conftest import make_model, twin
 from tokensieve.compat import with_cache
 from tokensieve.core.observe.hooks import sieve_attention
+from tokensieve.kv import RaggedLayer, SieveLayer
 from tokensieve.kv.budget import AdaKV, ZipVL
 from tokensieve.kv.budget.adakv import head_distributions
-from tokensieve.kv.cache import SieveLayer
-from tokensieve.kv.cache.ragged import RaggedLayer
 
 T, Q = 40, 6
 

@@ -13,13 +13,11 @@ from conftest import make_model
 from tokensieve.compat import mark_initialized, with_cache
 from tokensieve.core.observe.inputs import ScoreInputs
 from tokensieve.core.scores.attention import gumbel_noise
+from tokensieve.kv import SieveLayer, SparseCache, get_method
 from tokensieve.kv.budget import AdaKV, Pyramid
 from tokensieve.kv.budget.adakv import head_distributions
-from tokensieve.kv.cache import SieveLayer
 from tokensieve.kv.evicting.layer import EvictingLayer
 from tokensieve.kv.evicting.rules import AboveUniformHistory, DecodeRule, LastQuery, Step
-from tokensieve.kv.methods import get_method
-from tokensieve.kv.sparse import SparseCache
 from tokensieve.kv.sparse.base import Selection, SparseMethod
 
 

@@ -14,7 +14,7 @@ from tokensieve.compat import with_cache
 from tokensieve.core.ops.memory import tensor_bytes
 from tokensieve.core.ops.select import protection_mask, select
 from tokensieve.errors import PageError
-from tokensieve.kv.evicting import DecodeCache
+from tokensieve.kv import DecodeCache
 from tokensieve.kv.pages import Paging, choose_pages, page_bytes, paged_kv_bytes, pages_held, select_pages
 
 
@@ -277,3 +277,15 @@ def test_real_model_in_pages(smollm2):
         assert all(int((pos == p).sum(-1).min()) in (16, n % 16) for p in pos.unique().tolist())
     answer = tok.decode(paged.generate(torch.tensor([ids[-1:]]), max_new_tokens=8)[0], skip_special_tokens=True)
     assert answer.strip()
+
+
+def test_a_whole_pass_method_compresses_in_pages_too(llama):
+    """Issue 23: ``compress``'s whole-pass branch (surprise scores after the prefill) kept ``pages=``."""
+    c = ts.compress(llama, None, ctx(40), "surprise", keep=0.5, pages=8)
+    assert c.cache.paging == Paging(8)
+    pre = ts.prefill(llama, None, ctx(40), methods=["surprise"])
+    want = pre.compress("surprise", keep=0.5, pages=8)
+    for x, y in zip(c.cache.sieve_layers, want.cache.sieve_layers, strict=True):
+        assert torch.equal(x.token_index, y.token_index)
+        assert int(pages_held(x, Paging(8)).max()) * 8 >= x.n_held  # whole pages
+    assert c.stats.kv_bytes == want.stats.kv_bytes == paged_kv_bytes(c.cache, Paging(8))

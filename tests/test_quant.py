@@ -13,7 +13,7 @@ from conftest import make_model, twin
 from tokensieve.compat import with_cache
 from tokensieve.core.ops.memory import tensor_bytes
 from tokensieve.core.ops.quant import bytes_per_token, error_bound, pack, quantize, unpack
-from tokensieve.kv.cache.quantized import MixedLayer
+from tokensieve.kv import MixedLayer
 
 T, Q = 40, 6
 

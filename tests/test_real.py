@@ -25,7 +25,7 @@ def test_pass_key_full_cache(smollm2, depth):
     task = passkey_context(tok, 1500, depth, key="31147")
     pre = ts.prefill(model, tok, task.context)
     assert 1400 <= pre.context_tokens <= 1600
-    full = pre.full().answer(task.question, answer_prefix=task.answer_prefix)
+    full = pre.uncompressed().answer(task.question, answer_prefix=task.answer_prefix)
     assert task.correct(full), full
 
 

@@ -9,8 +9,7 @@ import torch
 
 import tokensieve as ts
 from tokensieve.cli import main
-from tokensieve.kv.cache.quantized import MixedLayer
-from tokensieve.kv.cache.ragged import RaggedLayer
+from tokensieve.kv import MixedLayer, RaggedLayer
 from tokensieve.runtime.passkey import passkey_context
 
 pytestmark = pytest.mark.real

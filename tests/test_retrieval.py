@@ -15,9 +15,8 @@ from tokensieve.compat import with_cache
 from tokensieve.core.observe.hooks import sieve_attention
 from tokensieve.core.ops.merge import merge_into
 from tokensieve.core.scores.retrieval import srh_scores
+from tokensieve.kv import RaggedLayer, calibrate, calibration_path, get_calibration
 from tokensieve.kv.budget import ErrorProportional
-from tokensieve.kv.cache.ragged import RaggedLayer
-from tokensieve.kv.calibration import calibrate, calibration_path, get_calibration
 
 T = 40
 

@@ -12,7 +12,7 @@ from tokensieve.core.observe.inputs import ScoreInputs
 from tokensieve.core.observe.stats import AboveUniform, AttnSum, GumbelSum
 from tokensieve.core.ops.select import select
 from tokensieve.core.scores.attention import gumbel_noise
-from tokensieve.kv.methods import get_method
+from tokensieve.kv import get_method
 
 B, H, HKV, T, D = 2, 4, 2, 40, 8
 SCALE = D**-0.5

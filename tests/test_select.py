@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from tokensieve.core.ops.select import protection_mask, select
 from tokensieve.errors import UnknownMethodError
+from tokensieve.kv import get_method
 from tokensieve.kv.budget import Pyramid, Uniform, get_allocator
-from tokensieve.kv.methods import get_method
 
 
 def test_protected_tokens_always_win_and_padding_always_loses():

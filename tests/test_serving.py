@@ -10,8 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tokensieve.kv import Plan
 from tokensieve.kv.pages import Paging, choose_pages
-from tokensieve.kv.plan import Plan
 from tokensieve.serving import Policy, QualityTable, Request, SimulatorError, poisson_requests, simulate
 
 

@@ -12,7 +12,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 import tokensieve as ts
 from conftest import make_model, twin
 from tokensieve.compat import with_cache
-from tokensieve.kv.sinks import sink_map
+from tokensieve.kv import sink_map
 
 T, Q = 40, 5
 
@@ -145,7 +145,7 @@ def test_modifiers_generate_on_every_architecture(arch, method):
 @pytest.mark.parametrize("q_len,n,masked", [(1, 40, False), (5, 5, False), (5, 40, True)])
 def test_biased_decode_path_equals_the_padded_sdpa_path(q_len, n, masked):
     """Without a mask, the layer only gets several queries when nothing precedes them (see attention_mask)."""
-    from tokensieve.kv.cache.biased import BiasedLayer
+    from tokensieve.kv import BiasedLayer
 
     g = torch.Generator().manual_seed(0)
     b, h, h_kv, d = 2, 6, 2, 16

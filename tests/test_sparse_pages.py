@@ -10,7 +10,7 @@ import tokensieve as ts
 from conftest import make_model
 from tokensieve.compat import with_cache
 from tokensieve.core.ops.select import protection_mask
-from tokensieve.kv.sparse import SPARSE, SparseCache, get_sparse
+from tokensieve.kv import SPARSE, SparseCache, get_sparse
 from tokensieve.kv.sparse.paged import PagedRead
 
 

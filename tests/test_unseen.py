@@ -9,8 +9,7 @@ from conftest import make_model, twin
 from tokensieve import prepare
 from tokensieve.core.observe.full import reconstruction_scores, token_nll
 from tokensieve.errors import BudgetError, EmptyContextError, ParameterError
-from tokensieve.kv.methods import get_method
-from tokensieve.kv.pipeline import compress, prefill
+from tokensieve.kv import compress, get_method, prefill
 
 T = 37
 
@@ -59,7 +58,7 @@ def test_kvzip_plus_weights_by_value_norm_and_keeps_the_top():
     model = prepare(make_model("llama"))
     ids = _ids(1)
     pre = prefill(model, None, ids, methods=["kvzip"])
-    base = get_method("kvzip").full_pass(pre)
+    base = get_method("kvzip").whole_pass(pre)
     c = pre.compress("kvzip+", keep=0.5, scope="layer")
     layer = c.cache.layers[0]
     v = pre.cache.layers[0].values
@@ -73,7 +72,7 @@ def test_kvzip_global_scope_is_one_top_k_over_the_whole_cache():
     ids = _ids(7)
     pre = prefill(model, None, ids, methods=["kvzip"])
     c = pre.compress("kvzip", keep=0.3, scope="global")
-    scores = get_method("kvzip").full_pass(pre)
+    scores = get_method("kvzip").whole_pass(pre)
     layers = pre.cache.sieve_layers
     flat = torch.cat([scores[layer.layer_idx][0].flatten() for layer in layers])
     budget = round(0.3 * T)
@@ -196,7 +195,7 @@ def test_surprise_local_and_mix():
     pre = prefill(model, None, ids, methods=["surprise", "keydiff"])
     nll = token_nll(model, pre.hidden, ids)
     layer = pre.cache.sieve_layers[0]
-    full = get_method("surprise", local=5).full_pass(pre)[layer.layer_idx][0]
+    full = get_method("surprise", local=5).whole_pass(pre)[layer.layer_idx][0]
     pad = torch.nn.functional.pad(nll[:, None], (2, 2), mode="replicate")[:, 0]
     torch.testing.assert_close(full, nll - pad.unfold(-1, 5, 1).mean(-1))
     c = pre.compress("surprise", keep=0.5)
@@ -280,7 +279,7 @@ def test_span_with_a_tokenizer_keeps_whole_units():
 
 
 def test_mixed_precision_takes_a_reconstruction_score_as_importance():
-    from tokensieve.kv.cache.quantized import MixedLayer
+    from tokensieve.kv import MixedLayer
 
     model = prepare(make_model("llama"))
     ids = _ids(8)
@@ -309,8 +308,8 @@ def test_kvzip_in_bfloat16_ranks_like_fp32():
     model = prepare(make_model("llama"))
     ids = _ids(8)
     pre = prefill(model, None, ids, methods=["kvzip"])
-    a = get_method("kvzip").full_pass(pre)
-    b = get_method("kvzip", precision="bf16").full_pass(pre)
+    a = get_method("kvzip").whole_pass(pre)
+    b = get_method("kvzip", precision="bf16").whole_pass(pre)
     assert len(pre.memo) == 2  # a pass of its own, not fp32's memo
     for i in a:
         x, y = a[i][0].flatten(), b[i][0].flatten()

@@ -18,15 +18,29 @@ from tokensieve.errors import (
     UnknownMethodError,
     UnsupportedArchitectureError,
 )
-from tokensieve.kv.budget import ALLOCATORS, get_allocator
-from tokensieve.kv.cache import SieveLayer
-from tokensieve.kv.decoding import DecodeAnswer, DecodeStats, decode
-from tokensieve.kv.evicting import DecodeCache
-from tokensieve.kv.methods import REGISTRY, Method, get_method, method_ids
-from tokensieve.kv.pipeline import Answer, Compressed, Prefill, Stats, compress, generate, prefill
-from tokensieve.kv.plan import SieveCache
-from tokensieve.kv.prune import prune
-from tokensieve.kv.sparse import SparseCache
+from tokensieve.kv import (
+    ALLOCATORS,
+    REGISTRY,
+    Answer,
+    Compressed,
+    DecodeAnswer,
+    DecodeCache,
+    DecodeStats,
+    Method,
+    Prefill,
+    SieveCache,
+    SieveLayer,
+    SparseCache,
+    Stats,
+    compress,
+    decode,
+    generate,
+    get_allocator,
+    get_method,
+    method_ids,
+    prefill,
+    prune,
+)
 from tokensieve.runtime.models import BUNDLED, DEFAULT_MODEL, load_model
 from tokensieve.runtime.prompts import PromptFormat
 

@@ -11,11 +11,7 @@ def describe_all() -> list[dict[str, Any]]:
     consumers' families: attribution methods, training rules, weight quantization, the vision methods (patch
     tokens inside a ViT) and the vision-language ones (image tokens of a LLaVA-style model)."""
     from tokensieve.explain import EXPLAINERS
-    from tokensieve.kv.budget import ALLOCATORS
-    from tokensieve.kv.evicting import DECODE_RULES
-    from tokensieve.kv.methods import REGISTRY
-    from tokensieve.kv.prune import PRUNERS
-    from tokensieve.kv.sparse import SPARSE
+    from tokensieve.kv import ALLOCATORS, DECODE_RULES, PRUNERS, REGISTRY, SPARSE
     from tokensieve.quantize.methods import REGISTRY as QUANT
     from tokensieve.train import RULES
     from tokensieve.vision.methods import VISION_METHODS

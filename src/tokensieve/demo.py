@@ -9,8 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tokensieve.core.ops.memory import mib
-from tokensieve.kv.methods import get_method
-from tokensieve.kv.pipeline import Stats, compress, generate, prefill
+from tokensieve.kv import Stats, compress, generate, get_method, prefill
 from tokensieve.runtime.models import load_model
 from tokensieve.runtime.passkey import passkey_context
 
@@ -38,7 +37,7 @@ def run_demo(model_name: str, method: str, keep: float, tokens: int, depth: floa
     for col in ("cache", "answer", "correct", "KV cache (measured)", "prefill s", "compress s", "decode s"):
         table.add_column(col, overflow="fold")
 
-    full = prefill(model, tok, task.context).full()
+    full = prefill(model, tok, task.context).uncompressed()
     text = full.answer(task.question, answer_prefix=task.answer_prefix)
     _row(table, "full", text, task.correct(text), full.stats)
 

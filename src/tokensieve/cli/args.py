@@ -43,13 +43,12 @@ def _add_page_args(parser: argparse.ArgumentParser) -> None:
 
 def _page_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The page options as keywords, validated (a bad one exits 2 before the model loads)."""
-    from tokensieve.kv.pages import Paging
+    from tokensieve.kv import Paging
 
     kw = {"pages": args.pages, "page_layout": args.page_layout, "page_agg": args.page_agg}
     kw = {k: v for k, v in kw.items() if v is not None}
     Paging.pop(dict(kw))
     return kw
-
 
 
 def _context(args: argparse.Namespace) -> str:
@@ -64,7 +63,6 @@ def _context(args: argparse.Namespace) -> str:
     if not text.strip():
         raise TokenSieveError("the context is empty: pass --context TEXT or --context-file PATH with text in it")
     return text
-
 
 
 def _read(text: str) -> float:

@@ -10,8 +10,7 @@ from rich.table import Table
 
 from tokensieve.cli.args import _add_page_args, _context, _count, _keep, _page_kwargs, _param, _read, console
 from tokensieve.errors import TokenSieveError
-from tokensieve.kv.budget import ALLOCATORS
-from tokensieve.kv.methods import DEFAULT_METHOD
+from tokensieve.kv import ALLOCATORS, DEFAULT_METHOD
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
@@ -30,11 +29,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def cmd_generate(args: argparse.Namespace) -> int:
-    from tokensieve.kv.budget import get_allocator
-    from tokensieve.kv.pipeline import generate
-    from tokensieve.kv.plan import Plan
+    from tokensieve.kv import Plan, generate, get_allocator
     from tokensieve.runtime.models import load_model
 
     params = {**dict(args.param or []), **_page_kwargs(args)}
@@ -87,7 +83,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from tokensieve.kv.calibration import calibration_path, get_calibration
+    from tokensieve.kv import calibration_path, get_calibration
     from tokensieve.runtime.models import load_model
 
     for name in ("induction", "echo"):
@@ -127,7 +123,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_sinks(args: argparse.Namespace) -> int:
-    from tokensieve.kv.sinks import sink_map
+    from tokensieve.kv import sink_map
     from tokensieve.runtime.models import load_model
     from tokensieve.runtime.passkey import passkey_context
 
@@ -168,11 +164,11 @@ def cmd_sinks(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    from tokensieve.kv.decoding import decode, family_of
+    from tokensieve.kv import decode, decode_family
     from tokensieve.runtime.models import load_model
 
     params = dict(args.param or [])
-    family = family_of(args.method)  # fail fast on a bad method before loading the model
+    family = decode_family(args.method)  # fail fast on a bad method before loading the model
     if family == "decode eviction" and args.budget is None:
         raise TokenSieveError(f"decode eviction with {args.method} needs --budget N (tokens held per KV head)")
     if family != "decode eviction" and (args.budget is not None or args.prefill is not None):
@@ -212,7 +208,6 @@ def cmd_decode(args: argparse.Namespace) -> int:
             if k != "answer":
                 console.print(f"  {k}: {escape(str(v))}")
     return 0
-
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

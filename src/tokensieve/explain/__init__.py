@@ -21,8 +21,8 @@ from tokensieve.explain.methods.rollout import Rollout
 from tokensieve.explain.registry import EXPLAINERS, get_explainer
 from tokensieve.explain.result import Explanation
 from tokensieve.explain.target import ExplainError, Problem, Target
-from tokensieve.kv.methods import REGISTRY as KV_REGISTRY
-from tokensieve.kv.methods.base import Method
+from tokensieve.kv import REGISTRY as KV_REGISTRY
+from tokensieve.kv import Method
 
 
 def _scores_only(cls: type[Method]) -> bool:

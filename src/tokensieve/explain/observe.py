@@ -9,13 +9,12 @@ from torch import Tensor
 
 from tokensieve.core.observe.capture import LayerObservation, Needs
 from tokensieve.explain.target import ExplainError, Problem
-from tokensieve.kv.cache import SieveCache
-from tokensieve.kv.observed import observe_prefill
+from tokensieve.kv import CompressibleCache, observe_prefill
 
 
 def observed_prefill(
     problem: Problem, needs: Needs, with_answer: bool
-) -> tuple[SieveCache, dict[int, LayerObservation]]:
+) -> tuple[CompressibleCache, dict[int, LayerObservation]]:
     """Run the prompt (plus the answer's tokens but the last when ``with_answer``: the rows that predict
     the answer) once, recording ``needs`` per attention layer. Raises if no layer was observed."""
     model = problem.model

@@ -211,9 +211,8 @@ def calibrate(
 ) -> Calibration:
     """Measure echo / induction / retrieval scores per head and eviction errors per layer (see the module)."""
     from tokensieve.core.observe.capture import Needs
-    from tokensieve.core.observe.inputs import ScoreInputs
     from tokensieve.core.scores.retrieval import echo_induction, output_error, span_mass, srh_scores
-    from tokensieve.kv.observed import observe_prefill
+    from tokensieve.kv.observed import layer_inputs, observe_prefill
 
     cfg = model.config.get_text_config(decoder=True)
     vocab = cfg.vocab_size
@@ -226,8 +225,7 @@ def calibrate(
     layers = [layer.layer_idx for layer in pre.cache.sieve_layers]
     n_kv = pre.cache.sieve_layers[0].keys.shape[1]
     echo, induction = [], []
-    for layer in pre.cache.sieve_layers:
-        x = ScoreInputs(layer.keys, layer.values, layer.valid, pre.observations[layer.layer_idx])
+    for _, x in layer_inputs(pre.cache, pre.observations):
         e, i = echo_induction(x.window_probs(period), period)
         echo.append(e.mean(0).flatten())
         induction.append(i.mean(0).flatten())
@@ -238,13 +236,11 @@ def calibrate(
     pres = [observe_prefill(model, p.ids, needs=Needs(window=p.tail)) for p in prompts]
     retrieval = torch.zeros(len(layers), echo[0].numel())
     for p, pre in zip(prompts, pres, strict=True):
-        for r, layer in enumerate(pre.cache.sieve_layers):
-            x = ScoreInputs(layer.keys, layer.values, layer.valid, pre.observations[layer.layer_idx])
+        for r, (_, x) in enumerate(layer_inputs(pre.cache, pre.observations)):
             retrieval[r] += span_mass(x.window_probs(p.tail), *p.needle, margin).mean(0).flatten() / len(prompts)
     layer_error = torch.zeros(len(layers))
     for p, pre in zip(prompts, pres, strict=True):
-        for r, layer in enumerate(pre.cache.sieve_layers):
-            x = ScoreInputs(layer.keys, layer.values, layer.valid, pre.observations[layer.layer_idx])
+        for r, (layer, x) in enumerate(layer_inputs(pre.cache, pre.observations)):
             probs = x.window_probs(p.tail)
             score = srh_scores(probs, retrieval[r], heads=2)
             t = score.shape[-1]

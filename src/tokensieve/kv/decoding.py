@@ -31,7 +31,7 @@ from tokensieve.runtime.prompts import PromptFormat, StopAtText, clean_answer
 FAMILIES = ("decode eviction", "sparse decoding", "prefill pruning")
 
 
-def family_of(method: str) -> str:
+def decode_family(method: str) -> str:
     if method in PRUNERS:
         return "prefill pruning"
     if method in SPARSE:
@@ -77,7 +77,7 @@ def kv_bytes(cache) -> int:
     return layers_bytes(cache.layers)
 
 
-class _Meter(StoppingCriteria):
+class DecodeMeter(StoppingCriteria):
     """Called by ``generate`` after every step: times the first token and samples the cache's bytes."""
 
     def __init__(self, cache) -> None:
@@ -113,7 +113,7 @@ def decode(
     for decode eviction (required there); ``read``: the read budget of sparse decoding (default 1/8);
     ``prefill``/``prefill_keep``/``prefill_budget``: prefill compression before decode eviction; ``params``
     go to the method (e.g. ``keep=(0.7, 0.5)`` for a pruner); ``measure``: sparse selection recall."""
-    family = family_of(method)
+    family = decode_family(method)
     check_count("max_new_tokens", max_new_tokens)
     if not context.strip():
         raise EmptyContextError("the context is empty: pass the text to read")
@@ -139,7 +139,7 @@ def decode(
                                 tokenizer=tokenizer, measure=measure, **params)  # fmt: skip
         else:
             cache = stack.enter_context(prune(model, method, **params))
-        meter = _Meter(cache)
+        meter = DecodeMeter(cache)
         criteria = [meter] + ([] if fmt.chat else [StopAtText(tokenizer, ids.shape[1])])
         with torch.inference_mode(), engaged(cache, model, f"{family} ({method})"):
             out = model.generate(
@@ -171,4 +171,4 @@ def decode(
     return DecodeAnswer(clean_answer(tokenizer.decode(new, skip_special_tokens=True)), new, stats)
 
 
-__all__ = ["FAMILIES", "DecodeAnswer", "DecodeStats", "decode", "family_of"]
+__all__ = ["FAMILIES", "DecodeAnswer", "DecodeStats", "decode", "decode_family"]

@@ -5,6 +5,7 @@ start from it, so none of them needs the compression pipeline above."""
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -14,19 +15,20 @@ from transformers import PreTrainedModel
 from tokensieve import compat
 from tokensieve.core.observe.capture import LayerObservation, Needs, observe
 from tokensieve.core.observe.hooks import engaged, prepare
-from tokensieve.kv.cache import SieveCache, SieveLayer
+from tokensieve.core.observe.inputs import PassScore, ScoreInputs
+from tokensieve.kv.cache import CompressibleCache, SieveLayer
 
 
 @dataclass
 class Observed:
-    cache: SieveCache
+    cache: CompressibleCache
     observations: dict[int, LayerObservation]
     logits: Tensor  # the last position's logits [B, vocab]
     hidden: Tensor | None  # the final hidden states [B, T, D] when ``needs.final_hidden``
     seconds: float
 
 
-def forward(model: PreTrainedModel, ids: Tensor, mask: Tensor | None, cache: SieveCache, what: str) -> Tensor:
+def forward(model: PreTrainedModel, ids: Tensor, mask: Tensor | None, cache: CompressibleCache, what: str) -> Tensor:
     with torch.inference_mode(), engaged(cache, model, what, observed=True):  # every observer / compression ran
         out = model(
             input_ids=ids.to(model.device),
@@ -38,7 +40,7 @@ def forward(model: PreTrainedModel, ids: Tensor, mask: Tensor | None, cache: Sie
     return out.logits[:, -1]
 
 
-def forward_hidden(model: PreTrainedModel, ids: Tensor, mask: Tensor | None, cache: SieveCache, what: str):
+def forward_hidden(model: PreTrainedModel, ids: Tensor, mask: Tensor | None, cache: CompressibleCache, what: str):
     """The prefill that also keeps the final hidden states (public ``output_hidden_states``; the last entry is
     the normed output the LM head reads), for scores computed from the model's own predictions."""
     with torch.inference_mode(), engaged(cache, model, what, observed=True):
@@ -63,10 +65,11 @@ def observe_prefill(
     needs: Needs | None = None,
     what: str = "the observing prefill",
 ) -> Observed:
-    """Run ``ids`` once into a full ``SieveCache``, recording what ``needs`` asks of every full-attention layer."""
+    """Run ``ids`` once into a full ``CompressibleCache``, recording what ``needs`` asks of every full-attention
+    layer."""
     prepare(model)
     needs = needs or Needs()
-    cache = SieveCache(model.config)
+    cache = CompressibleCache(model.config)
     observations: dict[int, LayerObservation] = {}
 
     def record(layer: SieveLayer, query: Tensor, scaling: float) -> None:
@@ -82,3 +85,21 @@ def observe_prefill(
     else:
         logits = forward(model, ids, mask, cache, what)
     return Observed(cache, observations, logits, hidden, time.perf_counter() - start)
+
+
+def layer_inputs(
+    cache: CompressibleCache,
+    observations: Mapping[int, LayerObservation],
+    pass_scores: Mapping[int, PassScore] | None = None,
+) -> list[tuple[SieveLayer, ScoreInputs]]:
+    """What a score reads for each full-attention layer of a prefilled cache: its keys, values and padding, its
+    observation (None when not observed), its result of a whole-prefill pass, and the layer count, which is
+    counted here once for everyone: the cache's full-attention layers (the ones a method scores)."""
+    layers = cache.sieve_layers
+    passes = pass_scores or {}
+    out = []
+    for layer in layers:
+        i = layer.layer_idx
+        x = ScoreInputs(layer.keys, layer.values, layer.valid, observations.get(i), i, len(layers), passes.get(i))
+        out.append((layer, x))
+    return out

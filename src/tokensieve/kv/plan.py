@@ -9,18 +9,18 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 
 from tokensieve import compat
-from tokensieve.core.observe.capture import LayerObservation, observe
+from tokensieve.core.observe.capture import observe
 from tokensieve.core.observe.inputs import ScoreInputs
 from tokensieve.core.ops.memory import tensor_bytes
 from tokensieve.errors import BudgetError, check_budget, check_keep
 from tokensieve.kv.budget import Allocator, get_allocator
-from tokensieve.kv.cache import sieve as _sieve
+from tokensieve.kv.cache import CompressibleCache
 from tokensieve.kv.heads import evict_layer
 from tokensieve.kv.methods import Method, get_method
 from tokensieve.kv.pages import Paging, check_pageable, layer_paged_bytes, page_evict_layer
 
 if TYPE_CHECKING:
-    from tokensieve.kv.cache import SieveCache, SieveLayer
+    from tokensieve.kv.cache import SieveLayer
 
 
 def real_length(valid: Tensor | None, n_tokens: int) -> int:
@@ -75,7 +75,7 @@ class Plan:
         self.allocator.bind(model)
         return self
 
-    def attach(self, cache: SieveCache) -> None:
+    def attach(self, cache: CompressibleCache) -> None:
         """Compress each full-attention layer right after its prefill attention (peak = one full layer)."""
         if self.method.changes_prefill:  # methods that change the prefill's attention itself install their layers
             self.method.prepare_cache(cache)
@@ -93,9 +93,9 @@ class Plan:
                 self.full_bytes += layer_paged_bytes(layer, self.pages)
             obs = observe(self.method.needs(), query, layer.keys, layer.valid, scaling)
             k = budgets[layers.index(layer)]
-            new = compress_layer(
-                layer, self.method, k, obs, len(layers), inplace=True, allocator=self.allocator, pages=self.pages
-            )
+            # the layer count as ``observed.layer_inputs`` counts it: the cache's full-attention layers
+            x = ScoreInputs(layer.keys, layer.values, layer.valid, obs, layer.layer_idx, len(layers))
+            new = compress_layer(layer, self.method, k, x, inplace=True, allocator=self.allocator, pages=self.pages)
             if new is not layer:  # another layout (ragged, mixed precision) replaces the layer
                 compat.set_cache_layer(cache, layer.layer_idx, new)
             self.seconds += time.perf_counter() - start
@@ -108,21 +108,18 @@ def compress_layer(
     layer: SieveLayer,
     method: Method,
     budget: int,
-    obs: LayerObservation | None,
-    n_layers: int = 1,
+    x: ScoreInputs,
     inplace: bool = False,
     allocator: Allocator | None = None,
-    full: Tensor | None = None,
     pages: Paging | None = None,
 ) -> SieveLayer:
     """Compress ``layer`` to ``budget`` tokens per head by ``method``'s score (a no-op if it fits): eviction
     by default, with per-head budgets when ``allocator`` gives them; a method with its own ``act`` (merge,
     quantize, retrieval heads) decides itself; ``pages`` evicts whole pages (``kv.pages``). The result may be
-    a new layer of another layout."""
+    a new layer of another layout. ``x`` is what the method scores the layer from."""
     layer.on_attention = None
     if budget >= layer.n_held:
         return layer if inplace else layer.fork()
-    x = ScoreInputs(layer.keys, layer.values, layer.valid, obs, layer.layer_idx, n_layers, full)
     if pages is not None:
         return page_evict_layer(layer, method, method.score(x), budget, pages, allocator, inplace)
     own = method.act(layer, x, budget, allocator, inplace)
@@ -131,7 +128,7 @@ def compress_layer(
     return evict_layer(layer, method.score(x), budget, *method.protected(budget), allocator, inplace)
 
 
-class SieveCache(_sieve.SieveCache):
+class SieveCache(CompressibleCache):
     """A ``DynamicCache`` with ``SieveLayer`` for every full-attention layer; given a method it compresses the prompt
     at the end of the prefill, layer by layer: ``SieveCache(model, "snapkv", keep=0.25)`` in ``model.generate``.
     ``tokensieve.compress`` and ``tokensieve.prefill`` build one for you."""

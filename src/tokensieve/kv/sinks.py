@@ -95,7 +95,7 @@ def sink_map(
 ) -> SinkMap:
     """Run ``context`` (text or token ids, one row) once and measure every query head's mean attention per token."""
     from tokensieve.core.observe.hooks import prepare
-    from tokensieve.kv.cache import SieveCache
+    from tokensieve.kv.cache import CompressibleCache
     from tokensieve.kv.observed import forward
     from tokensieve.runtime.encode import encode_context, pad_id_of
     from tokensieve.runtime.prompts import PromptFormat
@@ -105,7 +105,7 @@ def sink_map(
     ids, mask = encode_context(context, fmt, pad_id_of(tokenizer, model))
     if ids.shape[0] != 1:
         raise ValueError("the sink map takes one context")
-    cache = SieveCache(model.config)
+    cache = CompressibleCache(model.config)
     sums: dict[int, Tensor] = {}
     stat = AttnSum()
 

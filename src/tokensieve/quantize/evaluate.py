@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from tokensieve.compat import logits_from_hidden
-from tokensieve.kv.pipeline import prefill
+from tokensieve.kv import prefill
 from tokensieve.runtime.passkey import passkey_context
 
 SLICE = 64
@@ -81,7 +81,7 @@ def passkey(
             task = passkey_context(tokenizer, tokens, depth, key=key)
             answer = (
                 prefill(model, tokenizer, task.context)
-                .full()
+                .uncompressed()
                 .answer(task.question, answer_prefix=task.answer_prefix, max_new_tokens=8)
             )
             hits += task.correct(answer)

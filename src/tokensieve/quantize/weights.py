@@ -15,12 +15,10 @@ import torch
 from torch import Tensor, nn
 
 from tokensieve.core.observe.capture import Needs
-from tokensieve.core.observe.inputs import ScoreInputs
 from tokensieve.core.observe.stats import AttnSum
 from tokensieve.core.scores.attention import visible_counts
 from tokensieve.errors import CalibrationError, ParameterError, UnknownMethodError
-from tokensieve.kv.methods import get_method, method_ids
-from tokensieve.kv.pipeline import prefill
+from tokensieve.kv import finite, get_method, method_ids, prefill, score_prefill
 
 WeightSource = Callable[[nn.Module, Tensor], Tensor]
 RANGE = (1.0, 3.0)
@@ -31,16 +29,6 @@ def scale_range(s: Tensor, lo: float = RANGE[0], hi: float = RANGE[1]) -> Tensor
     s = s.float()
     smin, smax = s.amin(-1, keepdim=True), s.amax(-1, keepdim=True)
     return lo + (hi - lo) * (s - smin) / (smax - smin).clamp(min=1e-12)
-
-
-def finite(s: Tensor) -> Tensor:
-    """Each row's ``+inf`` (a KV score's always-kept tokens) as its largest finite value, ``-inf`` as its
-    smallest, so summing heads and min-max scaling give weights, not NaN (a row with none finite: 0)."""
-    ok = torch.isfinite(s)
-    top = torch.where(ok, s, float("-inf")).amax(-1, keepdim=True)
-    bottom = torch.where(ok, s, float("inf")).amin(-1, keepdim=True)
-    s = torch.where(s == float("inf"), top, torch.where(s == float("-inf"), bottom, s))
-    return torch.nan_to_num(s, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def mean_one(w: Tensor) -> Tensor:
@@ -55,22 +43,16 @@ def _per_layer(model: nn.Module, ids: Tensor, method: str | None) -> Tensor:
         m.bind(model)
     needs = Needs(stats=frozenset({AttnSum()})) if m is None else m.needs()
     p = prefill(model, None, ids.reshape(1, -1), needs=needs)
-    full = {} if m is None else (m.full_pass(p) or {})  # scores over the whole prefill (surprise, kvzip)
     rows: dict[int, Tensor] = {}
-    for layer in p.cache.sieve_layers:
-        obs = p.observations.get(layer.layer_idx)
-        if obs is None:
-            continue
-        if m is None:  # attention received, summed over queries and heads, per query that can see the token
-            t = layer.keys.shape[2]
-            seen = visible_counts(torch.arange(t), t, None, 1)
-            score = obs.stats[AttnSum().key].sum(1) / seen
-        else:
-            x = ScoreInputs(
-                layer.keys, layer.values, layer.valid, obs, layer.layer_idx, n_layers, full.get(layer.layer_idx)
-            )
-            score = finite(m.score(x).float()).sum(1)
-        rows[layer.layer_idx] = score[0]
+    if m is None:  # attention received, summed over queries and heads, per query that can see the token
+        for layer in p.cache.sieve_layers:
+            obs = p.observations.get(layer.layer_idx)
+            if obs is not None:
+                t = layer.keys.shape[2]
+                seen = visible_counts(torch.arange(t), t, None, 1)
+                rows[layer.layer_idx] = (obs.stats[AttnSum().key].sum(1) / seen)[0]
+    else:  # the KV service: the method's whole-prefill pass (surprise, kvzip) included
+        rows = {i: finite(s.float()).sum(1)[0] for i, s in score_prefill(p, m).items()}
     if not rows:
         raise CalibrationError("the prefill observed no layer: the model has no full-attention layer to score tokens")
     mean = torch.stack(list(rows.values())).mean(0)

@@ -18,7 +18,7 @@ class Needs:
     window: int = 0  # the last `window` query rows (the observation window)
     probes: float = 0.0  # plus this fraction of the earlier rows, drawn at random (ZipCache)
     stats: frozenset[ColumnStat] = field(default_factory=frozenset)
-    full: bool = False  # a pass over the whole prefilled cache after the prefill (Method.full_pass)
+    whole_pass: bool = False  # a pass over the whole prefilled cache after the prefill (Method.whole_pass)
     final_hidden: bool = False  # the prefill keeps its final hidden states [B, T, d] (token surprise)
 
     def __or__(self, other: Needs) -> Needs:
@@ -26,7 +26,7 @@ class Needs:
             max(self.window, other.window),
             max(self.probes, other.probes),
             self.stats | other.stats,
-            self.full or other.full,
+            self.whole_pass or other.whole_pass,
             self.final_hidden or other.final_hidden,
         )
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor
 
 from tokensieve.core.observe.capture import LayerObservation, probe_uniform
 from tokensieve.core.observe.stats import ColumnStat
 from tokensieve.core.scores.attention import attention_probs, visible_counts
+
+# one layer's result of a method's pass over the whole prefill: a score [B, Hkv, T], or a tuple the method
+# unpacks itself (kvzip: its score and what every layer shares; surprise and span: theirs and an inner method's)
+PassScore = Tensor | tuple[Any, ...]
 
 
 @dataclass
@@ -21,7 +26,7 @@ class ScoreInputs:
     obs: LayerObservation | None
     layer_idx: int = 0
     n_layers: int = 1
-    full: Tensor | None = None  # this layer's score from the method's pass over the whole prefill
+    pass_score: PassScore | None = None  # this layer's result of the method's pass over the whole prefill
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -61,10 +66,10 @@ class ScoreInputs:
     def visible_counts(self, rows: Tensor) -> Tensor:
         return visible_counts(rows, self.keys.shape[2], self.valid, self.keys.shape[0])
 
-    def full_score(self) -> Tensor:
-        if self.full is None:
+    def require_pass_score(self) -> Any:
+        if self.pass_score is None:
             raise RuntimeError(f"this score needs a pass over the whole prefill, but layer {self.layer_idx} got none")
-        return self.full
+        return self.pass_score
 
     def stat(self, stat: ColumnStat) -> Tensor:
         obs = self._obs(f"the column stat {stat.key}")

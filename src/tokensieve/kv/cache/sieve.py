@@ -17,11 +17,11 @@ from tokensieve.errors import UnsupportedArchitectureError
 from tokensieve.kv.cache.layers import CompactSlidingLayer, SieveLayer
 
 
-class SieveCache(DynamicCache):
+class CompressibleCache(DynamicCache):
     """A ``DynamicCache`` with ``SieveLayer`` for every full-attention layer.
 
-    This layer of the house holds tensors only; ``tokensieve.SieveCache`` (``kv/plan.py``) adds a method that
-    compresses the prompt at the end of the prefill, layer by layer.
+    This layer of the house holds tensors only; its subclass ``tokensieve.SieveCache`` (``kv/plan.py``) adds a
+    method that compresses the prompt at the end of the prefill, layer by layer.
     """
 
     def __init__(self, model_or_config) -> None:
@@ -53,7 +53,7 @@ class SieveCache(DynamicCache):
     def has_sliding_layers(self) -> bool:
         return any(isinstance(layer, compat.SlidingLayer) for layer in self.layers)
 
-    def fork(self) -> SieveCache:
+    def fork(self) -> CompressibleCache:
         """A cheap copy that shares tensors: appending to it never touches this cache (updates rebind
         new tensors, nothing is written in place), so one compressed context can serve many questions."""
         out = copy.copy(self)

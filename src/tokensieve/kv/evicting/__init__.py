@@ -16,7 +16,7 @@ from typing import Any
 
 from tokensieve import compat
 from tokensieve.errors import BudgetError, TokenSieveError, UnknownMethodError
-from tokensieve.kv.cache import SieveCache
+from tokensieve.kv.cache import CompressibleCache
 from tokensieve.kv.evicting.layer import EvictingLayer, PrefillPlan
 from tokensieve.kv.methods import DECODE_RULES, Method, get_method
 from tokensieve.kv.methods.decode_rule import DecodeRule
@@ -38,8 +38,8 @@ def check_decode_budget(budget: Any) -> int:
     return budget
 
 
-class DecodeCache(SieveCache):
-    """A ``SieveCache`` whose full-attention layers never hold more than ``budget`` tokens per KV head
+class DecodeCache(CompressibleCache):
+    """A ``CompressibleCache`` whose full-attention layers never hold more than ``budget`` tokens per KV head
     after any forward (the prompt's own forward included); a forward's new tokens are attended before
     they are scored, so inside one forward a layer briefly holds ``budget`` + its new tokens.
 

@@ -15,12 +15,12 @@ from torch import Tensor
 
 from tokensieve import compat
 from tokensieve.core.observe.capture import Needs
-from tokensieve.core.observe.inputs import ScoreInputs
+from tokensieve.core.observe.inputs import PassScore, ScoreInputs
 from tokensieve.errors import BudgetError, CalibrationError
 from tokensieve.registry import Registered
 
 if TYPE_CHECKING:
-    from tokensieve.kv.cache import SieveCache
+    from tokensieve.kv.cache import CompressibleCache
     from tokensieve.kv.cache.biased import BiasedLayer
     from tokensieve.kv.methods.decode_rule import DecodeRule
 
@@ -61,10 +61,11 @@ class Method(Registered, ABC):
         """Load or compute what the method needs from the model (a calibration); a no-op by default."""
         return None
 
-    def full_pass(self, pre: Any) -> dict[int, Tensor] | None:
-        """Scores ``{layer_idx: [B, Hkv, T]}`` that need the whole prefill (a ``Prefill``: model, full cache,
-        ids, final hidden states), computed after it and handed to ``score`` as ``x.full``. Methods that ask for
-        it set ``Needs(full=True)``; the default (None) is a method scored during the prefill."""
+    def whole_pass(self, pre: Any) -> dict[int, PassScore] | None:
+        """Scores ``{layer_idx: [B, Hkv, T]}`` (or a tuple the method unpacks) that need the whole prefill (a
+        ``Prefill``: model, full cache, ids, final hidden states), computed after it and handed to ``score`` as
+        ``x.pass_score``. Methods that ask for it set ``Needs(whole_pass=True)``; the default (None) is a method
+        scored during the prefill."""
         return None
 
     @abstractmethod
@@ -89,8 +90,8 @@ class ScoredBy(Method):
     def bind(self, model: Any) -> None:
         self._inner.bind(model)
 
-    def full_pass(self, pre: Any) -> dict[int, Tensor] | None:
-        return self._inner.full_pass(pre)
+    def whole_pass(self, pre: Any) -> dict[int, PassScore] | None:
+        return self._inner.whole_pass(pre)
 
     def score(self, x: ScoreInputs) -> Tensor:
         return self._inner.score(x)
@@ -128,7 +129,7 @@ class Modifier(Method):
 
     changes_prefill: ClassVar[bool] = True
 
-    def prepare_cache(self, cache: SieveCache) -> None:
+    def prepare_cache(self, cache: CompressibleCache) -> None:
         from tokensieve.kv.cache.biased import BiasedLayer
 
         for layer in cache.sieve_layers:

@@ -48,12 +48,12 @@ class KVzip(Method):
         check_choice("precision", self.precision, ("fp32", "bf16"))
 
     def needs(self) -> Needs:
-        return Needs(full=True)
+        return Needs(whole_pass=True)
 
     def weigh(self, score: Tensor, values: Tensor) -> Tensor:
         return score
 
-    def full_pass(self, pre: Any) -> dict[int, Any]:
+    def whole_pass(self, pre: Any) -> dict[int, Any]:
         key = ("reconstruction", self.chunk, self.stride, self.sample, self.prompt, self.precision)
         if key not in pre.memo:
             tok = pre.tokenizer
@@ -68,10 +68,10 @@ class KVzip(Method):
         return {i: (s, shared) for i, s in scores.items()}
 
     def score(self, x: ScoreInputs) -> Tensor:
-        return x.full_score()[0]
+        return x.require_pass_score()[0]
 
     def act(self, layer: SieveLayer, x: ScoreInputs, budget: int, allocator: Allocator | None, inplace: bool):
-        own, shared = x.full_score()
+        own, shared = x.require_pass_score()
         if self.scope == "layer":
             return evict_layer(layer, own, budget, *self.protected(budget), allocator, inplace)
         if budget not in shared["counts"]:  # one top-k over every layer's scores, once per budget

@@ -42,29 +42,29 @@ class Span(Method):
         self._inner = get_method(self.inner)
 
     def needs(self) -> Needs:
-        return self._inner.needs() | Needs(full=True)  # the units need the context's ids and tokenizer
+        return self._inner.needs() | Needs(whole_pass=True)  # the units need the context's ids and tokenizer
 
     def bind(self, model: Any) -> None:
         self._inner.bind(model)
 
-    def full_pass(self, pre: Any) -> dict[int, Any]:
+    def whole_pass(self, pre: Any) -> dict[int, Any]:
         key = ("units", self.unit, self.max_len)
         if key not in pre.memo:
             pre.memo[key] = unit_ids(pre.tokenizer, pre.context_ids, self.unit, self.max_len)
-        inner = self._inner.full_pass(pre) or {}
+        inner = self._inner.whole_pass(pre) or {}
         return {layer.layer_idx: (pre.memo[key], inner.get(layer.layer_idx)) for layer in pre.cache.sieve_layers}
 
     def protected(self, budget: int) -> tuple[int, int]:
         return self._inner.protected(budget)
 
     def score(self, x: ScoreInputs) -> Tensor:
-        _, inner_full = x.full_score()
-        return self._inner.score(ScoreInputs(x.keys, x.values, x.valid, x.obs, x.layer_idx, x.n_layers, inner_full))
+        _, inner_pass = x.require_pass_score()
+        return self._inner.score(ScoreInputs(x.keys, x.values, x.valid, x.obs, x.layer_idx, x.n_layers, inner_pass))
 
     def act(self, layer: SieveLayer, x: ScoreInputs, budget: int, allocator: Allocator | None, inplace: bool):
         from tokensieve.kv.cache.ragged import RaggedLayer
 
-        units, _ = x.full_score()
+        units, _ = x.require_pass_score()
         scores = self.score(x).float().clone()
         b, _, t = scores.shape
         sinks, window = self.protected(budget)

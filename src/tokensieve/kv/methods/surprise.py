@@ -47,14 +47,14 @@ class Surprise(Method):
         self._other = get_method(self.mix) if self.mix else None
 
     def needs(self) -> Needs:
-        own = Needs(full=True, final_hidden=True)
+        own = Needs(whole_pass=True, final_hidden=True)
         return own if self._other is None else own | self._other.needs()
 
     def bind(self, model: Any) -> None:
         if self._other is not None:
             self._other.bind(model)
 
-    def full_pass(self, pre: Any) -> dict[int, Any]:
+    def whole_pass(self, pre: Any) -> dict[int, Any]:
         if pre.hidden is None:
             raise RuntimeError("surprise needs the prefill's final hidden states: prefill with methods=['surprise']")
         if "nll" not in pre.memo:
@@ -64,16 +64,16 @@ class Surprise(Method):
             k = self.local | 1  # odd, centred
             mean = F.avg_pool1d(F.pad(nll[:, None], (k // 2, k // 2), mode="replicate"), k, stride=1)[:, 0]
             nll = nll - mean
-        other = {} if self._other is None else (self._other.full_pass(pre) or {})
+        other = {} if self._other is None else (self._other.whole_pass(pre) or {})
         return {layer.layer_idx: (nll, other.get(layer.layer_idx)) for layer in pre.cache.sieve_layers}
 
     def score(self, x: ScoreInputs) -> Tensor:
-        nll, other_full = x.full_score()
+        nll, other_pass = x.require_pass_score()
         b, h, t = x.shape
         own = nll[:, None, :].expand(b, h, t).float()
         if x.valid is not None:
             own = own.masked_fill(~x.valid[:, None, :], float("-inf"))
         if self._other is None:
             return own
-        sub = ScoreInputs(x.keys, x.values, x.valid, x.obs, x.layer_idx, x.n_layers, other_full)
+        sub = ScoreInputs(x.keys, x.values, x.valid, x.obs, x.layer_idx, x.n_layers, other_pass)
         return self.weight * quantile(own) + (1 - self.weight) * quantile(self._other.score(sub).float())

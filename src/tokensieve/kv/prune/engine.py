@@ -18,7 +18,7 @@ from tokensieve import compat
 from tokensieve.core.ops.select import select
 from tokensieve.core.scores.attention import attention_probs, group_queries
 from tokensieve.errors import BatchError, PaddingError, UnsupportedArchitectureError
-from tokensieve.kv.cache import SieveCache
+from tokensieve.kv.cache import CompressibleCache
 from tokensieve.kv.prune.base import Pruner
 from tokensieve.kv.prune.layer import PrunedLayer
 
@@ -58,8 +58,8 @@ def join(stored: Any, current: Any) -> Any:
     return torch.cat([stored.to(current.device), current], 0 if current.dim() == 1 else 1)
 
 
-class PrunedCache(SieveCache):
-    """A ``SieveCache`` whose full-attention layers accept tokens at arbitrary positions."""
+class PrunedCache(CompressibleCache):
+    """A ``CompressibleCache`` whose full-attention layers accept tokens at arbitrary positions."""
 
     def __init__(self, model_or_config) -> None:
         super().__init__(model_or_config)

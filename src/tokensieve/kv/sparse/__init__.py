@@ -16,7 +16,7 @@ from typing import Any
 
 from tokensieve import compat
 from tokensieve.errors import BudgetError
-from tokensieve.kv.cache import SieveCache
+from tokensieve.kv.cache import CompressibleCache
 from tokensieve.kv.sparse.base import SelectInputs, Selection, SparseMethod
 from tokensieve.kv.sparse.double_sparsity import DoubleSparsity
 from tokensieve.kv.sparse.fasa import FASA
@@ -55,8 +55,8 @@ def check_read(read: Any) -> float | int:
     return float(read)
 
 
-class SparseCache(SieveCache):
-    """A ``SieveCache`` whose full-attention layers keep every token and read ``read`` of them per decode
+class SparseCache(CompressibleCache):
+    """A ``CompressibleCache`` whose full-attention layers keep every token and read ``read`` of them per decode
     step (a fraction of the held tokens, e.g. 1/8, or a token count). ``measure=True`` also computes the
     exact attention each step to report selection recall, IoU and attention mass (costs a full q.k)."""
 
@@ -96,8 +96,8 @@ class SparseCache(SieveCache):
         out["dense_layer_steps"] = sum(m["dense_steps"] for m in means)
         return out
 
-    def adopt(self, prefilled: SieveCache) -> SparseCache:
-        """Take over the tokens of an already prefilled ``SieveCache`` (shared, never written): one prefill,
+    def adopt(self, prefilled: CompressibleCache) -> SparseCache:
+        """Take over the tokens of an already prefilled ``CompressibleCache`` (shared, never written): one prefill,
         then any number of methods and read budgets. Each layer's index is built at its next step."""
         if len(prefilled.layers) != len(self.layers):
             raise ValueError("the prefilled cache belongs to another model (its layer count differs)")

@@ -18,9 +18,7 @@ import torch
 from torch import Tensor
 
 from tokensieve import compat
-from tokensieve.kv.cache import SieveCache, SieveLayer
-from tokensieve.kv.cache.ragged import RaggedLayer
-from tokensieve.kv.pipeline import Compressed, Prefill, Stats
+from tokensieve.kv import Compressed, CompressibleCache, Prefill, RaggedLayer, SieveLayer, Stats
 from tokensieve.measure.bench import metrics
 from tokensieve.measure.tasks.base import Question
 from tokensieve.runtime.prompts import PromptFormat, clean_answer
@@ -66,7 +64,7 @@ def stack(cells: Sequence[Compressed]) -> Compressed:
     if len(cells) == 1:
         return cells[0]
     first = cells[0]
-    cache: SieveCache = first.cache.fork()
+    cache: CompressibleCache = first.cache.fork()
     n = len(cells)
     for i, layer in enumerate(first.cache.layers):
         if isinstance(layer, RaggedLayer):
@@ -124,7 +122,7 @@ def answer_last_token(c: Compressed, last: int, question: Question, rows: int) -
 def sparse_cell(pre: Prefill, method, read: float) -> Compressed:
     """A sparse-decoding cell: the shared prefill's whole cache, read ``read`` of it per decode step. Its
     layers pool the meters of every fork, so ``read_stats`` sees what the evaluation read."""
-    from tokensieve.kv.sparse import SparseCache
+    from tokensieve.kv import SparseCache
 
     start = time.perf_counter()
     cache = SparseCache(pre.model, method, read=read, tokenizer=pre.tokenizer).adopt(pre.cache)

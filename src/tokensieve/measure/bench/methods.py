@@ -13,11 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tokensieve.errors import UnknownMethodError
-from tokensieve.kv.budget import ALLOCATORS
-from tokensieve.kv.methods import REGISTRY, Method, get_method
-from tokensieve.kv.pages import KEYS as PAGE_KEYS
-from tokensieve.kv.plan import Plan
-from tokensieve.kv.sparse import SPARSE, SparseMethod, get_sparse
+from tokensieve.kv import ALLOCATORS, PAGE_KEYS, REGISTRY, SPARSE, Method, Plan, SparseMethod, get_method, get_sparse
 from tokensieve.spec import join_spec, split_spec
 
 PREFILL_EVICTION = "prefill eviction"

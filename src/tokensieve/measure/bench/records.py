@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tokensieve.core.ops.memory import peak_rss
-from tokensieve.kv.pipeline import Compressed, Prefill
+from tokensieve.kv import Compressed, Prefill
 from tokensieve.measure.bench import cells as ev
 from tokensieve.measure.bench.plan import Config
 from tokensieve.measure.tasks import Sample, Task

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from tokensieve.core.ops.memory import reset_peak_rss, track_peak_rss
-from tokensieve.kv.pipeline import Compressed, Prefill, compress, prefill
+from tokensieve.kv import Compressed, Prefill, compress, prefill
 from tokensieve.measure.bench import cells as ev
 from tokensieve.measure.bench.methods import MethodSpec
 from tokensieve.measure.bench.metrics import SHORT_CONTEXT
@@ -42,7 +42,7 @@ def run_tokensieve(env: Env, todo: Todo, sample: Sample, setting: str, cells: li
     context, last = _context(env, sample, setting)
     pre: Prefill = prefill(model, tok, context, methods=methods)
     base = cell_base(cfg, sample, todo.task, todo.length, setting, cfg.engine)
-    full = pre.full()
+    full = pre.uncompressed()
     ref, ref_seconds = _fidelity_ref(pre, full, sample)
     evaluate = _evaluator(sample, setting, ref, last)
     if any(m is None for m, _ in cells):

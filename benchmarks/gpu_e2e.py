@@ -20,8 +20,7 @@ def main() -> None:
     from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
     import tokensieve as ts
-    from tokensieve.kv import SparseCache
-    from tokensieve.kv.cache import SieveCache
+    from tokensieve.kv import CompressibleCache, SparseCache
 
     p = argparse.ArgumentParser()
     p.add_argument("--layers", type=int, default=4)
@@ -48,7 +47,7 @@ def main() -> None:
             variants = {
                 "plain model, DynamicCache": (plain, lambda: DynamicCache(config=plain.config)),
                 "tokensieve attention, DynamicCache": (model, lambda: DynamicCache(config=model.config)),
-                "SieveCache (dense)": (model, lambda: SieveCache(model)),
+                "SieveCache (dense)": (model, lambda: CompressibleCache(model)),
                 "SparseCache quest read=1 (dense path)": (model, lambda: SparseCache(model, "quest", read=1.0)),
                 "SparseCache quest 1/8": (model, lambda: SparseCache(model, "quest", read=0.125)),
                 "SparseCache quest 1/16": (model, lambda: SparseCache(model, "quest", read=0.0625)),

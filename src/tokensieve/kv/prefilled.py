@@ -4,6 +4,7 @@ ways without re-running it."""
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,7 @@ class Prefill:
 
     def full(self) -> Compressed:
         """Deprecated name of ``uncompressed()`` (kept: scripts call it)."""
+        warnings.warn("Prefill.full() is now Prefill.uncompressed()", DeprecationWarning, stacklevel=2)
         return self.uncompressed()
 
     def compress(

@@ -47,6 +47,7 @@ register_family(
     "budget allocator",
     ALLOCATORS,
     "a budget allocator: pass allocator={id!r}",
+    __name__,
 )
 
 

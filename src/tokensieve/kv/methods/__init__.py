@@ -32,6 +32,15 @@ from tokensieve.kv.methods.zipcache import ZipCache
 from tokensieve.kv.methods.zipcache_quant import ZipCacheQuant
 from tokensieve.registry import instantiate, register_family
 
+
+def _listing(cls: type[Method]) -> dict[str, Any]:
+    """A method's ``tokensieve methods`` row, its kind marked when it also evicts while generating."""
+    row = cls().describe()
+    if cls.id in DECODE_RULES:
+        row["kind"] = f"{row['kind']} + decode eviction"
+    return row
+
+
 REGISTRY: dict[str, type[Method]] = {
     cls.id: cls for cls in (Streaming, H2O, Scissorhands, A2SF, Keyformer, SnapKV, TOVA, KNorm, ZipCache, EMS, Random)
 }
@@ -39,6 +48,8 @@ register_family(
     "prefill eviction",
     REGISTRY,
     "a prefill method: use tokensieve.compress / Compressed, or DecodeCache for decode eviction",
+    __name__,
+    _listing,
 )
 # keeping evicted information at low cost (the head-adaptive issue)
 REGISTRY.update({cls.id: cls for cls in (MiKV, ZipCacheQuant, Razor, CompressKV, ACT, ZeroTuning)})

@@ -41,22 +41,25 @@ def join_spec(name: str, params: dict[str, Any]) -> str:
     return ":".join([name, *(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in params.items())])
 
 
-def parse_param(text: str, flag: str = "--param", scoped: bool = False) -> tuple[str, Any]:
+def parse_param(text: str, flag: str = "--param", scoped: bool = False, example: str = "") -> tuple[str, Any]:
     """One ``--param`` of any subcommand: ``name=value``, or ``method.name=value`` (``scoped``) where a command
     runs several methods at once; the value is read as in a spec. A malformed one is a ``ParameterError`` whose
-    text every subcommand shares."""
+    text every subcommand shares (``example``: a well-formed one for the error, else a generic one)."""
     name, sep, raw = text.partition("=")
     if not sep or not name or (scoped and "." not in name):
-        form, example = ("METHOD.NAME=VALUE", "reagent.max_steps=50") if scoped else ("NAME=VALUE", "window=64")
+        form = "METHOD.NAME=VALUE" if scoped else "NAME=VALUE"
+        example = example or ("reagent.max_steps=50" if scoped else "window=64")
         raise ParameterError(f"{flag} {text!r} must look like {form}, e.g. {flag} {example}")
     return name, parse_value(raw)
 
 
-def parse_params(items: Iterable[str] | None, flag: str = "--param", scoped: bool = False) -> dict[str, Any]:
+def parse_params(
+    items: Iterable[str] | None, flag: str = "--param", scoped: bool = False, example: str = ""
+) -> dict[str, Any]:
     """Every ``--param`` of a command: ``{name: value}``, or ``{method: {name: value}}`` when ``scoped``."""
     out: dict[str, Any] = {}
     for text in items or []:
-        name, value = parse_param(text, flag, scoped)
+        name, value = parse_param(text, flag, scoped, example)
         if scoped:
             method, _, key = name.partition(".")
             out.setdefault(method, {})[key] = value

@@ -40,7 +40,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     params = {**parse_params(args.param), **_page_kwargs(args)}
     # fail fast on a bad method, allocator, parameter or keep, before loading the model
-    allocator = get_allocator(args.allocator, **parse_params(args.allocator_param, "--allocator-param"))
+    allocator_params = parse_params(args.allocator_param, "--allocator-param", example="tau=0.9")
+    allocator = get_allocator(args.allocator, **allocator_params)
     Plan.make(args.method, keep=args.keep, budget=args.budget, allocator=allocator, **params)
     context = _context(args)
     model, tok = load_model(args.model)

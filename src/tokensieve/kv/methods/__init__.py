@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tokensieve.kv.methods.a2sf import A2SF
+from tokensieve.kv.methods.act import ACT
 from tokensieve.kv.methods.base import Method
 from tokensieve.kv.methods.compresskv import CompressKV
 from tokensieve.kv.methods.decode_rule import DecodeRule
@@ -19,7 +20,6 @@ from tokensieve.kv.methods.kvzip import KVzip
 from tokensieve.kv.methods.kvzip_plus import KVzipPlus
 from tokensieve.kv.methods.lagkv import LagKV
 from tokensieve.kv.methods.mikv import MiKV
-from tokensieve.kv.methods.modifiers import ACT, ZeroTuning
 from tokensieve.kv.methods.random import Random
 from tokensieve.kv.methods.razor import Razor
 from tokensieve.kv.methods.scissorhands import Scissorhands
@@ -28,6 +28,7 @@ from tokensieve.kv.methods.span import Span
 from tokensieve.kv.methods.streaming import Streaming
 from tokensieve.kv.methods.surprise import Surprise
 from tokensieve.kv.methods.tova import TOVA
+from tokensieve.kv.methods.zerotuning import ZeroTuning
 from tokensieve.kv.methods.zipcache import ZipCache
 from tokensieve.kv.methods.zipcache_quant import ZipCacheQuant
 from tokensieve.registry import instantiate, register_family

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
+import tokensieve
 from tokensieve.catalog import FAMILY_PACKAGES, describe_all
 from tokensieve.cli import main
 from tokensieve.registry import Registered, families
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "tokensieve"
+SRC = Path(tokensieve.__file__).resolve().parent
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,10 @@
 name the family a misplaced id belongs to.
 
 Families register themselves (``register_family``) when their package is imported; this module imports
-none of them, so it sits at the bottom of the house and every consumer can use it. ``Registered`` is the one
-small base that gives every method, pruner and allocator its ``id/paper/rule/kind``, ``params()`` and
-``describe()``.
+none of them, so it sits at the bottom of the house and every consumer can use it. ``families()`` is what
+``tokensieve methods`` lists. ``Registered`` is the one small base that gives every member of every family
+(methods, pruners, allocators, explainers, training rules, quantization recipes) its ``id/paper/rule/kind``,
+``params()`` and ``describe()``.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def families() -> list[Family]:
     return list(_FAMILIES.values())
 
 
-def family_of(method: str) -> str | None:
+def usage_of(method: str) -> str | None:
     """How to use ``method`` if some registered family has it, else None."""
     for family in _FAMILIES.values():
         if method in family.registry:
@@ -105,7 +106,7 @@ def instantiate(
         return method
     cls = registry.get(method)  # type: ignore[arg-type]
     if cls is None:
-        where = family_of(str(method))
+        where = usage_of(str(method))
         hint = f"; {method!r} is {where}" if where else ""
         raise UnknownMethodError(
             f"unknown {family} {method!r}; choose one of: {', '.join(registry)} (see `tokensieve methods`){hint}"

@@ -34,7 +34,7 @@ from tokensieve.train.base import minmax, top_fraction
 from tokensieve.train.data import collate, inject_noise
 from tokensieve.train.loop import frozen_copy, train
 from tokensieve.train.loss import free_logprobs, perturbed_logprobs
-from tokensieve.train.tshirt import informative_tokens, tshirt_scores
+from tokensieve.train.methods.tshirt import informative_tokens, tshirt_scores
 
 
 def _batch(seed: int = 0, b: int = 3, t: int = 12, vocab: int = 128, prompts=(4, 3, 5), lengths=(12, 10, 9)):

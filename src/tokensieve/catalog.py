@@ -1,34 +1,36 @@
-"""Every method tokensieve implements, across families, for ``tokensieve methods``."""
+"""Every method tokensieve implements, across families, for ``tokensieve methods``: generated from the
+registered families (``registry.families()``); importing the family packages below is the only list."""
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Any
+
+from tokensieve.registry import families
+
+# the packages that register a family, in the order `tokensieve methods` lists them: prefill eviction (marked
+# when it also evicts while generating), sparse decoding, prefill pruning; the budget allocators, which compose
+# with every score; then the other consumers' families: attribution methods, training rules, weight
+# quantization, the vision methods (patch tokens inside a ViT) and the vision-language ones (image tokens of a
+# LLaVA-style model). tests/test_families.py checks that every `register_family` call is in a package listed here.
+FAMILY_PACKAGES = (
+    "tokensieve.kv.methods",
+    "tokensieve.kv.sparse",
+    "tokensieve.kv.prune",
+    "tokensieve.kv.budget",
+    "tokensieve.explain.methods",
+    "tokensieve.train.methods",
+    "tokensieve.quantize.methods",
+    "tokensieve.vision.methods",
+    "tokensieve.vlm.methods",
+)
 
 
 def describe_all() -> list[dict[str, Any]]:
-    """One row per method id: prefill eviction (marked when it also evicts while generating), sparse
-    decoding, prefill pruning; the budget allocators, which compose with every score; then the other
-    consumers' families: attribution methods, training rules, weight quantization, the vision methods (patch
-    tokens inside a ViT) and the vision-language ones (image tokens of a LLaVA-style model)."""
-    from tokensieve.explain import EXPLAINERS
-    from tokensieve.kv import ALLOCATORS, DECODE_RULES, PRUNERS, REGISTRY, SPARSE
-    from tokensieve.quantize.methods import REGISTRY as QUANT
-    from tokensieve.train import RULES
-    from tokensieve.vision.methods import VISION_METHODS
-    from tokensieve.vlm import VLM_METHODS
-
-    rows = []
-    for cls in REGISTRY.values():
-        row = cls().describe()
-        if cls.id in DECODE_RULES:
-            row["kind"] = f"{row['kind']} + decode eviction"
-        rows.append(row)
-    rows += [cls().describe() for cls in SPARSE.values()]
-    rows += [cls().describe() for cls in PRUNERS.values()]
-    rows += [cls().describe() for cls in ALLOCATORS.values()]
-    rows += [cls().describe() for cls in EXPLAINERS.values() if cls.kind == "attribution"]  # `tokensieve explain`
-    rows += [cls().describe() for cls in RULES.values()]  # `tokensieve train`
-    rows += [q.describe() for q in QUANT.values()]  # `tokensieve quantize`
-    rows += [cls().describe() for cls in VISION_METHODS.values()]  # `tokensieve vision`
-    rows += [cls().describe() for cls in VLM_METHODS.values()]  # `tokensieve.vlm.sieve`
-    return rows
+    """One row per method id, family by family in ``FAMILY_PACKAGES`` order (a family registered from a package
+    not listed there comes last), each family's members in its registry's order."""
+    for package in FAMILY_PACKAGES:
+        import_module(package)  # registers its family
+    order = {package: i for i, package in enumerate(FAMILY_PACKAGES)}
+    listed = sorted(families(), key=lambda f: order.get(f.package, len(order)))  # stable: registration order ties
+    return [row for family in listed for row in family.rows()]

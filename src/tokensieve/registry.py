@@ -2,14 +2,16 @@
 name the family a misplaced id belongs to.
 
 Families register themselves (``register_family``) when their package is imported; this module imports
-none of them, so it sits at the bottom of the house and every consumer can use it. ``Registered`` is the one
-small base that gives every method, pruner and allocator its ``id/paper/rule/kind``, ``params()`` and
-``describe()``.
+none of them, so it sits at the bottom of the house and every consumer can use it. ``families()`` is what
+``tokensieve methods`` lists. ``Registered`` is the one small base that gives every member of every family
+(methods, pruners, allocators, explainers, training rules, quantization recipes) its ``id/paper/rule/kind``,
+``params()`` and ``describe()``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, TypeVar
 
@@ -18,22 +20,51 @@ from tokensieve.errors import ParameterError, TokenSieveError, UnknownMethodErro
 T = TypeVar("T")
 
 
-# family name -> (its registry, how to use one of its ids), in registration order
-_FAMILIES: dict[str, tuple[dict[str, Any], str]] = {}
+@dataclass(frozen=True)
+class Family:
+    """A registered family: its members by id, how to use one (``usage`` may name ``{id}``), the package that
+    registered it, and its ``tokensieve methods`` rows (``listing``: one row per member, or None to leave one
+    out; the default is each member's ``describe()``)."""
+
+    name: str
+    registry: dict[str, Any]
+    usage: str
+    package: str
+    listing: Callable[[Any], dict[str, Any] | None] | None = None
+
+    def rows(self) -> list[dict[str, Any]]:
+        show = self.listing or (lambda cls: cls().describe())
+        return [row for cls in self.registry.values() if (row := show(cls)) is not None]
 
 
-def register_family(name: str, registry: dict[str, Any], usage: str) -> dict[str, Any]:
-    """Make ``registry``'s ids known to every lookup's error hint (``usage`` may name ``{id}``); returns
-    ``registry`` (later updates to it stay visible)."""
-    _FAMILIES[name] = (registry, usage)
+# family name -> its Family, in registration order
+_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(
+    name: str,
+    registry: dict[str, Any],
+    usage: str,
+    package: str = "",
+    listing: Callable[[Any], dict[str, Any] | None] | None = None,
+) -> dict[str, Any]:
+    """Make ``registry``'s ids known to every lookup's error hint and to ``tokensieve methods``; ``package`` is
+    the registering module's ``__name__`` (the catalog imports it). Returns ``registry`` (later updates to it
+    stay visible)."""
+    _FAMILIES[name] = Family(name, registry, usage, package, listing)
     return registry
 
 
-def family_of(method: str) -> str | None:
+def families() -> list[Family]:
+    """Every family registered so far, in registration order (import a family's package to register it)."""
+    return list(_FAMILIES.values())
+
+
+def usage_of(method: str) -> str | None:
     """How to use ``method`` if some registered family has it, else None."""
-    for registry, usage in _FAMILIES.values():
-        if method in registry:
-            return usage.format(id=method)
+    for family in _FAMILIES.values():
+        if method in family.registry:
+            return family.usage.format(id=method)
     return None
 
 
@@ -47,10 +78,16 @@ class Registered:
     kind: ClassVar[str] = ""
 
     def params(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+        """The constructor's parameters (fields set after construction, such as a step count, are not)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init and not f.name.startswith("_")}
 
     def describe(self) -> dict[str, Any]:
-        return {"id": self.id, "kind": self.kind, "paper": self.paper, "rule": self.rule, "defaults": self.params()}
+        # a default that is not plain data (a replacer object, say) is named by its type: the row stays JSON
+        defaults = {k: v if isinstance(v, _PLAIN) else type(v).__name__ for k, v in self.params().items()}
+        return {"id": self.id, "kind": self.kind, "paper": self.paper, "rule": self.rule, "defaults": defaults}
+
+
+_PLAIN = (int, float, str, bool, type(None), dict, list, tuple)
 
 
 def instantiate(
@@ -69,7 +106,7 @@ def instantiate(
         return method
     cls = registry.get(method)  # type: ignore[arg-type]
     if cls is None:
-        where = family_of(str(method))
+        where = usage_of(str(method))
         hint = f"; {method!r} is {where}" if where else ""
         raise UnknownMethodError(
             f"unknown {family} {method!r}; choose one of: {', '.join(registry)} (see `tokensieve methods`){hint}"

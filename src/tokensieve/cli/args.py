@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -14,17 +13,6 @@ from tokensieve.errors import TokenSieveError
 
 # rich falls back to 80 columns off a terminal; tables of answers want more
 console = Console(width=shutil.get_terminal_size((150, 40)).columns)
-
-
-def _param(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"method parameter {text!r} must look like name=value")
-    name, raw = text.split("=", 1)
-    try:
-        value: Any = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return name, value
 
 
 def _keep(text: str) -> float:

@@ -8,9 +8,10 @@ import json
 from rich.markup import escape
 from rich.table import Table
 
-from tokensieve.cli.args import _add_page_args, _context, _count, _keep, _page_kwargs, _param, _read, console
+from tokensieve.cli.args import _add_page_args, _context, _count, _keep, _page_kwargs, _read, console
 from tokensieve.errors import TokenSieveError
 from tokensieve.kv import ALLOCATORS, DEFAULT_METHOD
+from tokensieve.spec import parse_params
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
@@ -33,9 +34,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from tokensieve.kv import Plan, generate, get_allocator
     from tokensieve.runtime.models import load_model
 
-    params = {**dict(args.param or []), **_page_kwargs(args)}
+    params = {**parse_params(args.param), **_page_kwargs(args)}
     # fail fast on a bad method, allocator, parameter or keep, before loading the model
-    allocator = get_allocator(args.allocator, **dict(args.allocator_param or []))
+    allocator_params = parse_params(args.allocator_param, "--allocator-param", example="tau=0.9")
+    allocator = get_allocator(args.allocator, **allocator_params)
     Plan.make(args.method, keep=args.keep, budget=args.budget, allocator=allocator, **params)
     context = _context(args)
     model, tok = load_model(args.model)
@@ -167,7 +169,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     from tokensieve.kv import decode, decode_family
     from tokensieve.runtime.models import load_model
 
-    params = dict(args.param or [])
+    params = parse_params(args.param)
     family = decode_family(args.method)  # fail fast on a bad method before loading the model
     if family == "decode eviction" and args.budget is None:
         raise TokenSieveError(f"decode eviction with {args.method} needs --budget N (tokens held per KV head)")
@@ -236,7 +238,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--allocator", default="uniform", choices=list(ALLOCATORS), help="budget allocator")
     g.add_argument(
         "--allocator-param",
-        type=_param,
         action="append",
         metavar="NAME=VALUE",
         help="override an allocator parameter, e.g. --allocator-param tau=0.9 (zipvl)",
@@ -248,7 +249,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument(
         "--param",
-        type=_param,
         action="append",
         metavar="NAME=VALUE",
         help="override a method parameter, e.g. --param window=64",
@@ -296,7 +296,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     dc.add_argument("--max-new-tokens", type=_count, default=32)
     dc.add_argument("--answer-prefix", default="", help='text that starts the answer, e.g. "The pass key is"')
     dc.add_argument("--measure", action="store_true", help="sparse decoding: also measure selection recall")
-    dc.add_argument("--param", type=_param, action="append", metavar="NAME=VALUE", help="override a method parameter")
+    dc.add_argument("--param", action="append", metavar="NAME=VALUE", help="override a method parameter")
     dc.add_argument("--json", action="store_true", help="print one JSON object")
     _add_page_args(dc)
     dc.set_defaults(func=cmd_decode)

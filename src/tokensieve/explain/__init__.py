@@ -11,27 +11,19 @@ import types
 
 from tokensieve.explain.api import explain, make_problem
 from tokensieve.explain.base import Explainer
-from tokensieve.explain.methods.attention import Attention
-from tokensieve.explain.methods.grad_x_input import GradXInput
-from tokensieve.explain.methods.integrated_gradients import IntegratedGradients
-from tokensieve.explain.methods.kvscore import KVScore, kv_explainer
-from tokensieve.explain.methods.occlusion import Occlusion
-from tokensieve.explain.methods.reagent import ReAGent
-from tokensieve.explain.methods.rollout import Rollout
-from tokensieve.explain.registry import EXPLAINERS, get_explainer
+from tokensieve.explain.methods import (
+    EXPLAINERS,
+    Attention,
+    GradXInput,
+    IntegratedGradients,
+    KVScore,
+    Occlusion,
+    ReAGent,
+    Rollout,
+    get_explainer,
+)
 from tokensieve.explain.result import Explanation
 from tokensieve.explain.target import ExplainError, Problem, Target
-from tokensieve.kv import REGISTRY as KV_REGISTRY
-from tokensieve.kv import Method
-
-
-def _scores_only(cls: type[Method]) -> bool:
-    # a score read as a ranking: methods that act on the cache themselves or need a calibration are left out
-    return cls.act is Method.act and not cls.changes_prefill and cls.bind is Method.bind
-
-
-EXPLAINERS.update({cls.id: cls for cls in (ReAGent, Occlusion, GradXInput, IntegratedGradients, Attention, Rollout)})
-EXPLAINERS.update({mid: kv_explainer(mid) for mid, cls in KV_REGISTRY.items() if _scores_only(cls)})
 
 
 class _CallablePackage(types.ModuleType):

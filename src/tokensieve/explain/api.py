@@ -12,7 +12,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from tokensieve.core.observe.hooks import prepare
 from tokensieve.explain import faithfulness as faith
 from tokensieve.explain.base import Explainer
-from tokensieve.explain.registry import get_explainer
+from tokensieve.explain.methods import get_explainer
 from tokensieve.explain.result import Explanation
 from tokensieve.explain.target import ExplainError, Problem, Target
 from tokensieve.runtime.prompts import PromptFormat, StopAtText, clean_answer

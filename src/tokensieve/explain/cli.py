@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from tokensieve import spec
 from tokensieve.explain.result import Explanation
 from tokensieve.explain.target import ExplainError
 
@@ -43,18 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def parse_params(items: list[str] | None) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        method, dot, name = key.partition(".")
-        if not sep or not dot:
-            raise ExplainError(f"--param {item!r} must look like METHOD.NAME=VALUE, e.g. reagent.max_steps=50")
-        try:
-            parsed: Any = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        out.setdefault(method, {})[name] = parsed
-    return out
+    """``--param METHOD.NAME=VALUE`` (several methods run at once): ``{method: {name: value}}``."""
+    return spec.parse_params(items, scoped=True)
 
 
 def heatmap(ex: Explanation, method: str, show: int) -> Text:

@@ -80,15 +80,3 @@ class Rule(Registered, ABC):
         if missing:
             raise TrainRuleError(f"rule {self.id!r} needs {', '.join(missing)} in its TokenBatch: compute the loss "
                                  "with tokensieve.train.token_loss(rule, model, batch, reference=...)")
-
-
-@dataclass
-class SFT(Rule):
-    """Plain supervised fine-tuning: every response token, weight 1 (the baseline every rule is compared to)."""
-
-    id: ClassVar[str] = "sft"
-    paper: ClassVar[str] = "baseline"
-    rule: ClassVar[str] = "mean cross-entropy over all response tokens"
-
-    def weights(self, b: TokenBatch) -> Tensor:
-        return b.mask.float()

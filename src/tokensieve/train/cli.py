@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from tokensieve.errors import TokenSieveError
+from tokensieve.spec import parse_params
 
 SETTINGS = ("method", "task", "steps", "model", "batch", "lr", "max_len", "train_layers", "noise", "seed", "bf16",
             "aux_steps")
@@ -37,19 +38,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-eval", type=int, default=100)
     p.add_argument("--save-every", type=int, default=25)
     p.add_argument("--param", action="append", default=[], metavar="K=V", help="rule parameter, e.g. k=0.4")
-
-
-def _params(items: list[str]) -> dict[str, float]:
-    out = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        try:
-            out[key] = float(value)
-        except ValueError:
-            raise TokenSieveError(f"--param {item!r} must be NAME=NUMBER, e.g. --param k=0.4") from None
-        if not eq:
-            raise TokenSieveError(f"--param {item!r} must be NAME=NUMBER, e.g. --param k=0.4")
-    return out
 
 
 def load_trainable(name: str, train_layers: int) -> tuple[Any, Any]:
@@ -109,7 +97,7 @@ def run(args: argparse.Namespace, console: Any) -> int:
         raise TokenSieveError(f"--steps {args.steps} / --batch {args.batch} must be positive integers")
     if not 0.0 <= args.noise < 1.0:
         raise TokenSieveError(f"--noise {args.noise} must be a fraction in [0, 1)")
-    rule = make_rule(args.method, **_params(args.param))
+    rule = make_rule(args.method, **parse_params(args.param))
     settings = {k: getattr(args, k) for k in SETTINGS} | {"model": str(args.model), "params": rule.params()}
     load_task(args.task, 1, 0)  # a bad task name fails here, before the model loads
     out = args.out

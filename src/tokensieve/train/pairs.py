@@ -11,9 +11,10 @@ from typing import Any
 
 import torch
 
-from tokensieve.train.base import SFT, TokenBatch
-from tokensieve.train.critical import Critical, critical_margin, critical_weights
+from tokensieve.train.base import TokenBatch
 from tokensieve.train.loop import StepLog, frozen_copy, make_optimizer, train
+from tokensieve.train.methods import SFT, Critical
+from tokensieve.train.methods.critical import critical_margin, critical_weights
 from tokensieve.train.tokens import token_logprobs
 
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from rich.console import Console
 
 from tokensieve.errors import BudgetError
+from tokensieve.spec import parse_params
 from tokensieve.vision.api import features, load_image, measure_flops, preprocess
 from tokensieve.vision.methods import get_vision_method
 from tokensieve.vision.model import load_vision
@@ -28,13 +29,7 @@ def add_arguments(p: argparse.ArgumentParser, keep_type: Any) -> None:
 
 
 def run_vision(args: argparse.Namespace, console: Console) -> int:
-    params: dict[str, Any] = {}
-    for text in args.param:
-        name, _, raw = text.partition("=")
-        try:
-            params[name] = json.loads(raw)
-        except json.JSONDecodeError:
-            params[name] = raw
+    params = parse_params(args.param)
     if args.r is not None:
         if args.method not in ("tome", "pitome"):
             raise BudgetError(f"--r is ToMe's merge count; {args.method} takes --keep instead")

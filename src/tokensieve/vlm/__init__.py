@@ -16,17 +16,9 @@ from typing import Any
 
 from torch import nn
 
-from tokensieve.registry import instantiate, register_family
 from tokensieve.vlm.base import Inputs, VlmMethod, relevance
 from tokensieve.vlm.engine import VlmSieve
-from tokensieve.vlm.methods import FastV, IDPruner, MMTok, ToDRE
-
-VLM_METHODS: dict[str, type[VlmMethod]] = {cls.id: cls for cls in (FastV, ToDRE, IDPruner, MMTok)}
-register_family("vision-language method", VLM_METHODS, "a vision-language method: use tokensieve.vlm.sieve")
-
-
-def get_vlm_method(method: str | VlmMethod, **params: Any) -> VlmMethod:
-    return instantiate(VLM_METHODS, VlmMethod, "vision-language method", method, params)
+from tokensieve.vlm.methods import VLM_METHODS, get_vlm_method
 
 
 @contextmanager

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tokensieve.kv.methods.a2sf import A2SF
+from tokensieve.kv.methods.act import ACT
 from tokensieve.kv.methods.base import Method
 from tokensieve.kv.methods.compresskv import CompressKV
 from tokensieve.kv.methods.decode_rule import DecodeRule
@@ -19,7 +20,6 @@ from tokensieve.kv.methods.kvzip import KVzip
 from tokensieve.kv.methods.kvzip_plus import KVzipPlus
 from tokensieve.kv.methods.lagkv import LagKV
 from tokensieve.kv.methods.mikv import MiKV
-from tokensieve.kv.methods.modifiers import ACT, ZeroTuning
 from tokensieve.kv.methods.random import Random
 from tokensieve.kv.methods.razor import Razor
 from tokensieve.kv.methods.scissorhands import Scissorhands
@@ -28,9 +28,19 @@ from tokensieve.kv.methods.span import Span
 from tokensieve.kv.methods.streaming import Streaming
 from tokensieve.kv.methods.surprise import Surprise
 from tokensieve.kv.methods.tova import TOVA
+from tokensieve.kv.methods.zerotuning import ZeroTuning
 from tokensieve.kv.methods.zipcache import ZipCache
 from tokensieve.kv.methods.zipcache_quant import ZipCacheQuant
 from tokensieve.registry import instantiate, register_family
+
+
+def _listing(cls: type[Method]) -> dict[str, Any]:
+    """A method's ``tokensieve methods`` row, its kind marked when it also evicts while generating."""
+    row = cls().describe()
+    if cls.id in DECODE_RULES:
+        row["kind"] = f"{row['kind']} + decode eviction"
+    return row
+
 
 REGISTRY: dict[str, type[Method]] = {
     cls.id: cls for cls in (Streaming, H2O, Scissorhands, A2SF, Keyformer, SnapKV, TOVA, KNorm, ZipCache, EMS, Random)
@@ -39,6 +49,8 @@ register_family(
     "prefill eviction",
     REGISTRY,
     "a prefill method: use tokensieve.compress / Compressed, or DecodeCache for decode eviction",
+    __name__,
+    _listing,
 )
 # keeping evicted information at low cost (the head-adaptive issue)
 REGISTRY.update({cls.id: cls for cls in (MiKV, ZipCacheQuant, Razor, CompressKV, ACT, ZeroTuning)})

@@ -27,6 +27,7 @@ register_family(
     "prefill pruning",
     PRUNERS,
     "a prefill-pruning method: use tokensieve.decode or tokensieve.prune",
+    __name__,
 )
 
 

@@ -35,6 +35,7 @@ register_family(
     "sparse decoding",
     SPARSE,
     "a sparse-decoding method: use tokensieve.decode or SparseCache",
+    __name__,
 )
 
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Any
 
-from tokensieve.errors import ParameterError, UnknownMethodError
-from tokensieve.registry import register_family
+from tokensieve.registry import instantiate, register_family
 from tokensieve.vision.methods.base import VisionMethod
 from tokensieve.vision.methods.cls import ClsAttention
 from tokensieve.vision.methods.divprune import DivPrune
@@ -23,18 +21,12 @@ VISION_METHODS: dict[str, type[VisionMethod]] = {
     m.id: m
     for m in (ToMe, PiToMe, ClsAttention, ZeroTPrune, DivPrune, TransPrune, Fourier, HiRED, RandomPrune, Downsample)
 }
-register_family("vision method", VISION_METHODS, "a vision (ViT) method: use tokensieve vision --method {id}")
+register_family("vision method", VISION_METHODS, "a vision (ViT) method: use tokensieve vision --method {id}", __name__)
 
 
-def get_vision_method(name: str, **params: Any) -> VisionMethod:
-    if name not in VISION_METHODS:
-        raise UnknownMethodError(f"unknown vision method {name!r}: choose one of {', '.join(VISION_METHODS)}")
-    cls = VISION_METHODS[name]
-    known = {f.name for f in fields(cls)}
-    bad = set(params) - known
-    if bad:
-        raise ParameterError(f"{name} has no parameter {sorted(bad)[0]!r}: it takes {', '.join(sorted(known))}")
-    return cls(**params)
+def get_vision_method(method: str | VisionMethod, **params: Any) -> VisionMethod:
+    """A vision method by id (``tokensieve vision --method``) with parameter overrides, or the instance itself."""
+    return instantiate(VISION_METHODS, VisionMethod, "vision method", method, params)
 
 
 __all__ = ["VISION_METHODS", "VisionMethod", "get_vision_method"]

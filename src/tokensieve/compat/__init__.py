@@ -18,11 +18,9 @@ from __future__ import annotations
 
 from tokensieve.compat.attention import (
     SDPA_MASK,
-    VISION_ATTENTION,
     attention_layer_index,
     attn_implementation,
     register_attention,
-    register_vision_attention,
     restore_attention,
     rope_inv_freq,
     sdpa,
@@ -80,7 +78,6 @@ from tokensieve.compat.vlm import (
     LM_EMBEDS_ARG,
     LM_MASK_ARG,
     LM_POSITIONS_ARG,
-    VLM_ATTENTION,
     vlm_parts,
 )
 
@@ -94,8 +91,6 @@ __all__ = [
     "SDPA_MASK",
     "TESTED_TRANSFORMERS",
     "TRANSFORMERS_VERSION",
-    "VISION_ATTENTION",
-    "VLM_ATTENTION",
     "BaseLayer",
     "MlpBranch",
     "PreTrainedConfig",
@@ -120,7 +115,6 @@ __all__ = [
     "not_engaged",
     "record_layer_calls",
     "register_attention",
-    "register_vision_attention",
     "replace_layer_output",
     "restore_attention",
     "rope_inv_freq",

@@ -34,15 +34,6 @@ def attn_implementation(model: torch.nn.Module) -> str | None:
 # thread, with the keys `update` returned: `core.observe.hooks` binds the layer in `update` and picks it up there.
 # `core.observe.hooks.check_engaged` turns a break of that order (attention never reached us) into an error.
 
-# --- vision (src/tokensieve/vision) ---
-
-VISION_ATTENTION = "tokensieve_vision"
-
-
-def register_vision_attention(fn: Any) -> None:
-    # relies on AttentionInterface / AttentionMaskInterface.register taking any name (mask: plain SDPA masks)
-    register_attention(VISION_ATTENTION, fn)
-
 
 # --- running SDPA and switching a model to a registered attention ---
 def sdpa_attention(module: torch.nn.Module, query: Any, key: Any, value: Any, mask: Any, **kwargs: Any) -> Any:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 # --- vision-language models (tokensieve.vlm) ---
-VLM_ATTENTION = "tokensieve_vlm"
 # the keywords LLaVA-style models hand their language model (`self.language_model(inputs_embeds=..., ...)`)
 LM_EMBEDS_ARG, LM_MASK_ARG, LM_POSITIONS_ARG = "inputs_embeds", "attention_mask", "position_ids"
 # relies on: releases before 5.24 also pass `cache_position` (each new token's slot in the cache); 5.24 dropped it

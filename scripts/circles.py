@@ -2,7 +2,8 @@
 
 A circle is a strongly connected group of two or more modules (each reaches every other by imports); one
 shortest loop is printed per group. ``lint-imports`` skips type-only imports (its contracts would see none
-of these); ``tests/test_house.py`` asserts the count is zero. Usage: ``python scripts/circles.py [-v]``.
+of these); ``tests/test_house.py`` asserts the count is zero, and CI (``.ci/run``) runs this script, which exits
+1 when there is any. Usage: ``python scripts/circles.py [-q]`` (``-q``: the count only).
 """
 
 from __future__ import annotations
@@ -94,9 +95,10 @@ def circles(package: str = "tokensieve") -> list[list[str]]:
 def main() -> None:
     found = circles()
     print(f"import circles (type-only imports included): {len(found)}")
-    if "-v" in sys.argv[1:]:
+    if found and "-q" not in sys.argv[1:]:
         for loop in found:
             print("  " + " -> ".join(loop))
+    sys.exit(1 if found else 0)
 
 
 if __name__ == "__main__":

@@ -131,3 +131,49 @@ def test_sieve_cache_satisfies_the_core_protocol() -> None:
     assert isinstance(cache, ObservedCache)
     assert all(isinstance(layer, ObservedLayer) for layer in cache.sieve_layers) and len(cache.sieve_layers) == 2
     assert isinstance(cache.fork(), ObservedCache)
+
+
+def test_one_attention_observers_are_per_thread_and_the_newest_runs() -> None:
+    """The one registered attention hands a call with no bound cache layer to this thread's newest observer."""
+    import threading
+
+    from tokensieve.core.observe import hooks
+
+    q = k = v = torch.zeros(1, 1, 2, 4)
+    calls: list[str] = []
+
+    def observer(name: str):
+        def attend(module, query, key, value, mask, **kw):
+            calls.append(name)
+            return hooks.sdpa(module, query, key, value, mask, **kw)
+
+        return attend
+
+    module = torch.nn.Module()
+    module.is_causal = True
+    plain = hooks.sieve_attention(module, q, k, v, None)[0]
+    with hooks.observing("vision", observer("vision")):
+        with hooks.observing("train", observer("train")):
+            hooks.sieve_attention(module, q, k, v, None)
+            seen: list = []
+            other = threading.Thread(target=lambda: seen.append(hooks.observer("train")))
+            other.start()
+            other.join()
+        out = hooks.sieve_attention(module, q, k, v, None)[0]
+    hooks.sieve_attention(module, q, k, v, None)
+    assert calls == ["train", "vision"] and seen == [None]  # newest first, the inner one gone after its block
+    assert hooks.observer("vision") is None and torch.equal(out, plain)
+
+
+def test_train_and_kv_switch_to_the_same_registered_attention() -> None:
+    import tokensieve as ts
+    from conftest import make_model
+    from tokensieve.core.observe import hooks
+    from tokensieve.train.attention import prompt_attention
+
+    model = make_model("llama")
+    with prompt_attention(model, torch.tensor([2]), layer=1):
+        during = model.config._attn_implementation
+        model(input_ids=torch.randint(3, 100, (1, 6)))
+    assert during == hooks.ATTENTION and model.config._attn_implementation == "sdpa"
+    assert ts.prepare(model).config._attn_implementation == hooks.ATTENTION

@@ -17,6 +17,7 @@ import grimp
 import pytest
 import torch
 
+from conftest import make_model
 from tokensieve.core.observe.protocol import ObservedCache, ObservedLayer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,22 +115,13 @@ def test_every_kv_layer_class_has_the_protocol_members() -> None:
 
 
 def test_sieve_cache_satisfies_the_core_protocol() -> None:
-    from transformers import LlamaConfig
-
     from tokensieve.kv.cache import SieveCache
 
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
+    config = make_model("llama").config
     cache = SieveCache(config)
     assert isinstance(cache, ObservedCache)
-    assert all(isinstance(layer, ObservedLayer) for layer in cache.sieve_layers) and len(cache.sieve_layers) == 2
+    assert len(cache.sieve_layers) == config.num_hidden_layers
+    assert all(isinstance(layer, ObservedLayer) for layer in cache.sieve_layers)
     assert isinstance(cache.fork(), ObservedCache)
 
 

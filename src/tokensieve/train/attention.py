@@ -1,9 +1,8 @@
 """The response's attention to the prompt at one layer, recorded during an ordinary forward.
 
 tokensieve's registered attention (``core.observe.hooks``) runs SDPA unchanged (the forward is exact) and its
-``train`` observer, at
-the chosen layer, also computes each query row's attention mass on the prompt columns, a block of query
-rows at a time: a ``[B, H, rows, T]`` block, never the whole ``T x T`` matrix.
+``train`` observer, at the chosen layer, also computes each query row's attention mass on the prompt columns, a
+block of query rows at a time: a ``[B, H, rows, T]`` block, never the whole ``T x T`` matrix.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ def _old_layer_hook(module, kwargs):
 
 def _renamed(monkeypatch) -> None:
     """As if the model's forward had renamed its cache argument: ours becomes an unknown kwarg it ignores."""
-    monkeypatch.setattr(compat, "_cache_arg_of", lambda cls: "kv_cache_renamed")
+    monkeypatch.setattr(compat.cache, "_cache_arg_of", lambda cls: "kv_cache_renamed")
 
 
 def _says_who(err: Exception, what: str, model) -> None:

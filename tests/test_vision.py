@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -250,6 +251,7 @@ def test_prune_keeps_chosen_and_unmerges_dropped_to_nearest_kept() -> None:
 
 
 def test_proportional_attention_adds_log_size() -> None:
+    from tokensieve.core.observe import hooks
     from tokensieve.vision import engine
 
     vm = _tiny("dinov2")
@@ -257,15 +259,14 @@ def test_proportional_attention_adds_log_size() -> None:
     st.sizes = torch.rand(2, 65, generator=torch.Generator().manual_seed(0)) * 3 + 1
     attn = compat.vision_layers(vm.backbone)[0].attention
     h = torch.randn(2, 65, 32)
-    compat.register_vision_attention(engine._attention)
-    before = compat.set_attention(vm.backbone, compat.VISION_ATTENTION)
-    engine._active.state, engine._active.method = st, get_vision_method("cls", keep=1.0)
+    hooks.register()
+    before = compat.set_attention(vm.backbone, hooks.ATTENTION)
+    observer = functools.partial(engine._attention, st, get_vision_method("cls", keep=1.0))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), hooks.observing("vision", observer):
             out = attn(h)[0]
     finally:
         compat.restore_attention(before)
-        engine._active.state = engine._active.method = None
     q, k, v = (p(h).view(2, 65, 4, 8).transpose(1, 2) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
     probs = (q @ k.transpose(-1, -2) / math.sqrt(8) + st.sizes.log()[:, None, None]).softmax(-1)  # oracle: full T x T
     want = attn.o_proj((probs @ v).transpose(1, 2).reshape(2, 65, 32))

@@ -20,6 +20,7 @@ from transformers import (
 )
 
 from tokensieve import compat
+from tokensieve.core.observe import hooks
 from tokensieve.errors import (
     BatchError,
     BudgetError,
@@ -304,7 +305,7 @@ def test_hooks_and_attention_are_gone_after_the_block(llava) -> None:
     had = hooked()
     with torch.no_grad(), sieve(llava, "todre", keep=0.5) as s:
         llava(**_batch())
-        assert llava.config.text_config._attn_implementation == compat.VLM_ATTENTION
+        assert llava.config.text_config._attn_implementation == hooks.ATTENTION
     assert llava.config.text_config._attn_implementation == before
     assert hooked() == had
     assert s.counts["before_llm"] == 8 and s.counts["after_layer_k"] == 4

@@ -6,10 +6,29 @@ from __future__ import annotations
 
 import html
 import json
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from tokensieve.explain.result import Explanation
+
+class Shown(Protocol):
+    """What the page shows of an ``explain.result.Explanation`` (read structurally: ``result`` imports this
+    module to render itself, so this one does not import ``result``)."""
+
+    tokens: list[str]
+    question: str
+    answer: str
+    target: Any  # its ``kind`` is shown beside the answer
+    scores: dict[str, Any]  # method id -> [n_tokens]
+    seconds: dict[str, float]
+    faithfulness: dict[str, dict[str, float]]
+    agreement: list[dict[str, Any]]
+
+    @property
+    def methods(self) -> list[str]: ...
+
+    def units(self, method: str | None = None) -> Sequence[Any]: ...
+
+    def verbalize(self, method: str | None = None, n: int = 3) -> str: ...
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;max-width:1100px;color:#222}
@@ -63,7 +82,7 @@ _FAITH = [
 ]
 
 
-def _data(ex: Explanation) -> dict:
+def _data(ex: Shown) -> dict:
     methods = {}
     for m in ex.methods:
         units = ex.units(m)
@@ -77,7 +96,7 @@ def _data(ex: Explanation) -> dict:
     return {"order": ex.methods, "methods": methods}
 
 
-def render(ex: Explanation) -> str:
+def render(ex: Shown) -> str:
     e = html.escape
     toks = "".join(f'<span class="tok" data-i="{i}">{e(t)}</span>' for i, t in enumerate(ex.tokens))
     options = "".join(f'<option value="{e(m)}">{e(m)}</option>' for m in ex.methods)

@@ -1,13 +1,12 @@
 """The response's attention to the prompt at one layer, recorded during an ordinary forward.
 
-An attention function registered under its own name runs SDPA unchanged (the forward is exact) and, at
-the chosen layer, also computes each query row's attention mass on the prompt columns, a block of query
-rows at a time: a ``[B, H, rows, T]`` block, never the whole ``T x T`` matrix.
+tokensieve's registered attention (``core.observe.hooks``) runs SDPA unchanged (the forward is exact) and its
+``train`` observer, at the chosen layer, also computes each query row's attention mass on the prompt columns, a
+block of query rows at a time: a ``[B, H, rows, T]`` block, never the whole ``T x T`` matrix.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,11 +15,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tokensieve.compat import attention_layer_index, register_attention, sdpa_attention
+from tokensieve.compat import attention_layer_index, sdpa_attention
+from tokensieve.core.observe import hooks
 from tokensieve.errors import NotPreparedError
 
-NAME = "tokensieve_train"
-_active = threading.local()
+NAME = hooks.ATTENTION  # the attention implementation the model runs inside ``prompt_attention``
 
 
 @dataclass
@@ -50,12 +49,13 @@ class PromptAttention:
                 out.append((p * prompt).sum(-1).mean(1))  # [B, rows]
             self.value = torch.cat(out, dim=-1)
 
-
-def _attention(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, **kw: Any):
-    rec: PromptAttention | None = getattr(_active, "rec", None)
-    if rec is not None and attention_layer_index(module) == rec.layer:
-        rec.record(query, key, mask, float(kw.get("scaling") or query.shape[-1] ** -0.5))
-    return sdpa_attention(module, query, key, value, mask, **kw)
+    def attend(
+        self, module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, **kw: Any
+    ):
+        """The ``train`` observer: record at ``layer``, then transformers' SDPA unchanged."""
+        if attention_layer_index(module) == self.layer:
+            self.record(query, key, mask, float(kw.get("scaling") or query.shape[-1] ** -0.5))
+        return sdpa_attention(module, query, key, value, mask, **kw)
 
 
 @contextmanager
@@ -64,15 +64,16 @@ def prompt_attention(model: Any, prompt_len: Tensor, layer: int | None = None) -
     during forwards inside the block; the model's attention implementation is restored on exit."""
     n = model.config.get_text_config(decoder=True).num_hidden_layers
     rec = PromptAttention(n // 2 if layer is None else layer, prompt_len)
-    register_attention(NAME, _attention)
+    hooks.register()
     before = model.config._attn_implementation
     model.set_attn_implementation(NAME)
-    _active.rec = rec
     try:
-        yield rec
+        with hooks.observing("train", rec.attend):
+            yield rec
     finally:
-        _active.rec = None
         model.set_attn_implementation(before)
     if rec.value is None:
-        raise NotPreparedError(f"no attention was recorded at layer {rec.layer}: the model's attention modules "
-                               "carry no layer_idx, so tokensieve.train cannot observe them")
+        raise NotPreparedError(
+            f"no attention was recorded at layer {rec.layer}: the model's attention modules "
+            "carry no layer_idx, so tokensieve.train cannot observe them"
+        )

@@ -1,6 +1,7 @@
 """``Sieve``: a context manager that prunes or merges patch tokens inside a real transformers ViT.
 
-On enter it switches the model to a registered attention function (SDPA underneath) and installs forward
+On enter it switches the model to tokensieve's registered attention (``core.observe.hooks``: SDPA underneath; this
+sieve is its ``vision`` observer while a forward runs) and installs forward
 pre-hooks: one on the model (reads the image size, resets the per-pass state, lets ``downsample`` resize
 the input) and one per encoder layer (where one-shot pruners change token counts, at layer boundaries).
 A merging method (``stage == "mlp"``: ToMe, PiToMe) also gets three hooks per block, so it merges between
@@ -18,25 +19,31 @@ bit-identical to the plain model.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from tokensieve import compat
+from tokensieve.core.observe import hooks
 from tokensieve.errors import NoClsTokenError, NotEngagedError
 from tokensieve.vision.methods.base import VisionMethod
 from tokensieve.vision.model import VisionModel
 from tokensieve.vision.tokens import MergePlan, Tokens, commit, unmerge
 
-_active = threading.local()
 
-
-def _attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, **kw: Any):
-    st: Tokens | None = getattr(_active, "state", None)
-    method: VisionMethod | None = getattr(_active, "method", None)
-    if st is None or method is None:
+def _attention(
+    st: Tokens | None,
+    method: VisionMethod,
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    mask: Tensor | None,
+    **kw: Any,
+):
+    """The ``vision`` observer: what ``method`` needs recorded into ``st``, ToMe's size bias on the mask."""
+    if st is None:
         return compat.sdpa_attention(module, query, key, value, mask, **kw)
     st.calls += 1
     bias = st.bias()
@@ -81,8 +88,8 @@ class Sieve:
             )
 
     def __enter__(self) -> Sieve:
-        compat.register_vision_attention(_attention)
-        self._attn = compat.set_attention(self.vm.backbone, compat.VISION_ATTENTION)
+        hooks.register()
+        self._attn = compat.set_attention(self.vm.backbone, hooks.ATTENTION)
         bb = self.vm.backbone
         self._handles.append(bb.register_forward_pre_hook(self._start, with_kwargs=True))
         self._handles.append(bb.register_forward_hook(self._finish, with_kwargs=True))
@@ -102,7 +109,10 @@ class Sieve:
             h.remove()
         self._handles.clear()
         compat.restore_attention(self._attn)
-        _active.state = _active.method = None
+        hooks.observe("vision", None)
+
+    def _attend(self, module: nn.Module, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, **kw: Any):
+        return _attention(self.state, self.method, module, query, key, value, mask, **kw)
 
     # ---- hooks
     def _start(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -116,13 +126,13 @@ class Sieve:
                 args = (resized, *args[1:])
             if compat.takes_interpolate_pos_encoding(module):
                 kwargs["interpolate_pos_encoding"] = True
-        self.state = None
-        _active.method = self.method
+        self.state = None  # plain SDPA until layer 0's hook sets the state the attention records into
+        hooks.observe("vision", self._attend)
         return args, kwargs
 
     def _finish(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         st = self.state
-        _active.state = _active.method = None
+        hooks.observe("vision", None)
         if st is None or st.calls < len(self.layers):
             seen = 0 if st is None else st.calls
             raise NotEngagedError(
@@ -142,7 +152,6 @@ class Sieve:
             x = args[0] if args else kwargs["hidden_states"]
             if i == 0:
                 self.state = self._new_state(x)
-                _active.state = self.state
             st = self.state
             st.layer = i
             if "ttv" in self.method.observe:

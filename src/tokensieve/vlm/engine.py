@@ -1,21 +1,20 @@
 """``VlmSieve``: prune image tokens of a LLaVA-style model before its LLM and/or at a layer inside it.
 
-Hooks, installed on enter and removed on exit (nothing is patched): a pre-hook on the model reads the prompt's
-ids (where the image placeholders are); a pre-hook on the language model drops image tokens from the input
-embeddings, the 2-D padding mask and the position ids before the first layer (``before_llm``), and while
-generating maps the growing 2-D mask onto the shorter cache; for a cut inside the LLM (``late``), a
-registered attention function (SDPA underneath) records at layer K-1 the attention the chosen query rows pay
-every key (those rows only, never T x T), and pre-hooks on layers K.. drop the image tokens from the hidden
-states and every per-token argument (position embeddings, position ids, the 4-D mask) in the prompt pass,
-then select the kept key columns of the mask while generating. Kept tokens keep their original positions
-(RoPE sees the distances of the unpruned prompt; FastV does the same). With nothing pruned no hook changes a
-tensor and the attention call is transformers' SDPA with the same arguments: outputs are bit-identical.
+Hooks, installed on enter and removed on exit (nothing is patched): a pre-hook on the model reads the prompt's ids
+(where the image placeholders are); a pre-hook on the language model drops image tokens from the input embeddings,
+the 2-D padding mask and the position ids before the first layer (``before_llm``), and while generating maps the
+growing 2-D mask onto the shorter cache; for a cut inside the LLM (``late``), tokensieve's registered attention
+(``core.observe.hooks``, SDPA underneath; this sieve is its ``vlm`` observer) records at layer K-1 the attention
+the chosen query rows pay every key (those rows only, never T x T), and pre-hooks on layers K.. drop the image
+tokens from the hidden states and every per-token argument (position embeddings, position ids, the 4-D mask) in the
+prompt pass, then select the kept key columns of the mask while generating. Kept tokens keep their original
+positions (RoPE sees the distances of the unpruned prompt; FastV does the same). With nothing pruned no hook
+changes a tensor and the attention call is transformers' SDPA with the same arguments: outputs are bit-identical.
 """
 
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,11 +22,10 @@ import torch
 from torch import Tensor, nn
 
 from tokensieve import compat
+from tokensieve.core.observe import hooks
 from tokensieve.core.scores.attention import attention_probs, group_queries
 from tokensieve.errors import BatchError, BudgetError, NotEngagedError, PaddingError, UnsupportedArchitectureError
 from tokensieve.vlm.base import Inputs, VlmMethod
-
-_active = threading.local()
 
 
 @dataclass
@@ -46,13 +44,6 @@ class _Prompt:
     @property
     def n0(self) -> int:
         return self.image0.shape[1]
-
-
-def _attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, **kw: Any):
-    sieve: VlmSieve | None = getattr(_active, "sieve", None)
-    if sieve is not None:
-        sieve.observe(module, query, key, kw)
-    return compat.sdpa(module, query, key, value, mask, **kw)
 
 
 class VlmSieve:
@@ -84,8 +75,8 @@ class VlmSieve:
         self._handles.append(self.model.register_forward_hook(self._finish, with_kwargs=True))
         self._handles.append(self.lm.register_forward_pre_hook(self._lm_hook, with_kwargs=True))
         if self.late is not None:
-            compat.register_attention(compat.VLM_ATTENTION, _attention)
-            self._attn = compat.set_attention(self.lm, compat.VLM_ATTENTION)
+            hooks.register()
+            self._attn = compat.set_attention(self.lm, hooks.ATTENTION)
             for i in range(self.late[0], len(self.layers)):
                 self._handles.append(self.layers[i].register_forward_pre_hook(self._layer_hook(i), with_kwargs=True))
         return self
@@ -96,7 +87,7 @@ class VlmSieve:
         self._handles.clear()
         compat.restore_attention(self._attn)
         self._attn = []
-        _active.sieve = None
+        hooks.observe("vlm", None)
 
     # ---- what happened
     @property
@@ -127,10 +118,10 @@ class VlmSieve:
                 "pass input_ids, not inputs_embeds: tokensieve finds the image tokens by their placeholder id"
             )
         self._calls = self._observed = 0
-        _active.sieve = self
+        hooks.observe("vlm", self._attend)
 
     def _finish(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-        _active.sieve = None
+        hooks.observe("vlm", None)
         p = self.prompt
         if p is None or not p.prefill or self.late is None:
             return
@@ -262,6 +253,11 @@ class VlmSieve:
         img_pos, txt_pos = p.image0.nonzero()[:, 1].view(b, n), (~p.image0).nonzero()[:, 1].view(b, n0 - n)
         best = p.attn.gather(1, img_pos).topk(k, dim=1).indices
         p.rows = torch.cat([txt_pos, img_pos.gather(1, best)], 1).sort(1).values
+
+    def _attend(self, module: nn.Module, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, **kw: Any):
+        """The ``vlm`` observer: record what the cut needs, then transformers' SDPA unchanged."""
+        self.observe(module, query, key, kw)
+        return compat.sdpa(module, query, key, value, mask, **kw)
 
     def observe(self, module: nn.Module, query: Tensor, key: Tensor, kw: dict) -> None:
         """At layer K-1 of a prompt pass: the attention of the chosen rows to every key, mean over heads."""

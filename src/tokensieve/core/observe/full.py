@@ -13,13 +13,14 @@ import torch
 from torch import Tensor
 
 from tokensieve.compat import with_cache
+from tokensieve.core.observe.protocol import ObservedCache
 from tokensieve.core.scores.attention import attention_probs, group_queries
 from tokensieve.errors import EmptyContextError
 
 
 def reconstruction_scores(
     model: torch.nn.Module,
-    cache,
+    cache: ObservedCache,
     context_ids: Tensor,
     context_mask: Tensor | None,
     prompt_ids: Sequence[int],

@@ -1,37 +1,49 @@
-"""The one place tokensieve meets a model's forward: a registered attention function.
+"""The one place tokensieve meets a model's forward: one registered attention function for every consumer.
 
-``prepare(model)`` registers an attention implementation named ``tokensieve`` (SDPA underneath) and
-switches the model to it; nothing is patched at import time. A ``SieveLayer`` binds itself when the
-model updates it, and the attention call that follows picks the binding up: that is how the layer
-gets its per-layer mask after eviction and sees the queries it must observe. Layers that are not ours
-(sliding-window layers, a plain ``DynamicCache``) run exactly the SDPA path.
+``register()`` registers an attention implementation named ``tokensieve`` (SDPA underneath); ``prepare(model)``
+checks a decoder-only model and switches it to it, and the vision, vision-language and training consumers switch
+their model (or its configs) to the same name; nothing is patched at import time. Each call of ``sieve_attention``
+goes, in this order, to:
+
+1. the KV cache layer that bound itself in the ``update`` just before (``bind``), when that layer ``owns`` the
+   keys: that is how a layer (``protocol.ObservedLayer``, implemented by ``kv``'s layers) gets its per-layer mask
+   after eviction and sees the queries it must observe;
+2. else the newest observer active on this thread (``observing`` / ``observe``, one per consumer: ``vision``,
+   ``vlm``, ``train``): an attention function that records what its consumer needs and returns SDPA's output
+   (vision's merged tokens add their size bias to the mask first);
+3. else transformers' own SDPA with the same arguments, so layers that are not ours (sliding-window layers, a
+   plain ``DynamicCache``) and a model with no consumer active run exactly the plain path (bit-exact).
+
+Both the binding and the observers are per thread, so two threads running models do not see each other's.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
 from tokensieve import compat
+from tokensieve.core.observe.protocol import ObservedLayer
 from tokensieve.errors import EngagementError, NotPreparedError, UnsupportedArchitectureError
-
-if TYPE_CHECKING:
-    from tokensieve.kv.cache import SieveLayer
 
 ATTENTION = "tokensieve"
 SUPPORTED_LAYER_TYPES = {"full_attention", "sliding_attention"}
 TESTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gemma3")
 
-_bound = threading.local()
+# an attention function as transformers calls one: (module, query, key, value, mask, **kwargs) -> (output, weights)
+AttentionFn = Callable[..., Any]
+
+_bound = threading.local()  # .layer: the cache layer the next attention call on this thread belongs to
+_observers = threading.local()  # .active: consumer -> its attention function, the newest last
 
 
-def bind(layer: SieveLayer) -> None:
+def bind(layer: ObservedLayer) -> None:
     stale = getattr(_bound, "layer", None)
     if stale is not None and stale is not layer and stale.needs_tokensieve_attention:
         _bound.layer = None
@@ -63,9 +75,50 @@ def sieve_attention(
     layer = getattr(_bound, "layer", None)
     _bound.layer = None
     if layer is None or not layer.owns(key):
+        observer = _newest_observer()
+        if observer is not None:
+            return observer(module, query, key, value, attention_mask, **kwargs)
         return sdpa(module, query, key, value, attention_mask, **kwargs)
     layer.n_attends = getattr(layer, "n_attends", 0) + 1
     return layer.attend(module, query, key, value, attention_mask, **kwargs)
+
+
+def _active() -> dict[str, AttentionFn]:
+    active = getattr(_observers, "active", None)
+    if active is None:
+        active = _observers.active = {}
+    return active
+
+
+def _newest_observer() -> AttentionFn | None:
+    active = getattr(_observers, "active", None)
+    return next(reversed(active.values())) if active else None
+
+
+def observe(consumer: str, attention: AttentionFn | None) -> None:
+    """Make ``attention`` take this thread's calls of tokensieve's attention for ``consumer`` (``vision``,
+    ``vlm``, ``train``) until replaced; None stops it. ``attention`` must return what SDPA returns for the
+    (possibly changed) arguments: it runs instead of SDPA, not after it."""
+    active = _active()
+    active.pop(consumer, None)
+    if attention is not None:
+        active[consumer] = attention
+
+
+def observer(consumer: str) -> AttentionFn | None:
+    """The attention function ``consumer`` made active on this thread, or None."""
+    return _active().get(consumer)
+
+
+@contextmanager
+def observing(consumer: str, attention: AttentionFn) -> Iterator[None]:
+    """``observe(consumer, attention)`` for the block; the consumer's previous observer is back after it."""
+    before = observer(consumer)
+    observe(consumer, attention)
+    try:
+        yield
+    finally:
+        observe(consumer, before)
 
 
 def register() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from tokensieve.kv.methods.a2sf import A2SF
 from tokensieve.kv.methods.act import ACT
-from tokensieve.kv.methods.base import Method
+from tokensieve.kv.methods.base import REGISTRY, Method, get_method
 from tokensieve.kv.methods.compresskv import CompressKV
 from tokensieve.kv.methods.decode_rule import DecodeRule
 from tokensieve.kv.methods.ems import EMS
@@ -31,7 +31,7 @@ from tokensieve.kv.methods.tova import TOVA
 from tokensieve.kv.methods.zerotuning import ZeroTuning
 from tokensieve.kv.methods.zipcache import ZipCache
 from tokensieve.kv.methods.zipcache_quant import ZipCacheQuant
-from tokensieve.registry import instantiate, register_family
+from tokensieve.registry import register_family
 
 
 def _listing(cls: type[Method]) -> dict[str, Any]:
@@ -42,9 +42,9 @@ def _listing(cls: type[Method]) -> dict[str, Any]:
     return row
 
 
-REGISTRY: dict[str, type[Method]] = {
-    cls.id: cls for cls in (Streaming, H2O, Scissorhands, A2SF, Keyformer, SnapKV, TOVA, KNorm, ZipCache, EMS, Random)
-}
+REGISTRY.update(
+    {cls.id: cls for cls in (Streaming, H2O, Scissorhands, A2SF, Keyformer, SnapKV, TOVA, KNorm, ZipCache, EMS, Random)}
+)
 register_family(
     "prefill eviction",
     REGISTRY,
@@ -69,11 +69,6 @@ DECODE_RULES: dict[str, Callable[[Any], DecodeRule]] = {
 
 def method_ids() -> list[str]:
     return list(REGISTRY)
-
-
-def get_method(method: str | Method, **params: Any) -> Method:
-    """A method instance from its id (with optional parameter overrides), or the instance itself."""
-    return instantiate(REGISTRY, Method, "method id", method, params)
 
 
 __all__ = ["DECODE_RULES", "DEFAULT_METHOD", "REGISTRY", "Method", "get_method", "method_ids"]

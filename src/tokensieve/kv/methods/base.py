@@ -17,7 +17,7 @@ from tokensieve import compat
 from tokensieve.core.observe.capture import Needs
 from tokensieve.core.observe.inputs import PassScore, ScoreInputs
 from tokensieve.errors import BudgetError, CalibrationError
-from tokensieve.registry import Registered
+from tokensieve.registry import Registered, instantiate
 
 if TYPE_CHECKING:
     from tokensieve.kv.cache import CompressibleCache
@@ -145,3 +145,13 @@ class Modifier(Method):
 
     def act(self, layer: Any, x: ScoreInputs, budget: int, allocator: Any, inplace: bool) -> Any:
         raise BudgetError(f"{self.id} is an attention modifier and keeps every token: use keep=1.0")
+
+
+# method id -> class; ``kv.methods`` fills it with every method (kept here so that a method composing another,
+# such as mikv or span, looks it up without importing the package that imports it)
+REGISTRY: dict[str, type[Method]] = {}
+
+
+def get_method(method: str | Method, **params: Any) -> Method:
+    """A method instance from its id (with optional parameter overrides), or the instance itself."""
+    return instantiate(REGISTRY, Method, "method id", method, params)

@@ -8,7 +8,7 @@ from tokensieve.core.ops.quant import check_bits, group_size, keep_for_byte_frac
 from tokensieve.core.ops.select import rank
 from tokensieve.errors import ParameterError, check_choice
 from tokensieve.kv.heads import equal_head_budget
-from tokensieve.kv.methods.base import ScoredBy
+from tokensieve.kv.methods.base import ScoredBy, get_method
 
 if TYPE_CHECKING:
     from tokensieve.kv.budget import Allocator
@@ -39,8 +39,6 @@ class MiKV(ScoredBy):
     budget_of: str = "tokens"  # "bytes": keep is the fraction of the full cache's bytes held (equal-bytes cells)
 
     def __post_init__(self) -> None:
-        from tokensieve.kv.methods import get_method
-
         check_choice("budget_of", self.budget_of, ("tokens", "bytes"))
         if self.hi_bits:
             check_bits(self.hi_bits, "hi_bits")

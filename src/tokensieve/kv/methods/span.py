@@ -10,7 +10,7 @@ from tokensieve.core.observe.inputs import ScoreInputs
 from tokensieve.core.ops.select import protection_mask
 from tokensieve.core.ops.spans import select_units, unit_ids
 from tokensieve.errors import ParameterError
-from tokensieve.kv.methods.base import Method
+from tokensieve.kv.methods.base import Method, get_method
 
 if TYPE_CHECKING:
     from tokensieve.kv.budget import Allocator
@@ -35,8 +35,6 @@ class Span(Method):
     max_len: int = 32
 
     def __post_init__(self) -> None:
-        from tokensieve.kv.methods import get_method
-
         if self.inner in (self.id, "mikv", "zipcache_quant"):
             raise ParameterError(f"inner={self.inner!r} must be a score method's id, e.g. kvzip or snapkv")
         self._inner = get_method(self.inner)

@@ -10,7 +10,7 @@ from tokensieve.core.observe.capture import Needs
 from tokensieve.core.observe.full import token_nll
 from tokensieve.core.observe.inputs import ScoreInputs
 from tokensieve.errors import ParameterError
-from tokensieve.kv.methods.base import Method
+from tokensieve.kv.methods.base import Method, get_method
 
 
 def quantile(x: Tensor) -> Tensor:
@@ -38,8 +38,6 @@ class Surprise(Method):
     weight: float = 0.5
 
     def __post_init__(self) -> None:
-        from tokensieve.kv.methods import get_method
-
         if self.mix in (self.id, "span", "mikv"):
             raise ParameterError(f"mix={self.mix!r} must be a score method's id, e.g. kvzip or snapkv")
         if not 0.0 <= self.weight <= 1.0:

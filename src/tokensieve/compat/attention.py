@@ -1,0 +1,75 @@
+"""Attention through transformers' interface: the SDPA path, registering an attention function, switching to it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import transformers
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+# --- attention -----------------------------------------------------------------------------------------------------
+# Relies on: `sdpa_attention_forward(module, q, k, v, mask, **kw)` is the SDPA path models call, `sdpa_mask` builds
+# SDPA's boolean masks, both interfaces take `register(name, fn)`, a model sets `_supports_attention_backend` when
+# its attention goes through the interface, and `config._attn_implementation` names the one in use.
+sdpa = sdpa_attention_forward
+SDPA_MASK = sdpa_mask
+
+
+def register_attention(name: str, attention: Any, mask: Any = sdpa_mask) -> None:
+    transformers.AttentionInterface.register(name, attention)
+    AttentionMaskInterface.register(name, mask)
+
+
+def supports_attention_backend(model: torch.nn.Module) -> bool:
+    return bool(getattr(model, "_supports_attention_backend", False))
+
+
+def attn_implementation(model: torch.nn.Module) -> str | None:
+    return getattr(model.config, "_attn_implementation", None)
+
+
+# Relies on: an attention layer calls `cache.update(...)` and then its attention function right away, on the same
+# thread, with the keys `update` returned: `core.observe.hooks` binds the layer in `update` and picks it up there.
+# `core.observe.hooks.check_engaged` turns a break of that order (attention never reached us) into an error.
+
+
+# --- running SDPA and switching a model to a registered attention ---
+def sdpa_attention(module: torch.nn.Module, query: Any, key: Any, value: Any, mask: Any, **kwargs: Any) -> Any:
+    """transformers' own SDPA attention function (integrations.sdpa_attention.sdpa_attention_forward)."""
+    return sdpa_attention_forward(module, query, key, value, mask, **kwargs)
+
+
+def set_attention(model: torch.nn.Module, name: str) -> list[tuple[Any, str]]:
+    """Switch every config in `model` to attention `name`; returns what to pass to `restore_attention`."""
+    # relies on attention modules reading `config._attn_implementation` at call time (all ViT-family models do)
+    seen: dict[int, Any] = {}
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation"):
+            seen.setdefault(id(config), config)
+    before = [(c, c._attn_implementation) for c in seen.values()]
+    for config in seen.values():
+        config._attn_implementation = name
+    return before
+
+
+def restore_attention(before: list[tuple[Any, str]]) -> None:
+    for config, name in before:
+        config._attn_implementation = name
+
+
+def attention_layer_index(module: torch.nn.Module) -> int | None:
+    """The decoder layer an attention module belongs to: its ``layer_idx`` attribute (Llama-style modules)."""
+    return getattr(module, "layer_idx", None)
+
+
+# --- rotary position encoding (expected-attention scores) ---
+def rope_inv_freq(model: torch.nn.Module) -> torch.Tensor | None:
+    """The rotary inverse frequencies [D/2] of a model, or None: relies on HF's rotary modules keeping them in a
+    buffer named `inv_freq` (the first one found; Gemma-3's local/global layers may differ)."""
+    for name, buf in model.named_buffers():
+        if name.endswith("inv_freq"):
+            return buf.detach().float().cpu()
+    return None

@@ -6,7 +6,7 @@ For each mutation: copy src/, tests/ and pyproject.toml to a temporary directory
 must match exactly once, so a mutation that no longer applies is reported, not skipped), run its tests there
 (``pytest -x -m "not real"``, the copy's src first on the path) and record whether they failed. The
 unmutated copy runs first: it must pass, or nothing below means anything. Results: ``results.json`` and
-``results.md`` under ``benchmarks/results/mutations/``; exit 1 if any mutation survived.
+``results.md`` under ``benchmarks/mutations/results/``; exit 1 if any mutation survived.
 """
 
 from __future__ import annotations

@@ -57,6 +57,11 @@ def write_table(path: Path, lines: list[str], cmd: str | None = None) -> None:
     path.write_text("\n".join([*lines, *markdown(run_provenance(cmd))]) + "\n")
 
 
+def print_provenance(cmd: str | None = None) -> None:
+    """For scripts whose table goes to stdout: the provenance lines at its foot."""
+    print("\n".join(markdown(run_provenance(cmd))))
+
+
 def write_results(out: Path, rows: list[dict[str, Any]] | None, lines: list[str], cmd: str | None = None) -> None:
     """``out.jsonl`` (one row a line, each with its ``provenance``; None: the caller wrote it) and the table
     ``out.md`` with the provenance at its foot, printed too. ``cmd``: the command that reruns it (default: this

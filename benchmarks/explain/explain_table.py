@@ -10,7 +10,9 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/_common.py
 sys.path.insert(0, str(Path(__file__).parent))
+from _common import print_provenance
 from explain_bench import ci
 
 COLUMNS = {
@@ -41,6 +43,7 @@ def main(dirs: list[str]) -> None:
             if sel:
                 cells = [fmt([r[k] for r in sel if k in r]) for k in COLUMNS]
                 print(f"| {m} | {n} | {len(sel)} | " + " | ".join(cells) + " |")
+    print_provenance()
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def load_kernels():
 
         print(f"tokensieve did not import ({e!r}); loading the kernel files alone", flush=True)
         here = Path(__file__).resolve().parent
-        roots = [here / "src" / "tokensieve" / "sparse", here.parent / "src" / "tokensieve" / "sparse"]
+        roots = [p / "src" / "tokensieve" / "kv" / "sparse" for p in (here, here.parent, here.parents[1])]
         root = next(r for r in roots if (r / "kernels.py").exists())
         mods = []
         for name in ("kernels", "select"):

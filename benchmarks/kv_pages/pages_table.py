@@ -20,9 +20,7 @@ from pathlib import Path
 from tokensieve.stats import clustered_bootstrap, paired_bootstrap
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/_common.py
-from _common import run_provenance
-
-from tokensieve.provenance import markdown
+from _common import print_provenance
 
 
 def main(path: str) -> None:
@@ -63,7 +61,7 @@ def main(path: str) -> None:
                     f"| {length} | {keep} | {spec} | {len(pairs)} | {t1:.1f} | {p1:.1f} | "
                     f"{d1.estimate:+.1f} ± {d1.half:.1f} | {dnl.estimate:+.3f} ± {dnl.half:.3f} | {kt:.0f} | {kp:.0f} |"
                 )
-    print("\n".join(markdown(run_provenance())))
+    print_provenance()
 
 
 if __name__ == "__main__":

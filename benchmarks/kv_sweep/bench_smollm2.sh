@@ -2,7 +2,7 @@
 # The committed SmolLM2 sweep (benchmarks/kv_sweep/results): resumable invocations into one folder;
 # each adds cells, and rerunning any of them skips what is already in results.jsonl. One thread each.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 OUT=benchmarks/kv_sweep/results
 TS=.venv/bin/tokensieve
 KEEP=0.5,0.25,0.1

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
+from pathlib import Path
 
 import torch
 
 from tokensieve.quantize.data import calibration_windows, evaluation_windows
 from tokensieve.quantize.gptq import Hessian, QuantSpec, gptq, layer_loss, rtn
 from tokensieve.runtime.models import load_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/_common.py
+from _common import print_provenance
 
 
 class _Stop(Exception):
@@ -63,6 +68,7 @@ def main() -> None:
             f" | {outs}",
             flush=True,
         )
+    print_provenance()
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from tokensieve.train.loop import frozen_copy, train
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/_common.py
 from _common import run_provenance, write_table
 
-OUT = Path(__file__).parent / "results" / "train"
+OUT = Path(__file__).parent / "results"
 SELECTION_RULES = ["excess_loss", "sstoken", "dft", "context_reliance", "tshirt"]
 
 

@@ -7,13 +7,18 @@
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM
 
 from tokensieve.runtime.models import resolve
 from tokensieve.train.tokens import token_logprobs
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/_common.py
+from _common import print_provenance
 
 
 def measure(top: int | None, batch: int, length: int, bf16: bool, steps: int = 3) -> list[float]:
@@ -44,3 +49,4 @@ if __name__ == "__main__":
     for top, b, t, bf in [(None, 8, 64, False), (8, 8, 48, False), (8, 8, 48, True)]:
         print(f"train {'all' if top is None else f'top {top}'} layers, batch {b} x {t}, "
               f"{'bf16' if bf else 'fp32'}: {measure(top, b, t, bf)} s/step", flush=True)
+    print_provenance()

@@ -18,8 +18,9 @@ pytestmark = pytest.mark.real
 
 def test_adakv_holds_exactly_the_budget_and_answers_query_aware(smollm2):
     """Head-adaptive SnapKV at 4x, the question inside the compressed prompt: each layer holds Hkv x budget
-    slots in all (ragged), and the pass key survives. These two cases pass in benchmarks/heads_passkey/results/heads_passkey.md
-    (where AdaKV answers 5/10 query-aware against uniform SnapKV's 9/10: it misses at depths 0.1 and 0.3)."""
+    slots in all (ragged), and the pass key survives. These two cases pass in
+    benchmarks/heads_passkey/results/heads_passkey.md (where AdaKV answers 5/10 query-aware against uniform
+    SnapKV's 9/10: it misses at depths 0.1 and 0.3)."""
     model, tok = smollm2
     answers = []
     for depth, key in ((0.5, "31147"), (0.7, "40507")):

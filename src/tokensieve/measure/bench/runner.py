@@ -86,7 +86,8 @@ def run(cfg: Config, console: Console | None = None, command: str = "") -> Path:
                 f.write("\n")  # a line cut by an interrupted run stays alone (and is ignored)
             versions = bridge.versions if bridge is not None else None
             # provenance: the command, commit, package versions and machine of this invocation
-            record = {**meta(cfg), "command": command, "kvpress_versions": versions, "provenance": provenance(command or None)}
+            prov = provenance(command or None)
+            record = {**meta(cfg), "command": command, "kvpress_versions": versions, "provenance": prov}
             f.write(json.dumps(record) + "\n")
             job = bar.add_task("cells", total=total)
             for todo in todos:

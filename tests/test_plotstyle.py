@@ -33,6 +33,13 @@ def test_styles_of_every_registered_method_are_distinct_and_stable() -> None:
         assert few == {"snapkv": plotstyle.style("snapkv"), "kvzip": plotstyle.style("kvzip")}
 
 
+def test_up_to_ten_methods_get_ten_colours() -> None:
+    vision = ["cls", "divprune", "downsample", "fourier", "hired", "pitome", "tome", "transprune", "zero_tprune", "x"]
+    assert len({s["color"] for s in plotstyle.styles(vision).values()}) == 10
+    with_random = plotstyle.styles([*vision[:9], "random"])
+    assert len({s["color"] for s in with_random.values()}) == 10
+
+
 def test_references_are_black_and_never_a_method_colour() -> None:
     assert plotstyle.style("full")["color"] == "black"
     assert all(plotstyle.style(m)["color"] != "black" for m in ("snapkv", "tova", "h2o"))

@@ -49,20 +49,24 @@ def style(label: str) -> dict[str, str]:
 
 def styles(labels: Iterable[str]) -> dict[str, dict[str, str]]:
     """Styles for the methods drawn together: each label keeps ``style(label)`` unless an earlier label (in sorted
-    order) already has its colour and marker, then it moves to the next free slot, so two lines never look alike."""
+    order) already took its colour (while colours remain) or its colour and marker; then it moves to the next free
+    slot, so two lines never look alike, and up to ten methods get ten different colours."""
     out: dict[str, dict[str, str]] = {}
     used: set[tuple[str, str]] = set()
-    for label in sorted(set(labels)):
-        if label in REFERENCES:
-            out[label] = style(label)
-            continue
+    colours: set[str] = set()
+    for label in sorted(set(labels) & set(REFERENCES)):
+        out[label] = style(label)
+        colours.add(out[label]["color"])  # random's grey is tab10's: no method shares it in this figure
+    for label in sorted(set(labels) - set(REFERENCES)):
         slot = _slot(label)
         s = _slot_style(slot)
         for step in range(1, SLOTS):
-            if (s["color"], s["marker"]) not in used:
+            taken = s["color"] in colours if len(colours) < len(COLOURS) else (s["color"], s["marker"]) in used
+            if not taken:
                 break
             s = _slot_style(slot + step)
         used.add((s["color"], s["marker"]))
+        colours.add(s["color"])
         out[label] = s
     return out
 

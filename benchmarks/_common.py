@@ -1,5 +1,11 @@
-"""What the benchmark scripts share: the command line that reruns a run, writing its rows and its table, and the
-one-forward-per-token decode loop (benchmarks only; run from the repository root)."""
+"""What the benchmark scripts share: the command line that reruns a run, writing its rows and its table with their
+provenance (command, commit, versions, machine: ``tokensieve.provenance``), the one-forward-per-token decode loop
+and the long prose prompt (benchmarks only; run from the repository root).
+
+Each experiment lives in ``benchmarks/<experiment>/`` and imports this file with::
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/_common.py
+"""
 
 from __future__ import annotations
 
@@ -12,22 +18,57 @@ from typing import Any
 import torch
 
 from tokensieve.compat import with_cache
+from tokensieve.provenance import markdown, provenance
+
+QUESTION = "Write a long essay that continues the text above, in the same style, with many new details."
 
 
 def command(script: str, args: argparse.Namespace, env: str = "") -> str:
-    """The command that reruns ``benchmarks/<script>`` with ``args``: every option, in the parser's order."""
+    """The command that reruns ``benchmarks/<script>`` (``<experiment>/<file>.py``) with ``args``: every option,
+    in the parser's order."""
     options = " ".join(f"--{name.replace('_', '-')} {value}" for name, value in vars(args).items())
     return f"{env + ' ' if env else ''}.venv/bin/python benchmarks/{script} {options}"
 
 
-def write_results(out: Path, rows: list[dict[str, Any]] | None, lines: list[str]) -> None:
-    """``out.jsonl`` (one row a line; None: the caller wrote it) and the table ``out.md``, printed too."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+_PROVENANCE: dict[str | None, dict[str, Any]] = {}
+
+
+def run_provenance(cmd: str | None = None) -> dict[str, Any]:
+    """This run's provenance, measured once per command (every row of a run shares it)."""
+    if cmd not in _PROVENANCE:
+        _PROVENANCE[cmd] = provenance(cmd)
+    return _PROVENANCE[cmd]
+
+
+def stamp(row: dict[str, Any], cmd: str | None = None) -> dict[str, Any]:
+    """``row`` with this run's ``provenance`` (a row that already carries one keeps it)."""
+    return {**row, "provenance": row.get("provenance", run_provenance(cmd))}
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]], cmd: str | None = None) -> None:
+    """One JSON row a line, each stamped with the run's provenance."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(stamp(r, cmd)) + "\n" for r in rows))
+
+
+def write_table(path: Path, lines: list[str], cmd: str | None = None) -> None:
+    """A Markdown table with the run's provenance (command, commit, versions, machine) at its foot."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join([*lines, *markdown(run_provenance(cmd))]) + "\n")
+
+
+def print_provenance(cmd: str | None = None) -> None:
+    """For scripts whose table goes to stdout: the provenance lines at its foot."""
+    print("\n".join(markdown(run_provenance(cmd))))
+
+
+def write_results(out: Path, rows: list[dict[str, Any]] | None, lines: list[str], cmd: str | None = None) -> None:
+    """``out.jsonl`` (one row a line, each with its ``provenance``; None: the caller wrote it) and the table
+    ``out.md`` with the provenance at its foot, printed too. ``cmd``: the command that reruns it (default: this
+    process's command line)."""
     if rows is not None:
-        with open(out.with_suffix(".jsonl"), "w") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+        write_rows(out.with_suffix(".jsonl"), rows, cmd)
+    write_table(out.with_suffix(".md"), lines, cmd)
     print(out.with_suffix(".md").read_text())
 
 
@@ -47,3 +88,20 @@ def step_loop(model, cache, first_logits: torch.Tensor, n: int, forced: list[int
             logits = model(torch.tensor([[nxt]]), **with_cache(model, cache)).logits[:, -1]
             times.append(time.perf_counter() - t0)
     return {"tokens": tokens, "times": times, "agree": agree / n, "nll": nll / n}
+
+
+def continuation_ids(tok, n_tokens: int) -> torch.Tensor:
+    """[1, ~n_tokens]: bundled essays (cycled) in the chat template, then the request to continue."""
+    import tokensieve as ts
+    from tokensieve.runtime.corpus import paragraphs
+
+    fmt = ts.PromptFormat(tok)
+    tail = fmt.question_ids(QUESTION)
+    paras, text, i = paragraphs(), [], 0
+    while len(tok.encode("\n\n".join(text))) < n_tokens:
+        text.append(paras[i % len(paras)])
+        i += 1
+    body = tok.encode("\n\n".join(text))
+    head = fmt.context_ids("")
+    body = body[: max(1, n_tokens - len(tail) - len(head))]
+    return torch.tensor([fmt.context_ids(tok.decode(body)) + tail])

@@ -115,7 +115,7 @@ def test_every_kv_layer_class_has_the_protocol_members() -> None:
 
 
 def test_sieve_cache_satisfies_the_core_protocol() -> None:
-    from tokensieve.kv.cache import SieveCache
+    from tokensieve.kv.cache import CompressibleCache as SieveCache
 
     config = make_model("llama").config
     cache = SieveCache(config)

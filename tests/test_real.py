@@ -17,8 +17,9 @@ from tokensieve.runtime.passkey import passkey_context
 pytestmark = pytest.mark.real
 
 
-# Measured (benchmarks/results/passkey_depth_snapkv.md): with the answer started ("The pass key is"), the full
-# cache answers 62/66 and query-aware SnapKV at keep 0.25 64/66 (6 keys x 11 depths of 1.5k tokens of prose).
+# Measured (benchmarks/passkey_depth/results/passkey_depth_snapkv.md): with the answer started
+# ("The pass key is"), the full cache answers 62/66 and query-aware SnapKV at keep 0.25 64/66 (6 keys x 11 depths
+# of 1.5k tokens of prose).
 @pytest.mark.parametrize("depth", [0.1, 0.5, 0.9])
 def test_pass_key_full_cache(smollm2, depth):
     model, tok = smollm2

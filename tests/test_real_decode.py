@@ -20,7 +20,8 @@ pytestmark = pytest.mark.real
 
 
 def test_pass_key_sparse_quest_reads_an_eighth(smollm2):
-    """Measured (benchmarks/results/sparse_decode_smollm2.md): Quest at 1/8 answered 6/6 at 1.5k tokens."""
+    """Measured (benchmarks/sparse_decode/results/sparse_decode_smollm2.md): Quest at 1/8 answered 6/6 at 1.5k
+    tokens."""
     model, tok = smollm2
     results = []
     for depth in (0.1, 0.5, 0.9):

@@ -17,8 +17,9 @@ pytestmark = pytest.mark.real
 
 def test_adakv_holds_exactly_the_budget_and_answers_query_aware(smollm2):
     """Head-adaptive SnapKV at 4x, the question inside the compressed prompt: each layer holds Hkv x budget
-    slots in all (ragged), and the pass key survives. These two cases pass in benchmarks/results/heads_passkey.md
-    (where AdaKV answers 5/10 query-aware against uniform SnapKV's 9/10: it misses at depths 0.1 and 0.3)."""
+    slots in all (ragged), and the pass key survives. These two cases pass in
+    benchmarks/heads_passkey/results/heads_passkey.md (where AdaKV answers 5/10 query-aware against uniform
+    SnapKV's 9/10: it misses at depths 0.1 and 0.3)."""
     model, tok = smollm2
     answers = []
     for depth, key in ((0.5, "31147"), (0.7, "40507")):
@@ -38,7 +39,7 @@ def test_adakv_holds_exactly_the_budget_and_answers_query_aware(smollm2):
 def test_mikv_keeps_the_pass_key_where_eviction_loses_it(smollm2):
     """The question unseen (cache reuse), 25% of the KV bytes: SnapKV eviction loses the key (PROJECT.md: every
     eviction method does at 4x on this model), MiKV at the same bytes (17% of the tokens in fp32, the rest
-    INT2 with scales and zero points) keeps it. Measured in benchmarks/results/heads_passkey.md."""
+    INT2 with scales and zero points) keeps it. Measured in benchmarks/heads_passkey/results/heads_passkey.md."""
     model, tok = smollm2
     hits, misses = [], []
     for depth, key in ((0.5, "40507"), (0.7, "40507")):

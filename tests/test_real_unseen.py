@@ -10,7 +10,7 @@ from tokensieve.measure.tasks.ruler import NiahSingle
 pytestmark = pytest.mark.real
 
 
-# Measured (benchmarks/results/unseen12): kvzip (global budget, the default) answers the prose needle at keep
+# Measured (benchmarks/unseen/results/summary): kvzip (global budget, the default) answers the prose needle at keep
 # 0.25 in 30/30 samples at 1k where uniform kvzip, snapkv, keydiff and streaming mostly do not (docs/unseen.md).
 def test_seven_digit_code_survives_kvzip_global_at_quarter(smollm2):
     model, tok = smollm2

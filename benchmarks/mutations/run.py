@@ -6,7 +6,7 @@ For each mutation: copy src/, tests/ and pyproject.toml to a temporary directory
 must match exactly once, so a mutation that no longer applies is reported, not skipped), run its tests there
 (``pytest -x -m "not real"``, the copy's src first on the path) and record whether they failed. The
 unmutated copy runs first: it must pass, or nothing below means anything. Results: ``results.json`` and
-``results.md`` under ``benchmarks/results/mutations/``; exit 1 if any mutation survived.
+``results.md`` under ``benchmarks/mutations/results/``; exit 1 if any mutation survived.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))  # benchmarks/_common.py
 
+from _common import run_provenance, write_table  # noqa: E402
 from mutations import MUTATIONS, Mutation  # noqa: E402
 
 
@@ -69,7 +71,7 @@ def probe(m: Mutation | None, tests: tuple[str, ...]) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", default="", help="comma-separated mutation ids")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "mutations"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "mutations" / "results"))
     args = ap.parse_args()
     chosen = [m for m in MUTATIONS if not args.only or m.id in args.only.split(",")]
     every_test = tuple(dict.fromkeys(t for m in chosen for t in m.tests))
@@ -92,7 +94,8 @@ def main() -> int:
 def write(out: Path, command: str, rows: list[dict], done: bool) -> None:
     """Rewritten after every mutation, so an interrupted run still leaves what it measured."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"command": command, "complete": done, "rows": rows}, indent=2) + "\n")
+    record = {"command": command, "provenance": run_provenance(command), "complete": done, "rows": rows}
+    (out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [f"# mutation probe\n\n`{command}`\n", "| mutation | caught | seconds | evidence |", "|---|---|---|---|"]
     for r in rows:
         evidence = str(r.get("evidence", "")).replace("|", "\\|")
@@ -102,7 +105,7 @@ def write(out: Path, command: str, rows: list[dict], done: bool) -> None:
         lines.append(f"| {r['id']} | {verdict} | {r.get('seconds', '')} | {evidence} |")
     if not done:
         lines.append("\n(interrupted: the mutations not listed were not run)")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    write_table(out / "results.md", lines, command)
 
 
 if __name__ == "__main__":

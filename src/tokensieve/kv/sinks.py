@@ -62,10 +62,9 @@ class SinkMap:
 
     def plot(self, path: str | Path) -> Path:
         """Two heat maps (layers x heads): the first token's share, and the number of other sink tokens."""
-        import matplotlib
+        from tokensieve.plotstyle import pyplot, save
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         first, other = self.first_token_share().numpy(), self.other_sinks().numpy()
         fig, axes = plt.subplots(1, 2, figsize=(10, 0.25 * len(self.layers) + 2.5), constrained_layout=True)
@@ -80,8 +79,7 @@ class SinkMap:
             ax.set_yticks(range(len(self.layers)), [str(i) for i in self.layers], fontsize=7)
             fig.colorbar(im, ax=ax)
         path = Path(path)
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        save(fig, path, dpi=120)
         return path
 
 

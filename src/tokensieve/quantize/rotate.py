@@ -18,7 +18,7 @@ channel in most layers). Fused into the weights and rotated, the silencing no lo
 every weight's rounding error meets the large channel. Measured at 3 bits, group 64: Gemma-3's
 round-to-nearest relative output error per linear grows from 0.2 to 2-8 (perplexity 3e16) with the
 stream placement and stays at 0.2 with ``inputs``; SmolLM2's GPTQ+rotation KL to full precision on the
-essays drops from 1.15 (stream) to 0.96 (inputs), 3 seeds (benchmarks/results/quant). Gemma's
+essays drops from 1.15 (stream) to 0.96 (inputs), 3 seeds (benchmarks/quant/results). Gemma's
 post-attention / post-feed-forward norms already cost two ``d x d`` matmuls per layer in the stream
 placement (a per-channel gain after a rotation is not a rotation), so there ``inputs`` costs nothing
 extra; elsewhere it costs those two matmuls per layer.

@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass, field
 
 from tokensieve.errors import TokenSieveError
+from tokensieve.stats import t_interval
 
 
 class SimulatorError(TokenSieveError, ValueError):
@@ -184,7 +185,6 @@ class QualityTable:
     @classmethod
     def from_bench(cls, path, kind: str = "fidelity") -> QualityTable:
         import json
-        import statistics as st
 
         scores: dict[tuple[str, float, int], list[float]] = {}
         with open(path) as f:
@@ -196,8 +196,8 @@ class QualityTable:
                     scores.setdefault((c["method"], float(c["keep"]), int(c["length"])), []).append(c["score"])
         cells = {}
         for key, xs in scores.items():
-            half = 1.96 * st.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else float("nan")
-            cells[key] = (sum(xs) / len(xs), half, len(xs))
+            iv = t_interval(xs)  # Student-t: a normal 1.96 over 2 samples understated the interval ~6x
+            cells[key] = (iv.estimate, iv.half, iv.n)
         return cls(cells)
 
     def lookup(self, method: str, keep: float | None, context: int) -> tuple[float, float, int]:

@@ -72,17 +72,15 @@ def _save(out: Path, model: Any, opt: Any, state: dict) -> None:
 
 
 def _plot(out: Path, state: dict) -> None:
-    import matplotlib
+    from tokensieve.plotstyle import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([r["step"] for r in state["log"]], [r["loss"] for r in state["log"]])
     ax.set(xlabel="step", ylabel=f"{state['settings']['method']} loss", title=f"tokensieve train: {out.name}")
     fig.tight_layout()
-    fig.savefig(out / "loss.png", dpi=110)
-    plt.close(fig)
+    save(fig, out / "loss.png")
 
 
 def run(args: argparse.Namespace, console: Any) -> int:

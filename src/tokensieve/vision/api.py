@@ -107,3 +107,12 @@ def measure_flops(vm: VisionModel, pixels: Tensor, method: str | None = None, ke
     with counter:
         features(vm, pixels, method, keep, dense_head=False, **params)
     return int(counter.get_total_flops())
+
+
+def top_iou(a: torch.Tensor, b: torch.Tensor, frac: float = 0.2) -> torch.Tensor:
+    """IoU of the top-``frac`` pixels of two maps [N, 1, H, W] -> [N]."""
+    a, b = a.flatten(1), b.flatten(1)
+    k = int(frac * a.shape[1])
+    ma = torch.zeros_like(a, dtype=torch.bool).scatter_(1, a.topk(k, 1).indices, True)
+    mb = torch.zeros_like(b, dtype=torch.bool).scatter_(1, b.topk(k, 1).indices, True)
+    return (ma & mb).sum(1) / (ma | mb).sum(1)

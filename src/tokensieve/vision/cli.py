@@ -51,11 +51,11 @@ def run_vision(args: argparse.Namespace, console: Console) -> int:
         "cls_cosine": float(F.cosine_similarity(out.cls, base.cls).item()),
     }  # fmt: skip
     if out.saliency is not None:
-        from tokensieve.vision.bench import top_iou
+        from tokensieve.vision.api import top_iou
 
         row["saliency_iou"] = float(top_iou(out.saliency, base.saliency).item())
     if args.plot:
-        from tokensieve.vision.report import draw_patches
+        from tokensieve.vision.draw import draw_patches
 
         draw_patches(vm, image, [(args.method, out.state)], args.plot)
         row["plot"] = args.plot

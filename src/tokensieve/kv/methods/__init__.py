@@ -58,7 +58,7 @@ REGISTRY.update({cls.id: cls for cls in (MiKV, ZipCacheQuant, Razor, CompressKV,
 REGISTRY.update({cls.id: cls for cls in (KVzip, KVzipPlus, ExpectedAttention, KeyDiff, LagKV, Surprise, Span)})
 
 # what `tokensieve generate` and the demo use unless told: the measured best question-unseen method
-# (docs/unseen.md, benchmarks/results/unseen12)
+# (docs/unseen.md, benchmarks/unseen/results/summary)
 DEFAULT_METHOD = "kvzip"
 
 # the methods that also evict while generating: method id -> its ``decode_rule`` (the rule lives in its file)

@@ -7,17 +7,13 @@ from collections import defaultdict
 from pathlib import Path
 
 from tokensieve.measure.bench.report import FIDELITY_ONLY, FULL, RETRIEVAL_ONLY, Results, Row, aggregate, complete
+from tokensieve.plotstyle import pyplot, save, styles
 
 DEPTH_BINS = 5
 
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()  # files only, never a window
 
 
 def score_vs_keep(rows: list[Row], path: Path, title: str) -> Path:
@@ -35,12 +31,7 @@ def score_vs_keep(rows: list[Row], path: Path, title: str) -> Path:
     ]
     shown = {r.method for n in lengths for *_, part in panels for r in complete(rows, n, part)}
     methods = sorted(shown - {FULL})
-    cmap = plt.get_cmap("tab10")
-    markers = "osD^v<>pXh"
-    style = {
-        m: {"color": cmap(i % 10), "marker": markers[i % 10], "ls": "-" if i < 10 else "--"}
-        for i, m in enumerate(methods)
-    }
+    style = styles(methods)  # a method looks the same in every figure
     fig, axes = plt.subplots(len(lengths), len(panels), figsize=(4.2 * len(panels), 3.4 * len(lengths)), squeeze=False)
     for i, length in enumerate(lengths):
         full = next((r for r in rows if r.length == length and r.method == FULL), None)
@@ -73,9 +64,7 @@ def score_vs_keep(rows: list[Row], path: Path, title: str) -> Path:
     fig.legend(legend.values(), legend.keys(), loc="center right", fontsize=7, frameon=False)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.86, 0.97))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def needle_heatmaps(res: Results, path: Path, title: str) -> Path | None:
@@ -122,8 +111,7 @@ def needle_heatmaps(res: Results, path: Path, title: str) -> Path | None:
     fig.tight_layout(rect=(0, 0, 0.93, 0.96))
     if im is not None:
         fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
     return path
 
 
@@ -158,8 +146,7 @@ def kvpress_agreement(res: Results, path: Path) -> Path | None:
     ax.legend(fontsize=7)
     ax.tick_params(labelsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
     return path
 
 

@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 # the sweep's parts, re-exported where they were imported before the split
 from tokensieve.measure.bench.plan import AGNOSTIC, AWARE, FULL, Config, Todo, cell_key, load_done, plan
 from tokensieve.measure.bench.sweep import Env, run_kvpress, run_tokensieve
+from tokensieve.provenance import provenance
 from tokensieve.runtime.corpus import fingerprint
 
 
@@ -84,7 +85,10 @@ def run(cfg: Config, console: Console | None = None, command: str = "") -> Path:
             if f.tell() and not path.read_bytes().endswith(b"\n"):
                 f.write("\n")  # a line cut by an interrupted run stays alone (and is ignored)
             versions = bridge.versions if bridge is not None else None
-            f.write(json.dumps({**meta(cfg), "command": command, "kvpress_versions": versions}) + "\n")
+            # provenance: the command, commit, package versions and machine of this invocation
+            prov = provenance(command or None)
+            record = {**meta(cfg), "command": command, "kvpress_versions": versions, "provenance": prov}
+            f.write(json.dumps(record) + "\n")
             job = bar.add_task("cells", total=total)
             for todo in todos:
                 sample = todo.task.sample(env.tok, todo.length, todo.index, cfg.seed)

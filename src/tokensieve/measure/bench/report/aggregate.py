@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from tokensieve.measure.bench.report.results import FIDELITY_KEYS, FULL, Results, half_ci, mean
+from tokensieve.stats import normal_quantile
 
 FIDELITY_ONLY = "fidelity"
 RETRIEVAL_ONLY = "retrieval"
@@ -64,7 +65,7 @@ def aggregate(res: Results, engine: str = "tokensieve", setting: str = "agnostic
             (st.stdev(per_task[t]) / math.sqrt(len(per_task[t]))) if len(per_task[t]) > 1 else 0.0
             for t in retrieval_tasks
         ]
-        ret_ci = 1.96 * math.sqrt(sum(s * s for s in ses)) / len(ses) if ses else float("nan")
+        ret_ci = normal_quantile() * math.sqrt(sum(s * s for s in ses)) / len(ses) if ses else float("nan")
         fid = [c for c in cs if c["kind"] == "fidelity"]
         fidelity = {k: mean(c["metrics"][k] for c in fid) for k in FIDELITY_KEYS} if fid else {}
         fidelity_ci = {k: half_ci([c["metrics"][k] for c in fid]) for k in FIDELITY_KEYS} if fid else {}

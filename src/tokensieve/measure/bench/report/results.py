@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import statistics as st
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tokensieve.stats import t_interval
 
 FULL = "full"
 FIDELITY_KEYS = ("nll", "kl", "top1", "greedy")
@@ -63,8 +64,8 @@ def mean(xs: Iterable[float]) -> float:
 
 
 def half_ci(xs: list[float]) -> float:
-    """95% half-width of the mean (normal approximation)."""
-    return 1.96 * st.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else float("nan")
+    """95% Student-t half-width of the mean over samples (nan for one sample)."""
+    return t_interval(xs).half
 
 
 def fmt(x: float, digits: int = 1) -> str:

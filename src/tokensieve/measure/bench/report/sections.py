@@ -9,6 +9,7 @@ from typing import Any
 from tokensieve.measure.bench.methods import default_methods
 from tokensieve.measure.bench.report.aggregate import Row, paired_sd
 from tokensieve.measure.bench.report.results import FULL, Results, fmt, mean, sweep_samples, task_kind
+from tokensieve.stats import normal_quantile
 
 
 def sparse_section(res: Results) -> list[str]:
@@ -99,7 +100,7 @@ def samples_section(res: Results, rows: list[Row]) -> list[str]:
         "",
         "Methods are compared on the same samples, so what matters is the spread of their per-sample score",
         "*differences*. With standard deviation `sd` of those differences, a 5-point difference is resolved at",
-        "95% once `1.96 * sd / sqrt(n) <= 0.05`, i.e. `n >= (1.96 * sd / 0.05)^2`. `sd` is measured in this run",
+        "95% once `z * sd / sqrt(n) <= 0.05`, i.e. `n >= (z * sd / 0.05)^2` (z = 1.96). `sd` is measured in this run",
         "(median over every pair of methods at the same length and keep); the cost is this run's sweep time per",
         "sample (every method and keep), one thread on a shared machine.",
         "",
@@ -113,7 +114,7 @@ def samples_section(res: Results, rows: list[Row]) -> list[str]:
         if sd is None:
             continue
         any_row = True
-        need = math.ceil((1.96 * sd / 0.05) ** 2)
+        need = math.ceil((normal_quantile() * sd / 0.05) ** 2)
         full = res.select(engine="tokensieve", kind=kind, method=FULL, setting="agnostic")
         lengths = sorted({c["length"] for c in full})
         per_len = len(full) / max(1, len(lengths))

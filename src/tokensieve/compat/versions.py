@@ -10,7 +10,7 @@ from tokensieve.errors import EngagementError
 
 TRANSFORMERS_VERSION: str = transformers.__version__
 # the floor and the newest release the test suite runs on (CI runs both; pyproject and README say the same)
-TESTED_TRANSFORMERS: tuple[str, str] = ("5.4.0", "5.24.0")
+TESTED_TRANSFORMERS: tuple[str, str] = ("5.4.0", "5.25.0")
 
 # `PreTrainedConfig` is the name from 5.x; `PretrainedConfig` is the legacy alias (kept for older releases).
 PreTrainedConfig = getattr(transformers, "PreTrainedConfig", None) or transformers.PretrainedConfig

@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tokensieve.cli.args import _add_page_args, _context, _count, _keep, _page_kwargs, _param, _read, console
+from tokensieve.cli.engine import add_engine_args, cmd_generate_llamacpp
 from tokensieve.errors import TokenSieveError
 from tokensieve.kv.budget import ALLOCATORS
 from tokensieve.kv.methods import DEFAULT_METHOD
@@ -32,6 +33,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    if args.engine == "llama.cpp":
+        return cmd_generate_llamacpp(args)
     from tokensieve.kv.budget import get_allocator
     from tokensieve.kv.pipeline import generate
     from tokensieve.kv.plan import Plan
@@ -260,6 +263,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--json", action="store_true", help="print one JSON object")
     _add_page_args(g)
+    add_engine_args(g)
     g.set_defaults(func=cmd_generate)
 
     c = sub.add_parser("calibrate", help="measure a model's retrieval heads once (razor, compresskv); cached")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from tokensieve.engines.llamacpp.engine import CONTEXT, Engine, Sequence
@@ -51,4 +52,32 @@ def load(engine: Engine, path: str | Path) -> int:
     return n
 
 
-__all__ = ["load", "save", "sidecar"]
+
+
+@dataclass
+class Snapshot:
+    """Sequence 0 held in memory (llama.cpp's state bytes and the cell list): one prefill, many evictions."""
+
+    data: bytes
+    seq: Sequence
+
+
+def snapshot(engine: Engine) -> Snapshot:
+    ctx = engine.m.ctx
+    size = lib.llama_state_seq_get_size(ctx, CONTEXT)
+    buf = (ctypes.c_uint8 * size)()
+    wrote = lib.llama_state_seq_get_data(ctx, buf, size, CONTEXT)
+    if wrote == 0:
+        raise EngineError("llama.cpp could not copy the sequence state")
+    return Snapshot(bytes(buf[:wrote]), Sequence(list(engine.seq.cells), dict(engine.seq.tokens)))
+
+
+def restore(engine: Engine, snap: Snapshot) -> None:
+    engine.clear()
+    buf = (ctypes.c_uint8 * len(snap.data)).from_buffer_copy(snap.data)
+    if lib.llama_state_seq_set_data(engine.m.ctx, buf, len(snap.data), CONTEXT) == 0:
+        raise EngineError("llama.cpp could not restore the sequence state (n_ctx too small?)")
+    engine.seq = Sequence(list(snap.seq.cells), dict(snap.seq.tokens))
+
+
+__all__ = ["Snapshot", "load", "restore", "save", "sidecar", "snapshot"]

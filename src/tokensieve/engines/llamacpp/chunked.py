@@ -70,7 +70,7 @@ def read_chunked(
         if len(engine.seq) > budget:
             scores = aggregate(pooled(layers, m.pool), aggregate_by, budget) if layers is not None else None
             if scores is None:
-                scores = cell_scores(engine, m, budget, aggregate_by, None)
+                scores, _ = cell_scores(engine, m, budget, aggregate_by, None)
             evict(engine, keep_cells(scores, budget, m.sinks, m.window), renumber=renumber)
     return ChunkedReport(
         m.id, len(ids), len(engine.seq), n_chunks, time.perf_counter() - t0, peak, engine.state_bytes()

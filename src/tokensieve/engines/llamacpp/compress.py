@@ -34,15 +34,18 @@ class Report:
     layers_read: int  # layers whose attention the score used (sliding-window layers may be skipped)
 
 
-def cell_scores(engine: Engine, method, budget: int, how: str, question_ids: list[int] | None) -> np.ndarray:
-    """One score per cell of sequence 0 (after its prefill) for a method that reads after the prefill."""
+def cell_scores(
+    engine: Engine, method, budget: int, how: str, question_ids: list[int] | None
+) -> tuple[np.ndarray, int]:
+    """One score per cell of sequence 0 (after its prefill) for a method that reads after the prefill, and the
+    number of layers whose attention it used (sliding-window layers whose cells differ are skipped)."""
     if method.id == "streaming":
-        return np.asarray(engine.seq.cells, dtype=np.float32)  # recency; the sinks are protected
+        return np.asarray(engine.seq.cells, dtype=np.float32), 0  # recency; the sinks are protected
     if method.id == "kvzip":
         layers = reconstruction_pass(engine, method.chunk)
     else:
         layers = question_pass(engine, question_ids or [])
-    return aggregate(pooled(layers, method.pool), how, budget)
+    return aggregate(pooled(layers, method.pool), how, budget), len(layers)
 
 
 def budget_for(n: int, keep: float | None, budget: int | None) -> int:
@@ -90,10 +93,10 @@ def compress(
     if b < n:
         if layers is not None:
             scores = aggregate(pooled(layers, m.pool), aggregate_by, b)
+            used = len(layers)
         else:
             q = engine.prompt.question_ids(question) if question else None
-            scores = cell_scores(engine, m, b, aggregate_by, q)
-        used = engine.m.tap.seen and len(engine.m.tap.read)
+            scores, used = cell_scores(engine, m, b, aggregate_by, q)
         evict(engine, keep_cells(scores, b, m.sinks, m.window), renumber=renumber)
     t2 = time.perf_counter()
     return Report(m.id, n, len(engine.seq), t1 - t0, t2 - t1, full, engine.state_bytes(), used)

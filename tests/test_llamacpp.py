@@ -205,4 +205,24 @@ def test_scores_agree_with_the_hf_path(eng):
         att = model(torch.tensor([ids]), output_attentions=True).attentions
     theirs = torch.stack([a[0, :, -16:, :].sum(1) for a in att]).mean((0, 1)).numpy()
     rho = _spearman(ours, theirs)
+    print(f"spearman llama.cpp vs HF: {rho:.4f}")
     assert rho >= 0.9, rho
+
+
+def test_sliding_window_layers_are_skipped_not_misread():
+    """Gemma-3 keeps a separate sliding-window cache whose cells are reused on their own once a context passes
+    the window (512): the tap reads only the layers whose mask matches the cell list (the full-attention ones)
+    and eviction still answers."""
+    with Engine("gemma3-270m", Settings(n_ctx=1024, n_batch=256, n_ubatch=128)) as e:
+        pk = passkey_context(e.tokenizer, 600, 0.3, key="48151")
+        rep = compress(e, pk.context, "snapkv", keep=0.6)
+        assert rep.context_tokens > e.m.n_swa
+        assert 0 < rep.layers_read < e.m.n_layer  # the full-attention layers only
+        assert e.m.tap.skipped  # the sliding-window layers, once past the window
+        # seq_rm on both caches (full and sliding-window), then an answer over the holes
+        ids = e.prompt.context_ids(pk.context)
+        n = len(ids)
+        e.clear()
+        e.prefill(ids)
+        evict(e, [i for i in range(n) if not 0.6 * n <= i < 0.9 * n])
+        assert pk.correct(e.answer(pk.question, 10, pk.answer_prefix).text)

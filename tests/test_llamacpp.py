@@ -226,3 +226,18 @@ def test_sliding_window_layers_are_skipped_not_misread():
         e.prefill(ids)
         evict(e, [i for i in range(n) if not 0.6 * n <= i < 0.9 * n])
         assert pk.correct(e.answer(pk.question, 10, pk.answer_prefix).text)
+
+
+def test_keydiff_scores_llamacpp_cached_keys(eng):
+    """keydiff on llama.cpp: the KV family's score on the cached keys equals -cos(k_j, mean key) computed here from
+    layer 0's cache (an independent formula, in numpy)."""
+    from tokensieve.engines.llamacpp.scores import keys_pass
+
+    eng.clear()
+    eng.prefill(_ids(eng, 80))
+    layers = keys_pass(eng, "keydiff")
+    assert sorted(layers) == list(range(eng.m.n_layer))
+    k = _layer0_keys(eng)[:80].transpose(1, 0, 2).astype(np.float64)  # [Hkv, n, D]
+    mean = k.mean(1, keepdims=True)
+    cos = (k * mean).sum(-1) / (np.linalg.norm(k, axis=-1) * np.linalg.norm(mean, axis=-1))
+    np.testing.assert_allclose(layers[0], -cos, atol=1e-4)

@@ -11,9 +11,11 @@ import numpy as np
 from tokensieve.engines.llamacpp.engine import Engine
 from tokensieve.engines.llamacpp.evict import evict
 from tokensieve.engines.llamacpp.scores import (
+    KEY_METHODS,
     aggregate,
     get_method,
     keep_cells,
+    keys_pass,
     pooled,
     question_pass,
     reconstruction_pass,
@@ -43,6 +45,8 @@ def cell_scores(
         return np.asarray(engine.seq.cells, dtype=np.float32), 0  # recency; the sinks are protected
     if method.id == "kvzip":
         layers = reconstruction_pass(engine, method.chunk)
+    elif method.id in KEY_METHODS:
+        layers = keys_pass(engine, method.id)
     else:
         layers = question_pass(engine, question_ids or [])
     return aggregate(pooled(layers, method.pool), how, budget), len(layers)

@@ -12,7 +12,9 @@ to ``[n_head, n_cells]``; :func:`aggregate` turns ``{layer: [n_head, n_cells]}``
 Methods (question unseen unless a question is given): ``kvzip`` (max attention over a reconstruction pass:
 "repeat the context" teacher-forced on a fork, chunk by chunk), ``snapkv`` (the last ``window`` context
 queries, or the question's, summed and max-pooled along the keys, kernel 7), ``tova`` (the last query),
-``streaming`` (sinks + recent, no attention read).
+``streaming`` (sinks + recent, no attention read), ``keydiff`` (the KV family's own score on llama.cpp's cached
+keys, read from each layer's ``cache_k_l<layer> (view)``; models without sliding-window layers only, since no
+mask tells which cells a sliding-window cache's keys are).
 """
 
 from __future__ import annotations
@@ -22,11 +24,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tokensieve.core.observe.inputs import ScoreInputs
 from tokensieve.core.ops.select import select
 from tokensieve.core.scores.attention import pool_keys
 from tokensieve.engines.llamacpp.attention import expected_visible
 from tokensieve.engines.llamacpp.engine import FORK, Engine
-from tokensieve.errors import EngagementError, ParameterError, UnknownMethodError, check_choice
+from tokensieve.errors import (
+    EngagementError,
+    ParameterError,
+    UnknownMethodError,
+    UnsupportedArchitectureError,
+    check_choice,
+)
+from tokensieve.kv import get_method as kv_method
 
 KVZIP_PROMPT = "Repeat the previous context exactly."
 AGGREGATES = ("max", "mean", "vote")
@@ -49,7 +59,10 @@ METHODS: dict[str, Method] = {
     "snapkv": Method("snapkv", window=32, observe=32, pool=7),
     "tova": Method("tova", observe=1),
     "streaming": Method("streaming", sinks=4),
+    "keydiff": Method("keydiff", window=1),
 }
+KEY_METHODS = ("keydiff",)
+KEYS, VIEW = "cache_k_l", " (view)"
 
 
 def get_method(method: str | Method, **params: int) -> Method:
@@ -149,6 +162,44 @@ def reconstruction_pass(engine: Engine, chunk: int, prompt: str = KVZIP_PROMPT) 
     return engaged(engine, col, "kvzip reconstruction")
 
 
+def key_layer(name: str) -> int | None:
+    """The layer of llama.cpp's cached-key view ``cache_k_l<layer> (view)`` (not its permuted copies)."""
+    if not (name.startswith(KEYS) and name.endswith(VIEW)):
+        return None
+    mid = name[len(KEYS) : -len(VIEW)]
+    return int(mid) if mid.isdigit() else None
+
+
+def keys_pass(engine: Engine, method_id: str) -> dict[int, np.ndarray]:
+    """A key-statistics score per layer ``[n_head_kv, n_cells]``: the KV family's method (``keydiff``) run on
+    llama.cpp's cached keys (after RoPE, f16), read during one token decoded on a fork."""
+    if engine.m.n_swa > 0:
+        raise UnsupportedArchitectureError(
+            f"{method_id} on llama.cpp reads cached keys by cell, and {engine.m.arch}'s sliding-window cache reuses "
+            "cells on its own: use an attention method (kvzip, snapkv, tova) or streaming on this model"
+        )
+    n = len(engine.seq.cells)
+    score = kv_method(method_id)
+    out: dict[int, np.ndarray] = {}
+
+    def reduce(layer: int, k: np.ndarray, _queries: list[int]) -> None:
+        keys = torch.from_numpy(np.ascontiguousarray(k[:n].transpose(1, 0, 2)))[None]  # [1, Hkv, n, D]
+        out[layer] = score.score(ScoreInputs(keys, keys, None, None))[0].float().numpy()
+
+    pos = engine.fork()
+    try:
+        with engine.m.tap.reading(reduce, match=key_layer):
+            engine.decode([engine.seq.tokens[max(engine.seq.cells)]], pos, FORK, logits=False)
+    finally:
+        engine.drop_fork()
+    if len(out) != engine.m.n_layer:
+        raise EngagementError(
+            f"{method_id}: llama.cpp showed the cached keys of {len(out)} of {engine.m.n_layer} layers (a renamed "
+            "cache view, or a quantized K cache): open the engine with type_k='f16'"
+        )
+    return out
+
+
 def aggregate(layers: dict[int, np.ndarray], how: str, budget: int) -> np.ndarray:
     check_choice("aggregate", how, AGGREGATES)
     s = np.stack([layers[i] for i in sorted(layers)]).astype(np.float32)  # [L, H, n]
@@ -187,6 +238,8 @@ __all__ = [
     "aggregate",
     "get_method",
     "keep_cells",
+    "key_layer",
+    "keys_pass",
     "pooled",
     "question_pass",
     "reconstruction_pass",

@@ -43,7 +43,8 @@ def meta(args: argparse.Namespace) -> dict:
     return {
         "type": "meta",
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/llamacpp_kv/run.py " + " ".join(sys.argv[1:]),
+        "command": f"OMP_NUM_THREADS=1 .venv/bin/python benchmarks/llamacpp_kv/{Path(sys.argv[0]).name} "
+        + " ".join(sys.argv[1:]),
         "commit": commit,
         "llama_cpp_python": llama_cpp.__version__,
         "numpy": numpy.__version__,

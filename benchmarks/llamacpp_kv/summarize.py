@@ -55,10 +55,38 @@ def table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def longdoc_table(rows: list[dict]) -> list[str]:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["model"], r["tokens"], r["budget"], r["method"], r["renumber"])].append(r)
+    lines = [
+        "| model | document tokens | cache budget | method | renumbered | n | score | 95% CI | seconds | state MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (m, t, b, meth, ren), g in sorted(groups.items()):
+        s = [r["score"] for r in g]
+        lo, hi = wilson(sum(s), len(s))
+        lines.append(
+            f"| {m} | {t} | {b} | {meth} | {ren} | {len(s)} | {mean(s):.3f} | [{lo:.2f}, {hi:.2f}] | "
+            f"{mean([r['seconds'] for r in g]):.0f} | {mean([r['state_bytes'] for r in g]) / 1e6:.2f} |"
+        )
+    return lines
+
+
 def main() -> None:
-    path = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/llamacpp_kv/results/retrieval.jsonl")
-    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    print("\n".join(table([r for r in rows if r.get("type") == "row"])))
+    """Print a table per results file given (retrieval rows from run.py, long-document rows from longdoc.py)."""
+    paths = [Path(a) for a in sys.argv[1:]] or sorted(Path("benchmarks/llamacpp_kv/results").glob("*.jsonl"))
+    for path in paths:
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        metas = [r for r in rows if r.get("type") == "meta"]
+        data = [r for r in rows if r.get("type") == "row"]
+        print(f"### {path.name}\n")
+        if metas:
+            m = metas[-1]
+            print(f"command: `{m['command']}`  \ncommit {m['commit'][:10]}, llama-cpp-python {m['llama_cpp_python']}, "
+                  f"torch {m['torch']}, python {m['python']}, {m['machine']}, started {metas[0]['time']}\n")
+        print("\n".join(longdoc_table(data) if data and "budget" in data[0] else table(data)))
+        print()
 
 
 if __name__ == "__main__":

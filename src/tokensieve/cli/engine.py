@@ -1,0 +1,75 @@
+"""``tokensieve generate --engine llama.cpp``: compress and answer inside llama.cpp's own cache."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.markup import escape
+
+from tokensieve.cli.args import _context, console
+from tokensieve.errors import ParameterError
+from tokensieve.spec import parse_params
+
+ENGINES = ("hf", "llama.cpp")
+
+
+def add_engine_args(g: argparse.ArgumentParser) -> None:
+    g.add_argument("--engine", default="hf", choices=ENGINES, help="hf (default) or llama.cpp (the llamacpp extra)")
+    g.add_argument(
+        "--aggregate", default="max", help="llama.cpp: per-cell score from layers x heads: max, mean or vote"
+    )
+    g.add_argument("--renumber", action="store_true", help="llama.cpp: make kept positions contiguous (K-shift)")
+    g.add_argument("--n-ctx", type=int, default=8192, help="llama.cpp: context size in tokens (default 8192)")
+    g.add_argument("--threads", type=int, default=1, help="llama.cpp: CPU threads (default 1)")
+    g.add_argument("--save-state", help="llama.cpp: write the compressed sequence to this file (and FILE.json)")
+
+
+def cmd_generate_llamacpp(args: argparse.Namespace) -> int:
+    from tokensieve.engines.llamacpp import Engine, Settings, compress, save
+
+    if args.allocator != "uniform" or args.allocator_param or getattr(args, "pages", None):
+        raise ParameterError("--engine llama.cpp keeps one set of cells for every layer: no --allocator or --pages")
+    params = parse_params(args.param)
+    context = _context(args)
+    with Engine(args.model, Settings(n_ctx=args.n_ctx, threads=args.threads)) as eng:
+        rep = compress(
+            eng, context, args.method, keep=args.keep, budget=args.budget,
+            question=args.question if args.query_aware else None, aggregate_by=args.aggregate,
+            renumber=args.renumber, **params,
+        )  # fmt: skip
+        ans = eng.answer(args.question, args.max_new_tokens, args.answer_prefix)
+        saved = save(eng, args.save_state) if args.save_state else None
+    record = {
+        "answer": ans.text,
+        "engine": "llama.cpp",
+        "method": rep.method,
+        "keep": args.keep,
+        "budget": args.budget,
+        "aggregate": args.aggregate,
+        "renumber": args.renumber,
+        "query_aware": bool(args.query_aware),
+        "model": str(args.model),
+        "context_tokens": rep.context_tokens,
+        "kept_tokens": rep.kept_tokens,
+        "state_bytes_full": rep.state_bytes_full,
+        "state_bytes": rep.state_bytes,
+        "kv_ratio": round(rep.state_bytes / max(rep.state_bytes_full, 1), 4),
+        "layers_read": rep.layers_read,
+        "prefill_seconds": round(rep.prefill_seconds, 4),
+        "score_seconds": round(rep.score_seconds, 4),
+        "decode_seconds": round(ans.decode_seconds, 4),
+        "new_tokens": len(ans.tokens),
+        **({"state_file_bytes": saved, "state_file": args.save_state} if saved is not None else {}),
+    }
+    if args.json:
+        print(json.dumps(record))
+    else:
+        console.print(f"[bold]answer:[/bold] {escape(ans.text)}")
+        for k, v in record.items():
+            if k != "answer":
+                console.print(f"  {k}: {v}")
+    return 0
+
+
+__all__ = ["ENGINES", "add_engine_args", "cmd_generate_llamacpp"]

@@ -1,0 +1,109 @@
+"""Read a context into llama.cpp, score it with llama.cpp's own attention, evict to a budget: :func:`compress`."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from tokensieve.engines.llamacpp.engine import Engine
+from tokensieve.engines.llamacpp.evict import evict
+from tokensieve.engines.llamacpp.scores import (
+    KEY_METHODS,
+    aggregate,
+    get_method,
+    keep_cells,
+    keys_pass,
+    pooled,
+    question_pass,
+    reconstruction_pass,
+    window_pass,
+)
+from tokensieve.errors import BudgetError, EmptyContextError, check_choice, check_keep
+
+
+@dataclass
+class Report:
+    method: str
+    context_tokens: int
+    kept_tokens: int
+    prefill_seconds: float
+    score_seconds: float
+    state_bytes_full: int
+    state_bytes: int
+    layers_read: int  # layers whose attention the score used (sliding-window layers may be skipped)
+
+
+def cell_scores(
+    engine: Engine, method, budget: int, how: str, question_ids: list[int] | None
+) -> tuple[np.ndarray, int]:
+    """One score per cell of sequence 0 (after its prefill) for a method that reads after the prefill, and the
+    number of layers whose attention it used (sliding-window layers whose cells differ are skipped)."""
+    if method.id == "streaming":
+        return np.asarray(engine.seq.cells, dtype=np.float32), 0  # recency; the sinks are protected
+    if method.id == "kvzip":
+        layers = reconstruction_pass(engine, method.chunk)
+    elif method.id in KEY_METHODS:
+        layers = keys_pass(engine, method.id)
+    else:
+        layers = question_pass(engine, question_ids or [])
+    return aggregate(pooled(layers, method.pool), how, budget), len(layers)
+
+
+def budget_for(n: int, keep: float | None, budget: int | None) -> int:
+    if budget is not None:
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise BudgetError(f"budget {budget!r} must be a positive whole number of tokens")
+        return min(budget, n)
+    return max(1, math.ceil(check_keep(keep if keep is not None else 1.0) * n))
+
+
+def compress(
+    engine: Engine,
+    context: str | list[int],
+    method: str = "kvzip",
+    keep: float | None = None,
+    budget: int | None = None,
+    question: str | None = None,
+    aggregate_by: str = "max",
+    renumber: bool = False,
+    **params: int,
+) -> Report:
+    """Prefill ``context`` into sequence 0 (which must be empty) and keep ``keep`` of it (or ``budget`` tokens).
+
+    ``question`` makes snapkv/tova query-aware (its queries are read on a fork and not kept); without it every
+    method is question-unseen. With nothing removed (keep 1.0) the cache is exactly plain llama.cpp's."""
+    m = get_method(method, **params)
+    check_choice("aggregate", aggregate_by, ("max", "mean", "vote"))
+    if keep is not None:
+        check_keep(keep)
+    ids = engine.prompt.context_ids(context) if isinstance(context, str) else list(context)
+    if not ids:
+        raise EmptyContextError("the context is empty: nothing to compress")
+    if engine.seq.cells:
+        engine.clear()
+    n = len(ids)
+    b = budget_for(n, keep, budget)
+    window = b < n and m.observe > 0 and question is None  # read the last queries while prefilling
+    t0 = time.perf_counter()
+    layers = window_pass(engine, ids, m.observe) if window else None
+    if layers is None:
+        engine.prefill(ids)
+    t1 = time.perf_counter()
+    full = engine.state_bytes()
+    used = 0
+    if b < n:
+        if layers is not None:
+            scores = aggregate(pooled(layers, m.pool), aggregate_by, b)
+            used = len(layers)
+        else:
+            q = engine.prompt.question_ids(question) if question else None
+            scores, used = cell_scores(engine, m, b, aggregate_by, q)
+        evict(engine, keep_cells(scores, b, m.sinks, m.window), renumber=renumber)
+    t2 = time.perf_counter()
+    return Report(m.id, n, len(engine.seq), t1 - t0, t2 - t1, full, engine.state_bytes(), used)
+
+
+__all__ = ["Report", "budget_for", "cell_scores", "compress"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import transformers
+from packaging.version import Version
 
 from tokensieve import compat
 from tokensieve.cli import main
@@ -23,10 +24,10 @@ def test_declared_range_is_the_tested_one():
     assert re.search(r'"transformers>=([\d.]+),<6"', pyproject).group(1) == floor.rsplit(".0", 1)[0]
     assert f"FLOOR=${{TRANSFORMERS_FLOOR:-{floor}}}" in (ROOT / "scripts" / "setup_floor.sh").read_text()
     assert floor in (ROOT / "README.md").read_text() and newest in (ROOT / "README.md").read_text()
-    version = tuple(int(x) for x in transformers.__version__.split(".")[:3])
-    assert tuple(int(x) for x in floor.split(".")) <= version, f"transformers {transformers.__version__} below the floor"
+    version = Version(transformers.__version__)
+    assert Version(floor) <= version, f"transformers {transformers.__version__} is below the floor {floor}"
     # a newer release than the declared newest fails here until README, pyproject and compat name it (CI prints it)
-    assert version <= tuple(int(x) for x in newest.split(".")), (
+    assert version <= Version(newest), (
         f"transformers {transformers.__version__} is newer than the tested {newest}: run the suite on it, then update "
         "compat.TESTED_TRANSFORMERS, README.md, pyproject.toml and docs/compat.md"
     )

@@ -399,3 +399,10 @@ def take_keys(mask: Any, cols: torch.Tensor) -> Any:
         return mask
     mask = mask.expand(cols.shape[0], *mask.shape[1:])
     return mask.gather(3, cols[:, None, None, :].expand(-1, mask.shape[1], mask.shape[2], -1))
+
+
+# --- hybrid attention (sliding-window layers) ----------------------------------------------------------------------
+def is_sliding_layer(layer: Any) -> bool:
+    # Relies on: cache layers say `is_sliding` (True on transformers' sliding-window layers; tokensieve's cut
+    # windows say it too, and the sliding masks are built from the first layer that does).
+    return bool(getattr(layer, "is_sliding", False))

@@ -214,6 +214,7 @@ class Prefill:
         **params: Any,
     ) -> Compressed:
         plan = Plan.make(method, keep=keep, budget=budget, allocator=allocator, **params).bind(self.model)
+        plan.fit_hybrid(self.cache, self.context_tokens)
         if plan.method.changes_prefill:
             raise TokenSieveError(
                 f"{plan.method.id} changes the attention of the prefill itself, which has already run: "
@@ -241,6 +242,7 @@ class Prefill:
                 pages=plan.pages,
             )
             compat.set_cache_layer(cache, layer.layer_idx, new)
+        plan.cut_windows(cache, self.context_mask)
         seconds = time.perf_counter() - start
         full_bytes = self.cache.kv_bytes() if plan.pages is None else paged_kv_bytes(self.cache, plan.pages)
         stats = Stats.measure(cache, self.context_tokens, full_bytes, self.seconds, seconds)
@@ -309,7 +311,8 @@ def compress(
     if plan.method.needs().full:  # scored from the whole prefilled cache: prefill it, then compress
         pre = prefill(model, tokenizer, context, methods=[plan.method])
         plan.mean_budget(pre.context_tokens)
-        return pre.compress(plan.method, keep=keep, budget=budget, allocator=plan.allocator)
+        hybrid = {"hybrid": plan.hybrid.policy, "min_window": plan.hybrid.min_window}
+        return pre.compress(plan.method, keep=keep, budget=budget, allocator=plan.allocator, **hybrid)
     prepare(model)
     plan.bind(model)
     fmt = PromptFormat(tokenizer) if tokenizer is not None else None
@@ -317,12 +320,14 @@ def compress(
     n_tokens = real_length(None if mask is None else mask.bool(), ids.shape[1])
     plan.mean_budget(n_tokens)  # validates the budget against the context before any work
     cache = SieveCache(model.config)
+    plan.fit_hybrid(cache, n_tokens)
     plan.attach(cache)
     start = time.perf_counter()
     forward(model, ids, mask, cache, f"compression ({plan.method.id})")
     total = time.perf_counter() - start
     # measured: each full layer's bytes just before its eviction, plus the layers that were not compressed
     others = layers_bytes(layer for layer in cache.layers if not isinstance(layer, SieveLayer))
+    plan.cut_windows(cache, mask)
     stats = Stats.measure(cache, n_tokens, plan.full_bytes + others, total - plan.seconds, plan.seconds)
     return Compressed(model, tokenizer, cache, ids, mask, stats, plan.method.id, keep)
 

@@ -46,6 +46,7 @@ class Stats:
     compress_seconds: float = 0.0
     decode_seconds: float = 0.0
     new_tokens: int = 0
+    kv_bytes_sliding: int = 0  # of kv_bytes, what the sliding-window layers hold (hybrid models)
 
     @classmethod
     def measure(
@@ -53,9 +54,11 @@ class Stats:
     ) -> Stats:
         """What ``cache`` holds, measured now (bytes from its tensors' storages, slots per head), beside the full
         cache's bytes and the seconds spent: the one way every ``Compressed`` gets its stats."""
+        sliding = layers_bytes([layer for layer in cache.layers if compat.is_sliding_layer(layer)], _held_by)
         return cls(
-            context_tokens, kv_bytes_full, cache.kv_bytes(), cache.tokens_held(), prefill_seconds, compress_seconds
-        )
+            context_tokens, kv_bytes_full, cache.kv_bytes(), cache.tokens_held(), prefill_seconds, compress_seconds,
+            kv_bytes_sliding=sliding,
+        )  # fmt: skip
 
     @property
     def ratio(self) -> float:
@@ -256,6 +259,10 @@ class Prefill:
             plan.method.id,
             keep,
         )
+
+
+def _held_by(layer: Any) -> list:
+    return layer.held_tensors() if isinstance(layer, SieveLayer) else [layer.keys, layer.values]
 
 
 def _missing(need: Needs, have: Needs) -> str:

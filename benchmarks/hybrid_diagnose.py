@@ -95,13 +95,15 @@ def main() -> None:
             layer.evict(idx)
         ans = ctx.answer(task.question, answer_prefix=task.answer_prefix, max_new_tokens=12)
         print(f"oracle (needle + sink + last 16 + random, {idx.shape[-1]} slots per full layer): {ans!r}")
-    for w in (0, 16, 64, 128) if args.windows else ():  # full layers whole, sliding windows cut to w tokens
+    for w in (16, 32, 64, 128, 256) if args.windows else ():  # full layers whole, sliding windows cut to w tokens
         ctx = pre.full()
         for i, layer in enumerate(ctx.cache.layers):
             if isinstance(layer, compat.SlidingLayer):
                 compat.set_cache_layer(ctx.cache, i, WindowLayer.from_sliding(layer, i, w))
         ans = ctx.answer(task.question, answer_prefix=task.answer_prefix, max_new_tokens=12)
-        print(f"sliding windows cut to {w} tokens, full layers whole: {ans!r}; bytes {ctx.cache.kv_bytes() / full_b:.3f}")
+        print(
+            f"sliding windows cut to {w} tokens, full layers whole: {ans!r}; bytes {ctx.cache.kv_bytes() / full_b:.3f}"
+        )
     for m in args.methods.split(","):
         name, _, params = m.partition(":")
         kw = dict(p.split("=") for p in params.split(";")) if params else {}

@@ -1,9 +1,9 @@
-"""A sliding-window layer compressed inside its window: it keeps the last ``n`` tokens and its window shrinks to
-match, so it holds ``n`` slots for good (its bytes stay at the budget while the answer is generated).
+"""A sliding-window layer compressed inside its window: of the context it keeps the last ``n`` tokens; tokens that
+come after (the question, the answer) are appended and slide out under the model's own window, as before.
 
 Hybrid models (Gemma 2/3, Mistral's sliding windows) hold most of their cache in such layers; a byte budget on
-the whole cache has to act on them too. The window stays exact: a query at position ``p`` sees the slots
-``p - window < j <= p`` (transformers' sliding rule with the smaller window), row by row inside a block.
+the whole cache has to act on them too. The window stays exact: a query at position ``p`` sees the held slots
+``p - window < j <= p`` (transformers' sliding rule), row by row inside a block.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from tokensieve.kv.cache.layers import SieveLayer
 
 
 class WindowLayer(SieveLayer):
-    """Keys and values of the last ``window - 1`` tokens at most (plus the block being attended)."""
+    """Keys and values of the context's last tokens and of what came after, within the model's window."""
 
     is_sliding = True  # transformers builds the sliding masks from the first layer that says so
 
@@ -29,7 +29,7 @@ class WindowLayer(SieveLayer):
         """The last ``keep`` (>= 1) slots of a sliding layer; ``context_mask [B, T]`` marks the context's padding."""
         held, seen = layer.keys.shape[-2], layer.cumulative_length
         keep = max(1, min(keep, held))
-        out = cls(layer_idx, keep + 1)
+        out = cls(layer_idx, layer.sliding_window)
         out.keys, out.values = layer.keys[..., -keep:, :].clone(), layer.values[..., -keep:, :].clone()
         compat.mark_initialized(out, out.keys)
         out.cumulative_length = seen

@@ -154,3 +154,18 @@ def test_generation_stops_at_the_models_end_of_sequence_ids(gemma):
     finally:
         gemma.generation_config.eos_token_id = None
     assert out[: free.index(stop) + 1] == free[: free.index(stop) + 1] and len(out) == free.index(stop) + 1
+
+
+@pytest.mark.real
+def test_real_gemma_keeps_a_seven_digit_code_at_a_quarter_of_the_bytes(gemma3_270m):
+    """Question unseen, kvzip, 0.25 of the whole cache's bytes (the sliding windows cut to 32 tokens, the full
+    layers holding the rest); the code sits outside every sliding window, so only the full layers can carry it."""
+    from tokensieve.runtime.passkey import passkey_context
+
+    model, tok = gemma3_270m
+    task = passkey_context(tok, 1000, 0.3, "8197047")
+    c = ts.compress(model, tok, task.context, "kvzip", keep=0.25)
+    assert abs(c.stats.ratio - 0.25) <= 0.02
+    answer = c.answer(task.question, answer_prefix=task.answer_prefix, max_new_tokens=12)
+    assert task.correct(answer), answer
+    assert "Answer" not in answer  # stops where a base model would start a second answer

@@ -169,3 +169,9 @@ def test_real_gemma_keeps_a_seven_digit_code_at_a_quarter_of_the_bytes(gemma3_27
     answer = c.answer(task.question, answer_prefix=task.answer_prefix, max_new_tokens=12)
     assert task.correct(answer), answer
     assert "Answer" not in answer  # stops where a base model would start a second answer
+
+
+def test_hybrid_parameters_are_checked_in_one_line():
+    with pytest.raises(TokenSieveError, match="min_window"):
+        Hybrid.pop({"min_window": "abc"})
+    assert Hybrid.pop({"hybrid": "even", "min_window": "8"}) == Hybrid("even", 8)

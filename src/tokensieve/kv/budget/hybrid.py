@@ -37,8 +37,8 @@ class Hybrid:
         policy = str(params.pop("hybrid", cls.policy))
         check_choice("hybrid", policy, POLICIES)
         window = params.pop("min_window", cls.min_window)
-        check_count("min_window", int(window))
-        return cls(policy, int(window))
+        window = int(window) if isinstance(window, str) and window.isdigit() else window  # from the command line
+        return cls(policy, check_count("min_window", window))
 
     def split(self, keep: float, n_tokens: int, n_full: int, n_sliding: int, window_held: int) -> tuple[int, int]:
         """``(tokens per full layer, context tokens per sliding layer)`` holding ``keep`` of the cache's slots:

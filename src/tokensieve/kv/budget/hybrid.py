@@ -24,6 +24,7 @@ from typing import Any
 from tokensieve.errors import BudgetError, check_choice, check_count
 
 POLICIES = ("full-first", "even", "full-only")
+KEYS = ("hybrid", "min_window")  # the keyword params that are the plan's, not the method's
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import Any
 
 from tokensieve.errors import UnknownMethodError
 from tokensieve.kv.budget import ALLOCATORS
+from tokensieve.kv.budget.hybrid import KEYS as HYBRID_KEYS
 from tokensieve.kv.methods import REGISTRY, Method, get_method
 from tokensieve.kv.pages import KEYS as PAGE_KEYS
 from tokensieve.kv.plan import Plan
@@ -67,10 +68,10 @@ class MethodSpec:
     @property
     def page_kwargs(self) -> dict[str, Any]:
         """``pages`` / ``page_layout`` / ``page_agg`` (whole-page eviction, ``kv.pages``): for compress only."""
-        return {k: v for k, v in self.params if k in PAGE_KEYS}
+        return {k: v for k, v in self.params if k in PAGE_KEYS or k in HYBRID_KEYS}  # plan keywords, not the method's
 
     def method(self) -> Method | SparseMethod:
-        params = {k: v for k, v in self.params if k not in PAGE_KEYS}
+        params = {k: v for k, v in self.params if k not in PAGE_KEYS and k not in HYBRID_KEYS}
         if self.sparse:
             return get_sparse(self.id, **params)
         return get_method(self.id, **params)

@@ -20,6 +20,7 @@ from torch import Tensor
 from tokensieve import compat
 from tokensieve.kv.cache import SieveCache, SieveLayer
 from tokensieve.kv.cache.ragged import RaggedLayer
+from tokensieve.kv.cache.window import WindowLayer
 from tokensieve.kv.pipeline import Compressed, Prefill, Stats
 from tokensieve.measure.bench import metrics
 from tokensieve.measure.tasks.base import Question
@@ -36,7 +37,8 @@ def _signature(c: Compressed) -> tuple | None:
             sig.append(("ragged", layer.cumulative_length, layer.n_kv_heads))
         elif isinstance(layer, SieveLayer):
             # other layouts (quantized, sparse) override attend: evaluate them alone
-            if type(layer) is not SieveLayer or layer.valid is not None or not layer.is_initialized:
+            stackable = type(layer) in (SieveLayer, WindowLayer)  # a cut window is a dense layer too
+            if not stackable or layer.valid is not None or not layer.is_initialized:
                 return None
             sig.append(tuple(layer.keys.shape))
         else:

@@ -71,6 +71,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         "kv_bytes_full": s.kv_bytes_full,
         "kv_bytes": s.kv_bytes,
         "kv_ratio": round(s.ratio, 4),
+        "kv_bytes_sliding": s.kv_bytes_sliding,  # of kv_bytes, the sliding-window layers' (hybrid models)
         **({"pages": params["pages"]} if "pages" in params else {}),
         "prefill_seconds": round(s.prefill_seconds, 4),
         "compress_seconds": round(s.compress_seconds, 4),

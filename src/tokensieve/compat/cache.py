@@ -105,3 +105,9 @@ def set_cache_layer(cache: Cache, i: int, layer: Any) -> None:
 
 
 ENGAGEMENT_COUNTS = ("n_updates", "n_attends")  # set by core.observe.hooks: updates bound, attention calls received
+
+
+def is_sliding_layer(layer: Any) -> bool:
+    # Relies on: cache layers say `is_sliding` (True on transformers' sliding-window layers; tokensieve's cut
+    # windows say it too, and the sliding masks are built from the first layer that does).
+    return bool(getattr(layer, "is_sliding", False))

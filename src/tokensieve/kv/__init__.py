@@ -4,10 +4,13 @@ the CLI) and benchmarks may use. Its modules are internal: outside ``tokensieve.
 ``tokensieve/__init__``, so exporting it all here costs nothing more."""
 
 from tokensieve.kv.budget import ALLOCATORS, Allocator, get_allocator
+from tokensieve.kv.budget.hybrid import KEYS as HYBRID_KEYS
+from tokensieve.kv.budget.hybrid import Hybrid
 from tokensieve.kv.cache import CompressibleCache, SieveLayer
 from tokensieve.kv.cache.biased import BiasedLayer
 from tokensieve.kv.cache.quantized import MixedLayer
 from tokensieve.kv.cache.ragged import RaggedLayer
+from tokensieve.kv.cache.window import WindowLayer
 from tokensieve.kv.calibration import calibrate, calibration_path, get_calibration
 from tokensieve.kv.compressed import Compressed
 from tokensieve.kv.decoding import DecodeAnswer, DecodeMeter, DecodeStats, decode, decode_family
@@ -29,6 +32,7 @@ __all__ = [
     "ALLOCATORS",
     "DECODE_RULES",
     "DEFAULT_METHOD",
+    "HYBRID_KEYS",
     "PAGE_KEYS",
     "PRUNERS",
     "REGISTRY",
@@ -42,6 +46,7 @@ __all__ = [
     "DecodeCache",
     "DecodeMeter",
     "DecodeStats",
+    "Hybrid",
     "Method",
     "MixedLayer",
     "Paging",
@@ -53,6 +58,7 @@ __all__ = [
     "SparseCache",
     "SparseMethod",
     "Stats",
+    "WindowLayer",
     "calibrate",
     "calibration_path",
     "compress",

@@ -17,7 +17,7 @@ from tokensieve.errors import BatchError, ParameterError, check_count
 from tokensieve.kv.cache import CompressibleCache
 from tokensieve.kv.stats import Stats
 from tokensieve.runtime.encode import left_pad, pad_id_of
-from tokensieve.runtime.prompts import PromptFormat, StopAtText, clean_answer
+from tokensieve.runtime.prompts import PromptFormat, StopAtText, clean_answer, stop_ids
 
 
 @dataclass
@@ -74,6 +74,9 @@ class Compressed:
         if self.tokenizer is not None and not PromptFormat(self.tokenizer).chat and "stopping_criteria" not in kwargs:
             # base models run on past the answer into the next "Question:"; stop there
             kwargs["stopping_criteria"] = [StopAtText(self.tokenizer, input_ids.shape[1])]
+        stop = stop_ids(self.tokenizer, self.model.generation_config)
+        if stop and "eos_token_id" not in kwargs:  # the model's end of turn too, not only its config's <eos>
+            kwargs["eos_token_id"] = stop
         kwargs.setdefault("do_sample", False)
         if not kwargs["do_sample"]:
             kwargs.setdefault("temperature", None)

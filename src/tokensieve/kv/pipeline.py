@@ -84,12 +84,14 @@ def compress(
     n_tokens = real_length(None if mask is None else mask.bool(), ids.shape[1])
     plan.mean_budget(n_tokens)  # validates the budget against the context before any work
     cache = CompressibleCache(model.config)
+    plan.fit_hybrid(cache, n_tokens)
     plan.attach(cache)
     start = time.perf_counter()
     forward(model, ids, mask, cache, f"compression ({plan.method.id})")
     total = time.perf_counter() - start
     # measured: each full layer's bytes just before its eviction, plus the layers that were not compressed
     others = layers_bytes(layer for layer in cache.layers if not isinstance(layer, SieveLayer))
+    plan.cut_windows(cache, mask)
     stats = Stats.measure(cache, n_tokens, plan.full_bytes + others, total - plan.seconds, plan.seconds)
     return Compressed(model, tokenizer, cache, ids, mask, stats, plan.method.id, keep)
 

@@ -14,7 +14,9 @@ from tokensieve.core.observe.inputs import ScoreInputs
 from tokensieve.core.ops.memory import tensor_bytes
 from tokensieve.errors import BudgetError, check_budget, check_keep
 from tokensieve.kv.budget import Allocator, get_allocator
+from tokensieve.kv.budget.hybrid import Hybrid
 from tokensieve.kv.cache import CompressibleCache
+from tokensieve.kv.cache.window import WindowLayer
 from tokensieve.kv.heads import evict_layer
 from tokensieve.kv.methods import Method, get_method
 from tokensieve.kv.pages import Paging, check_pageable, layer_paged_bytes, page_evict_layer
@@ -39,6 +41,8 @@ class Plan:
     seconds: float = 0.0  # time spent observing and evicting inside the forward
     full_bytes: int = 0  # bytes each layer held just before its eviction (measured)
     pages: Paging | None = None  # evict whole pages (``pages=P, page_layout=, page_agg=`` keywords)
+    hybrid: Hybrid = field(default_factory=Hybrid)  # keep's split between sliding and full layers (``hybrid=``)
+    window_keep: int | None = None  # context tokens each sliding window keeps (None: the whole window)
 
     @classmethod
     def make(
@@ -50,13 +54,14 @@ class Plan:
         **params: Any,
     ) -> Plan:
         paging = Paging.pop(params)
+        hybrid = Hybrid.pop(params)
         if (keep is None) == (budget is None):
             raise BudgetError("give exactly one of keep (a fraction in (0, 1]) or budget (tokens per head)")
         if keep is not None:
             check_keep(keep)
         elif not isinstance(budget, int) or budget < 1:
             raise BudgetError(f"token budget {budget!r} must be a positive integer (tokens kept per head)")
-        plan = cls(get_method(method, **params), keep, budget, get_allocator(allocator), pages=paging)
+        plan = cls(get_method(method, **params), keep, budget, get_allocator(allocator), pages=paging, hybrid=hybrid)
         if paging is not None:
             check_pageable(plan.method, plan.allocator)
         return plan
@@ -68,6 +73,26 @@ class Plan:
 
     def layer_budgets(self, n_tokens: int, n_layers: int) -> list[int]:
         return self.allocator.layer_budgets(self.mean_budget(n_tokens), n_layers, n_tokens)
+
+    def fit_hybrid(self, cache: CompressibleCache, n_tokens: int) -> Plan:
+        """On a cache with sliding-window layers, ``keep`` is the share of the whole cache's slots: turn it into a
+        token budget per full layer and a number of context tokens per window (``kv/budget/hybrid.py``)."""
+        windows = [layer.sliding_window for layer in cache.layers if isinstance(layer, compat.SlidingLayer)]
+        if self.keep is None or not windows:
+            return self
+        held = min(n_tokens, windows[0] - 1)  # transformers' windows hold window - 1 tokens between forwards
+        full, window = self.hybrid.split(self.keep, n_tokens, len(cache.sieve_layers), len(windows), held)
+        self.window_keep = None if window >= held else window
+        self.keep, self.budget = (1.0, None) if full >= n_tokens else (None, full)
+        return self
+
+    def cut_windows(self, cache: CompressibleCache, context_mask: Tensor | None) -> None:
+        """Keep the last ``window_keep`` context tokens in every sliding layer (after the prefill)."""
+        if self.window_keep is None:
+            return
+        for i, layer in enumerate(cache.layers):
+            if isinstance(layer, compat.SlidingLayer) and layer.is_initialized:
+                compat.set_cache_layer(cache, i, WindowLayer.from_sliding(layer, i, self.window_keep, context_mask))
 
     def bind(self, model: Any) -> Plan:
         """Give the method and allocator the model, for what they calibrate on it (cached per model)."""

@@ -80,6 +80,7 @@ class Prefill:
     def compress_plan(self, plan: Plan) -> Compressed:
         """``compress`` for a ``Plan`` already made (its method, budget, allocator and paging)."""
         plan.bind(self.model)
+        plan.fit_hybrid(self.cache, self.context_tokens)
         if plan.method.changes_prefill:
             raise TokenSieveError(
                 f"{plan.method.id} changes the attention of the prefill itself, which has already run: "
@@ -94,6 +95,7 @@ class Prefill:
         for k, layer, (_, x) in zip(budgets, layers, inputs, strict=True):
             new = compress_layer(layer, plan.method, k, x, allocator=plan.allocator, pages=plan.pages)
             compat.set_cache_layer(cache, layer.layer_idx, new)
+        plan.cut_windows(cache, self.context_mask)
         seconds = time.perf_counter() - start
         full_bytes = self.cache.kv_bytes() if plan.pages is None else paged_kv_bytes(self.cache, plan.pages)
         stats = Stats.measure(cache, self.context_tokens, full_bytes, self.seconds, seconds)

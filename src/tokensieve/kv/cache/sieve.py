@@ -47,11 +47,11 @@ class CompressibleCache(DynamicCache):
 
     @property
     def sieve_layers(self) -> list[SieveLayer]:
-        return [layer for layer in self.layers if isinstance(layer, SieveLayer)]
+        return [layer for layer in self.layers if isinstance(layer, SieveLayer) and not compat.is_sliding_layer(layer)]
 
     @property
     def has_sliding_layers(self) -> bool:
-        return any(isinstance(layer, compat.SlidingLayer) for layer in self.layers)
+        return any(compat.is_sliding_layer(layer) for layer in self.layers)  # a cut window too
 
     def fork(self) -> CompressibleCache:
         """A cheap copy that shares tensors: appending to it never touches this cache (updates rebind

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from tokensieve import compat
-from tokensieve.kv import Compressed, CompressibleCache, Prefill, RaggedLayer, SieveLayer, Stats
+from tokensieve.kv import Compressed, CompressibleCache, Prefill, RaggedLayer, SieveLayer, Stats, WindowLayer
 from tokensieve.measure.bench import metrics
 from tokensieve.measure.tasks.base import Question
 from tokensieve.runtime.prompts import PromptFormat, clean_answer
@@ -34,7 +34,8 @@ def _signature(c: Compressed) -> tuple | None:
             sig.append(("ragged", layer.cumulative_length, layer.n_kv_heads))
         elif isinstance(layer, SieveLayer):
             # other layouts (quantized, sparse) override attend: evaluate them alone
-            if type(layer) is not SieveLayer or layer.valid is not None or not layer.is_initialized:
+            stackable = type(layer) in (SieveLayer, WindowLayer)  # a cut window is a dense layer too
+            if not stackable or layer.valid is not None or not layer.is_initialized:
                 return None
             sig.append(tuple(layer.keys.shape))
         else:

@@ -13,7 +13,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tokensieve.errors import UnknownMethodError
-from tokensieve.kv import ALLOCATORS, PAGE_KEYS, REGISTRY, SPARSE, Method, Plan, SparseMethod, get_method, get_sparse
+from tokensieve.kv import (
+    ALLOCATORS,
+    HYBRID_KEYS,
+    PAGE_KEYS,
+    REGISTRY,
+    SPARSE,
+    Method,
+    Plan,
+    SparseMethod,
+    get_method,
+    get_sparse,
+)
 from tokensieve.spec import join_spec, split_spec
 
 PREFILL_EVICTION = "prefill eviction"
@@ -63,10 +74,10 @@ class MethodSpec:
     @property
     def page_kwargs(self) -> dict[str, Any]:
         """``pages`` / ``page_layout`` / ``page_agg`` (whole-page eviction, ``kv.pages``): for compress only."""
-        return {k: v for k, v in self.params if k in PAGE_KEYS}
+        return {k: v for k, v in self.params if k in PAGE_KEYS or k in HYBRID_KEYS}  # plan keywords, not the method's
 
     def method(self) -> Method | SparseMethod:
-        params = {k: v for k, v in self.params if k not in PAGE_KEYS}
+        params = {k: v for k, v in self.params if k not in PAGE_KEYS and k not in HYBRID_KEYS}
         if self.sparse:
             return get_sparse(self.id, **params)
         return get_method(self.id, **params)

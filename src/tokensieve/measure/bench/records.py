@@ -62,6 +62,7 @@ def tokensieve_cell(
         "context_tokens": s.context_tokens,
         "kv_bytes": s.kv_bytes,
         "kv_bytes_full": s.kv_bytes_full,
+        "kv_bytes_sliding": s.kv_bytes_sliding,
         "tokens_held": round(ev.mean_held(s), 2),
         "compress_seconds": round(s.compress_seconds, 5),
         "prefill_seconds": round(prefill_seconds, 4),

@@ -4,7 +4,7 @@ on the full cache (the question unseen at compression). Also: is the value insid
 the compressed cache answer when the value's tokens are forced in (an oracle: if it does not, positions or masks
 are wrong, not the scores).
 
-    PYTHONPATH=src .venv/bin/python benchmarks/hybrid_diagnose.py --model gemma3-270m --tokens 1000 --keep 0.25
+    PYTHONPATH=src .venv/bin/python benchmarks/gemma3_hybrid/hybrid_diagnose.py --model gemma3-270m --tokens 1000 --keep 0.25
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ import random
 import torch
 
 from tokensieve import compat
-from tokensieve.kv.cache.window import WindowLayer
-from tokensieve.kv.pipeline import prefill
+from tokensieve.kv import WindowLayer, prefill
 from tokensieve.runtime.models import load_model
 from tokensieve.runtime.passkey import passkey_context
 from tokensieve.runtime.prompts import PromptFormat

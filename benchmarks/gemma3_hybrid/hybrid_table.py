@@ -2,8 +2,8 @@
 the tasks' samples, 95% bootstrap over samples), the bytes held (share of the full cache's, measured) and how
 they split between sliding-window and full-attention layers.
 
-    .venv/bin/python benchmarks/hybrid_table.py benchmarks/results/gemma3_unseen_1024 \
-        benchmarks/results/gemma3_unseen_2048 --out benchmarks/results/gemma3_hybrid/unseen
+    .venv/bin/python benchmarks/gemma3_hybrid/hybrid_table.py benchmarks/gemma3_hybrid/results/gemma3_unseen_1024 \
+        benchmarks/gemma3_hybrid/results/gemma3_unseen_2048 --out benchmarks/gemma3_hybrid/results/gemma3_hybrid/unseen
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ on the full cache (the question unseen at compression). Also: is the value insid
 the compressed cache answer when the value's tokens are forced in (an oracle: if it does not, positions or masks
 are wrong, not the scores).
 
-    PYTHONPATH=src .venv/bin/python benchmarks/gemma3_hybrid/hybrid_diagnose.py --model gemma3-270m --tokens 1000 --keep 0.25
+    PYTHONPATH=src .venv/bin/python benchmarks/gemma3_hybrid/hybrid_diagnose.py \
+        --model gemma3-270m --tokens 1000 --keep 0.25
 """
 
 from __future__ import annotations

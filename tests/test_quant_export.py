@@ -132,13 +132,13 @@ def test_export_refusals_are_typed_one_line_errors(smollm2, tmp_path) -> None:
 
     with pytest.raises(ParameterError, match="Q2_K"):
         parse_format("gguf:Q2_K")
-    with pytest.raises(ParameterError, match="3-bit|3"):
+    with pytest.raises(ParameterError, match="stores 4-bit"):
         recipe_for(parse_format("gguf:Q4_0"), Recipe(), bits=3, group=None)
     with pytest.raises(ParameterError, match="blocks are 32"):
         recipe_for(parse_format("gguf:Q4_0"), Recipe(), bits=None, group=64)
     with pytest.raises(ParameterError, match="3 or 4"):
         recipe_for(parse_format("compressed-tensors"), Recipe(), bits=8, group=64)
-    with pytest.raises(ParameterError, match="no such op|cannot absorb"):
+    with pytest.raises(ParameterError, match="cannot absorb"):
         check_exportable(smollm2[0], "inputs")
     with pytest.raises(TokenSieveError, match="source-gguf"):
         gguf_source(str(tmp_path), None)

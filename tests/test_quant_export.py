@@ -105,6 +105,11 @@ def test_written_gguf_loads_back_exactly_and_runs_in_llama_cpp(smollm2, tmp_path
     text = llm("The capital of France is", max_tokens=8, temperature=0)["choices"][0]["text"]
     assert len(llm.tokenize(text.encode(), add_bos=False)) > 0
 
+    from tokensieve.engines.gguf_run import compare
+
+    same = compare(written.path, written.path, [list(range(100, 132))])
+    assert same.kl == 0 and same.top1 == 1 and same.positions == 31 and same.ppl == same.ppl_source
+
 
 def test_compressed_tensors_loads_in_transformers_with_equal_logits(smollm2, tmp_path) -> None:
     pytest.importorskip("compressed_tensors")

@@ -57,6 +57,13 @@ def test_gptq_on_a_type_grid_gives_codes_the_type_stores(type_name: str) -> None
         assert torch.equal(d, d.half().float())  # the fp16 super-scale
         assert s.min() >= -32 and s.max() <= 31 and torch.equal(s, s.round())  # 6-bit sub-scales
         assert torch.equal(q.scale, d.repeat_interleave(16, 1) * s)
+    elif type_name == "Q4_K":
+        for k in ("d", "dmin"):
+            assert torch.equal(q.extra[k], q.extra[k].half().float())
+        for k in ("sc", "m"):  # 6-bit sub-block scales and mins
+            assert q.extra[k].min() >= 0 and q.extra[k].max() <= 63 and torch.equal(q.extra[k], q.extra[k].round())
+        assert torch.equal(q.scale, q.extra["d"].repeat_interleave(8, 1) * q.extra["sc"])
+        assert torch.equal(q.offset, -(q.extra["dmin"].repeat_interleave(8, 1) * q.extra["m"]))
     else:
         assert torch.equal(q.scale, q.scale.half().float())  # fp16 scales, as stored
         if q.offset is not None:

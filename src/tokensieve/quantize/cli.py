@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--format",
         default="fake",
-        help="fake (research: codes one per byte, loaded back in fp32) | gguf:Q4_0|Q4_1|Q5_0|Q5_1|Q8_0|Q3_K "
+        help="fake (research: codes one per byte, loaded back in fp32) | gguf:Q4_0|Q4_1|Q5_0|Q5_1|Q8_0|Q3_K|Q4_K "
         "(llama.cpp) | compressed-tensors (transformers / vLLM, --bits 3|4 with --group)",
     )
     p.add_argument("--source-gguf", help="a GGUF of the model to copy the architecture metadata from (own models)")

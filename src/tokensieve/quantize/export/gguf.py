@@ -29,11 +29,11 @@ from tokensieve.quantize.engine import QuantResult
 from tokensieve.quantize.export.blocks import pack_block32
 from tokensieve.quantize.export.formats import check_exportable
 from tokensieve.quantize.export.grids import GRIDS, grid_of
-from tokensieve.quantize.export.kquants import pack_q3_k
+from tokensieve.quantize.export.kquants import pack_q3_k, pack_q4_k
 from tokensieve.quantize.gptq import Quantized, QuantSpec, rtn
 
 PLAIN = ("F32", "F16")
-FILE_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q3_K": 11}
+FILE_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q3_K": 11, "Q4_K": 14}
 
 
 @dataclass
@@ -49,7 +49,7 @@ class Written:
 
 
 def pack(q: Quantized) -> np.ndarray:
-    return pack_q3_k(q) if q.type == "Q3_K" else pack_block32(q)
+    return {"Q3_K": pack_q3_k, "Q4_K": pack_q4_k}.get(q.type, pack_block32)(q)
 
 
 def write_gguf(

@@ -11,6 +11,8 @@ is what makes ``gguf.quants.dequantize`` of a written file equal ``Quantized.deq
   ``s`` a 6-bit signed sub-scale in [-32, 31], ``q`` in [0, 7]. A matrix whose width is not a multiple
   of 256 cannot hold Q3_K: it gets the ``fallback`` block-32 type (llama.cpp falls back too, to IQ4_NL,
   the same 4.5 bits per weight as Q4_0).
+- ``Q4_K``: super-blocks of 256, 8 sub-blocks of 32, ``w = (d * sc) * q - (dmin * m)``, fp16 ``d`` and
+  ``dmin``, 6-bit ``sc`` and ``m``, ``q`` in [0, 15]; narrower matrices get Q5_0, as in llama.cpp.
 """
 
 from __future__ import annotations
@@ -114,6 +116,43 @@ class Q3K:
         return Quantized(codes.to(torch.uint8), dl, torch.full_like(dl, 4), 3, SUB, None, self.type, extra)
 
 
+@dataclass(frozen=True)
+class Q4K:
+    """``Q4_K``: super-blocks of 256 columns, 8 sub-blocks of 32, ``w = (d * sc) * q - (dmin * m)`` with
+    fp16 ``d`` / ``dmin``, 6-bit ``sc`` / ``m`` in [0, 63], ``q`` in [0, 15]; narrower matrices get ``fallback``
+    (llama.cpp's: Q5_0)."""
+
+    fallback: Block32
+    type: str = "Q4_K"
+    bits: int = 4
+    group: int = QK_K
+
+    def for_columns(self, columns: int) -> Grid:
+        return self if columns % QK_K == 0 else self.fallback.for_columns(columns)
+
+    def params(self, w: Tensor) -> tuple[Tensor, ...]:
+        sub = w.reshape(w.shape[0], -1, QK)
+        lo = sub.min(2).values.clamp(max=0)  # the stored min is subtracted, so it is never above 0
+        hi = sub.max(2).values
+        ideal = (hi - lo) / 15
+        d = fp16(ideal.max(1, keepdim=True).values / 63)
+        dmin = fp16((-lo).max(1, keepdim=True).values / 63)
+        sc = torch.clamp(torch.round(ideal / _safe(d)), 0, 63)
+        m = torch.clamp(torch.round(-lo / _safe(dmin)), 0, 63)
+        return d, dmin, sc, m, d * sc, dmin * m
+
+    def quant(self, w: Tensor, p: tuple[Tensor, ...], j0: int) -> tuple[Tensor, Tensor]:
+        idx = (j0 + torch.arange(w.shape[1])) // QK
+        dl, ml = p[4][:, idx], p[5][:, idx]
+        q = torch.clamp(torch.round((w + ml) / _safe(dl)), 0, 15)
+        return q, dl * q - ml
+
+    def result(self, codes: Tensor, params: list[tuple[Tensor, ...]], group: int) -> Quantized:
+        d, dmin, sc, m, dl, ml = (torch.cat([p[k] for p in params], 1) for k in range(6))
+        extra = {"d": d, "dmin": dmin, "sc": sc, "m": m}
+        return Quantized(codes.to(torch.uint8), dl, torch.zeros_like(dl), 4, QK, -ml, self.type, extra)
+
+
 GRIDS: dict[str, Grid] = {
     "Q4_0": Block32("Q4_0", 4, 8),
     "Q4_1": Block32("Q4_1", 4, None),
@@ -121,6 +160,7 @@ GRIDS: dict[str, Grid] = {
     "Q5_1": Block32("Q5_1", 5, None),
     "Q8_0": Block32("Q8_0", 8, 128),
     "Q3_K": Q3K(Block32("Q4_0", 4, 8)),
+    "Q4_K": Q4K(Block32("Q5_0", 5, 16)),
 }
 
 

@@ -23,8 +23,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-FTYPES = {"Q3_K": "LLAMA_FTYPE_MOSTLY_Q3_K_S", "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "Q4_1": "LLAMA_FTYPE_MOSTLY_Q4_1",
-          "Q5_0": "LLAMA_FTYPE_MOSTLY_Q5_0", "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "Q4_K": "LLAMA_FTYPE_MOSTLY_Q4_K_S"}  # fmt: skip
+FTYPES = {  # tokensieve's type -> llama.cpp's file type (the K-quants' all-one-type "_S" mix)
+    t: f"LLAMA_FTYPE_MOSTLY_{t}{'_S' if t.endswith('_K') else ''}"
+    for t in ("Q3_K", "Q4_K", "Q4_0", "Q4_1", "Q5_0", "Q8_0")
+}
 METHODS = {  # label -> (method, rotate)
     "rtn": ("rtn", False),
     "gptq": ("gptq", False),

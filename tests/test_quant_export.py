@@ -168,3 +168,6 @@ def test_cli_export_errors_exit_2(capsys) -> None:
     assert main(["quantize", "--format", "gguf:Q4_0", "--source-gguf", "/nonexistent.gguf", "--out", "u"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
+    # SmolLM2's auto placement is `inputs` (a silenced channel): refused before any quantization
+    assert main(["quantize", "--method", "rsq", "--format", "gguf:Q4_0", "--out", "unused.gguf"]) == 2
+    assert "cannot absorb" in capsys.readouterr().err

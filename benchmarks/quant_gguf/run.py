@@ -172,8 +172,8 @@ def stage_eval(args, out: Path) -> None:
     weights = n_weights(model)
     windows = held_out(args, tok)
     for path in sorted(out.glob("*.gguf")):
-        if path.name in done or path.name.startswith("imatrix"):
-            continue
+        if path.name in done or path.name.startswith("imatrix") or time.time() - path.stat().st_mtime < 120:
+            continue  # (a file written in the last two minutes may still be growing: the next run takes it)
         row = {"stage": "eval", "file": path.name, "bytes": path.stat().st_size,
                "bpw": round(8 * path.stat().st_size / weights, 3)}  # fmt: skip
         for domain, ws in windows.items():
@@ -187,7 +187,7 @@ def stage_speed(args, out: Path) -> None:
     rows = [json.loads(x) for x in (RESULTS / f"{out.name}.jsonl").read_text().splitlines()]
     done = {(r.get("file"), r.get("threads")) for r in rows if r.get("stage") == "speed"}
     for path in sorted(out.glob("*.gguf")):
-        if path.name.startswith("imatrix"):
+        if path.name.startswith("imatrix") or time.time() - path.stat().st_mtime < 120:
             continue
         for threads in (1, 2):
             if (path.name, threads) in done:

@@ -163,7 +163,7 @@ def held_out(args, tok) -> dict[str, list[list[int]]]:
 
 
 def stage_eval(args, out: Path) -> None:
-    from tokensieve.engines.gguf_run import compare
+    from tokensieve.engines.gguf_run import compare_many
     from tokensieve.runtime.models import load_model
 
     done = {json.loads(x).get("file") for x in (RESULTS / f"{out.name}.jsonl").read_text().splitlines()
@@ -171,15 +171,15 @@ def stage_eval(args, out: Path) -> None:
     model, tok = load_model(args.model, prepare=False)
     weights = n_weights(model)
     windows = held_out(args, tok)
-    for path in sorted(out.glob("*.gguf")):
-        if path.name in done or path.name.startswith("imatrix") or time.time() - path.stat().st_mtime < 120:
-            continue  # (a file written in the last two minutes may still be growing: the next run takes it)
-        row = {"stage": "eval", "file": path.name, "bytes": path.stat().st_size,
-               "bpw": round(8 * path.stat().st_size / weights, 3)}  # fmt: skip
-        for domain, ws in windows.items():
-            q = compare(out / "F32.gguf", path, ws)
-            row.update({f"kl_{domain}": q.kl, f"ppl_{domain}": q.ppl, f"ppl_f32_{domain}": q.ppl_source,
-                        f"top1_{domain}": q.top1, f"positions_{domain}": q.positions})  # fmt: skip
+    # a file written in the last two minutes may still be growing: the next run takes it
+    files = [p for p in sorted(out.glob("*.gguf")) if p.name not in done and time.time() - p.stat().st_mtime > 120]
+    rows = {p.name: {"stage": "eval", "file": p.name, "bytes": p.stat().st_size,
+                     "bpw": round(8 * p.stat().st_size / weights, 3)} for p in files}  # fmt: skip
+    for domain, ws in windows.items():
+        for p, q in zip(files, compare_many(out / "F32.gguf", files, ws), strict=True):
+            rows[p.name].update({f"kl_{domain}": q.kl, f"ppl_{domain}": q.ppl, f"ppl_f32_{domain}": q.ppl_source,
+                                 f"top1_{domain}": q.top1, f"positions_{domain}": q.positions})  # fmt: skip
+    for row in rows.values():
         log(out, row)
 
 
@@ -194,7 +194,8 @@ def stage_speed(args, out: Path) -> None:
                 continue
             code = (
                 "import json; from tokensieve.engines.gguf_run import speed, as_dict; "
-                f"print(json.dumps(as_dict(speed({str(path)!r}, list(range(100, 356)), 32, {threads}))))"
+                f"print(json.dumps(as_dict(speed({str(path)!r}, list(range(100, {100 + args.prompt})), "
+                f"{args.decode}, {threads}))))"
             )
             res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
             log(out, {"stage": "speed", "file": path.name, **json.loads(res.stdout.strip().splitlines()[-1])})
@@ -209,6 +210,8 @@ def main() -> None:
     p.add_argument("--calib", type=int, default=8)
     p.add_argument("--windows", type=int, default=4)
     p.add_argument("--stages", default="all")
+    p.add_argument("--prompt", type=int, default=128, help="prefill tokens of the speed stage")
+    p.add_argument("--decode", type=int, default=16, help="decode steps of the speed stage")
     p.add_argument(
         "--imatrix-bin",
         default="/tmp/gguf_imx/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin/llama-imatrix",

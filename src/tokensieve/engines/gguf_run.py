@@ -52,23 +52,29 @@ class Quality:
 
 def compare(source: str | Path, quantized: str | Path, windows: Sequence[Sequence[int]], threads: int = 1) -> Quality:
     """KL, perplexity and top-1 agreement of ``quantized`` against ``source`` on token ``windows``."""
+    return compare_many(source, [quantized], windows, threads)[0]
+
+
+def compare_many(
+    source: str | Path, files: Sequence[str | Path], windows: Sequence[Sequence[int]], threads: int = 1
+) -> list[Quality]:
+    """``compare`` for several files at once: the source runs each window once, every file is read against it."""
     n_ctx = max(len(w) for w in windows)
     a = open_gguf(source, threads, n_ctx, logits_all=True)
-    b = open_gguf(quantized, threads, n_ctx, logits_all=True)
-    kl = nll = nll_src = agree = 0.0
+    bs = [open_gguf(f, threads, n_ctx, logits_all=True) for f in files]
+    sums = np.zeros((len(bs), 4))  # kl, nll, nll of the source, agreement
     n = 0
     for ids in windows:
-        for llm in (a, b):
+        for llm in (a, *bs):
             llm.reset()
             llm.eval(list(ids))
         for t in range(len(ids) - 1):
-            p, q = _log_softmax(a.scores[t]), _log_softmax(b.scores[t])
-            kl += float(np.exp(p) @ (p - q))
-            nll += -q[ids[t + 1]]
-            nll_src += -p[ids[t + 1]]
-            agree += float(p.argmax() == q.argmax())
+            p = _log_softmax(a.scores[t])
+            for i, b in enumerate(bs):
+                q = _log_softmax(b.scores[t])
+                sums[i] += (float(np.exp(p) @ (p - q)), -q[ids[t + 1]], -p[ids[t + 1]], float(p.argmax() == q.argmax()))
             n += 1
-    return Quality(kl / n, math.exp(nll / n), math.exp(nll_src / n), agree / n, n)
+    return [Quality(s[0] / n, math.exp(s[1] / n), math.exp(s[2] / n), s[3] / n, n) for s in sums]
 
 
 @dataclass

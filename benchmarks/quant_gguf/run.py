@@ -172,7 +172,7 @@ def stage_eval(args, out: Path) -> None:
     weights = n_weights(model)
     windows = held_out(args, tok)
     # a file written in the last two minutes may still be growing: the next run takes it
-    files = [p for p in sorted(out.glob("*.gguf")) if p.name not in done and time.time() - p.stat().st_mtime > 120]
+    files = [p for p in sorted(out.glob(args.only)) if p.name not in done and time.time() - p.stat().st_mtime > 120]
     rows = {p.name: {"stage": "eval", "file": p.name, "bytes": p.stat().st_size,
                      "bpw": round(8 * p.stat().st_size / weights, 3)} for p in files}  # fmt: skip
     for domain, ws in windows.items():
@@ -186,7 +186,7 @@ def stage_eval(args, out: Path) -> None:
 def stage_speed(args, out: Path) -> None:
     rows = [json.loads(x) for x in (RESULTS / f"{out.name}.jsonl").read_text().splitlines()]
     done = {(r.get("file"), r.get("threads")) for r in rows if r.get("stage") == "speed"}
-    for path in sorted(out.glob("*.gguf")):
+    for path in sorted(out.glob(args.only)):
         if path.name.startswith("imatrix") or time.time() - path.stat().st_mtime < 120:
             continue
         for threads in (1, 2):
@@ -210,6 +210,7 @@ def main() -> None:
     p.add_argument("--calib", type=int, default=8)
     p.add_argument("--windows", type=int, default=4)
     p.add_argument("--stages", default="all")
+    p.add_argument("--only", default="*.gguf", help="which files the eval and speed stages take (a glob)")
     p.add_argument("--prompt", type=int, default=128, help="prefill tokens of the speed stage")
     p.add_argument("--decode", type=int, default=16, help="decode steps of the speed stage")
     p.add_argument(

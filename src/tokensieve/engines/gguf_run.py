@@ -84,11 +84,13 @@ class Speed:
     prefill_tok_s: float
     decode_tokens: int
     decode_tok_s: float
-    rss_mb: float  # peak resident set of this process after loading and running
+    rss_mb: float  # peak resident set of this process (VmHWM) after loading and running
+    rss_base_mb: float  # the same just before loading the model (the interpreter and its imports)
 
 
 def speed(path: str | Path, prompt: Sequence[int], decode: int = 32, threads: int = 1, repeats: int = 2) -> Speed:
     """Best of ``repeats`` prefill and decode rates (call in a fresh process for a clean RSS)."""
+    base = _peak_rss_mb()
     llm = open_gguf(path, threads, n_ctx=len(prompt) + decode + 1)
     best_p = best_d = 0.0
     for _ in range(repeats):
@@ -100,8 +102,19 @@ def speed(path: str | Path, prompt: Sequence[int], decode: int = 32, threads: in
         for i in range(decode):
             llm.eval([prompt[i % len(prompt)]])  # the token fed does not change the work per step
         best_d = max(best_d, decode / (time.perf_counter() - start))
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return Speed(threads, len(prompt), best_p, decode, best_d, rss)
+    return Speed(threads, len(prompt), best_p, decode, best_d, _peak_rss_mb(), base)
+
+
+def _peak_rss_mb() -> float:
+    """This process image's peak resident set: ``VmHWM`` (getrusage's maxrss survives exec, so a child started
+    from a large parent would report the parent's peak)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def as_dict(x: Quality | Speed) -> dict[str, float]:

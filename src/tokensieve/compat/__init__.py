@@ -46,6 +46,7 @@ from tokensieve.compat.cache import (  # noqa: F401
     set_cache_layer,
     with_cache,
 )
+from tokensieve.compat.gguf import GgufTensor, gguf_layout
 from tokensieve.compat.layers import (
     LAYER_MASK_ARG,
     call_layer,
@@ -93,6 +94,7 @@ __all__ = [
     "TESTED_TRANSFORMERS",
     "TRANSFORMERS_VERSION",
     "BaseLayer",
+    "GgufTensor",
     "MlpBranch",
     "PreTrainedConfig",
     "SlidingLayer",
@@ -105,6 +107,7 @@ __all__ = [
     "call_residual",
     "decoder_layers",
     "dynamic_update",
+    "gguf_layout",
     "given_cache",
     "init_cache_layers",
     "is_sliding_layer",

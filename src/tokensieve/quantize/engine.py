@@ -112,9 +112,7 @@ def quantize_gptq(
             start_row = 0
             for n in names:
                 rows = linears[n].out_features
-                part = Quantized(
-                    *(t[start_row : start_row + rows] for t in (q.codes, q.scale, q.zero)), q.bits, q.group
-                )
+                part = q.rows(start_row, start_row + rows)
                 result.layers[n] = part
                 linears[n].weight.copy_(part.dequantize().to(linears[n].weight.dtype))
                 start_row += rows

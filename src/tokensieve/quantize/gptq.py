@@ -19,7 +19,8 @@ the float weight exactly as the quantizer produced it (the codes round-trip).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -28,6 +29,21 @@ from tokensieve.errors import ParameterError
 
 BITS = (2, 3, 4, 8)
 BLOCK = 128  # lazy-batch width of GPTQ's column updates
+
+
+class Grid(Protocol):
+    """A storage format's own code grid (``quantize.export.grids``): GPTQ rounds on it, so a file can hold
+    the codes exactly. ``for_columns`` picks the grid a matrix of that width gets (or raises
+    ``ParameterError``); ``params`` fixes a group's grid from its weights; ``quant`` rounds columns
+    ``j0..`` of that group onto it and returns (codes, dequantized values); ``result`` assembles a layer."""
+
+    bits: int
+    group: int
+
+    def for_columns(self, columns: int) -> Grid: ...
+    def params(self, w: Tensor) -> tuple[Tensor, ...]: ...
+    def quant(self, w: Tensor, p: tuple[Tensor, ...], j0: int) -> tuple[Tensor, Tensor]: ...
+    def result(self, codes: Tensor, params: list[tuple[Tensor, ...]], group: int) -> Quantized: ...
 
 
 @dataclass(frozen=True)
@@ -41,10 +57,13 @@ class QuantSpec:
     clip_grid: int = 20
     clip_min: float = 0.5  # smallest range shrink the search tries
     clip_norm: float = 2.4  # the error norm the search minimises (GPTQ's choice)
+    grid: Grid | None = None  # a file format's grid instead of min-max (bits and group then come from it)
 
     def __post_init__(self) -> None:
-        if self.bits not in BITS:
+        if self.grid is None and self.bits not in BITS:
             raise ParameterError(f"--bits {self.bits} is not supported: use one of {', '.join(map(str, BITS))}")
+        if self.grid is not None and self.clip:
+            raise ParameterError("--clip searches a min-max range: a file format's grid sets its own scales")
         if self.group < 0:
             raise ParameterError(f"--group {self.group} must be 0 (per output channel) or a positive column count")
 
@@ -53,6 +72,8 @@ class QuantSpec:
         return 2**self.bits - 1
 
     def group_of(self, columns: int) -> int:
+        if self.grid is not None:
+            return self.grid.for_columns(columns).group
         g = self.group or columns
         if columns % g:
             raise ParameterError(f"group {self.group} does not divide {columns} input columns: pick a divisor")
@@ -99,18 +120,31 @@ def fake_quant(w: Tensor, scale: Tensor, zero: Tensor, maxq: int) -> Tensor:
 
 @dataclass
 class Quantized:
-    """One layer's result: ``codes [rows, cols]`` (uint8), ``scale`` and ``zero`` ``[rows, cols / group]``."""
+    """One layer's result: ``codes [rows, cols]`` (uint8), ``scale`` and ``zero`` ``[rows, cols / group]``:
+    ``w = scale * (codes - zero)``. A file format's grid may instead set ``offset`` (``w = scale * codes +
+    offset``, ggml's ``_1`` types), name its ``type`` and keep what it packs in ``extra`` (per-row tensors)."""
 
     codes: Tensor
     scale: Tensor
     zero: Tensor
     bits: int
     group: int
+    offset: Tensor | None = None
+    type: str = ""
+    extra: dict[str, Tensor] = field(default_factory=dict)
 
     def dequantize(self) -> Tensor:
         scale = self.scale.repeat_interleave(self.group, dim=1)
+        if self.offset is not None:
+            return scale * self.codes.float() + self.offset.repeat_interleave(self.group, dim=1)
         zero = self.zero.repeat_interleave(self.group, dim=1)
         return scale * (self.codes.float() - zero)
+
+    def rows(self, start: int, stop: int) -> Quantized:
+        """Output rows ``start:stop`` (GPTQ quantizes linears that share an input as one stacked matrix)."""
+        cut: Any = lambda t: None if t is None else t[start:stop]  # noqa: E731
+        return replace(self, codes=cut(self.codes), scale=cut(self.scale), zero=cut(self.zero),
+                       offset=cut(self.offset), extra={k: cut(v) for k, v in self.extra.items()})  # fmt: skip
 
 
 class Hessian:
@@ -134,6 +168,13 @@ def rtn(w: Tensor, spec: QuantSpec) -> Quantized:
     cols = w.shape[1]
     g = spec.group_of(cols)
     w = w.float()
+    if spec.grid is not None:
+        grid, params = spec.grid.for_columns(cols), []
+        codes = torch.empty_like(w)
+        for c in range(0, cols, g):
+            params.append(grid.params(w[:, c : c + g]))
+            codes[:, c : c + g] = grid.quant(w[:, c : c + g], params[-1], 0)[0]
+        return grid.result(codes, params, g)
     codes, scales, zeros = torch.empty_like(w), [], []
     for c in range(0, cols, g):
         scale, zero = minmax_params(w[:, c : c + g], spec)
@@ -159,24 +200,49 @@ def gptq(w: Tensor, hessian: Tensor, spec: QuantSpec, damp: float = 0.01, block:
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
 
     codes = torch.empty_like(w)
-    scales, zeros = [], []
-    scale = zero = None
+    grid = spec.grid.for_columns(cols) if spec.grid is not None else _MinMax(spec, g)
+    params: list[tuple[Tensor, ...]] = []
     for b0 in range(0, cols, block):
         b1 = min(b0 + block, cols)
         w1, err1, hinv1 = w[:, b0:b1].clone(), torch.zeros(rows, b1 - b0), hinv[b0:b1, b0:b1]
         for i in range(b1 - b0):
             col = b0 + i
             if col % g == 0:  # a new group: its grid comes from the weights as updated so far
-                scale, zero = minmax_params(torch.cat([w1[:, i:], w[:, b1:]], 1)[:, :g], spec)
-                scales.append(scale)
-                zeros.append(zero)
-            q = codes_of(w1[:, i : i + 1], scale, zero, spec.maxq)
+                params.append(grid.params(torch.cat([w1[:, i:], w[:, b1:]], 1)[:, :g]))
+            q, deq = grid.quant(w1[:, i : i + 1], params[-1], col % g)
             codes[:, col : col + 1] = q
-            err = (w1[:, i : i + 1] - scale * (q - zero)) / hinv1[i, i]
+            err = (w1[:, i : i + 1] - deq) / hinv1[i, i]
             w1[:, i:] -= err @ hinv1[i : i + 1, i:]
             err1[:, i : i + 1] = err
         w[:, b1:] -= err1 @ hinv[b0:b1, b1:]
-    return Quantized(codes.to(torch.uint8), torch.cat(scales, 1), torch.cat(zeros, 1), spec.bits, g)
+    return grid.result(codes, params, g)
+
+
+@dataclass(frozen=True)
+class _MinMax:
+    """The research grid: asymmetric min-max per group at ``spec.bits`` (fp32 scales, integer zero points)."""
+
+    spec: QuantSpec
+    group: int
+
+    @property
+    def bits(self) -> int:
+        return self.spec.bits
+
+    def for_columns(self, columns: int) -> Grid:
+        return self
+
+    def params(self, w: Tensor) -> tuple[Tensor, ...]:
+        return minmax_params(w, self.spec)
+
+    def quant(self, w: Tensor, p: tuple[Tensor, ...], j0: int) -> tuple[Tensor, Tensor]:
+        scale, zero = p
+        q = codes_of(w, scale, zero, self.spec.maxq)
+        return q, scale * (q - zero)
+
+    def result(self, codes: Tensor, params: list[tuple[Tensor, ...]], group: int) -> Quantized:
+        scale, zero = (torch.cat([p[k] for p in params], 1) for k in (0, 1))
+        return Quantized(codes.to(torch.uint8), scale, zero, self.spec.bits, group)
 
 
 def layer_loss(w: Tensor, w_hat: Tensor, hessian: Tensor) -> float:

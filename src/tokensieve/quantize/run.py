@@ -10,6 +10,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tokensieve.quantize.data import calibration_windows
 from tokensieve.quantize.engine import Progress, QuantResult, check_spec, quantize_gptq, quantize_rtn
+from tokensieve.quantize.export.grids import grid_of
 from tokensieve.quantize.gptq import QuantSpec
 from tokensieve.quantize.methods import get_quant_method
 from tokensieve.quantize.rotate import placement_of
@@ -30,6 +31,7 @@ class Recipe:
     n_calib: int = 8
     calib_len: int = 512
     seed: int = 0
+    grid: str = ""  # a GGUF block type (Q4_0, ..., Q3_K) to round on instead of min-max; bits/group then follow it
 
     def resolved(self) -> Recipe:
         m = get_quant_method(self.method)
@@ -48,7 +50,8 @@ def quantize(
     """Quantize ``model`` in place; returns the result and the rotation used (None without one).
     ``rotation`` reuses a given matrix (the benchmark shares one across calibration seeds)."""
     r = recipe.resolved()
-    spec = QuantSpec(bits=r.bits, group=r.group, clip=r.clip)
+    grid = grid_of(r.grid) if r.grid else None
+    spec = QuantSpec(bits=grid.bits if grid else r.bits, group=r.group, clip=r.clip, grid=grid)
     check_spec(model, spec)
     start = time.perf_counter()
     placement = placement_of(model, r.placement) if r.rotate else ""

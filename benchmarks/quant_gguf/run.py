@@ -48,7 +48,7 @@ def meta(args: argparse.Namespace) -> dict:
             "cpu": platform.processor(), "args": vars(args)}  # fmt: skip
 
 
-RESULTS = Path("benchmarks/results/quant_gguf")  # rows; the GGUF files themselves go to --files (not committed)
+RESULTS = Path("benchmarks/quant_gguf/results")  # rows; the GGUF files themselves go to --files (not committed)
 
 
 def log(out: Path, row: dict) -> None:

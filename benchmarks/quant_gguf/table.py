@@ -1,4 +1,4 @@
-"""The tables of benchmarks/results/quant_gguf/README.md from the rows run.py appended (run from the repo root)."""
+"""The tables of benchmarks/quant_gguf/results/README.md from the rows run.py appended (run from the repo root)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-RESULTS = Path("benchmarks/results/quant_gguf")
+RESULTS = Path("benchmarks/quant_gguf/results")
 
 
 def table(model: str) -> list[str]:

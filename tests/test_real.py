@@ -124,5 +124,5 @@ def test_demo_runs_and_reports_every_row(smollm2, capsys):
 
     assert run_demo("smollm2", "snapkv", 0.25, 600, 0.5, Console(width=250)) == 0
     out = capsys.readouterr().out
-    for row in ("full", "snapkv, question unseen", "snapkv, query-aware", "mikv fp32 17% + INT2", "(25%)"):
+    for row in ("full", "snapkv, question unseen", "snapkv, query-aware", "mikv fp32 + INT2 (same bytes)", "(25%)"):
         assert row in out, row

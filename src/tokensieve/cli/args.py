@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from tokensieve.errors import TokenSieveError
 
@@ -73,3 +75,15 @@ def _count(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"takes a positive whole number, not {text!r}")
     return value
+
+
+def print_answer_record(record: dict[str, Any], as_json: bool) -> int:
+    """``generate``'s output, from either engine: one JSON line, or the answer then one line per field."""
+    if as_json:
+        print(json.dumps(record))
+    else:
+        console.print(f"[bold]answer:[/bold] {escape(str(record['answer']))}")
+        for k, v in record.items():
+            if k != "answer":
+                console.print(f"  {k}: {v}")
+    return 0

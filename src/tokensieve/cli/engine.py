@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from rich.markup import escape
-
-from tokensieve.cli.args import _context, console
+from tokensieve.cli.args import _context, print_answer_record
 from tokensieve.errors import ParameterError
 from tokensieve.spec import parse_params
 
@@ -62,14 +59,7 @@ def cmd_generate_llamacpp(args: argparse.Namespace) -> int:
         "new_tokens": len(ans.tokens),
         **({"state_file_bytes": saved, "state_file": args.save_state} if saved is not None else {}),
     }
-    if args.json:
-        print(json.dumps(record))
-    else:
-        console.print(f"[bold]answer:[/bold] {escape(ans.text)}")
-        for k, v in record.items():
-            if k != "answer":
-                console.print(f"  {k}: {v}")
-    return 0
+    return print_answer_record(record, args.json)
 
 
 __all__ = ["ENGINES", "add_engine_args", "cmd_generate_llamacpp"]

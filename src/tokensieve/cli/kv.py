@@ -8,7 +8,16 @@ import json
 from rich.markup import escape
 from rich.table import Table
 
-from tokensieve.cli.args import _add_page_args, _context, _count, _keep, _page_kwargs, _read, console
+from tokensieve.cli.args import (
+    _add_page_args,
+    _context,
+    _count,
+    _keep,
+    _page_kwargs,
+    _read,
+    console,
+    print_answer_record,
+)
 from tokensieve.cli.engine import add_engine_args, cmd_generate_llamacpp
 from tokensieve.errors import TokenSieveError
 from tokensieve.kv import ALLOCATORS, DEFAULT_METHOD
@@ -78,14 +87,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         "decode_seconds": round(s.decode_seconds, 4),
         "new_tokens": s.new_tokens,
     }
-    if args.json:
-        print(json.dumps(record))
-    else:
-        console.print(f"[bold]answer:[/bold] {escape(ans.text)}")
-        for k, v in record.items():
-            if k != "answer":
-                console.print(f"  {k}: {v}")
-    return 0
+    return print_answer_record(record, args.json)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

@@ -10,24 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/_common.py
 from _common import write_results
 
-
-def bootstrap(pairs: list[tuple[float, float]], n: int = 2000) -> tuple[float, float]:
-    """95% interval of sum(score) / sum(full score), resampling samples (paired)."""
-    rng = random.Random(0)
-    out = []
-    for _ in range(n):
-        draw = [rng.choice(pairs) for _ in pairs]
-        den = sum(f for _, f in draw)
-        out.append(sum(s for s, _ in draw) / den if den else 0.0)
-    out.sort()
-    return out[int(0.025 * n)], out[int(0.975 * n) - 1]
+from tokensieve.stats import paired_bootstrap
 
 
 def main() -> None:
@@ -66,7 +57,8 @@ def main() -> None:
             continue
         pairs = [(r["score"], full[(r["length"], r["task"], r["sample"])]) for r in done]
         base = sum(f for _, f in pairs) / len(pairs)
-        lo, hi = bootstrap(pairs)
+        iv = paired_bootstrap([sc for sc, _ in pairs], [f for _, f in pairs], ratio=True)  # share of the full
+        lo, hi = iv.lo, iv.hi
         held = sum(r["kv_bytes"] / r["kv_bytes_full"] for r in done) / len(done)
         sliding = sum(r["kv_bytes_sliding"] / r["kv_bytes"] for r in done) / len(done)
         mean = sum(s for s, _ in pairs) / len(pairs) / base if base else 0.0

@@ -11,16 +11,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-
-def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """TODO: use tokensieve.stats once house-bench's module is on main (the one statistics module)."""
-    if n == 0:
-        return float("nan"), float("nan")
-    p = successes / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return max(0.0, mid - half), min(1.0, mid + half)
+from tokensieve.stats import wilson
 
 
 def mean(xs: list[float]) -> float:
@@ -41,7 +32,8 @@ def table(rows: list[dict]) -> list[str]:
     ]
     for (m, t, c), g in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
         s = [r["score"] for r in g]
-        lo, hi = wilson(sum(s), len(s))
+        iv = wilson(sum(s), len(s))
+        lo, hi = iv.lo, iv.hi
         f = full.get((m, t))
         ratio = mean(s) / f if f else float("nan")
         sc = mean([r.get("score_seconds") for r in g])
@@ -65,7 +57,8 @@ def longdoc_table(rows: list[dict]) -> list[str]:
     ]
     for (m, t, b, meth, ren), g in sorted(groups.items()):
         s = [r["score"] for r in g]
-        lo, hi = wilson(sum(s), len(s))
+        iv = wilson(sum(s), len(s))
+        lo, hi = iv.lo, iv.hi
         lines.append(
             f"| {m} | {t} | {b} | {meth} | {ren} | {len(s)} | {mean(s):.3f} | [{lo:.2f}, {hi:.2f}] | "
             f"{mean([r['seconds'] for r in g]):.0f} | {mean([r['state_bytes'] for r in g]) / 1e6:.2f} |"

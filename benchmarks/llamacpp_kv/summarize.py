@@ -1,6 +1,6 @@
 """Table of ``run.py``'s rows: score per cell with a 95% Wilson interval, bytes, speeds, against the full cache.
 
-    .venv/bin/python benchmarks/llamacpp_kv/summarize.py benchmarks/llamacpp_kv/results/retrieval.jsonl
+    .venv/bin/python benchmarks/llamacpp_kv/summarize.py benchmarks/llamacpp_kv/results/retrieval_smollm2_2k.jsonl
 """
 
 from __future__ import annotations

@@ -241,3 +241,47 @@ def test_keydiff_scores_llamacpp_cached_keys(eng):
     mean = k.mean(1, keepdims=True)
     cos = (k * mean).sum(-1) / (np.linalg.norm(k, axis=-1) * np.linalg.norm(mean, axis=-1))
     np.testing.assert_allclose(layers[0], -cos, atol=1e-4)
+
+
+def _lag_np(x: np.ndarray, lag: int) -> np.ndarray:
+    """LagKV's per-token score of one tensor [H, n, D], written out per chunk: chunk c normalised per channel by the
+    min/max of chunk c+1, std over channels, softmax within the chunk; tokens without a full next chunk: +inf."""
+    h, n, _ = x.shape
+    out = np.full((h, n), np.inf)
+    for c in range(n // lag - 1):
+        cur, ref = x[:, c * lag : (c + 1) * lag], x[:, (c + 1) * lag : (c + 2) * lag]
+        lo, hi = ref.min(1, keepdims=True), ref.max(1, keepdims=True)
+        sd = ((cur - lo) / np.maximum(hi - lo, 1e-6)).std(-1)
+        e = np.exp(sd - sd.max(-1, keepdims=True))
+        out[:, c * lag : (c + 1) * lag] = e / e.sum(-1, keepdims=True)
+    return out
+
+
+def test_lagkv_scores_llamacpp_cached_keys_and_values(eng):
+    """lagkv on llama.cpp: the KV family's score on the cached keys and values equals the chunked formula written
+    here in numpy; the values are read in the right layout (layer 0's values depend only on the token, so cells
+    holding the same token hold the same values, and different tokens differ)."""
+    from tokensieve.engines.llamacpp.scores import KEYS, VALUES, cached, keys_pass
+    from tokensieve.kv import get_method as kv_get
+
+    lag = kv_get("lagkv").lag  # the registry's lag (128): chunk 0 has a full reference chunk
+    ids = _ids(eng, 440)[:300]
+    n = len(ids)
+    assert 2 * lag <= n < 3 * lag
+    eng.clear()
+    eng.prefill(ids)
+    k, v = cached(eng, KEYS, "test")[0].astype(np.float64), cached(eng, VALUES, "test")[0].astype(np.float64)
+    same = [(i, j) for i in range(n) for j in range(i + 1, n) if ids[i] == ids[j]]
+    diff = [(i, j) for i in range(0, n, 7) for j in range(i + 1, n, 5) if ids[i] != ids[j]]
+    assert same and max(np.abs(v[:, i] - v[:, j]).max() for i, j in same) < 1e-3
+    assert min(np.abs(v[:, i] - v[:, j]).max() for i, j in diff) > 1e-2
+    np.testing.assert_allclose(k, _layer0_keys(eng)[:n].transpose(1, 0, 2), atol=1e-6)
+    layers = keys_pass(eng, "lagkv")
+    want = _lag_np(k, lag) + _lag_np(v, lag)
+    finite = np.isfinite(want)
+    assert finite.sum() == k.shape[0] * lag * (n // lag - 1)
+    np.testing.assert_allclose(layers[0][finite], want[finite], atol=1e-4)
+    assert np.isinf(layers[0][~finite]).all()
+    eng.clear()
+    rep = compress(eng, ids, "lagkv", budget=200)
+    assert rep.kept_tokens == 200 and sorted(eng.seq.cells)[-(n - lag) :] == list(range(lag, n))  # +inf tail kept

@@ -23,6 +23,7 @@ from pathlib import Path
 from tokensieve.engines.llamacpp import Engine, Settings
 from tokensieve.engines.llamacpp.evict import evict
 from tokensieve.engines.llamacpp.scores import (
+    DEFAULT,
     aggregate,
     get_method,
     keep_cells,
@@ -73,7 +74,7 @@ def answer_row(eng: Engine, q, base: dict, **extra) -> dict:
 
 
 def run_sample(args, eng: Engine, plain: dict[str, Engine], task, index: int, done: set, out) -> None:
-    sample = task.sample(eng.tokenizer, args.tokens, index, seed=0)
+    sample = task.sample(eng.tokenizer, args.tokens, index, seed=args.seed)
     ids = eng.prompt.context_ids(sample.context)
     base = {"type": "row", "model": args.model, "task": task.spec(), "tokens": args.tokens, "index": index,
             "context_tokens": len(ids)}  # fmt: skip
@@ -86,19 +87,26 @@ def run_sample(args, eng: Engine, plain: dict[str, Engine], task, index: int, do
         return json.dumps({**{k: base[k] for k in ("model", "task", "tokens", "index")}, **kw}, sort_keys=True)
 
     # baselines: plain llama.cpp (f16 cache: the full reference, its prefill time) and quantized KV caches
+    quant_snaps = {}
     for kind, p in plain.items():
-        if key(cell=kind) in done:
+        if key(cell=kind) in done and kind not in args.quant_evict:
             continue
         p.clear()
         t = time.perf_counter()
         p.prefill(ids)
         prefill_s = time.perf_counter() - t
+        if kind in args.quant_evict:
+            quant_snaps[kind] = snapshot(p)
+        if key(cell=kind) in done:
+            continue
         for qi, q in enumerate(sample.questions):
             emit(answer_row(p, q, base, cell=kind, question=qi, prefill_seconds=prefill_s, key=key(cell=kind)))
     # streaming reads no attention: one aggregate is enough
     wanted = [(m, a, k) for m in args.methods for a in args.aggregates for k in args.keeps
               if m != "streaming" or a == args.aggregates[0]]  # fmt: skip
-    todo = [w for w in wanted if key(cell=f"{w[0]}/{w[1]}/{w[2]}") not in done]
+    quant = [(w, kind) for w in wanted for kind in args.quant_evict if w[0] in args.quant_methods]
+    todo = [w for w in wanted if key(cell=f"{w[0]}/{w[1]}/{w[2]}") not in done
+            or any(x == w and key(cell=f"{w[0]}/{w[1]}/{w[2]}+{k}") not in done for x, k in quant)]  # fmt: skip
     if not todo:
         return
     eng.clear()
@@ -128,9 +136,22 @@ def run_sample(args, eng: Engine, plain: dict[str, Engine], task, index: int, do
         select_s = time.perf_counter() - t
         cell = f"{m_id}/{agg}/{keep}"
         score_s = {"kvzip": recon_s, "snapkv": prefill_window_s, "streaming": 0.0}[m_id]
-        for qi, q in enumerate(sample.questions):
-            emit(answer_row(eng, q, base, cell=cell, method=m_id, aggregate=agg, keep=keep, question=qi,
-                            score_seconds=score_s, select_seconds=select_s, key=key(cell=cell)))  # fmt: skip
+        if key(cell=cell) not in done:
+            for qi, q in enumerate(sample.questions):
+                emit(answer_row(eng, q, base, cell=cell, method=m_id, aggregate=agg, keep=keep, question=qi,
+                                score_seconds=score_s, select_seconds=select_s, key=key(cell=cell)))  # fmt: skip
+        # eviction + a quantized cache: the same positions (scored on the f16 context) evicted from the quantized one
+        positions = set(eng.seq.cells)
+        for kind, qsnap in quant_snaps.items():
+            qcell = f"{cell}+{kind}"
+            if m_id not in args.quant_methods or key(cell=qcell) in done:
+                continue
+            qe = plain[kind]
+            restore(qe, qsnap)
+            evict(qe, [i for i, p in enumerate(qe.seq.cells) if p in positions], renumber=args.renumber)
+            for qi, q in enumerate(sample.questions):
+                emit(answer_row(qe, q, base, cell=qcell, method=m_id, aggregate=agg, keep=keep, question=qi,
+                                quant=kind, score_seconds=score_s, key=key(cell=qcell)))  # fmt: skip
 
 
 def main() -> None:
@@ -140,9 +161,12 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=30)
     p.add_argument("--tasks", default="niah_single:haystack=prose,niah_multikey")
     p.add_argument("--methods", default="kvzip,snapkv,streaming")
-    p.add_argument("--aggregates", default="max")
+    p.add_argument("--aggregates", default=DEFAULT)
     p.add_argument("--keeps", default="0.5,0.25,0.1")
     p.add_argument("--baselines", default="f16,q8_0,q4_0", help="plain llama.cpp KV cache types")
+    p.add_argument("--quant-evict", default="", help="quantized caches that also get each eviction (e.g. q8_0)")
+    p.add_argument("--quant-methods", default="kvzip,streaming", help="methods whose evictions --quant-evict gets")
+    p.add_argument("--seed", type=int, default=0, help="sample seed (0: reported; 1: validation)")
     p.add_argument("--window", type=int, default=32)
     p.add_argument("--chunk", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
@@ -152,6 +176,8 @@ def main() -> None:
     args.methods = [m for m in args.methods.split(",") if m]
     args.aggregates = [a for a in args.aggregates.split(",") if a]
     args.keeps = [float(k) for k in args.keeps.split(",") if k]
+    args.quant_evict = [q for q in args.quant_evict.split(",") if q]
+    args.quant_methods = [q for q in args.quant_methods.split(",") if q]
     tasks = [get_task(t) for t in args.tasks.split(",") if t]
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)

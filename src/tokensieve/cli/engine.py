@@ -14,8 +14,12 @@ ENGINES = ("hf", "llama.cpp")
 def add_engine_args(g: argparse.ArgumentParser) -> None:
     g.add_argument("--engine", default="hf", choices=ENGINES, help="hf (default) or llama.cpp (the llamacpp extra)")
     g.add_argument(
-        "--aggregate", default="max", help="llama.cpp: per-cell score from layers x heads: max, mean or vote"
+        "--aggregate",
+        default=None,
+        help="llama.cpp: per-cell score from layers x heads: max, mean, vote, norm, union, wvote (default: the "
+        "engine's default, tokensieve.engines.llamacpp.aggregate.DEFAULT)",
     )
+    g.add_argument("--skip-first", type=int, default=0, help="llama.cpp: leave the first N layers out of the score")
     g.add_argument("--renumber", action="store_true", help="llama.cpp: make kept positions contiguous (K-shift)")
     g.add_argument("--n-ctx", type=int, default=8192, help="llama.cpp: context size in tokens (default 8192)")
     g.add_argument("--threads", type=int, default=1, help="llama.cpp: CPU threads (default 1)")
@@ -23,17 +27,18 @@ def add_engine_args(g: argparse.ArgumentParser) -> None:
 
 
 def cmd_generate_llamacpp(args: argparse.Namespace) -> int:
-    from tokensieve.engines.llamacpp import Engine, Settings, compress, save
+    from tokensieve.engines.llamacpp import DEFAULT, Engine, Settings, compress, save
 
     if args.allocator != "uniform" or args.allocator_param or getattr(args, "pages", None):
         raise ParameterError("--engine llama.cpp keeps one set of cells for every layer: no --allocator or --pages")
     params = parse_params(args.param)
+    how = args.aggregate or DEFAULT
     context = _context(args)
     with Engine(args.model, Settings(n_ctx=args.n_ctx, threads=args.threads)) as eng:
         rep = compress(
             eng, context, args.method, keep=args.keep, budget=args.budget,
-            question=args.question if args.query_aware else None, aggregate_by=args.aggregate,
-            renumber=args.renumber, **params,
+            question=args.question if args.query_aware else None, aggregate_by=how,
+            renumber=args.renumber, skip_first=args.skip_first, **params,
         )  # fmt: skip
         ans = eng.answer(args.question, args.max_new_tokens, args.answer_prefix)
         saved = save(eng, args.save_state) if args.save_state else None
@@ -43,7 +48,8 @@ def cmd_generate_llamacpp(args: argparse.Namespace) -> int:
         "method": rep.method,
         "keep": args.keep,
         "budget": args.budget,
-        "aggregate": args.aggregate,
+        "aggregate": how,
+        "skip_first": args.skip_first,
         "renumber": args.renumber,
         "query_aware": bool(args.query_aware),
         "model": str(args.model),

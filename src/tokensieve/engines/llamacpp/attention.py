@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tokensieve.engines.llamacpp.ffi import eval_callback, read_tensor, tensor_name, tensor_source
+from tokensieve.engines.llamacpp.ffi import eval_callback, read_strided, read_tensor, tensor_name, tensor_source
 
 ATTENTION = "kq_soft_max-"
 
@@ -75,8 +75,8 @@ class Tap:
         if layer is None:
             return True
         try:
-            if self.match is not None:  # not attention: no mask to check
-                self.reducer(layer, read_tensor(t)[0], self.queries)
+            if self.match is not None:  # not attention (a cache view, maybe strided): no mask to check
+                self.reducer(layer, read_strided(t)[0], self.queries)
                 self.seen += 1
                 self.read.add(layer)
                 return True

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from tokensieve.engines.llamacpp.compress import cell_scores
 from tokensieve.engines.llamacpp.engine import Engine
 from tokensieve.engines.llamacpp.evict import evict
-from tokensieve.engines.llamacpp.scores import aggregate, get_method, keep_cells, pooled, window_pass
+from tokensieve.engines.llamacpp.scores import (
+    AGGREGATES,
+    DEFAULT,
+    aggregate,
+    get_method,
+    keep_cells,
+    pooled,
+    window_pass,
+)
 from tokensieve.errors import BudgetError, EmptyContextError, check_choice
 
 
@@ -48,14 +56,15 @@ def read_chunked(
     budget: int,
     chunk: int = 512,
     method: str = "kvzip",
-    aggregate_by: str = "max",
+    aggregate_by: str = DEFAULT,
     renumber: bool = False,
+    skip_first: int = 0,
     **params: int,
 ) -> ChunkedReport:
     """Prefill ``ids`` into an empty sequence 0 ``chunk`` tokens at a time, evicting back to ``budget`` cells
     after every chunk that overflows it (question unseen)."""
     m = get_method(method, **params)
-    check_choice("aggregate", aggregate_by, ("max", "mean", "vote"))
+    check_choice("aggregate", aggregate_by, AGGREGATES)
     _check(engine, ids, budget, chunk)
     engine.clear()
     t0, peak, n_chunks = time.perf_counter(), 0, 0
@@ -68,9 +77,10 @@ def read_chunked(
         n_chunks += 1
         peak = max(peak, len(engine.seq))
         if len(engine.seq) > budget:
-            scores = aggregate(pooled(layers, m.pool), aggregate_by, budget) if layers is not None else None
-            if scores is None:
-                scores, _ = cell_scores(engine, m, budget, aggregate_by, None)
+            if layers is not None:
+                scores = aggregate(pooled(layers, m.pool), aggregate_by, budget, skip_first)
+            else:
+                scores, _ = cell_scores(engine, m, budget, aggregate_by, None, skip_first)
             evict(engine, keep_cells(scores, budget, m.sinks, m.window), renumber=renumber)
     return ChunkedReport(
         m.id, len(ids), len(engine.seq), n_chunks, time.perf_counter() - t0, peak, engine.state_bytes()

@@ -11,6 +11,8 @@ import numpy as np
 from tokensieve.engines.llamacpp.engine import Engine
 from tokensieve.engines.llamacpp.evict import evict
 from tokensieve.engines.llamacpp.scores import (
+    AGGREGATES,
+    DEFAULT,
     KEY_METHODS,
     aggregate,
     get_method,
@@ -37,7 +39,7 @@ class Report:
 
 
 def cell_scores(
-    engine: Engine, method, budget: int, how: str, question_ids: list[int] | None
+    engine: Engine, method, budget: int, how: str, question_ids: list[int] | None, skip_first: int = 0
 ) -> tuple[np.ndarray, int]:
     """One score per cell of sequence 0 (after its prefill) for a method that reads after the prefill, and the
     number of layers whose attention it used (sliding-window layers whose cells differ are skipped)."""
@@ -49,7 +51,7 @@ def cell_scores(
         layers = keys_pass(engine, method.id)
     else:
         layers = question_pass(engine, question_ids or [])
-    return aggregate(pooled(layers, method.pool), how, budget), len(layers)
+    return aggregate(pooled(layers, method.pool), how, budget, skip_first), len(layers)
 
 
 def budget_for(n: int, keep: float | None, budget: int | None) -> int:
@@ -67,16 +69,19 @@ def compress(
     keep: float | None = None,
     budget: int | None = None,
     question: str | None = None,
-    aggregate_by: str = "max",
+    aggregate_by: str = DEFAULT,
     renumber: bool = False,
+    skip_first: int = 0,
     **params: int,
 ) -> Report:
     """Prefill ``context`` into sequence 0 (which must be empty) and keep ``keep`` of it (or ``budget`` tokens).
 
     ``question`` makes snapkv/tova query-aware (its queries are read on a fork and not kept); without it every
-    method is question-unseen. With nothing removed (keep 1.0) the cache is exactly plain llama.cpp's."""
+    method is question-unseen. ``aggregate_by`` / ``skip_first``: how layers x heads become one score per cell
+    (:mod:`tokensieve.engines.llamacpp.aggregate`). With nothing removed (keep 1.0) the cache is exactly plain
+    llama.cpp's."""
     m = get_method(method, **params)
-    check_choice("aggregate", aggregate_by, ("max", "mean", "vote"))
+    check_choice("aggregate", aggregate_by, AGGREGATES)
     if keep is not None:
         check_keep(keep)
     ids = engine.prompt.context_ids(context) if isinstance(context, str) else list(context)
@@ -96,11 +101,11 @@ def compress(
     used = 0
     if b < n:
         if layers is not None:
-            scores = aggregate(pooled(layers, m.pool), aggregate_by, b)
+            scores = aggregate(pooled(layers, m.pool), aggregate_by, b, skip_first)
             used = len(layers)
         else:
             q = engine.prompt.question_ids(question) if question else None
-            scores, used = cell_scores(engine, m, b, aggregate_by, q)
+            scores, used = cell_scores(engine, m, b, aggregate_by, q, skip_first)
         evict(engine, keep_cells(scores, b, m.sinks, m.window), renumber=renumber)
     t2 = time.perf_counter()
     return Report(m.id, n, len(engine.seq), t1 - t0, t2 - t1, full, engine.state_bytes(), used)

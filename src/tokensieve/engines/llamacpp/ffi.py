@@ -78,6 +78,21 @@ def read_tensor(t: int) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
+def read_strided(t: int) -> np.ndarray:
+    """Any f32/f16 tensor, views with strides included (llama.cpp's transposed V cache view), as a float32 array
+    shaped [ne3, ne2, ne1, ne0]: the bytes the view spans (``ggml_nbytes``), laid out by its strides ``nb``."""
+    h = TensorHead.from_address(t)
+    dtype = {GGML_TYPE_F32: np.float32, GGML_TYPE_F16: np.float16}.get(h.type)
+    if dtype is None:
+        raise TypeError(f"tensor {tensor_name(t)!r}: type {h.type} is not readable (f32 or f16)")
+    raw = np.empty(libggml.ggml_nbytes(t), dtype=np.uint8)
+    libggml.ggml_backend_tensor_get(t, raw.ctypes.data, 0, raw.nbytes)
+    shape = (h.ne[3], h.ne[2], h.ne[1], h.ne[0])
+    strides = (h.nb[3], h.nb[2], h.nb[1], h.nb[0])
+    view = np.lib.stride_tricks.as_strided(raw.view(dtype), shape=shape, strides=strides, writeable=False)
+    return view.astype(np.float32)
+
+
 def eval_callback(fn: Any) -> Any:
     """Wrap ``fn(tensor_ptr, ask) -> bool`` as llama.cpp's ``cb_eval``; keep the returned object alive."""
     return lib.ggml_backend_sched_eval_callback(fn)
@@ -88,6 +103,7 @@ __all__ = [
     "KV_TYPES",
     "eval_callback",
     "lib",
+    "read_strided",
     "read_tensor",
     "tensor_name",
     "tensor_shape",

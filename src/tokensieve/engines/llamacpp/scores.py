@@ -2,23 +2,21 @@
 
 llama.cpp's cells are shared by all layers and heads, so one set of kept cells serves them all. Each method
 reduces a layer's attention ``[n_head, n_queries, n_kv]`` over its queries at once (the block is then dropped)
-to ``[n_head, n_cells]``; :func:`aggregate` turns ``{layer: [n_head, n_cells]}`` into one score per cell:
-
-- ``max``: the most any layer's head gives the cell (KVzip's own reduction, extended over layers);
-- ``mean``: the average over layers and heads;
-- ``vote``: a global top-k over every (layer, head, cell) score, ``k = budget x layers x heads`` (what the HF
-  path's ``scope="global"`` spends), turned into a per-cell count of the entries it won; ties by ``mean``.
+to ``[n_head, n_cells]``; :mod:`aggregate` turns ``{layer: [n_head, n_cells]}`` into one score per cell (max,
+mean, vote, norm, union, wvote: see there for each and for the default).
 
 Methods (question unseen unless a question is given): ``kvzip`` (max attention over a reconstruction pass:
 "repeat the context" teacher-forced on a fork, chunk by chunk), ``snapkv`` (the last ``window`` context
 queries, or the question's, summed and max-pooled along the keys, kernel 7), ``tova`` (the last query),
-``streaming`` (sinks + recent, no attention read), ``keydiff`` (the KV family's own score on llama.cpp's cached
-keys, read from each layer's ``cache_k_l<layer> (view)``; models without sliding-window layers only, since no
-mask tells which cells a sliding-window cache's keys are).
+``streaming`` (sinks + recent, no attention read), ``keydiff`` and ``lagkv`` (the KV family's own scores on
+llama.cpp's cached keys, and for lagkv values, read from each layer's ``cache_k_l<layer> (view)`` /
+``cache_v_l<layer> (view)``; models without sliding-window layers only, since no mask tells which cells a
+sliding-window cache's keys are).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +25,7 @@ import torch
 from tokensieve.core.observe.inputs import ScoreInputs
 from tokensieve.core.ops.select import select
 from tokensieve.core.scores.attention import pool_keys
+from tokensieve.engines.llamacpp.aggregate import AGGREGATES, DEFAULT, aggregate
 from tokensieve.engines.llamacpp.attention import expected_visible
 from tokensieve.engines.llamacpp.engine import FORK, Engine
 from tokensieve.errors import (
@@ -34,12 +33,10 @@ from tokensieve.errors import (
     ParameterError,
     UnknownMethodError,
     UnsupportedArchitectureError,
-    check_choice,
 )
 from tokensieve.kv import get_method as kv_method
 
 KVZIP_PROMPT = "Repeat the previous context exactly."
-AGGREGATES = ("max", "mean", "vote")
 
 
 @dataclass
@@ -60,9 +57,11 @@ METHODS: dict[str, Method] = {
     "tova": Method("tova", observe=1),
     "streaming": Method("streaming", sinks=4),
     "keydiff": Method("keydiff", window=1),
+    "lagkv": Method("lagkv", sinks=4, window=1),  # its last chunks (no full lag reference) score +inf: kept
 }
-KEY_METHODS = ("keydiff",)
-KEYS, VIEW = "cache_k_l", " (view)"
+KEY_METHODS = ("keydiff", "lagkv")
+VALUE_METHODS = ("lagkv",)  # also reads the cached values
+KEYS, VALUES, VIEW = "cache_k_l", "cache_v_l", " (view)"
 
 
 def get_method(method: str | Method, **params: int) -> Method:
@@ -162,58 +161,64 @@ def reconstruction_pass(engine: Engine, chunk: int, prompt: str = KVZIP_PROMPT) 
     return engaged(engine, col, "kvzip reconstruction")
 
 
-def key_layer(name: str) -> int | None:
-    """The layer of llama.cpp's cached-key view ``cache_k_l<layer> (view)`` (not its permuted copies)."""
-    if not (name.startswith(KEYS) and name.endswith(VIEW)):
-        return None
-    mid = name[len(KEYS) : -len(VIEW)]
-    return int(mid) if mid.isdigit() else None
+def view_layer(prefix: str) -> Callable[[str], int | None]:
+    """Matches llama.cpp's cache view ``<prefix><layer> (view)`` (not its permuted copies) to its layer."""
+
+    def match(name: str) -> int | None:
+        if not (name.startswith(prefix) and name.endswith(VIEW)):
+            return None
+        mid = name[len(prefix) : -len(VIEW)]
+        return int(mid) if mid.isdigit() else None
+
+    return match
+
+
+key_layer = view_layer(KEYS)
+
+
+def cached(engine: Engine, prefix: str, what: str) -> dict[int, np.ndarray]:
+    """Every layer's cached keys (``KEYS``) or values (``VALUES``) of sequence 0's cells, ``[n_head_kv, n_cells,
+    head_dim]`` in cell order, read during one token decoded on a fork. With flash attention off llama.cpp stores
+    V transposed (its view is ``[head_dim, n_head_kv, n_kv]``); keys are ``[n_kv, n_head_kv, head_dim]``."""
+    n = len(engine.seq.cells)
+    out: dict[int, np.ndarray] = {}
+    v_trans = prefix == VALUES and engine.settings.flash_attn == "off"
+
+    def reduce(layer: int, x: np.ndarray, _queries: list[int]) -> None:
+        out[layer] = x[:, :, :n].transpose(1, 2, 0) if v_trans else x[:n].transpose(1, 0, 2)
+
+    pos = engine.fork()
+    try:
+        with engine.m.tap.reading(reduce, match=view_layer(prefix)):
+            engine.decode([engine.seq.tokens[max(engine.seq.cells)]], pos, FORK, logits=False)
+    finally:
+        engine.drop_fork()
+    if len(out) != engine.m.n_layer:
+        kind = "values" if prefix == VALUES else "keys"
+        raise EngagementError(
+            f"{what}: llama.cpp showed the cached {kind} of {len(out)} of {engine.m.n_layer} layers (a renamed "
+            "cache view, or a quantized cache): open the engine with type_k='f16' and type_v='f16'"
+        )
+    return out
 
 
 def keys_pass(engine: Engine, method_id: str) -> dict[int, np.ndarray]:
-    """A key-statistics score per layer ``[n_head_kv, n_cells]``: the KV family's method (``keydiff``) run on
-    llama.cpp's cached keys (after RoPE, f16), read during one token decoded on a fork."""
+    """A key-statistics score per layer ``[n_head_kv, n_cells]``: the KV family's method run on llama.cpp's cached
+    keys (after RoPE, f16) and, for ``lagkv``, values, each read during one token decoded on a fork."""
     if engine.m.n_swa > 0:
         raise UnsupportedArchitectureError(
             f"{method_id} on llama.cpp reads cached keys by cell, and {engine.m.arch}'s sliding-window cache reuses "
             "cells on its own: use an attention method (kvzip, snapkv, tova) or streaming on this model"
         )
-    n = len(engine.seq.cells)
     score = kv_method(method_id)
+    keys = cached(engine, KEYS, method_id)
+    values = cached(engine, VALUES, method_id) if method_id in VALUE_METHODS else keys
     out: dict[int, np.ndarray] = {}
-
-    def reduce(layer: int, k: np.ndarray, _queries: list[int]) -> None:
-        keys = torch.from_numpy(np.ascontiguousarray(k[:n].transpose(1, 0, 2)))[None]  # [1, Hkv, n, D]
-        out[layer] = score.score(ScoreInputs(keys, keys, None, None))[0].float().numpy()
-
-    pos = engine.fork()
-    try:
-        with engine.m.tap.reading(reduce, match=key_layer):
-            engine.decode([engine.seq.tokens[max(engine.seq.cells)]], pos, FORK, logits=False)
-    finally:
-        engine.drop_fork()
-    if len(out) != engine.m.n_layer:
-        raise EngagementError(
-            f"{method_id}: llama.cpp showed the cached keys of {len(out)} of {engine.m.n_layer} layers (a renamed "
-            "cache view, or a quantized K cache): open the engine with type_k='f16'"
-        )
+    for layer, k in keys.items():
+        kt = torch.from_numpy(np.ascontiguousarray(k))[None]  # [1, Hkv, n, D]
+        vt = torch.from_numpy(np.ascontiguousarray(values[layer]))[None]
+        out[layer] = score.score(ScoreInputs(kt, vt, None, None))[0].float().numpy()
     return out
-
-
-def aggregate(layers: dict[int, np.ndarray], how: str, budget: int) -> np.ndarray:
-    check_choice("aggregate", how, AGGREGATES)
-    s = np.stack([layers[i] for i in sorted(layers)]).astype(np.float32)  # [L, H, n]
-    n = s.shape[-1]
-    if how == "max":
-        return s.max(axis=(0, 1))
-    mean = s.mean(axis=(0, 1))
-    if how == "mean":
-        return mean
-    flat = s.reshape(-1, n)
-    k = min(budget * flat.shape[0], flat.size)
-    top = np.argpartition(flat.ravel(), flat.size - k)[flat.size - k :]
-    votes = np.bincount(top % n, minlength=n).astype(np.float64)
-    return (votes + mean / (mean.max() + 1e-30) * 0.5).astype(np.float32)  # ties broken by the mean
 
 
 def keep_cells(scores: np.ndarray, budget: int, sinks: int, window: int) -> list[int]:
@@ -232,10 +237,12 @@ def pooled(layers: dict[int, np.ndarray], kernel: int) -> dict[int, np.ndarray]:
 
 __all__ = [
     "AGGREGATES",
+    "DEFAULT",
     "METHODS",
     "Collector",
     "Method",
     "aggregate",
+    "cached",
     "get_method",
     "keep_cells",
     "key_layer",

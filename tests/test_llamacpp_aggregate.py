@@ -39,6 +39,9 @@ def test_max_mean_norm_match_direct_formulas():
     want_mean = [sum(h[c] for h in r) / len(r) for c in range(n)]
     want_norm = [sum(h[c] / sum(h) for h in r) / len(r) for c in range(n)]
     np.testing.assert_allclose(aggregate(ls, "max", 3), want_max, rtol=1e-6)
+    per_layer = [[max(float(h[c]) for h in ls[i]) for c in range(n)] for i in sorted(ls)]
+    want_layermax = [sum(pl[c] for pl in per_layer) / len(per_layer) for c in range(n)]
+    np.testing.assert_allclose(aggregate(ls, "layermax", 3), want_layermax, rtol=1e-6)
     np.testing.assert_allclose(aggregate(ls, "mean", 3), want_mean, rtol=1e-6)
     np.testing.assert_allclose(aggregate(ls, "norm", 3), want_norm, rtol=1e-6)
     # skip_first leaves the first layers out
@@ -56,6 +59,18 @@ def test_norm_lets_a_selective_head_outvote_flat_copy_heads():
     ls = {0: np.concatenate([flat, sharp])}
     assert order(aggregate(ls, "max", 1))[0] == 7
     assert order(aggregate(ls, "norm", 1))[0] == 2
+
+
+def test_layermax_needs_a_cell_to_matter_in_many_layers():
+    n = 8
+    copy = np.full((2, n), 0.1, dtype=np.float32)
+    copy[0, 5] = 1.0  # one head of one layer gives cell 5 everything
+    wide = np.full((2, n), 0.1, dtype=np.float32)
+    wide[1, 3] = 0.6  # cell 3 matters moderately in every layer
+    ls = {0: copy.copy(), 1: wide.copy(), 2: wide.copy()}
+    ls[0][1, 3] = 0.6
+    assert order(aggregate(ls, "max", 1))[0] == 5
+    assert order(aggregate(ls, "layermax", 1))[0] == 3
 
 
 def test_vote_counts_global_top_entries():

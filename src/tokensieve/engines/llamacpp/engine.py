@@ -131,6 +131,12 @@ class Engine:
     def drop_fork(self) -> None:
         lib.llama_memory_seq_rm(self.m.mem, FORK, -1, -1)
 
+    def set_threads(self, threads: int) -> None:
+        """CPU threads for decoding and prefill from now on (llama.cpp's ``llama_set_n_threads``)."""
+        check_count("threads", threads)
+        lib.llama_set_n_threads(self.m.ctx, threads, threads)
+        self.m.settings.threads = threads
+
     def clear(self) -> None:
         lib.llama_memory_clear(self.m.mem, True)
         self.seq = Sequence()
@@ -155,7 +161,9 @@ class Engine:
         assert out is not None
         return out
 
-    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Answer:
+    def generate(self, prompt_ids: list[int], max_new_tokens: int, stop: bool = True) -> Answer:
+        """Greedy tokens after ``prompt_ids`` on a fork; ``stop=False`` goes on past end-of-generation tokens
+        (a fixed count, for timing)."""
         pos = self.fork()
         try:
             t0 = time.perf_counter()
@@ -165,7 +173,7 @@ class Engine:
             out: list[int] = []
             while logits is not None and len(out) < max_new_tokens:
                 tok = int(np.argmax(logits))
-                if lib.llama_vocab_is_eog(self.m.vocab, tok):
+                if stop and lib.llama_vocab_is_eog(self.m.vocab, tok):
                     break
                 out.append(tok)
                 if len(out) == max_new_tokens:

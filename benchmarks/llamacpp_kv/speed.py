@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from run import meta  # benchmarks/llamacpp_kv/run.py: the same meta row
 
 from tokensieve.engines.llamacpp import DEFAULT, Engine, Settings, aggregate
@@ -37,7 +38,8 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--new", type=int, default=32)
     p.add_argument("--keep", type=float, default=0.25)
-    p.add_argument("--method", default="kvzip", help="kvzip (reconstruction pass) or snapkv (window at prefill)")
+    p.add_argument("--method", default="kvzip", help="kvzip (reconstruction pass), snapkv (window at prefill) or "
+                   "streaming (no scoring pass: decode speed depends on how many cells are kept, not which)")
     p.add_argument("--task", default="niah_single:haystack=prose")
     p.add_argument("--out", default="results/speed.jsonl")
     args = p.parse_args()
@@ -60,15 +62,18 @@ def main() -> None:
             eng.clear()
             m = get_method(args.method)
             t = time.perf_counter()
-            if args.method == "kvzip":
+            budget = max(1, round(args.keep * len(ids)))
+            if args.method == "streaming":
+                restore(eng, full)
+                scores = np.asarray(eng.seq.cells, dtype=np.float32)  # recency
+            elif args.method == "kvzip":
                 eng.prefill(ids)
                 t = time.perf_counter()
-                layers = reconstruction_pass(eng, m.chunk)
+                scores = aggregate(reconstruction_pass(eng, m.chunk), DEFAULT, budget)
             else:
-                layers = window_pass(eng, ids, m.observe)  # prefill + the window's attention (vs plain prefill)
+                scores = aggregate(window_pass(eng, ids, m.observe), DEFAULT, budget)  # prefill + window's attention
             score_s = time.perf_counter() - t
-            budget = max(1, round(args.keep * len(ids)))
-            keep = keep_cells(aggregate(layers, DEFAULT, budget), budget, m.sinks, m.window)
+            keep = keep_cells(scores, budget, m.sinks, m.window)
             base = {"type": "row", "model": args.model, "tokens": n_tokens, "context_tokens": len(ids),
                     "method": args.method, "aggregate": DEFAULT, "kept": budget, "prefill_seconds": prefill_s,
                     "score_seconds": score_s}  # fmt: skip

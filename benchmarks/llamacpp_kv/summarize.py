@@ -1,85 +1,201 @@
-"""Table of ``run.py``'s rows: score per cell with a 95% Wilson interval, bytes, speeds, against the full cache.
+"""The tables of ``summary.md`` from the results files: score per cell with a 95% Wilson interval
+(``tokensieve.stats``), bytes, speeds, against the full cache; each table names the commands, commits and versions
+of the files it reads. Rows repeated by a resumed or overlapping run count once (by key and question).
 
-    .venv/bin/python benchmarks/llamacpp_kv/summarize.py benchmarks/llamacpp_kv/results/retrieval_smollm2_2k.jsonl
+    .venv/bin/python benchmarks/llamacpp_kv/summarize.py > /tmp/tables.md
 """
 
 from __future__ import annotations
 
 import json
 import math
+import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
 
+from tokensieve.measure.tasks.base import Item, Question, score
 from tokensieve.stats import wilson
 
+RESULTS = Path(__file__).parent / "results"
 
-def mean(xs: list[float]) -> float:
+
+def mean(xs: list) -> float:
     xs = [x for x in xs if x is not None]
     return sum(xs) / len(xs) if xs else float("nan")
 
 
-def table(rows: list[dict]) -> list[str]:
-    groups: dict[tuple, list[dict]] = defaultdict(list)
+def load(pattern: str) -> tuple[list[dict], list[dict]]:
+    metas, rows, seen = [], [], set()
+    for path in sorted(RESULTS.glob(pattern)):
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            if r.get("type") == "meta":
+                metas.append({**r, "file": path.name})
+                continue
+            k = (path.name.split("_")[0], r.get("key"), r.get("question"), r.get("cell"))
+            if r.get("key") is not None and k in seen:
+                continue
+            seen.add(k)
+            rows.append(r)
+    return metas, rows
+
+
+def provenance(metas: list[dict]) -> list[str]:
+    out, seen = [], set()
+    for m in metas:
+        cmd = m.get("command") or f"{m['file']}: {json.dumps(m.get('args'))}"
+        if cmd in seen:
+            continue
+        seen.add(cmd)
+        ver = ", ".join(f"{k} {m[k]}" for k in ("llama_cpp_python", "openvino_genai", "torch", "python") if k in m)
+        commit = (m.get("commit") or "")[:10]
+        load_avg = f", load average {m['loadavg']}" if "loadavg" in m else ""
+        out.append(f"- `{cmd}`  \n  ({m['file']}; commit {commit or '-'}, {ver}, {m.get('machine', '')}, "
+                   f"started {m.get('time')}{load_avg})")  # fmt: skip
+    return out
+
+
+def ci(s: list[float]) -> str:
+    iv = wilson(sum(s), len(s))
+    return f"{mean(s):.2f} [{iv.lo:.2f}, {iv.hi:.2f}]"
+
+
+def validation() -> list[str]:
+    metas, rows = load("choose_aggregate*.jsonl")
+    rows = [r for r in rows if r.get("model") == "smollm2"]
+    full = {r["index"]: r["score"] for r in rows if r["cell"] == "full"}
+    groups: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
-        groups[(r["model"], r["tokens"], r["cell"])].append(r)
-    full = {(m, t): mean([r["score"] for r in g]) for (m, t, c), g in groups.items() if c == "f16"}
-    prefill = {(m, t): mean([r["prefill_seconds"] for r in g]) for (m, t, c), g in groups.items() if c == "f16"}
-    lines = [
-        "| model | tokens | cell (method/aggregate/keep) | n | score | 95% CI | vs full | kept | state MB | "
-        "decode tok/s | score s / prefill s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for (m, t, c), g in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
-        s = [r["score"] for r in g]
-        iv = wilson(sum(s), len(s))
-        lo, hi = iv.lo, iv.hi
-        f = full.get((m, t))
-        ratio = mean(s) / f if f else float("nan")
-        sc = mean([r.get("score_seconds") for r in g])
-        pf = prefill.get((m, t))
-        cost = f"{sc / pf:.2f}" if pf and not math.isnan(sc) else "-"
+        if r["cell"] != "full":
+            groups[r["cell"]].append(r)
+    lines = [f"Validation samples (seed 1): {len(full)}; the full cache answers {sum(full.values()):.0f} of them.", "",
+             "| aggregate | skip_first | keep | n | answer tokens kept (mean) | all kept | answered (n) |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for cell, g in sorted(groups.items(), key=lambda kv: (-float(kv[0].split("/")[2]), kv[0])):
+        by_index: dict[int, dict] = {}
+        for r in g:
+            by_index.setdefault(r["index"], r)
+        kept = [r["needle_kept"] for r in by_index.values()]
+        ans = {r["index"]: r["score"] for r in g if "score" in r}
+        a = f"{sum(ans.values()):.0f}/{len(ans)}" if ans else "-"
+        how, skip, keep = cell.split("/")
         lines.append(
-            f"| {m} | {t} | {c} | {len(s)} | {mean(s):.3f} | [{lo:.2f}, {hi:.2f}] | {ratio:.2f} | "
-            f"{mean([r['kept'] for r in g]):.0f} | {mean([r['state_bytes'] for r in g]) / 1e6:.2f} | "
-            f"{mean([r.get('decode_tok_s') for r in g]):.1f} | {cost} |"
+            f"| {how} | {skip} | {keep} | {len(kept)} | {mean(kept):.2f} | {sum(k == 1 for k in kept)} | {a} |"
         )
-    return lines
+    return [*provenance(metas), "", *lines]
 
 
-def longdoc_table(rows: list[dict]) -> list[str]:
+def retrieval(model: str, tokens: int) -> list[str]:
+    metas, rows = load(f"grid_{model.split('-')[0]}_{tokens // 1000}k_*.jsonl")
+    hm, hrows = load(f"hf_{model.split('-')[0]}_{tokens // 1000}k.jsonl")
+    rows += hrows
+    metas += hm
+    if not rows:
+        return []
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        cell = r["cell"]
+        if cell.startswith("streaming/"):  # streaming reads no scores: the aggregate in its name means nothing
+            _, _agg, rest = cell.split("/", 2)
+            cell = f"streaming/{rest}"
+        groups[cell].append(r)
+    f16 = groups.get("f16", [])
+    full = mean([r["score"] for r in f16])
+    full_bytes = mean([r["state_bytes"] for r in f16])
+    prefill = mean([r["prefill_seconds"] for r in f16])
+    lines = ["| cell (method/aggregate/keep[+KV type]) | n | score [95% CI] | vs full | kept | state MB | bytes vs f16 "
+             "| decode tok/s | score s / prefill s |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for cell, g in sorted(groups.items()):
+        s = [r["score"] for r in g]
+        sb = mean([r.get("state_bytes") for r in g])
+        sc = mean([r.get("score_seconds") for r in g])
+        cost = f"{sc / prefill:.2f}" if prefill and not math.isnan(sc) else "-"
+        by = f"{sb / full_bytes:.3f}" if not math.isnan(sb) else "-"
+        tok_s = mean([r.get("decode_tok_s") for r in g])
+        vs = mean(s) / full if full else float("nan")
+        kept = mean([r.get("kept") for r in g])
+        lines.append(f"| {cell} | {len(s)} | {ci(s)} | {vs:.2f} | {kept:.0f} | {sb / 1e6:.2f} | {by} | {tok_s:.1f} | "
+                     f"{cost} |")  # fmt: skip
+    return [*provenance(metas), "", *lines]
+
+
+def longdoc() -> list[str]:
+    metas, rows = load("longdoc_*.jsonl")
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["model"], r["tokens"], r["budget"], r["method"], r["renumber"])].append(r)
-    lines = [
-        "| model | document tokens | cache budget | method | renumbered | n | score | 95% CI | seconds | state MB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    lines = ["| model | document tokens | cache budget | method | renumbered | n | score [95% CI] | seconds | state MB "
+             "| kept | VmHWM MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for (m, t, b, meth, ren), g in sorted(groups.items()):
         s = [r["score"] for r in g]
-        iv = wilson(sum(s), len(s))
-        lo, hi = iv.lo, iv.hi
-        lines.append(
-            f"| {m} | {t} | {b} | {meth} | {ren} | {len(s)} | {mean(s):.3f} | [{lo:.2f}, {hi:.2f}] | "
-            f"{mean([r['seconds'] for r in g]):.0f} | {mean([r['state_bytes'] for r in g]) / 1e6:.2f} |"
-        )
-    return lines
+        hwm = max((r.get("vm_hwm_kb") or 0) for r in g) / 1024
+        lines.append(f"| {m} | {t} | {b if meth != 'full' else '-'} | {meth} | {ren} | {len(s)} | {ci(s)} | "
+                     f"{mean([r['seconds'] for r in g]):.0f} | {mean([r['state_bytes'] for r in g]) / 1e6:.2f} | "
+                     f"{mean([r.get('kept') for r in g]):.0f} | {hwm:.0f} |")  # fmt: skip
+    return [*provenance(metas), "", *lines]
+
+
+def speed() -> list[str]:
+    metas, rows = load("speed*.jsonl")
+    scoring = [r for r in rows if r.get("kind") == "scoring"]
+    decode: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r.get("kind") == "decode":
+            decode[(r["model"], r["tokens"], r["threads"])].append(r)
+    lines = ["| model | context tokens | kept | threads | reps | full tok/s (median) | compressed tok/s (median) | "
+             "ratio median [min, max] | load average |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for (m, _t, th), g in sorted(decode.items()):
+        ratios = [r["ratio"] for r in g]
+        loads = [r["loadavg"][0] for r in g]
+        lines.append(f"| {m} | {g[0]['context_tokens']} | {g[0]['kept']} | {th} | {len(g)} | "
+                     f"{statistics.median(r['full_tok_s'] for r in g):.1f} | "
+                     f"{statistics.median(r['compressed_tok_s'] for r in g):.1f} | {statistics.median(ratios):.2f} "
+                     f"[{min(ratios):.2f}, {max(ratios):.2f}] | {min(loads):.0f}-{max(loads):.0f} |")  # fmt: skip
+    lines += ["", "| model | context tokens | method | prefill s | scoring s | scoring / prefill | load average |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in scoring:
+        lines.append(f"| {r['model']} | {r['context_tokens']} | {r['method']} | {r['prefill_seconds']:.1f} | "
+                     f"{r['score_seconds']:.1f} | {r['score_seconds'] / r['prefill_seconds']:.2f} | "
+                     f"{r['loadavg'][0]:.0f} |")  # fmt: skip
+    return [*provenance(metas), "", *lines]
+
+
+def openvino() -> list[str]:
+    metas, rows = load("openvino_*_raw.jsonl")
+    groups: dict[float, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[r["keep"]].append(r)
+    lines = ["| keep (max_cache_size) | n | score [95% CI] | errors | seconds / answer |", "|---|---|---|---|---|"]
+    for keep, g in sorted(groups.items(), reverse=True):
+        s = []
+        for r in g:
+            q = r["q"]
+            question = Question(q["text"], [Item(**it) for it in q["items"]], q["rule"], q["answer_prefix"],
+                                q["max_new_tokens"])  # fmt: skip
+            s.append(0.0 if r["error"] else score(r["answer"], question)[0])
+        errors = sum(1 for r in g if r["error"])
+        lines.append(f"| {keep} ({g[0].get('max_cache_size') or 'full'}) | {len(s)} | {ci(s)} | {errors} | "
+                     f"{mean([r['seconds'] for r in g]):.1f} |")  # fmt: skip
+    return [*provenance(metas), "", *lines]
 
 
 def main() -> None:
-    """Print a table per results file given (retrieval rows from run.py, long-document rows from longdoc.py)."""
-    paths = [Path(a) for a in sys.argv[1:]] or sorted(Path("benchmarks/llamacpp_kv/results").glob("*.jsonl"))
-    for path in paths:
-        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-        metas = [r for r in rows if r.get("type") == "meta"]
-        data = [r for r in rows if r.get("type") == "row"]
-        print(f"### {path.name}\n")
-        if metas:
-            m = metas[-1]
-            print(f"command: `{m['command']}`  \ncommit {m['commit'][:10]}, llama-cpp-python {m['llama_cpp_python']}, "
-                  f"torch {m['torch']}, python {m['python']}, {m['machine']}, started {metas[0]['time']}\n")
-        print("\n".join(longdoc_table(data) if data and "budget" in data[0] else table(data)))
-        print()
+    parts = {"Validation: choosing the shared aggregate (KVzip scores, SmolLM2, 2k)": validation()}
+    for model in ("smollm2", "gemma3-270m"):
+        for tokens in (2000, 4000):
+            parts[f"Retrieval inside llama.cpp, {model}, {tokens} tokens, question unseen"] = retrieval(model, tokens)
+    parts["Long documents through a small cache"] = longdoc()
+    parts["Speed: decode from a 4x compressed cache vs the full cache; scoring vs prefill"] = speed()
+    parts["OpenVINO GenAI's CacheEvictionConfig (same samples, same GGUF)"] = openvino()
+    for title, lines in parts.items():
+        if lines:
+            print(f"### {title}\n")
+            print("\n".join(lines))
+            print()
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

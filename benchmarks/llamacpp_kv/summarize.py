@@ -117,8 +117,15 @@ def retrieval(model: str, tokens: int) -> list[str]:
         tok_s = mean([r.get("decode_tok_s") for r in g])
         vs = mean(s) / full if full else float("nan")
         kept = mean([r.get("kept") for r in g])
-        lines.append(f"| {cell} | {len(s)} | {ci(s)} | {vs:.2f} | {kept:.0f} | {sb / 1e6:.2f} | {by} | {tok_s:.1f} | "
-                     f"{cost} |")  # fmt: skip
+        row = f"| {cell} | {len(s)} | {ci(s)} | {vs:.2f} | {kept:.0f} | {sb / 1e6:.2f} | {by} | {tok_s:.1f} | {cost} |"
+        lines.append(row.replace("| nan |", "| - |").replace("| nan |", "| - |"))
+    per_cell: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        if r.get("state_bytes") and r.get("kept"):
+            kind = r.get("quant") or (r["cell"] if r["cell"] in ("q8_0", "q4_0") else "f16")
+            per_cell[kind].append(r["state_bytes"] / r["kept"])
+    spans = "; ".join(f"{k}: {min(v):,.0f}-{max(v):,.0f} B" for k, v in sorted(per_cell.items()))
+    lines += ["", f"State bytes per kept cell (llama.cpp's own sequence-state size / kept tokens, every row): {spans}."]
     return [*provenance(metas), "", *lines]
 
 

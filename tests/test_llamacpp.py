@@ -175,6 +175,10 @@ def test_bad_inputs(eng, tmp_path):
         compress(eng, "some text here", "h2o-like", keep=0.5)
     with pytest.raises(ParameterError):
         Settings(type_k="q3").check()
+    with pytest.raises(ParameterError):
+        compress(eng, "some text here", "kvzip", keep=0.5, aggregate_by="median")
+    with pytest.raises(ParameterError):
+        compress(eng, "some text here", "kvzip", keep=0.5, skip_first=99)
     from tokensieve.cli import main
 
     assert main(["generate", "--engine", "llama.cpp", "--model", str(junk), "--keep", "0.5",

@@ -21,9 +21,9 @@ question unseen, SmolLM2 at 2k; the reported grid uses seed 0) by ``benchmarks/l
 and its saved per-layer scores: at keep 0.25 it kept every answer token in 3 of 4 samples (top-k of the
 saved scores, no protected cells), where the full selection kept them all with ``max`` in 0 of 4 (mean share
 0.75), ``mean`` / ``norm`` 2 of 4, ``union`` / ``vote`` / ``wvote`` 1 of 4; see ``summary.md``. ``max``
-flattens because KVzip's reconstruction gives every context token a near-1 score in some copy head; ``norm`` and ``wvote`` over-weight
-heads that are sharp on the wrong cells. The validation is small (n=4-5, the machine was shared): the others
-stay selectable (``aggregate_by=``, ``--aggregate``).
+flattens because KVzip's reconstruction gives every context token a near-1 score in some copy head; ``norm``
+and ``wvote`` over-weight heads that are sharp on the wrong cells. The validation is small (n=4-5, the machine
+was shared): the others stay selectable (``aggregate_by=``, ``--aggregate``).
 """
 
 from __future__ import annotations

@@ -57,6 +57,15 @@ def log(out: Path, row: dict) -> None:
     print(json.dumps(row), flush=True)
 
 
+def rows(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (RESULTS / f"{out.name}.jsonl").read_text().splitlines() if x.strip()]
+
+
+def tag(args: argparse.Namespace, method: str = "gptq") -> str:
+    """The calibration text in a file name: none for the first runs (``docs``) and for uncalibrated methods."""
+    return "" if args.calib_source == "docs" or method == "rtn" else f"-{args.calib_source}"
+
+
 def n_weights(model) -> int:
     seen, n = set(), 0
     for t in model.state_dict().values():
@@ -84,23 +93,28 @@ def stage_tokensieve(args, out: Path) -> None:
     from tokensieve.quantize.run import Recipe, quantize
     from tokensieve.runtime.models import BUNDLED, load_model
 
-    for label in args.methods.split(","):
-        method, rotate = METHODS[label]
-        for seed in [0] if method == "rtn" else args.seeds:
-            path = out / f"ts-{label}-{args.type}-s{seed}.gguf"
-            if path.exists():
+    for seed in args.seeds:  # seed-major: every method has seed 0 before any has seed 1
+        for label in args.methods.split(","):
+            method, rotate = METHODS[label]
+            if method == "rtn" and seed != args.seeds[0]:
+                continue
+            path = out / f"ts-{label}{tag(args, method)}-{args.type}-s{seed}.gguf"
+            if path.exists() or any(r.get("file") == path.name and "refused" in r for r in rows(out)):
                 continue
             model, tok = load_model(args.model)
             recipe = Recipe(method, rotate=rotate, placement="stream", n_calib=args.calib, calib_len=512,
-                            seed=seed, grid=args.type)  # fmt: skip
+                            seed=seed, calib_source=args.calib_source, grid=args.type)  # fmt: skip
             try:
                 result, _ = quantize(model, tok, recipe)
                 start = time.perf_counter()
-                w = write_gguf(model, BUNDLED[args.model].gguf_path(), path, args.type, result)
+                part = path.with_name(path.name + ".part")  # a killed run leaves no file that looks finished
+                w = write_gguf(model, BUNDLED[args.model].gguf_path(), part, args.type, result)
+                part.rename(path)
             except TokenSieveError as e:  # Gemma's post-norms under the stream placement: refused, recorded
                 log(out, {"stage": "tokensieve", "file": path.name, "refused": str(e)})
                 continue
             log(out, {"stage": "tokensieve", "file": path.name, "method": label, "seed": seed,
+                      "calib_source": args.calib_source,
                       "quant_s": round(result.seconds, 1), "write_s": round(time.perf_counter() - start, 1),
                       "bytes": w.bytes, "types": w.types})  # fmt: skip
 
@@ -208,6 +222,7 @@ def main() -> None:
     p.add_argument("--methods", default="rtn,gptq,gptq+rot,rsq")
     p.add_argument("--seeds", default="0", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--calib", type=int, default=8)
+    p.add_argument("--calib-source", default="both", help="docs (the first runs) | both (topics and essays)")
     p.add_argument("--windows", type=int, default=4)
     p.add_argument("--stages", default="all")
     p.add_argument("--only", default="*.gguf", help="which files the eval and speed stages take (a glob)")

@@ -221,8 +221,10 @@ def stage_eval(args, out: Path) -> None:
 
 
 def finished(out: Path, pattern: str) -> list[Path]:
-    """The GGUF files the eval and speed stages take (a file written in the last two minutes may still grow)."""
-    return [p for p in sorted(out.glob(pattern)) if time.time() - p.stat().st_mtime > 120]
+    """The GGUF files (``pattern``: comma-separated globs) the eval and speed stages take (a file written in the
+    last two minutes may still grow)."""
+    files = {p for g in pattern.split(",") for p in out.glob(g)}
+    return [p for p in sorted(files) if time.time() - p.stat().st_mtime > 120]
 
 
 def stage_speed(args, out: Path) -> None:
@@ -270,7 +272,7 @@ def main() -> None:
     p.add_argument("--calib-source", default="both", help="docs (the first runs) | both (topics and essays)")
     p.add_argument("--windows", type=int, default=4)
     p.add_argument("--stages", default="all")
-    p.add_argument("--only", default="*.gguf", help="which files the eval and speed stages take (a glob)")
+    p.add_argument("--only", default="*.gguf", help="eval and speed: which files (globs, comma-separated)")
     p.add_argument("--prompt", type=int, default=128, help="prefill tokens of the speed stage")
     p.add_argument("--decode", type=int, default=16, help="decode steps of the speed stage")
     p.add_argument("--reps", type=int, default=3, help="rounds of the speed stage over every file")

@@ -14,6 +14,7 @@ decode tokens/s at 1 and 2 threads, peak RSS, each file in a fresh process).
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes
 import json
 import platform
@@ -89,7 +90,10 @@ def stage_sources(args, out: Path) -> None:
 
 def stage_tokensieve(args, out: Path) -> None:
     from tokensieve.errors import TokenSieveError
+    from tokensieve.quantize.export.formats import check_exportable
     from tokensieve.quantize.export.gguf import write_gguf
+    from tokensieve.quantize.rotate import placement_of
+    from tokensieve.quantize.rotate import rotate as rotate_model
     from tokensieve.quantize.run import Recipe, quantize
     from tokensieve.runtime.models import BUNDLED, load_model
 
@@ -102,6 +106,14 @@ def stage_tokensieve(args, out: Path) -> None:
             if path.exists() or any(r.get("file") == path.name and "refused" in r for r in rows(out)):
                 continue
             model, tok = load_model(args.model)
+            if rotate:  # a refused rotation (Gemma's post-norms) is refused before GPTQ's minutes, not after
+                probe = copy.deepcopy(model)
+                rotate_model(probe, seed=seed, placement=placement_of(probe, "stream"))
+                try:
+                    check_exportable(probe, "stream")
+                except TokenSieveError as e:
+                    log(out, {"stage": "tokensieve", "file": path.name, "refused": str(e)})
+                    continue
             recipe = Recipe(method, rotate=rotate, placement="stream", n_calib=args.calib, calib_len=512,
                             seed=seed, calib_source=args.calib_source, grid=args.type)  # fmt: skip
             try:

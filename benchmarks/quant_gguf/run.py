@@ -14,7 +14,6 @@ decode tokens/s at 1 and 2 threads, peak RSS, each file in a fresh process).
 from __future__ import annotations
 
 import argparse
-import copy
 import ctypes
 import json
 import platform
@@ -105,15 +104,17 @@ def stage_tokensieve(args, out: Path) -> None:
             path = out / f"ts-{label}{tag(args, method)}-{args.type}-s{seed}.gguf"
             if path.exists() or any(r.get("file") == path.name and "refused" in r for r in rows(out)):
                 continue
-            model, tok = load_model(args.model)
             if rotate:  # a refused rotation (Gemma's post-norms) is refused before GPTQ's minutes, not after
-                probe = copy.deepcopy(model)
+                probe, _ = load_model(args.model)  # one model in memory at a time (Gemma's GPTQ peaks near 5 GB)
                 rotate_model(probe, seed=seed, placement=placement_of(probe, "stream"))
                 try:
                     check_exportable(probe, "stream")
                 except TokenSieveError as e:
                     log(out, {"stage": "tokensieve", "file": path.name, "refused": str(e)})
                     continue
+                finally:
+                    del probe
+            model, tok = load_model(args.model)
             recipe = Recipe(method, rotate=rotate, placement="stream", n_calib=args.calib, calib_len=512,
                             seed=seed, calib_source=args.calib_source, grid=args.type)  # fmt: skip
             try:
@@ -219,8 +220,8 @@ def stage_eval(args, out: Path) -> None:
     weights = n_weights(model)
     windows = held_out(args, tok)
     todo = [p for p in finished(out, args.only) if p.name not in done]
-    for k in range(0, len(todo), 6):  # six files per pass: a killed run keeps what the finished passes logged
-        files = todo[k : k + 6]
+    for k in range(0, len(todo), args.group):  # a killed run keeps what the finished passes logged
+        files = todo[k : k + args.group]
         rows_ = {p.name: {"stage": "eval", "eval_set": eval_set, "file": p.name, "bytes": p.stat().st_size,
                           "bpw": round(8 * p.stat().st_size / weights, 3)} for p in files}  # fmt: skip
         for domain, ws in windows.items():
@@ -283,6 +284,7 @@ def main() -> None:
     p.add_argument("--calib", type=int, default=8)
     p.add_argument("--calib-source", default="both", help="docs (the first runs) | both (topics and essays)")
     p.add_argument("--windows", type=int, default=4)
+    p.add_argument("--group", type=int, default=6, help="eval: files per pass (each holds [512, vocab] logits)")
     p.add_argument("--stages", default="all")
     p.add_argument("--only", default="*.gguf", help="eval and speed: which files (globs, comma-separated)")
     p.add_argument("--prompt", type=int, default=128, help="prefill tokens of the speed stage")

@@ -186,6 +186,66 @@ def stage_imatrix(args, out: Path) -> None:
                   "bytes": path.stat().st_size})  # fmt: skip
 
 
+def stage_imatrix_py(args, out: Path) -> None:
+    """llama.cpp's imatrix quantization through the Python binding, for when llama-imatrix is not built: the
+    matrix is what llama-imatrix collects (per linear, the mean of each input column's square over every
+    calibration token; the output head left out, as llama-imatrix does by default), taken here with forward
+    hooks on the same calibration windows tokensieve quantizes with; ``llama_model_quantize`` of the F32 file
+    with it (``params.imatrix``), the same file type as the plain llama.cpp row."""
+    import gguf
+    import llama_cpp
+    import torch
+
+    from tokensieve.compat.gguf import gguf_layout
+    from tokensieve.quantize.data import calibration_windows
+    from tokensieve.runtime.models import BUNDLED, load_model
+
+    model, tok = load_model(args.model, prepare=False)
+    arch = str(gguf.GGUFReader(BUNDLED[args.model].gguf_path()).fields["general.architecture"].contents())
+    layout = gguf_layout(model, arch)
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+               and f"{n}.weight" in layout and layout[f"{n}.weight"].name.startswith("blk.")}  # fmt: skip
+    for seed in args.seeds:
+        path = out / f"llamacpp-imatrix-py{tag(args)}-{args.type}-s{seed}.gguf"
+        if path.exists():
+            continue
+        start = time.perf_counter()
+        sums = {n: torch.zeros(m.in_features, dtype=torch.float64) for n, m in linears.items()}
+        count = {n: 0 for n in linears}
+
+        def hook(name, sums=sums, count=count):
+            def f(_, inputs):
+                x = inputs[0].reshape(-1, inputs[0].shape[-1]).double()
+                sums[name] += (x * x).sum(0)
+                count[name] += x.shape[0]
+
+            return f
+
+        handles = [m.register_forward_pre_hook(hook(n)) for n, m in linears.items()]
+        with torch.no_grad():
+            for w in calibration_windows(tok, args.calib, 512, seed, args.calib_source):
+                model(input_ids=w)
+        for h in handles:
+            h.remove()
+        means = {layout[f"{n}.weight"].name: (sums[n] / count[n]).float().numpy() for n in linears}
+        table = (llama_cpp.llama_model_imatrix_data * (len(means) + 1))()
+        for i, (name, v) in enumerate(means.items()):
+            table[i].name, table[i].size = name.encode(), v.size
+            table[i].data = v.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        table[len(means)].name = None  # the list ends at a null name
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype, params.nthread = getattr(llama_cpp, FTYPES[args.type]), 1
+        params.imatrix = ctypes.cast(table, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+        part = path.with_name(path.name + ".part")
+        rc = llama_cpp.llama_model_quantize(str(out / "F32.gguf").encode(), str(part).encode(), ctypes.byref(params))
+        if rc:
+            raise SystemExit(f"llama_model_quantize with an imatrix failed: {rc}")
+        part.rename(path)
+        log(out, {"stage": "imatrix_py", "file": path.name, "seed": seed, "calib_source": args.calib_source,
+                  "ftype": FTYPES[args.type], "tensors": len(means), "tokens": max(count.values()),
+                  "seconds": round(time.perf_counter() - start, 1), "bytes": path.stat().st_size})  # fmt: skip
+
+
 def domains(args) -> tuple[str, str]:
     """The held-out prose is the essays' first paragraphs when calibration also reads essays (``both``)."""
     return ("prose", "docs") if args.calib_source == "docs" else ("essays", "docs")

@@ -278,6 +278,7 @@ def stage_eval(args, out: Path) -> None:
     done = {r.get("file") for r in rows(out) if r.get("stage") == "eval" and r.get("eval_set") == eval_set}
     model, tok = load_model(args.model, prepare=False)
     weights = n_weights(model)
+    del model  # the evaluation runs in llama.cpp; Gemma's [512, 262k] logits per open file need the memory
     windows = held_out(args, tok)
     todo = [p for p in finished(out, args.only) if p.name not in done]
     for k in range(0, len(todo), args.group):  # a killed run keeps what the finished passes logged

@@ -45,6 +45,26 @@ def test_each_block_type_round_trips_exactly_through_gguf_py(type_name: str) -> 
 
 
 @pytest.mark.parametrize("type_name", list(GRIDS))
+def test_each_block_type_round_trips_exactly_through_llama_cpp(type_name: str) -> None:
+    """llama.cpp's own ``dequantize_row_<type>`` (ggml-base, the library llama-cpp-python ships) of the packed
+    bytes equals tokensieve's dequantized weights bit for bit."""
+    import ctypes
+    from pathlib import Path
+
+    llama_cpp = pytest.importorskip("llama_cpp")
+    lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
+    fn = getattr(lib, "dequantize_row_" + type_name.lower().replace("_k", "_K"))
+    fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64], None
+    w, h = _layer()
+    spec = QuantSpec(grid=GRIDS[type_name])
+    for q in (rtn(w, spec), gptq(w, h, spec)):
+        packed = np.ascontiguousarray(_pack(q))
+        theirs = np.empty(w.numel(), dtype=np.float32)
+        fn(packed.ctypes.data, theirs.ctypes.data, w.numel())  # rows are whole blocks: one call for them all
+        assert np.array_equal(theirs.reshape(w.shape), q.dequantize().numpy())
+
+
+@pytest.mark.parametrize("type_name", list(GRIDS))
 def test_gptq_on_a_type_grid_gives_codes_the_type_stores(type_name: str) -> None:
     w, h = _layer()
     spec = QuantSpec(grid=GRIDS[type_name])

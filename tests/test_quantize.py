@@ -308,6 +308,29 @@ def test_evaluation_domains_are_disjoint_from_calibration(smollm2) -> None:
 
 
 @pytest.mark.real
+def test_both_domain_calibration_holds_out_its_essays(smollm2) -> None:
+    """source="both": half the windows are essay text, half topics; the held-out essays share no 16 tokens."""
+    from tokensieve.errors import CalibrationError
+    from tokensieve.quantize.data import calibration_windows, evaluation_windows
+    from tokensieve.runtime.corpus import paragraphs
+
+    _, tok = smollm2
+    docs = calibration_windows(tok, 8, 256, seed=1)
+    both = calibration_windows(tok, 8, 256, seed=1, source="both")
+    essays_text = "\n\n".join(paragraphs())
+    in_essays = [tok.decode(w[0, 8:40]) in essays_text for w in both]
+    assert in_essays == [False] * 4 + [True] * 4
+    assert all(torch.equal(a, b) for a, b in zip(docs[:4], both[:4], strict=True))  # the same seeded offsets
+    held = evaluation_windows(tok, 4, 512, domain="essays")
+    assert len(held) == 2 and all(tok.decode(w[0, 8:40]) in essays_text for w in held)
+    runs = {tuple(w[0, i : i + 16].tolist()) for s in range(3) for w in calibration_windows(tok, 8, 512, s, "both")
+            for i in range(497)}  # fmt: skip
+    assert not any(tuple(w[0, i : i + 16].tolist()) in runs for w in held for i in range(497))
+    with pytest.raises(CalibrationError, match="unknown calibration text"):
+        calibration_windows(tok, 8, 256, source="news")
+
+
+@pytest.mark.real
 def test_real_gemma_rotation_is_exact_and_does_not_collapse(gemma3_270m) -> None:
     """Gemma-3 270M zeroes its massive residual channels with norm gains of 0: the auto placement
     (inputs) must rotate it exactly and quantize no worse than unrotated round-to-nearest."""

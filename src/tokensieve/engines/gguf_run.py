@@ -88,21 +88,29 @@ class Speed:
     rss_base_mb: float  # the same just before loading the model (the interpreter and its imports)
 
 
+def rates(llm, prompt: Sequence[int], decode: int, threads: int | None = None) -> tuple[float, float]:
+    """One measurement on an open ``llm``: prefill tokens/s of ``prompt`` (one ``eval``), then decode tokens/s
+    of ``decode`` single-token ``eval`` calls; ``threads`` switches the context's thread count first."""
+    if threads is not None:
+        import llama_cpp
+
+        llama_cpp.llama_set_n_threads(llm.ctx, threads, threads)
+    llm.reset()
+    start = time.perf_counter()
+    llm.eval(list(prompt))
+    prefill = len(prompt) / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for i in range(decode):
+        llm.eval([prompt[i % len(prompt)]])  # the token fed does not change the work per step
+    return prefill, decode / (time.perf_counter() - start)
+
+
 def speed(path: str | Path, prompt: Sequence[int], decode: int = 32, threads: int = 1, repeats: int = 2) -> Speed:
     """Best of ``repeats`` prefill and decode rates (call in a fresh process for a clean RSS)."""
     base = _peak_rss_mb()
     llm = open_gguf(path, threads, n_ctx=len(prompt) + decode + 1)
-    best_p = best_d = 0.0
-    for _ in range(repeats):
-        llm.reset()
-        start = time.perf_counter()
-        llm.eval(list(prompt))
-        best_p = max(best_p, len(prompt) / (time.perf_counter() - start))
-        start = time.perf_counter()
-        for i in range(decode):
-            llm.eval([prompt[i % len(prompt)]])  # the token fed does not change the work per step
-        best_d = max(best_d, decode / (time.perf_counter() - start))
-    return Speed(threads, len(prompt), best_p, decode, best_d, _peak_rss_mb(), base)
+    best = [max(x) for x in zip(*(rates(llm, prompt, decode) for _ in range(repeats)), strict=True)]
+    return Speed(threads, len(prompt), best[0], decode, best[1], _peak_rss_mb(), base)
 
 
 def _peak_rss_mb() -> float:

@@ -31,6 +31,7 @@ class Recipe:
     n_calib: int = 8
     calib_len: int = 512
     seed: int = 0
+    calib_source: str = "docs"  # docs | essays | both (quantize.data.calibration_windows)
     grid: str = ""  # a GGUF block type (Q4_0, ..., Q3_K) to round on instead of min-max; bits/group then follow it
 
     def resolved(self) -> Recipe:
@@ -59,7 +60,7 @@ def quantize(
     if not get_quant_method(r.method).calibrated:
         result = quantize_rtn(model, spec, progress)
     else:
-        calib = calibration_windows(tokenizer, r.n_calib, r.calib_len, r.seed)
+        calib = calibration_windows(tokenizer, r.n_calib, r.calib_len, r.seed, r.calib_source)
         source = weight_source(r.weights or "uniform")
         weights = None if r.weights == "uniform" else [source(model, ids) for ids in calib]
         result = quantize_gptq(model, calib, spec, weights, progress, method=r.method)

@@ -5,8 +5,8 @@ Regime (docs/train.md says why): one shared *format checkpoint* (clean SFT on th
 arm's starting point; Rho-1's reference is that checkpoint fine-tuned further on the clean ``calibration``
 split (cost recorded). Every item set comes from its own generator-seed range (``data.split_seed``) and
 ``check_disjoint`` refuses a run whose test or validation prompts occur in any data a model was fitted on.
-Each arm trains at every ``--lrs`` value on seed ``--sweep-seed``; the one with the best validation exact match
-(then validation answer NLL) is tested there and used for the other seeds. One run = (arm, seed) in
+Each arm trains at every ``--lrs`` value on seed ``--sweep-seed``; the one with the lowest validation answer NLL
+is tested there and used for the other seeds. One run = (arm, seed) in
 runs/<arm>_s<seed>.json, so the script resumes and processes can split the arms. ``--prepare`` builds the two
 shared checkpoints (run it once, first); ``--report`` writes results.md / results.json / train_bench.png.
 
@@ -201,13 +201,11 @@ def run(args, arm: str, seed: int) -> dict:
         logs, extra = arm_training(args, arm, model, tok, seed, lr, start, reference, train_set, clean, aux)
         row = {"lr": lr, "train_s": time.perf_counter() - t0, "log": [lg.__dict__ for lg in logs],
                "trained_tokens": sum(lg.trained for lg in logs), **extra}
-        if len(lrs) > 1:
-            row["val_correct"] = exact_match(model, tok, sets["validation"], max_new=args.max_new)
+        if len(lrs) > 1:  # answer NLL: continuous and a teacher-forced pass, where exact match needs generation
             row["val_nll"] = answer_nll(model, tok, sets["validation"])
-            em, nll = sum(row["val_correct"]) / args.n_val, sum(row["val_nll"]) / args.n_val
-            print(f"{arm} s{seed} lr {lr:g} val exact {em:.3f} nll {nll:.3f} {row['train_s']:.0f}s", flush=True)
-            row["val_exact_match"], row["val_answer_nll"] = em, nll
-        key = (row.get("val_exact_match", 0.0), -row.get("val_answer_nll", 0.0))
+            row["val_answer_nll"] = sum(row["val_nll"]) / args.n_val
+            print(f"{arm} s{seed} lr {lr:g} val nll {row['val_answer_nll']:.3f} {row['train_s']:.0f}s", flush=True)
+        key = -row.get("val_answer_nll", 0.0)
         if best is None or key > best[0]:
             best = (key, row, trainable(model) if len(lrs) > 1 else None, model)
         record["sweep"].append({k: v for k, v in row.items() if k != "log"})
@@ -265,7 +263,7 @@ def report(out: Path) -> None:
                  "exact_match": [w.estimate, w.lo, w.hi], "answer_nll": sum(nll) / len(nll),
                  "per_seed_exact_match": [sum(r["correct"]) / len(r["correct"]) for r in rs],
                  "trained_tokens": [r["trained_tokens"] for r in rs], "train_s": [r["train_s"] for r in rs],
-                 "sweep": [[{k: v for k, v in row.items() if k in ("lr", "val_exact_match", "val_answer_nll")}
+                 "sweep": [[{k: v for k, v in row.items() if k in ("lr", "val_answer_nll")}
                             for row in r["sweep"]] for r in rs if len(r["sweep"]) > 1],
                  "em_vs_sft": vs(runs, arm, "sft", "correct") if arm != "sft" else None,
                  "nll_vs_sft": vs(runs, arm, "sft", "answer_nll") if arm != "sft" else None}
@@ -276,12 +274,12 @@ def report(out: Path) -> None:
                 entry[key] = [r.get(key) for r in rs]
         summary[arm] = entry
         tokens = sum(entry["trained_tokens"]) / len(rs)
-        sweep = "; ".join(f"{row['lr']:g}: {row['val_exact_match']:.2f}" for row in (entry["sweep"] or [[]])[0])
+        sweep = "; ".join(f"{row['lr']:g}: {row['val_answer_nll']:.3f}" for row in (entry["sweep"] or [[]])[0])
         rows.append(f"| {arm} | {entry['lr']:g} ({sweep}) | {len(rs)} x {len(rs[0]['correct'])} | "
                     f"{w.estimate:.3f} [{w.lo:.3f}, {w.hi:.3f}] | {entry['answer_nll']:.3f} | "
                     f"{fmt_ci(entry['em_vs_sft'])} | {fmt_ci(entry['nll_vs_sft'])} | "
                     f"{(ctrl + ' ' + fmt_ci(entry['em_vs_control'])) if ctrl else '-'} | {tokens:.0f} |")
-    lines = ["| arm | lr (validation EM per lr) | seeds x test items | exact match (Wilson 95%) | answer NLL | "
+    lines = ["| arm | lr (validation answer NLL per lr) | seeds x test items | exact match (Wilson 95%) | answer NLL | "
              "EM - SFT (95%, clustered) | NLL - SFT | EM - its random control | trained tokens / seed |",
              "|---|---|---|---|---|---|---|---|---|", *rows]
     sels = {r["arm"]: r["selection"] for r in loaded if "selection" in r}

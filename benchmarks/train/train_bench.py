@@ -1,16 +1,15 @@
-"""Token-weighted fine-tuning against plain SFT and random-selection controls: SmolLM2-135M on reasoning-gym
-``chain_sum`` with injected noise, started from a checkpoint that already writes the answer format.
+"""Token-weighted fine-tuning against plain SFT and random controls: SmolLM2-135M, chain_sum with injected noise.
 
-Regime (docs/train.md says why): one shared *format checkpoint* (clean SFT on the ``format`` split) is every
-arm's starting point; Rho-1's reference is that checkpoint fine-tuned further on the clean ``calibration``
-split (cost recorded). Every item set comes from its own generator-seed range (``data.split_seed``) and
-``check_disjoint`` refuses a run whose test or validation prompts occur in any data a model was fitted on.
-Each arm trains at every ``--lrs`` value on seed ``--sweep-seed``; the one with the lowest validation answer NLL
-is tested there and used for the other seeds. One run = (arm, seed) in
-runs/<arm>_s<seed>.json, so the script resumes and processes can split the arms. ``--prepare`` builds the two
-shared checkpoints (run it once, first); ``--report`` writes results.md / results.json / train_bench.png.
+Regime (docs/train.md says why): one shared *format checkpoint* (clean SFT on the ``format`` split) is every arm's
+starting point; Rho-1's reference is the base model fine-tuned on the clean ``calibration`` split, for more steps
+(cost recorded). Every item set comes from its own generator-seed range (``data.split_seed``) and ``check_disjoint``
+refuses a run whose test or validation prompts occur in any data a model was fitted on. Each arm trains at every
+``--lrs`` value on seed ``--sweep-seed``; the one with the lowest validation answer NLL is tested there and used for
+the other seeds. One run = (arm, seed) in runs/<arm>_s<seed>.json, so the script resumes and processes can split the
+arms. ``--prepare format`` and ``--prepare reference`` build the two shared checkpoints (once, first; they can run
+at the same time); ``--report`` writes results.md / results.json / train_bench.png.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train/train_bench.py --prepare
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train/train_bench.py --prepare format   # and: --prepare reference
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train/train_bench.py --arms sft,dft --seeds 0,1
     .venv/bin/python benchmarks/train/train_bench.py --report
 """
@@ -92,29 +91,26 @@ def shared_data(args) -> dict[str, list]:
     return {"format checkpoint": fmt, "Rho-1 reference": ref, "selection probe": probe}
 
 
-def prepare(args) -> dict:
-    """Format checkpoint (SFT on clean format items from the base model) and Rho-1 reference (that checkpoint,
-    SFT on clean calibration items), saved under --cache with their cost."""
+def prepare(args, part: str) -> dict:
+    """``format``: the format checkpoint (SFT on clean format items from the base model); ``reference``: Rho-1's
+    reference (SFT on clean calibration items from the base model, ``--ref-steps``). Each is saved under --cache
+    with its cost and the prompts it was fitted on; the two can run at the same time."""
     data = shared_data(args)
     args.cache.mkdir(parents=True, exist_ok=True)
-    info: dict = {"prompts": {k: [e.prompt for e in v] for k, v in data.items()}}  # what run() checks against
+    name, items, steps = {"format": ("format checkpoint", data["format checkpoint"], args.format_steps),
+                          "reference": ("Rho-1 reference", data["Rho-1 reference"], args.ref_steps)}[part]
+    prompts = {name: [e.prompt for e in items]}
+    if part == "format":
+        prompts["selection probe"] = [e.prompt for e in data["selection probe"]]
     model, tok = load(args.train_layers)
-    for name, file, items, steps in (("format", "format.pt", data["format checkpoint"], args.format_steps),
-                                     ("reference", "reference.pt", data["Rho-1 reference"], args.ref_steps)):
-        t0 = time.perf_counter()
-        logs = list(train(make_rule("sft"), model, batches(tok, items, args.batch, args.max_len), steps,
-                          lr=args.prep_lr, pad_id=tok.pad_token_id, bf16=args.bf16))
-        torch.save(trainable(model), args.cache / file)
-        info[name] = {"steps": steps, "examples": len(items), "lr": args.prep_lr, "train_s": time.perf_counter() - t0,
-                      "trained_tokens": sum(lg.trained for lg in logs), "final_loss": logs[-1].loss}
-        if name == "format":  # does the starting point already write the answer format? (validation, seed 0)
-            val = eval_sets(args, 0)["validation"]
-            texts: list[str] = []
-            em = exact_match(model, tok, val, max_new=args.max_new, texts=texts)
-            info[name]["validation_s0_exact_match"] = sum(em) / len(em)
-            info[name]["answer_line_share"] = sum("Answer:" in t for t in texts) / len(texts)
-        print(name, info[name], flush=True)
-    (args.cache / "prepare.json").write_text(json.dumps(info))
+    t0 = time.perf_counter()
+    logs = list(train(make_rule("sft"), model, batches(tok, items, args.batch, args.max_len), steps,
+                      lr=args.prep_lr, pad_id=tok.pad_token_id, bf16=args.bf16))
+    torch.save(trainable(model), args.cache / f"{part}.pt")
+    info = {"steps": steps, "examples": len(items), "lr": args.prep_lr, "train_s": time.perf_counter() - t0,
+            "trained_tokens": sum(lg.trained for lg in logs), "final_loss": logs[-1].loss, "from": "base model"}
+    print(part, info, flush=True)
+    (args.cache / f"{part}.json").write_text(json.dumps({**info, "prompts": prompts}))
     return info
 
 
@@ -173,11 +169,12 @@ def run(args, arm: str, seed: int) -> dict:
     clean = load_split(args.task, "train", args.steps * args.batch, seed, exclude=held)
     train_set = inject_noise(clean, args.noise, seed)
     aux = load_split(args.task, "calibration", args.aux_steps * args.batch, seed, exclude=held)
-    prep = json.loads((args.cache / "prepare.json").read_text())
-    shared = {k: [Example(p, "", "") for p in v] for k, v in prep["prompts"].items()}  # the data actually used
-    check_disjoint(sets, {"training": clean, "contrast-model data": aux, **shared})
-    probe = [e for e in shared_data(args)["selection probe"] if e.prompt in set(prep["prompts"]["selection probe"])]
-    probe = inject_noise(probe, 0.5, SHARED)
+    parts = ["format", "reference"] if arm == "excess_loss" else ["format"]
+    prep = {p: json.loads((args.cache / f"{p}.json").read_text()) for p in parts}
+    shared = {k: [Example(q, "", "") for q in v] for p in parts for k, v in prep[p]["prompts"].items()}
+    check_disjoint(sets, {"training": clean, "contrast-model data": aux, **shared})  # the data actually used
+    probe = inject_noise([e for e in shared_data(args)["selection probe"]
+                          if e.prompt in set(prep["format"]["prompts"]["selection probe"])], 0.5, SHARED)
     sweep_file = args.out / "runs" / f"{arm}_s{args.sweep_seed}.json"
     if seed == args.sweep_seed:
         lrs = args.lrs
@@ -192,7 +189,8 @@ def run(args, arm: str, seed: int) -> dict:
                     "max_len": args.max_len, "train_layers": args.train_layers, "noise": args.noise,
                     "precision": "bf16 autocast (training), fp32 (evaluation)" if args.bf16 else "fp32",
                     "n_test": args.n_test, "n_val": args.n_val, "threads": torch.get_num_threads(),
-                    "prepare": {k: v for k, v in prep.items() if k != "prompts"}, "sweep": []}
+                    "prepare": {p: {k: v for k, v in d.items() if k != "prompts"} for p, d in prep.items()},
+                    "sweep": []}
     best = None
     for lr in lrs:
         torch.manual_seed(seed)
@@ -300,7 +298,7 @@ def report(out: Path) -> None:
     lines += ["", "Runs: " + "; ".join(f"`{c}`" for c in commands)]
     write_table(out / "results.md", lines)
     (out / "results.json").write_text(json.dumps({"summary": summary, "selection": sels,
-                                                  "prepare": loaded[0]["prepare"] if loaded else None,
+                                                  "prepare": {p: d for r in loaded for p, d in r["prepare"].items()},
                                                   "provenance": run_provenance()}, indent=1))
     print("\n".join(lines))
     st = styles(arms)
@@ -345,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ref-steps", type=int, default=40, help="--prepare: further clean SFT steps of the reference")
     p.add_argument("--prep-lr", type=float, default=1e-4)
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--prepare", action="store_true")
+    p.add_argument("--prepare", choices=["format", "reference"], help="build one shared checkpoint")
     p.add_argument("--report", action="store_true")
     p.add_argument("--cache", type=Path, default=CACHE)
     p.add_argument("--out", type=Path, default=OUT)
@@ -355,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.report:
         return report(args.out)
     if args.prepare:
-        prepare(args)
+        prepare(args, args.prepare)
         return None
     for seed in (int(s) for s in args.seeds.split(",")):
         for arm in args.arms.split(","):

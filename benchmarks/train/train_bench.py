@@ -114,6 +114,64 @@ def prepare(args, part: str) -> dict:
     return info
 
 
+def selection_at_start(args) -> None:
+    """Forward passes only: every rule's selection on the held-out noisy probe at the format checkpoint, each
+    with the reference it would train with (Rho-1: the clean reference, and for contrast the starting model
+    itself, the old default), plus how the checkpoint writes answers on ``--start-items`` validation items."""
+    prep = json.loads((args.cache / "format.json").read_text())
+    probe_prompts = set(prep["prompts"]["selection probe"])
+    probe = inject_noise([e for e in shared_data(args)["selection probe"] if e.prompt in probe_prompts], 0.5, SHARED)
+    check_disjoint(eval_sets(args, 0), {"selection probe": probe, "format checkpoint": [
+        Example(q, "", "") for q in prep["prompts"]["format checkpoint"]]})
+    start, tok = load(args.train_layers, args.cache / "format.pt")
+    has_ref = (args.cache / "reference.pt").exists()
+    reference = load(args.train_layers, args.cache / "reference.pt")[0] if has_ref else None
+    sel = list(batches(tok, probe, args.batch, args.max_len))
+    cases = [("excess_loss, reference = the clean-data reference", "excess_loss", {}, reference),
+             ("excess_loss, reference = the starting model (the old default)", "excess_loss", {}, start),
+             ("sstoken, history = the starting model", "sstoken", {}, start),
+             ("tshirt (online weights, batches of 8)", "tshirt", {}, None),
+             (f"random_drop, keep {args.token_keep}", "random_drop", {"keep": args.token_keep}, None),
+             ("context_reliance", "context_reliance", {}, None), ("dft", "dft", {}, None)]
+    path = args.out / "selection_start.json"
+    done = json.loads(path.read_text()) if path.exists() else {}  # a rerun adds the cases still missing
+    rows = done.get("selection", {})
+    for label, name, params, ref in cases:
+        if label in rows or (make_rule(name).needs & {"reference"} and ref is None):
+            continue
+        t0 = time.perf_counter()
+        rows[label] = selection(make_rule(name, **params), start, sel, ref, tok.pad_token_id)
+        print(label, rows[label], f"{time.perf_counter() - t0:.0f}s", flush=True)
+    sv = done.get("start_validation")
+    if sv is None:
+        val = eval_sets(args, 0)["validation"][: args.start_items]
+        texts: list[str] = []
+        em = exact_match(start, tok, val, max_new=args.max_new, texts=texts)
+        sv = {"n": len(val), "exact_match": sum(em) / len(em), "answer_line": sum("Answer:" in t for t in texts)
+              / len(texts), "texts": texts}
+    cmd = "python " + " ".join(sys.argv)
+    record = {"commands": sorted({*done.get("commands", []), cmd}), "provenance": run_provenance(),
+              "prepare": {p: {k: v for k, v in json.loads(f.read_text()).items() if k != "prompts"}
+                          for p in ("format", "reference") if (f := args.cache / f"{p}.json").exists()},
+              "probe_items": len(probe), "selection": rows,
+              "start_validation": sv}
+    path.write_text(json.dumps(record, indent=1))
+    lines = ["| rule (at the format checkpoint) | noise kept | clean kept | answer-line kept | drop precision "
+             "(noise share) | AUROC (noise weighted lower) |", "|---|---|---|---|---|---|"]
+    for label, r in rows.items():
+        dn, dc = (1 - r["noise_kept"]) * r["noise_tokens"], (1 - r["clean_kept"]) * r["clean_tokens"]
+        share = r["noise_tokens"] / (r["noise_tokens"] + r["clean_tokens"])
+        prec = f"{dn / (dn + dc):.2f} ({share:.2f})" if dn + dc > 0 else f"- ({share:.2f})"
+        lines.append(f"| {label} | {r['noise_kept']:.2f} | {r['clean_kept']:.2f} | {r['answer_kept']:.2f} | {prec} | "
+                     f"{r['auroc']:.3f} |")
+    lines += ["", f"Probe: {len(probe)} items, {rows and next(iter(rows.values()))['noise_tokens']} noise and "
+              f"{rows and next(iter(rows.values()))['clean_tokens']} clean response tokens. Format checkpoint on "
+              f"{sv['n']} validation items: exact match {sv['exact_match']:.2f}, an 'Answer:' line in "
+              f"{sv['answer_line']:.2f}.", "", "Commands: " + "; ".join(f"`{c}`" for c in record["commands"])]
+    write_table(args.out / "selection_start.md", lines)
+    print("\n".join(lines))
+
+
 def arm_training(args, arm: str, model, tok, seed: int, lr: float, start, reference, train_set, clean, aux):
     """Train ``model`` in place for one arm; returns (step logs, extra record fields)."""
     extra: dict = {}
@@ -345,6 +403,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--prepare", choices=["format", "reference"], help="build one shared checkpoint")
     p.add_argument("--report", action="store_true")
+    p.add_argument("--selection-at-start", action="store_true", help="forward passes only, at the format checkpoint")
+    p.add_argument("--start-items", type=int, default=8, help="--selection-at-start: validation items generated")
     p.add_argument("--cache", type=Path, default=CACHE)
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
@@ -352,6 +412,8 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "runs").mkdir(parents=True, exist_ok=True)
     if args.report:
         return report(args.out)
+    if args.selection_at_start:
+        return selection_at_start(args)
     if args.prepare:
         prepare(args, args.prepare)
         return None

@@ -257,7 +257,7 @@ def run(args, arm: str, seed: int) -> dict:
         logs, extra = arm_training(args, arm, model, tok, seed, lr, start, reference, train_set, clean, aux)
         row = {"lr": lr, "train_s": time.perf_counter() - t0, "log": [lg.__dict__ for lg in logs],
                "trained_tokens": sum(lg.trained for lg in logs), **extra}
-        if len(lrs) > 1:  # answer NLL: continuous and a teacher-forced pass, where exact match needs generation
+        if seed == args.sweep_seed:  # answer NLL: continuous and a teacher-forced pass; exact match needs generation
             row["val_nll"] = answer_nll(model, tok, sets["validation"])
             row["val_answer_nll"] = sum(row["val_nll"]) / args.n_val
             print(f"{arm} s{seed} lr {lr:g} val nll {row['val_answer_nll']:.3f} {row['train_s']:.0f}s", flush=True)
@@ -283,6 +283,21 @@ def run(args, arm: str, seed: int) -> dict:
     print(f"{arm} s{seed} lr {record['lr']:g} test exact {sum(record['correct']) / args.n_test:.3f} "
           f"nll {sum(record['answer_nll']) / args.n_test:.3f}", flush=True)
     return record
+
+
+def merge(out: Path, parts: list[Path]) -> None:
+    """Runs of one arm at different learning rates made by separate processes (``--lrs`` one value each, its own
+    ``--out``): keep, per (arm, sweep seed), the run with the lowest validation answer NLL, with every part's sweep
+    row, so the choice is the same as one process sweeping them in turn."""
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    names = sorted({f.name for d in parts for f in (d / "runs").glob("*.json")})
+    for name in names:
+        found = [json.loads((d / "runs" / name).read_text()) for d in parts if (d / "runs" / name).exists()]
+        best = min(found, key=lambda r: r["sweep"][0].get("val_answer_nll", float("inf")))
+        best["sweep"] = [row for r in found for row in r["sweep"]]
+        best["merged_from"] = [str(d) for d in parts if (d / "runs" / name).exists()]
+        (out / "runs" / name).write_text(json.dumps(best))
+        print(name, "lr", best["lr"], [(row["lr"], row.get("val_answer_nll")) for row in best["sweep"]])
 
 
 def vs(runs: dict, arm: str, other: str, key: str) -> tuple | None:
@@ -403,6 +418,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--prepare", choices=["format", "reference"], help="build one shared checkpoint")
     p.add_argument("--report", action="store_true")
+    p.add_argument("--merge", help="comma-separated --out folders of single-lr runs to merge into --out")
     p.add_argument("--selection-at-start", action="store_true", help="forward passes only, at the format checkpoint")
     p.add_argument("--start-items", type=int, default=8, help="--selection-at-start: validation items generated")
     p.add_argument("--cache", type=Path, default=CACHE)
@@ -410,6 +426,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     (args.out / "runs").mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        return merge(args.out, [Path(d) for d in args.merge.split(",")])
     if args.report:
         return report(args.out)
     if args.selection_at_start:

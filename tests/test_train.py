@@ -300,3 +300,49 @@ def test_inject_noise_marks_what_it_changed():
         ((_lo, hi),) = n.noise
         assert n.solution != exs[0].solution
         assert n.solution[hi:].endswith("Answer: 3")
+
+
+# ---- controls and offline selection: hand-worked ------------------------------------------------------------
+
+def test_random_drop_keeps_the_fraction_at_random_and_repeats_by_seed():
+    mask = torch.tensor([[True] * 10 + [False] * 2, [True] * 6 + [False] * 6])  # 16 response tokens
+    b = TokenBatch(torch.zeros(2, 12), mask)
+    w = rule("random_drop", keep=0.5, seed=3).weights(b)
+    assert int(w.sum()) == 8 and not w[~mask].any()  # ceil(0.5 * 16) over the batch, never a pad
+    assert torch.equal(w, rule("random_drop", keep=0.5, seed=3).weights(b))  # same seed, same draw
+    draws = {tuple(rule("random_drop", keep=0.5, seed=s).weights(b).flatten().tolist()) for s in range(6)}
+    assert len(draws) > 1  # not a fixed pattern
+    row = rule("random_drop", keep=0.5, per_row=True).weights(b)
+    assert row.sum(-1).tolist() == [5.0, 3.0]
+
+
+def test_offline_keep_top_ranks_the_whole_dataset_not_each_batch():
+    from tokensieve.train.offline import keep_top, random_keep
+
+    # two 'batches' of 3: the second holds the three hardest samples; per-batch top half would keep 2 + 2
+    scores = [0.1, 0.3, 0.2, 0.9, 0.8, 0.7]
+    assert keep_top(scores, 0.5) == [3, 4, 5]
+    assert keep_top([1.0, 1.0, 0.5, 1.0], 0.5) == [0, 1]  # ties: the earlier sample
+    picked = random_keep(6, 0.5, seed=0)
+    assert len(picked) == 3 and picked == sorted(set(picked)) and picked == random_keep(6, 0.5, seed=0)
+    with pytest.raises(TokenSieveError):
+        keep_top(scores, 0.0)
+
+
+def test_tshirt_sample_scores_are_ifd_over_informative_tokens():
+    # one sample, 4 response tokens; informative (q = 0.5): the two the prompt helps most (tokens 0, 2)
+    logp = torch.tensor([[-1.0, -2.0, -0.5, -3.0]])
+    free = torch.tensor([[-3.0, -2.1, -2.5, -3.0]])  # prompt gain: 2.0, 0.1, 2.0, 0.0
+    pert = torch.tensor([[[-1.0, -9.0, -1.0, -9.0]], [[-2.0, -9.0, -2.0, -9.0]]])  # K = 2
+    b = TokenBatch(logp, torch.ones(1, 4, dtype=torch.bool), free_logp=free, perturbed_logp=pert)
+    # L(y|x) per pass: 1.0 and 2.0; L(y) = (3.0 + 2.5) / 2 = 2.75; IFD mean = (1/2.75 + 2/2.75) / 2
+    assert TShirt(q=0.5).sample_scores(b).tolist() == pytest.approx([1.5 / 2.75])
+
+
+def test_step_log_counts_the_tokens_a_rule_trained_on():
+    model = make_model("llama")
+    batch = _batch()
+    n = int((batch["labels"][:, 1:] != -100).sum())
+    (full,) = train(SFT(), model, iter([batch]), steps=1, lr=1e-4)
+    (half,) = train(rule("random_drop", keep=0.5), model, iter([batch]), steps=1, lr=1e-4)
+    assert full.trained == n and half.trained == -(-n // 2)

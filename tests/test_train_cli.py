@@ -4,6 +4,7 @@ real SmolLM2's per-token loss; the tasks need reasoning-gym (the `train` extra).
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from tokensieve.cli import main
+from tokensieve.errors import TokenSieveError
 from tokensieve.train import DFT, SFT, token_loss
 from tokensieve.train.data import collate, encode, load_task, wrong_solution
 
@@ -68,9 +70,43 @@ def test_train_cli_runs_resumes_and_refuses_other_settings(tiny_dir, tmp_path, m
 
 
 @needs_gym
-def test_tasks_are_disjoint_by_seed_and_wrong_solutions_are_wrong():
-    a, b = load_task("chain_sum", 30, 0), load_task("chain_sum", 30, 1_000_003)
-    assert {e.prompt for e in a} != {e.prompt for e in b}
+def test_splits_are_disjoint_and_the_leak_check_refuses_a_shared_prompt():
+    from tokensieve.train.data import SPLIT_STRIDE, LeakError, check_disjoint, load_split, split_seed
+
+    starts = {split_seed(sp, s) for sp in ("train", "test", "validation", "calibration") for s in range(3)}
+    ordered = sorted(starts)
+    assert len(starts) == 12 and all(b - a >= SPLIT_STRIDE for a, b in itertools.pairwise(ordered))
+    test = load_split("chain_sum", "test", 60, 0)
+    train = load_split("chain_sum", "train", 300, 0, exclude={e.prompt for e in test})
+    assert len({e.prompt for e in test}) == 60 and len(train) == 300
+    check_disjoint({"test": test}, {"training": train})  # passes: train excluded the test prompts
+    # disjoint generator seeds are not enough: without the exclusion, small expressions come out of both ranges
+    plain = load_task("chain_sum", 800, split_seed("train", 0))
+    assert {e.prompt for e in plain} & {e.prompt for e in test}
+    with pytest.raises(LeakError, match="test prompt"):
+        check_disjoint({"test": test}, {"training": plain})
+    with pytest.raises(LeakError, match="validation"):
+        check_disjoint({"test": test, "validation": test[:1]}, {})
+    with pytest.raises(TokenSieveError):
+        split_seed("holdout", 0)
+
+
+@needs_gym
+def test_encode_marks_the_answer_line():
+    from transformers import AutoTokenizer
+
+    from tokensieve.runtime.models import resolve
+    from tokensieve.train.data import Example
+
+    tok = AutoTokenizer.from_pretrained(resolve("smollm2"), local_files_only=True)
+    d = encode(tok, Example("1 + 2 =\n", "1 + 2 = 3\nAnswer: 3", "3"), 64)
+    marked = tok.decode(d["input_ids"][d["answer"].bool()])
+    assert marked.strip() == "Answer: 3"
+
+
+@needs_gym
+def test_wrong_solutions_are_wrong():
+    a = load_task("chain_sum", 30, 0)
     for e in a:
         w = wrong_solution(e, 0)
         assert w.answer != e.answer and w.solution.endswith(f"Answer: {w.answer}")

@@ -87,7 +87,15 @@ def run(args: argparse.Namespace, console: Any) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from tokensieve.train import rule as make_rule
-    from tokensieve.train.data import EVAL_SEED_OFFSET, collate, encode, inject_noise, load_task, wrong_solution
+    from tokensieve.train.data import (
+        check_disjoint,
+        collate,
+        encode,
+        inject_noise,
+        load_split,
+        load_task,
+        wrong_solution,
+    )
     from tokensieve.train.evaluate import answer_nll, exact_match
     from tokensieve.train.loop import frozen_copy, make_optimizer, train
 
@@ -120,7 +128,9 @@ def run(args: argparse.Namespace, console: Any) -> int:
         opt.load_state_dict(torch.load(out / "checkpoint" / "optimizer.pt"))
         console.print(f"[tokensieve] resuming {out} at step {done}")
     torch.manual_seed(args.seed)
-    examples = load_task(args.task, args.steps * args.batch, args.seed)
+    evalset = load_split(args.task, "test", args.n_eval, args.seed)
+    held_out = {e.prompt for e in evalset}
+    examples = load_split(args.task, "train", args.steps * args.batch, args.seed, exclude=held_out)
     enc = lambda exs: [encode(tok, e, args.max_len) for e in exs]  # noqa: E731
     groups = lambda items: (collate(items[i : i + args.batch], tok.pad_token_id)  # noqa: E731
                             for i in range(done * args.batch, len(items) - args.batch + 1, args.batch))
@@ -128,7 +138,8 @@ def run(args: argparse.Namespace, console: Any) -> int:
         from tokensieve.train.pairs import contrast_models, train_pairs
 
         console.print(f"[tokensieve] critical: training the contrast models ({args.aux_steps} steps each)")
-        aux = load_task(args.task, args.aux_steps * args.batch, args.seed + 7)
+        aux = load_split(args.task, "calibration", args.aux_steps * args.batch, args.seed, exclude=held_out)
+        check_disjoint({"test": evalset}, {"contrast-model data": aux})
         wrong = [wrong_solution(e, args.seed + i) for i, e in enumerate(aux)]
         pos, neg = contrast_models(model, (collate(c, tok.pad_token_id) for c in _chunks(enc(aux), args.batch)),
                                    (collate(c, tok.pad_token_id) for c in _chunks(enc(wrong), args.batch)),
@@ -150,7 +161,7 @@ def run(args: argparse.Namespace, console: Any) -> int:
             bar.update(task, completed=log.step, loss=f"{log.loss:.4f}")
             if log.step % args.save_every == 0 or log.step == args.steps:
                 _save(out, model, opt, state)
-    evalset = load_task(args.task, args.n_eval, EVAL_SEED_OFFSET + args.seed)
+    check_disjoint({"test": evalset}, {"training": examples})
     console.print(f"[tokensieve] evaluating on {args.n_eval} held-out items (greedy exact match, answer NLL)")
     correct, nll = exact_match(model, tok, evalset), answer_nll(model, tok, evalset)
     state["eval"] = {"exact_match": sum(correct) / len(correct), "answer_nll": sum(nll) / len(nll), "n": len(correct)}

@@ -1,6 +1,9 @@
 """Offline reasoning tasks from ``reasoning-gym`` with worked solutions, and injected noise with ground truth.
 
-Train and eval draw from disjoint generator seeds. A fraction of training solutions gets known noise: a
+Items come from named splits (``split_seed``): every (split, run seed) pair owns its own range of generator
+seeds, so no two runs or splits share a generated item; a small task can still generate the same prompt from
+two seeds, so ``load_split`` drops prompts it is told to exclude and ``check_disjoint`` refuses any evaluation
+prompt that also occurs in training or calibration data. A fraction of training solutions gets known noise: a
 corrupted digit in an intermediate result, or a boilerplate sentence; the noisy characters are recorded,
 so a rule's token selection can be scored against them (selection precision) from forward passes alone.
 """
@@ -23,7 +26,10 @@ TASKS = {
     "gsm_symbolic": {},
 }
 BOILERPLATE = " Let me think about this carefully, step by step, as a helpful assistant would."
-EVAL_SEED_OFFSET = 1_000_003  # eval seeds live far from train seeds: the two sets never share a generator
+# reasoning-gym's item i of a dataset with seed s is generated from seed s + i, so splits and run seeds get
+# ranges SPLIT_STRIDE apart: (split, seed) never shares a generator seed with another pair below that many items.
+SPLITS = ("train", "calibration", "validation", "test", "format", "selection")
+SPLIT_STRIDE = 1_000_000
 
 
 class TaskError(TokenSieveError, ValueError):
@@ -70,6 +76,51 @@ def load_task(task: str, n: int, seed: int) -> list[Example]:
     return out
 
 
+def split_seed(split: str, seed: int) -> int:
+    """First generator seed of ``split`` for run seed ``seed``: a range of SPLIT_STRIDE seeds of its own."""
+    if split not in SPLITS:
+        raise TaskError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    if not 0 <= seed < 1000:
+        raise TaskError(f"run seed {seed} is outside [0, 1000): its split ranges would overlap another seed's")
+    return (seed * len(SPLITS) + SPLITS.index(split)) * SPLIT_STRIDE
+
+
+def load_split(task: str, split: str, n: int, seed: int, exclude: set[str] | frozenset[str] = frozenset()
+               ) -> list[Example]:
+    """``n`` items of ``split`` for run seed ``seed``, skipping prompts in ``exclude`` and repeated prompts."""
+    if n >= SPLIT_STRIDE // 2:
+        raise TaskError(f"{n} items do not fit one split's seed range ({SPLIT_STRIDE})")
+    out: list[Example] = []
+    seen = set(exclude)
+    draw = n
+    while len(out) < n:
+        draw = 2 * draw + 16  # item i depends only on seed + i, so a longer draw extends the shorter one
+        out, seen = [], set(exclude)
+        for ex in load_task(task, draw, split_seed(split, seed)):
+            if ex.prompt not in seen:
+                seen.add(ex.prompt)
+                out.append(ex)
+            if len(out) == n:
+                break
+    return out
+
+
+class LeakError(TaskError):
+    pass
+
+
+def check_disjoint(evaluation: dict[str, list[Example]], fitted: dict[str, list[Example]]) -> None:
+    """Raise ``LeakError`` if any evaluation prompt (test, validation) occurs in any set a model was fitted or
+    calibrated on (training, reference, warm start), or if two evaluation sets share a prompt."""
+    names = list(evaluation)
+    for i, name in enumerate(names):
+        prompts = {e.prompt for e in evaluation[name]}
+        for other, items in [*fitted.items(), *((n, evaluation[n]) for n in names[i + 1 :])]:
+            shared = prompts & {e.prompt for e in items}
+            if shared:
+                raise LeakError(f"{len(shared)} {name} prompt(s) also occur in {other}, e.g. {min(shared)!r}")
+
+
 def inject_noise(examples: list[Example], fraction: float, seed: int) -> list[Example]:
     """Corrupt ``fraction`` of the examples: half get one intermediate digit changed, half a boilerplate line."""
     rng = random.Random(seed)
@@ -90,14 +141,19 @@ def inject_noise(examples: list[Example], fraction: float, seed: int) -> list[Ex
 
 
 def encode(tok: Any, ex: Example, max_len: int) -> dict[str, torch.Tensor]:
-    """input_ids / labels (-100 on the prompt) / noise (1 on tokens overlapping a noise span)."""
+    """input_ids / labels (-100 on the prompt) / noise (1 on tokens overlapping a noise span) / answer (1 on
+the final 'Answer: N' line's tokens)."""
     p = tok(ex.prompt, add_special_tokens=False)["input_ids"]
     s = tok(ex.solution + (tok.eos_token or ""), add_special_tokens=False, return_offsets_mapping=True)
     ids = (p + s["input_ids"])[:max_len]
     noisy = [int(any(a < hi and lo < b for a, b in ex.noise)) for lo, hi in s["offset_mapping"]]
+    at = ex.solution.rfind("Answer:")
+    final = (at, len(ex.solution)) if at >= 0 else (0, 0)  # the final 'Answer: N' line, for selection stats
+    in_answer = [int(final[0] < hi and lo < final[1]) for lo, hi in s["offset_mapping"]]
     labels = ([IGNORE] * len(p) + s["input_ids"])[:max_len]
     noise = torch.tensor(([0] * len(p) + noisy)[:max_len])
-    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "noise": noise}
+    answer = torch.tensor(([0] * len(p) + in_answer)[:max_len])
+    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "noise": noise, "answer": answer}
 
 
 def collate(items: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -107,8 +163,9 @@ def collate(items: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torc
         return torch.stack([torch.nn.functional.pad(x[key], (0, width - len(x[key])), value=value) for x in items])
     out = {"input_ids": pad("input_ids", pad_id), "labels": pad("labels", IGNORE)}
     out["attention_mask"] = torch.stack([torch.arange(width) < len(x["input_ids"]) for x in items]).long()
-    if all("noise" in x for x in items):
-        out["noise"] = pad("noise", 0)
+    for key in ("noise", "answer"):  # ground truth for measuring selection; never reaches the model
+        if all(key in x for x in items):
+            out[key] = pad(key, 0)
     return out
 
 

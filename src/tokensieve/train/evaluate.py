@@ -10,7 +10,7 @@ import torch
 from tokensieve.train.base import Rule
 from tokensieve.train.data import Example, collate, encode
 from tokensieve.train.loss import token_batch
-from tokensieve.train.tokens import IGNORE, token_logprobs
+from tokensieve.train.tokens import IGNORE, shifted, token_logprobs
 
 ANSWER = re.compile(r"Answer:\s*(-?\d+)")
 
@@ -72,14 +72,19 @@ def auroc(pos: torch.Tensor, neg: torch.Tensor) -> float:
 def selection(rule: Rule, model: Any, batches: list[dict[str, torch.Tensor]], reference: Any = None,
               pad_id: int = 0) -> dict[str, float]:
     """How ``rule`` weights injected-noise tokens vs clean response tokens: kept fractions and the AUROC of
-    (low weight) for noise; 0.5 = no better than random, 1.0 = every noise token weighted below every clean one."""
-    noise_w, clean_w = [], []
+    (low weight) for noise; 0.5 = no better than random, 1.0 = every noise token weighted below every clean one.
+    ``answer_kept``: the share of the final answer line's tokens kept (batches from ``encode`` carry that mask)."""
+    noise_w, clean_w, answer_w = [], [], []
     for b in batches:
         tb = token_batch(rule, model, b, reference, pad_id)
         w = rule.weights(tb).float()
         noise_w.append(w[tb.noise & tb.mask])
         clean_w.append(w[~tb.noise & tb.mask])
+        if "answer" in b:  # the final 'Answer: N' line's tokens, in the same column layout as the weights
+            answer_w.append(w[(shifted(b["answer"].long())[0] == 1) & tb.mask])
     nw, cw = torch.cat(noise_w), torch.cat(clean_w)
+    aw = torch.cat(answer_w) if answer_w else torch.zeros(0)
     return {"noise_kept": float((nw > 0).float().mean()), "clean_kept": float((cw > 0).float().mean()),
             "noise_weight": float(nw.mean()), "clean_weight": float(cw.mean()), "auroc": auroc(-nw, -cw),
-            "noise_tokens": len(nw), "clean_tokens": len(cw)}
+            "noise_tokens": len(nw), "clean_tokens": len(cw),
+            "answer_kept": float((aw > 0).float().mean()) if len(aw) else float("nan"), "answer_tokens": len(aw)}

@@ -31,6 +31,7 @@ class StepLog:
     step: int
     loss: float
     kept: float  # fraction of response tokens with nonzero weight
+    trained: int  # response tokens with nonzero weight in this step (what the step actually trained on)
     noise_kept: float | None  # the same over injected-noise tokens (None without noise labels)
 
 
@@ -70,7 +71,7 @@ def train(
         noise_kept = None
         if tb.noise is not None and (tb.noise & tb.mask).any():
             noise_kept = float(kept[tb.noise & tb.mask].mean())
-        log = StepLog(step + 1, float(loss.detach()), float(kept[tb.mask].mean()), noise_kept)
+        log = StepLog(step + 1, float(loss.detach()), float(kept[tb.mask].mean()), int(kept[tb.mask].sum()), noise_kept)
         if on_step is not None:
             on_step(log)
         yield log

@@ -67,6 +67,7 @@ def train_pairs(rule: Critical, model: Any, pairs: Iterable[tuple[dict, dict]], 
         mask = rejected["labels"][:, 1:] != -100
         w = w[:, :-1]
         crit = rejected["noise"][:, 1:].bool() & mask if "noise" in rejected else None
-        yield StepLog(step + 1, float(loss.detach()), float(w[mask].mean()),
+        trained = int(mask.sum() + (chosen["labels"] != -100).sum())  # both sides carry gradient
+        yield StepLog(step + 1, float(loss.detach()), float(w[mask].mean()), trained,
                       float(w[crit].mean()) if crit is not None and crit.any() else None)
     model.eval()

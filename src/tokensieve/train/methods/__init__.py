@@ -10,13 +10,14 @@ from tokensieve.train.methods.context_reliance import ContextReliance
 from tokensieve.train.methods.critical import Critical
 from tokensieve.train.methods.dft import DFT
 from tokensieve.train.methods.excess_loss import ExcessLoss
+from tokensieve.train.methods.random_drop import RandomDrop
 from tokensieve.train.methods.sft import SFT
 from tokensieve.train.methods.sstoken import SSToken
 from tokensieve.train.methods.tshirt import TShirt
 
 RULES: dict[str, type[Rule]] = {
     r.id: r
-    for r in (SFT, ExcessLoss, SSToken, DFT, Critical, TShirt, ContextReliance)  # type: ignore[type-abstract]
+    for r in (SFT, ExcessLoss, SSToken, DFT, Critical, TShirt, ContextReliance, RandomDrop)  # type: ignore[type-abstract]
 }
 register_family(
     "token-weighted training", RULES, "a training rule: `tokensieve train --method`, tokensieve.train", __name__
@@ -28,4 +29,5 @@ def rule(method: str | Rule, **params: Any) -> Rule:
     return instantiate(RULES, Rule, "training rule", method, params)
 
 
-__all__ = ["DFT", "RULES", "SFT", "ContextReliance", "Critical", "ExcessLoss", "SSToken", "TShirt", "rule"]
+__all__ = ["DFT", "RULES", "SFT", "ContextReliance", "Critical", "ExcessLoss", "RandomDrop", "SSToken", "TShirt",
+           "rule"]

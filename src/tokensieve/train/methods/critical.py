@@ -35,7 +35,15 @@ def token_dpo_loss(
 
 @dataclass
 class Critical(Rule):
-    """The rejected trajectory's tokens are weighted by criticality; the chosen one's by 1 (cDPO)."""
+    """The rejected trajectory's tokens are weighted by criticality; the chosen one's by 1 (cDPO).
+
+    Deviations from the paper: its contrast models are fine-tuned on the policy's own sampled rollouts,
+    split into correct and incorrect ones; here (``pairs.contrast_models`` and the training benchmark) they
+    are copies of the starting model fine-tuned briefly on gold solutions and on synthetic incorrect ones
+    (one changed digit in the first step and a wrong final answer) of a separate calibration split, so the
+    incorrect model learns one kind of error. The weight is ``sigmoid(-margin / tau)`` of the plain
+    log-likelihood margin, without the paper's scaling of the two models' terms, and the pairs are (gold,
+    synthetic wrong) solutions of the training prompts rather than sampled pairs."""
 
     id: ClassVar[str] = "critical"
     paper: ClassVar[str] = "Critical Tokens Matter: Token-Level Contrastive Estimation (cDPO, Lin et al., 2024)"

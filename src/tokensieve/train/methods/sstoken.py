@@ -20,6 +20,15 @@ def sstoken_score(logp: Tensor, hist_logp: Tensor, attn: Tensor, mask: Tensor, g
 
 @dataclass
 class SSToken(Rule):
+    """Deviations from the paper: the history model is the frozen model the caller passes (the starting
+    checkpoint in the training benchmark, or re-snapshotted every ``refresh`` steps by the loop and the
+    Trainer), where the paper's history model follows training; the attention signal is the response token's
+    attention mass on the prompt at the middle layer, averaged over heads. Selection is per response (the top
+    ``rho`` of each row): on short responses (~25 tokens here) the few answer tokens compete with the worked
+    steps inside their own row, and the final ``Answer: N`` line, once learned, scores low on both signals
+    (no loss change; its attention goes to the steps, not the prompt). The benchmark measures the share of
+    answer tokens kept (docs/train.md, selection table)."""
+
     id: ClassVar[str] = "sstoken"
     paper: ClassVar[str] = "ssToken: Self-modulated and Semantic-aware Token Selection (2025)"
     rule: ClassVar[str] = "top rho of response tokens by gamma*mm(L_hist - L_cur) + (1-gamma)*mm(attn to prompt)"

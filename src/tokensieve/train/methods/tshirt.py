@@ -34,6 +34,14 @@ def select_samples(scores: Tensor, keep: float) -> Tensor:
 
 @dataclass
 class TShirt(Rule):
+    """The paper scores every sample of the dataset once, with the model before training, and trains on the
+    top ``keep`` of the whole dataset: ``tokensieve.train.offline`` does that (``sample_scores`` then
+    ``keep_top``), and the training benchmark's ``tshirt`` arm uses it. ``weights`` is an online variant, used
+    when the rule is passed to the loop or the Trainer: it keeps the top ``keep`` of each *batch*, scored by
+    the model as it trains. Deviations from the paper in both: IFD is computed on the top ``q`` of tokens by
+    prompt reliance ``log p(t|x) - log p(t)`` of one model, and robustness is the mean over ``k`` Gaussian
+    perturbations of the input embeddings (``sigma`` x RMS), not the paper's own neighbourhood settings."""
+
     id: ClassVar[str] = "tshirt"
     paper: ClassVar[str] = "T-SHIRT: Token-Selective Hierarchical Data Selection for Instruction Tuning (2025)"
     rule: ClassVar[str] = "keep the top `keep` samples by IFD on informative tokens, mean over perturbed embeddings"
@@ -44,8 +52,12 @@ class TShirt(Rule):
     k: int = 2  # perturbed forwards
     sigma: float = 0.05  # noise std relative to each embedding's RMS
 
-    def weights(self, b: TokenBatch) -> Tensor:
+    def sample_scores(self, b: TokenBatch) -> Tensor:
+        """Per-sample robust IFD ``[B]`` (higher = harder, kept first)."""
         self.check(b)
         info = informative_tokens(b.logp, b.free_logp, b.mask, self.q)
-        chosen = select_samples(tshirt_scores(b.perturbed_logp, b.free_logp, info), self.keep)
+        return tshirt_scores(b.perturbed_logp, b.free_logp, info)
+
+    def weights(self, b: TokenBatch) -> Tensor:
+        chosen = select_samples(self.sample_scores(b), self.keep)
         return (b.mask & chosen[:, None]).float()

@@ -241,3 +241,31 @@ def test_kvcompose_counts_by_composite_tokens_and_keeps_each_heads_best():
         for head in range(scores[layer.layer_idx].shape[1]):
             want = scores[layer.layer_idx][0, head].topk(n).indices.sort().values
             assert layer.token_index[0, head].tolist() == want.tolist()
+
+
+def test_gui_kv_adds_the_hidden_norm_share_to_the_window_attention_share(data):
+    q, k, v, valid = data
+    m = get_method("gui_kv", window=5, kernel=3, alpha=0.7)
+    x = inputs(m, q, k, v, valid)
+    norm = torch.rand(B, T, generator=torch.Generator().manual_seed(9)) + 0.1
+    x.pass_score = norm
+    got = m.score(x).double()
+    w = weights(valid)
+    attn = group_mean(full_attention(q, k, valid, SCALE)[:, :, T - 5 :].sum(2), HKV)
+    pooled = torch.stack([attn[..., max(0, j - 1) : j + 2].amax(-1) for j in range(T)], -1) * w[:, None]
+    hn = norm.double() * w
+    want = pooled / pooled.sum(-1, keepdim=True) + 0.7 * (hn / hn.sum(-1, keepdim=True))[:, None]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_gui_kv_reads_the_final_hidden_states_norm():
+    model = prepare(make_model("llama"))
+    ids = torch.randint(1, 128, (1, 20), generator=torch.Generator().manual_seed(4))
+    pre = prefill(model, None, ids, methods=["gui_kv"])
+    with torch.no_grad():
+        h = model(input_ids=ids, output_hidden_states=True).hidden_states[-1]
+    got = get_method("gui_kv").whole_pass(pre)
+    for layer in pre.cache.sieve_layers:
+        torch.testing.assert_close(got[layer.layer_idx], h.norm(dim=-1), atol=1e-5, rtol=1e-5)
+    c = compress(model, None, ids, "gui_kv", keep=0.5, window=4)
+    assert all(layer.n_held == 10 for layer in c.cache.sieve_layers)

@@ -16,6 +16,7 @@ from tokensieve.kv.methods.decode_rule import DecodeRule
 from tokensieve.kv.methods.ems import EMS
 from tokensieve.kv.methods.expected_attention import ExpectedAttention
 from tokensieve.kv.methods.finch import FINCH
+from tokensieve.kv.methods.gui_kv import GUIKV
 from tokensieve.kv.methods.h2o import H2O
 from tokensieve.kv.methods.keydiff import KeyDiff
 from tokensieve.kv.methods.keyformer import Keyformer
@@ -65,11 +66,11 @@ register_family(
 REGISTRY.update({cls.id: cls for cls in (MiKV, ZipCacheQuant, Razor, CompressKV, ACT, ZeroTuning)})
 # question-unseen compression (issue 12)
 REGISTRY.update({cls.id: cls for cls in (KVzip, KVzipPlus, ExpectedAttention, KeyDiff, LagKV, Surprise, Span)})
-# issue 28 (breadth): training-free scores
+# issue 28 (breadth): training-free scores and the catalog's gui_kv
 REGISTRY.update(
     {
         cls.id: cls
-        for cls in (Leverage, NonCausalAttn, Compactor, CUR, Cap, SimLayerKV, FINCH, KVgrad, KVCompose)
+        for cls in (Leverage, NonCausalAttn, Compactor, CUR, Cap, SimLayerKV, FINCH, KVgrad, KVCompose, GUIKV)
     }
 )
 

@@ -155,7 +155,7 @@ def compress_layer(
     quantize, retrieval heads) decides itself; ``pages`` evicts whole pages (``kv.pages``). The result may be
     a new layer of another layout. ``x`` is what the method scores the layer from."""
     layer.on_attention = None
-    if budget >= layer.n_held:
+    if budget >= layer.n_held and not method.adaptive:
         return layer if inplace else layer.fork()
     if pages is not None:
         return page_evict_layer(layer, method, method.score(x), budget, pages, allocator, inplace)

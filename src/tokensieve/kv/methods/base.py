@@ -36,6 +36,7 @@ class Method(Registered, ABC):
     window: float = 0
 
     changes_prefill: ClassVar[bool] = False  # installs its own layers on the cache before the prefill runs
+    adaptive: ClassVar[bool] = False  # decides the share it keeps itself (a threshold): it acts even at keep=1.0
 
     @property
     def global_budget(self) -> bool:

@@ -1,0 +1,35 @@
+"""The base of the wrappers of issue 28 (dms, critical_kv, chunk, entropy_chunk, merging): a rule that ranks with
+any eviction method's score (``base``) and decides what to keep its own way. Not a method itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tokensieve.errors import ParameterError
+from tokensieve.kv.methods.base import REGISTRY, Method, ScoredBy, get_method
+
+WRAPPERS = ("dms", "critical_kv", "critical_adakv", "chunk", "entropy_chunk", "merging", "mikv", "zipcache_quant")
+
+
+@dataclass
+class Wrapper(ScoredBy):
+    """``base`` is the id of the eviction method whose score it ranks by (its needs, calibration and protected
+    tokens come with it); the wrapper's own ``act`` decides."""
+
+    base: str = "snapkv"
+
+    def __post_init__(self) -> None:
+        self._wrapped: Method | None = None
+        if not self.base:  # listed without one (``tokensieve methods``); any use says what to pass
+            return
+        cls = REGISTRY.get(self.base)
+        if self.base in WRAPPERS or cls is None or cls.kind != "prefill eviction":
+            ok = "the id of an eviction method with a score (snapkv, kvzip, keydiff, ...)"
+            raise ParameterError(f"{self.id}: base={self.base!r} must be {ok}")
+        self._wrapped = get_method(self.base)
+
+    @property
+    def _inner(self) -> Method:  # type: ignore[override]
+        if self._wrapped is None:
+            raise ParameterError(f"{self.id} needs a scorer: pass base=<method id>, e.g. base=kvzip or base=snapkv")
+        return self._wrapped

@@ -47,7 +47,7 @@ def test_dms_keeps_what_reaches_tau_and_the_newest_always(pre):
 
 def test_dms_without_a_scorer_is_a_one_line_error(pre):
     with pytest.raises(ParameterError, match="base=") as err:
-        pre.compress("dms", keep=1.0)
+        pre.compress("dms", keep=1.0, base="")
     assert "\n" not in str(err.value)
     with pytest.raises(ParameterError, match="base='mikv'"):
         get_method("dms", base="mikv")

@@ -43,7 +43,6 @@ class DMS(Wrapper):
     rule = "a queue of unjudged tokens; past the newest 128 each is judged once per head: evicted iff score < tau"
     adaptive: ClassVar[bool] = True  # the ratio is its output: it acts even when the plan keeps everything
 
-    base: str = ""  # no default scorer: a threshold means something only on a named score
     tau: float = 1.0
     recent: int = 128
     normalize: str = "mean"
@@ -51,10 +50,6 @@ class DMS(Wrapper):
     def __post_init__(self) -> None:
         check_choice("normalize", self.normalize, ("mean", "none"))
         super().__post_init__()
-
-    @property
-    def global_budget(self) -> bool:
-        return False  # its share is its own output
 
     def judged(self, x: ScoreInputs) -> Tensor:
         """Bool ``[B, Hkv, T]``: what each head keeps."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tokensieve.errors import ParameterError
-from tokensieve.kv.methods.base import REGISTRY, Method, ScoredBy, get_method
+from tokensieve.kv.methods.base import REGISTRY, ScoredBy, get_method
 
 WRAPPERS = ("dms", "critical_kv", "critical_adakv", "chunk", "entropy_chunk", "merging", "mikv", "zipcache_quant")
 
@@ -19,17 +19,10 @@ class Wrapper(ScoredBy):
     base: str = "snapkv"
 
     def __post_init__(self) -> None:
-        self._wrapped: Method | None = None
-        if not self.base:  # listed without one (``tokensieve methods``); any use says what to pass
-            return
+        if not self.base:
+            raise ParameterError(f"{self.id} needs a scorer: pass base=<method id>, e.g. base=kvzip or base=snapkv")
         cls = REGISTRY.get(self.base)
         if self.base in WRAPPERS or cls is None or cls.kind != "prefill eviction":
             ok = "the id of an eviction method with a score (snapkv, kvzip, keydiff, ...)"
             raise ParameterError(f"{self.id}: base={self.base!r} must be {ok}")
-        self._wrapped = get_method(self.base)
-
-    @property
-    def _inner(self) -> Method:  # type: ignore[override]
-        if self._wrapped is None:
-            raise ParameterError(f"{self.id} needs a scorer: pass base=<method id>, e.g. base=kvzip or base=snapkv")
-        return self._wrapped
+        self._inner = get_method(self.base)

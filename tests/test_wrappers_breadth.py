@@ -20,7 +20,7 @@ T = 32
 def pre():
     model = prepare(make_model("llama"))
     ids = torch.randint(1, 128, (1, T), generator=torch.Generator().manual_seed(11))
-    return prefill(model, None, ids, methods=["knorm"])
+    return prefill(model, None, ids, methods=["knorm", "snapkv"])  # snapkv: the prompt's last 32 queries observed
 
 
 def knorm(layer):
@@ -155,3 +155,75 @@ def get_allocator_with(keeps):
     from tokensieve.kv import get_allocator
 
     return get_allocator("per_layer", keeps=keeps)
+
+
+def test_think_stores_only_the_kept_key_channels_and_queries_drop_them(pre):
+    from tokensieve.kv.cache.channels import ChannelLayer
+
+    c = pre.compress("think", keep=0.5, base="knorm", rho=0.5, queries=4)
+    ref = pre.compress("knorm", keep=0.5)
+    for full, layer, plain in zip(pre.cache.sieve_layers, c.cache.sieve_layers, ref.cache.sieve_layers, strict=True):
+        assert isinstance(layer, ChannelLayer)
+        obs = pre.observations[full.layer_idx]
+        q = obs.queries[..., -4:, :].double()  # [1, Hkv, G, 4, D]
+        k = full.keys.double()
+        score = q.pow(2).mean((0, 2, 3)) * k.pow(2).mean((0, 2))  # [Hkv, D]
+        want = score.topk(8, -1).indices.sort(-1).values  # D = 16: half kept
+        assert torch.equal(layer.channels, want)
+        assert layer.keys.shape[-1] == 8 and layer.values.shape[-1] == 16
+        torch.testing.assert_close(layer.keys, plain.keys.gather(-1, want[None, :, None].expand(1, -1, 16, -1)))
+    # the bytes, measured from the storages: keys halved, values whole, plus the small channel index
+    got = c.stats.kv_bytes
+    index = sum(layer.channels.nbytes for layer in c.cache.sieve_layers)
+    assert got - index == 0.75 * ref.stats.kv_bytes  # 8 of 16 key channels and every value channel, 16 tokens
+
+
+def test_think_attention_is_the_dot_product_over_the_kept_channels(pre):
+    c = pre.compress("think", keep=1.0, base="knorm", rho=0.5, queries=4)
+    model = pre.model
+    question = torch.randint(1, 128, (1, 3), generator=torch.Generator().manual_seed(5))
+    channels = {layer.layer_idx: layer.channels for layer in c.cache.sieve_layers}
+
+    def masked(module, query, key, value, attention_mask, **kwargs):
+        # the oracle: zero the dropped channels of queries and keys (the sum over c of q_c k_c loses those terms)
+        keep = torch.zeros(key.shape[1], key.shape[-1], dtype=query.dtype)
+        keep.scatter_(1, channels[module.layer_idx], 1.0)
+        g = query.shape[1] // key.shape[1]
+        q = query * keep.repeat_interleave(g, 0)[None, :, None]
+        k = key * keep[None, :, None]
+        return torch.nn.functional.scaled_dot_product_attention(
+            q, k.repeat_interleave(g, 1), value.repeat_interleave(g, 1), is_causal=False,
+            attn_mask=attention_mask, scale=kwargs.get("scaling"),
+        ).transpose(1, 2), None  # fmt: skip
+
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    from conftest import twin
+    from tokensieve.compat import with_cache
+
+    AttentionInterface.register("test_think_oracle", masked)
+    AttentionMaskInterface.register("test_think_oracle", sdpa_mask)
+    ref = twin(model)
+    with torch.inference_mode():
+        got = model(question, **with_cache(model, c.cache.fork())).logits
+        plain = ref(torch.cat([pre.context_ids, question], 1)).logits[:, T:]
+    ref.set_attn_implementation("test_think_oracle")
+    # the context's own rows ran with every channel; only the question rows read the pruned keys
+    with torch.inference_mode():
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=ref.config)
+        ref.set_attn_implementation("sdpa")
+        ref(pre.context_ids, **with_cache(ref, cache))
+        ref.set_attn_implementation("test_think_oracle")
+        want = ref(question, **with_cache(ref, cache)).logits
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+    assert not torch.allclose(got, plain, atol=1e-4)  # dropping channels did change the attention
+
+
+def test_think_refuses_a_ragged_token_layout_and_a_bad_rho(pre):
+    with pytest.raises(BudgetError, match="dense layer"):
+        pre.compress("think", keep=0.5, base="knorm", allocator="adakv")
+    with pytest.raises(ParameterError, match="rho"):
+        get_method("think", rho=1.0)

@@ -43,6 +43,7 @@ from tokensieve.kv.methods.snapkv import SnapKV
 from tokensieve.kv.methods.span import Span
 from tokensieve.kv.methods.streaming import Streaming
 from tokensieve.kv.methods.surprise import Surprise
+from tokensieve.kv.methods.think import ThinK
 from tokensieve.kv.methods.tova import TOVA
 from tokensieve.kv.methods.zerotuning import ZeroTuning
 from tokensieve.kv.methods.zipcache import ZipCache
@@ -80,7 +81,7 @@ REGISTRY.update(
     }
 )
 # issue 28 (breadth): wrappers and budget rules over any score
-REGISTRY.update({cls.id: cls for cls in (DMS, CriticalKV, CriticalAdaKV, Chunk, EntropyChunk, Merging)})
+REGISTRY.update({cls.id: cls for cls in (DMS, CriticalKV, CriticalAdaKV, Chunk, EntropyChunk, Merging, ThinK)})
 
 # what `tokensieve generate` and the demo use unless told: the measured best question-unseen method
 # (docs/unseen.md, benchmarks/unseen/results/summary)

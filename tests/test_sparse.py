@@ -36,6 +36,7 @@ TINY = {
     "quest": {"page": 4},
     "double_sparsity": {"calibration_tokens": 96},
     "fasa": {"calibration_tokens": 96},
+    "lserve": {"page": 8, "logical": 4},
 }
 
 
@@ -419,3 +420,30 @@ def test_adopting_a_prefilled_cache_equals_prefilling_it():
     got, want = feed(model, adopted, new), feed(model, direct, new)
     assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
     assert pre.cache.layers[0].keys.shape[2] == 50  # the prefilled cache itself is untouched
+
+
+def test_lserve_streams_half_the_heads_and_pages_the_rest_by_their_best_logical_page():
+    q, k, valid = tensors(3)
+    hkv = 4
+    q, k = q.repeat(1, 2, 1, 1), k.repeat(1, 2, 1, 1)  # four KV heads: two stream, two page
+    lserve = get_sparse("lserve", page=8, logical=4)
+    x = SelectInputs(q, k, valid, lserve.build_index(k, valid, 0), 6, 0, 1, 0)
+    got = lserve.select(x).scores
+    stream = torch.tensor([True, False, False, True])  # round(0.5 x 4) heads, spread evenly: the first and last
+    for b in range(B):
+        for h in range(hkv):
+            if stream[h]:
+                assert got[b, h].tolist() == list(range(S))  # recency: the most recent slots are read
+                continue
+            bound = []  # Quest's bound per logical page of 4, summed over the group, by a plain loop
+            for lo in range(0, S, 4):
+                real = [j for j in range(lo, min(S, lo + 4)) if valid is None or valid[b, j]]
+                if not real:
+                    bound.append(float("-inf"))
+                    continue
+                lo_k, hi_k = k[b, h, real].min(0).values, k[b, h, real].max(0).values
+                bound.append(sum(float(torch.maximum(q[b, h, g] * lo_k, q[b, h, g] * hi_k).sum()) for g in range(G)))
+            for j in range(S):
+                first = j // 8 * 2  # the physical page's first logical page
+                want = max(bound[first : first + 2])
+                assert got[b, h, j].item() == (want if want < -1e30 else pytest.approx(want, rel=1e-5, abs=1e-5))

@@ -9,7 +9,7 @@ from conftest import make_model, twin
 from tokensieve import prepare
 from tokensieve.core.observe.full import reconstruction_scores, token_nll
 from tokensieve.errors import BudgetError, EmptyContextError, ParameterError
-from tokensieve.kv import compress, get_method, prefill
+from tokensieve.kv import Plan, compress, get_method, prefill
 
 T = 37
 
@@ -319,3 +319,30 @@ def test_kvzip_in_bfloat16_ranks_like_fp32():
         assert overlap >= 0.8  # a random tiny model has near-ties; SmolLM2 at 2k: 99.5% (docs/unseen.md)
     with pytest.raises(ParameterError):
         get_method("kvzip", precision="fp8")
+
+
+@pytest.mark.parametrize("allocator", ["pyramid", "adakv", "zipvl"])
+def test_a_global_budget_refuses_an_allocator_it_would_ignore(allocator):
+    with pytest.raises(BudgetError, match="scope=layer"):
+        compress(prepare(make_model("llama")), None, _ids(1), "kvzip", keep=0.25, allocator=allocator)
+    with pytest.raises(BudgetError, match="scope=layer"):  # kvzip+ spends the same global budget
+        Plan.make("kvzip+", keep=0.25, allocator=allocator)
+    Plan.make("kvzip", keep=0.25, allocator=allocator, scope="layer")  # per layer: the allocator decides
+    Plan.make("mikv", keep=0.25, allocator="pyramid", importance="kvzip")  # mikv ranks per layer
+
+
+def test_the_cli_refuses_a_global_budget_with_an_allocator_in_one_line(capsys):
+    from tokensieve.cli import main
+
+    argv = ["generate", "--method", "kvzip", "--allocator", "pyramid", "--keep", "0.25", "--context", "x"]
+    assert main([*argv, "--question", "y"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "scope=layer" in err and "\n" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("keep", [0.1, 0.25, 0.5])
+def test_a_global_budget_holds_the_keep_share_of_the_bytes(keep):
+    model = prepare(make_model("qwen2"))
+    ids = _ids(5, t=96)
+    c = prefill(model, None, ids, methods=["kvzip"]).compress("kvzip", keep=keep)
+    assert c.stats.kv_bytes / c.stats.kv_bytes_full <= keep + 0.02

@@ -37,6 +37,13 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     return layers
 
 
+def output_projections(model: torch.nn.Module) -> dict[int, torch.Tensor]:
+    """Each decoder layer's attention output projection ``W_O [hidden, H * D]`` (query head h's slice is columns
+    h*D .. h*D + D - 1), by layer index."""
+    # relies on: each block keeping its attention as `.self_attn` with a linear `.o_proj` (Llama, Qwen, Mistral, Gemma)
+    return {i: layer.self_attn.o_proj.weight.detach() for i, layer in enumerate(decoder_layers(model))}
+
+
 @contextlib.contextmanager
 def record_layer_calls(model: torch.nn.Module) -> Iterator[list[list[tuple[torch.Tensor, dict[str, Any]]]]]:
     """Record, per decoder layer, each call's hidden-state input and keyword arguments during a forward."""

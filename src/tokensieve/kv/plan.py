@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
@@ -28,6 +28,17 @@ if TYPE_CHECKING:
 def real_length(valid: Tensor | None, n_tokens: int) -> int:
     """The longest row's number of real (non-padding) tokens."""
     return n_tokens if valid is None else int(valid.sum(-1).max())
+
+
+def check_global(method: Method, allocator: Allocator) -> None:
+    """A method that spends one budget over the whole cache ignores a layer allocator: refuse it rather than mix
+    the two (one global top-k per distinct layer budget is neither the allocator's split nor the global one)."""
+    if method.global_budget and allocator.id != "uniform":
+        fix = "pass scope=layer to use an allocator" if any(f.name == "scope" for f in fields(method)) else ""
+        raise BudgetError(
+            f"{method.id} spends one budget over every layer and head and would ignore allocator {allocator.id!r}: "
+            f"{fix or 'it takes only the uniform allocator'}"
+        )
 
 
 @dataclass
@@ -64,6 +75,7 @@ class Plan:
         plan = cls(get_method(method, **params), keep, budget, get_allocator(allocator), pages=paging, hybrid=hybrid)
         if paging is not None:
             check_pageable(plan.method, plan.allocator)
+        check_global(plan.method, plan.allocator)
         return plan
 
     def mean_budget(self, n_tokens: int) -> int:
@@ -143,7 +155,7 @@ def compress_layer(
     quantize, retrieval heads) decides itself; ``pages`` evicts whole pages (``kv.pages``). The result may be
     a new layer of another layout. ``x`` is what the method scores the layer from."""
     layer.on_attention = None
-    if budget >= layer.n_held:
+    if budget >= layer.n_held and not method.adaptive:
         return layer if inplace else layer.fork()
     if pages is not None:
         return page_evict_layer(layer, method, method.score(x), budget, pages, allocator, inplace)

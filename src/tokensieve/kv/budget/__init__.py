@@ -8,6 +8,7 @@ from typing import Any
 from tokensieve.kv.budget.adakv import AdaKV
 from tokensieve.kv.budget.base import Allocator
 from tokensieve.kv.budget.compresskv import ErrorProportional
+from tokensieve.kv.budget.per_layer import PerLayer
 from tokensieve.kv.budget.pyramid import Pyramid
 from tokensieve.kv.budget.uniform import Uniform
 from tokensieve.kv.budget.zipvl import ZipVL
@@ -20,6 +21,8 @@ register_family(
     "a budget allocator: pass allocator={id!r}",
     __name__,
 )
+# issue 28 (breadth)
+ALLOCATORS.update({cls.id: cls for cls in (PerLayer,)})
 
 
 def get_allocator(allocator: str | Allocator, **params: Any) -> Allocator:
@@ -27,4 +30,14 @@ def get_allocator(allocator: str | Allocator, **params: Any) -> Allocator:
     return instantiate(ALLOCATORS, Allocator, "budget allocator", allocator, params, noun="allocator")
 
 
-__all__ = ["ALLOCATORS", "AdaKV", "Allocator", "ErrorProportional", "Pyramid", "Uniform", "ZipVL", "get_allocator"]
+__all__ = [
+    "ALLOCATORS",
+    "AdaKV",
+    "Allocator",
+    "ErrorProportional",
+    "PerLayer",
+    "Pyramid",
+    "Uniform",
+    "ZipVL",
+    "get_allocator",
+]

@@ -36,6 +36,13 @@ class Method(Registered, ABC):
     window: float = 0
 
     changes_prefill: ClassVar[bool] = False  # installs its own layers on the cache before the prefill runs
+    adaptive: ClassVar[bool] = False  # decides the share it keeps itself (a threshold): it acts even at keep=1.0
+
+    @property
+    def global_budget(self) -> bool:
+        """It spends the whole cache's budget at once (one top-k over every layer and head), so a layer allocator
+        has nothing to decide: ``Plan.make`` refuses any allocator but ``uniform`` for it."""
+        return False
 
     @property
     def evicts_only(self) -> bool:
@@ -95,6 +102,10 @@ class ScoredBy(Method):
 
     def score(self, x: ScoreInputs) -> Tensor:
         return self._inner.score(x)
+
+    @property
+    def global_budget(self) -> bool:
+        return self.evicts_only and self._inner.global_budget
 
     def protected(self, budget: int) -> tuple[int, int]:
         return self._inner.protected(budget)

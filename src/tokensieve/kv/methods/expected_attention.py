@@ -9,14 +9,8 @@ from torch import Tensor
 from tokensieve.compat import rope_inv_freq
 from tokensieve.core.observe.capture import Needs
 from tokensieve.core.observe.inputs import ScoreInputs
+from tokensieve.core.scores.rope import rotate
 from tokensieve.kv.methods.base import Method
-
-
-def rotate(q: Tensor, angles: Tensor) -> Tensor:
-    """RoPE (rotate-half layout) of ``q [..., D]`` by ``angles [..., D/2]``, broadcast."""
-    cos, sin = angles.cos().repeat(*[1] * (angles.dim() - 1), 2), angles.sin().repeat(*[1] * (angles.dim() - 1), 2)
-    a, b = q.chunk(2, -1)
-    return q * cos + torch.cat([-b, a], -1) * sin
 
 
 @dataclass

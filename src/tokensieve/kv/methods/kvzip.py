@@ -30,7 +30,8 @@ class KVzip(Method):
     later question can need. ``stride``/``sample`` score every n-th query / reconstruct a share of the chunks.
     One pass per prefill, shared by kvzip and kvzip+ (``Prefill.memo``). ``scope="global"`` (default, measured
     best) spends the whole cache's budget on one top-k over every layer and head, as KVzip does (ragged; each
-    head keeps one slot at least); ``scope="layer"`` leaves budgets to the allocator."""
+    head keeps one slot at least), so it takes no allocator but ``uniform``; ``scope="layer"`` leaves budgets to the
+    allocator."""
 
     id = "kvzip"
     paper = "KVzip: Query-Agnostic KV Cache Compression with Context Reconstruction (Kim et al., 2025)"
@@ -49,6 +50,10 @@ class KVzip(Method):
 
     def needs(self) -> Needs:
         return Needs(whole_pass=True)
+
+    @property
+    def global_budget(self) -> bool:
+        return self.scope == "global"
 
     def weigh(self, score: Tensor, values: Tensor) -> Tensor:
         return score

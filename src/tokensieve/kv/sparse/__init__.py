@@ -22,6 +22,7 @@ from tokensieve.kv.sparse.double_sparsity import DoubleSparsity
 from tokensieve.kv.sparse.fasa import FASA
 from tokensieve.kv.sparse.hisa import HISA
 from tokensieve.kv.sparse.layer import Meter, SparseLayer
+from tokensieve.kv.sparse.lserve import LServe
 from tokensieve.kv.sparse.quest import Quest
 from tokensieve.kv.sparse.tidal import TidalDecode
 from tokensieve.kv.sparse.token_sparse import TokenSparse
@@ -37,6 +38,8 @@ register_family(
     "a sparse-decoding method: use tokensieve.decode or SparseCache",
     __name__,
 )
+# issue 28 (breadth)
+SPARSE.update({cls.id: cls for cls in (LServe,)})
 
 
 def get_sparse(method: str | SparseMethod, **params: Any) -> SparseMethod:

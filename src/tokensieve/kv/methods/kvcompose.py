@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from tokensieve.core.observe.inputs import ScoreInputs
+from tokensieve.kv.heads import evict_layer, evict_to_counts
+from tokensieve.kv.methods.kvzip import KVzip
+
+if TYPE_CHECKING:
+    from tokensieve.kv.budget import Allocator
+    from tokensieve.kv.cache import SieveLayer
+
+
+def composite_counts(scores: dict[int, Tensor], budget: int, valid: Tensor | None) -> dict[int, Tensor]:
+    """Per layer ``[B, Hkv]``: KVCompose's count. Each head's scores sorted (best first) and averaged rank by rank
+    across the layer's heads give its composite tokens; one top ``budget x layers`` over every layer's composites
+    says how many each layer keeps (at least one), the same in each of its heads."""
+    ids = sorted(scores)
+    comp = []
+    for i in ids:
+        s = scores[i].float()
+        if valid is not None:
+            s = s.masked_fill(~valid[:, None], float("-inf"))
+        comp.append(s.sort(-1, descending=True).values.mean(1))  # [B, T]
+    c = torch.stack(comp, 1)  # [B, L, T]
+    b, n_layers, t = c.shape
+    top = c.reshape(b, -1).topk(min(budget * n_layers, n_layers * t), -1).indices
+    per_layer = torch.zeros(b, n_layers * t, dtype=torch.long).scatter_(1, top.cpu(), 1).view(b, n_layers, t).sum(-1)
+    h = scores[ids[0]].shape[1]
+    return {i: per_layer[:, n].clamp(min=1)[:, None].expand(b, h) for n, i in enumerate(ids)}
+
+
+@dataclass
+class KVCompose(KVzip):
+    """A second pass of the context over its own cache (kvzip's pass with no prompt: the context teacher-forced
+    again right after itself); a pair scores the most attention any query of that pass pays it (GQA max). With
+    ``scope="global"`` (default) the budget is spent by composite tokens: each head's scores sorted and averaged
+    rank by rank across the layer's heads, one top-k over every layer's composites sets each layer's count, and
+    every head keeps its own best that many (so layers differ, heads within a layer do not: dense, aligned).
+    ``scope="layer"`` evicts each layer to its allocator's budget by the same score."""
+
+    id = "kvcompose"
+    paper = "KVCompose: Efficient Structured KV Cache Compression with Composite Tokens (2025)"
+    rule = "max attention of a second context pass; per-head sorted scores averaged by rank; global top-k sets layers"
+
+    prompt: str = ""
+
+    def act(self, layer: SieveLayer, x: ScoreInputs, budget: int, allocator: Allocator | None, inplace: bool):
+        own, shared = x.require_pass_score()
+        if self.scope == "layer":
+            return evict_layer(layer, own, budget, *self.protected(budget), allocator, inplace)
+        key = ("composite", budget)
+        if key not in shared["counts"]:
+            shared["counts"][key] = composite_counts(shared["scores"], budget, x.valid)
+        return evict_to_counts(layer, own, shared["counts"][key][layer.layer_idx], inplace)

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from tokensieve.core.observe.capture import Needs
+from tokensieve.core.observe.inputs import ScoreInputs
+from tokensieve.kv.methods.base import Method
+
+EVERY_ROW = 1 << 30  # a window longer than any context: the prefill keeps every query row
+
+
+def chunk_attention_mass(q: Tensor, k: Tensor, valid: Tensor | None, scaling: float, chunk: int) -> Tensor:
+    """Queries ``[B, Hkv, G, T, D]``, keys ``[B, Hkv, T, D]`` -> ``[B, Hkv, T]``: inside each chunk of ``chunk``
+    tokens, bidirectional softmax attention of the chunk's real queries over its real keys, the mass each key
+    receives summed over the queries and averaged over the GQA group. One chunk x chunk block at a time."""
+    b, h, _, t, _ = q.shape
+    out = torch.zeros(b, h, t, device=k.device)
+    for lo in range(0, t, chunk):
+        hi = min(t, lo + chunk)
+        logits = torch.einsum("bhgnd,bhmd->bhgnm", q[:, :, :, lo:hi].float(), k[:, :, lo:hi].float()) * scaling
+        if valid is not None:
+            logits = logits.masked_fill(~valid[:, None, None, None, lo:hi], float("-inf"))
+        probs = logits.softmax(-1).nan_to_num(0.0)
+        if valid is not None:  # padding queries pay nothing
+            probs = probs * valid[:, None, None, lo:hi, None]
+        out[:, :, lo:hi] = probs.sum(3).mean(2)
+    return out
+
+
+@dataclass
+class NonCausalAttn(Method):
+    """Attention without the causal mask, inside chunks: every token of a chunk of ``chunk`` reads every other, so
+    an early token is judged by the later ones too (a causal prefill only lets it be read by what follows). The
+    mass each key receives (GQA-mean) times ``||v||``, smoothed over ``smooth`` neighbouring tokens. The prefill
+    keeps every query row for it (``Needs(window=...)``); the attention is computed one chunk x chunk block at a
+    time, never T x T."""
+
+    id = "non_causal_attn"
+    paper = "Compactor: Calibrated Query-Agnostic KV Cache Compression with Approximate Leverage Scores (2025)"
+    rule = "bidirectional softmax inside chunks of 256, mass received per key, GQA-mean, x ||v||, smoothed over 3"
+
+    chunk: int = 256
+    smooth: int = 3
+
+    def needs(self) -> Needs:
+        return Needs(window=EVERY_ROW)
+
+    def score(self, x: ScoreInputs) -> Tensor:
+        obs = x._obs("every query row")
+        t = x.keys.shape[2]
+        if obs.rows.numel() < t:
+            raise RuntimeError(f"{self.id} needs every query row, but the prefill captured {obs.rows.numel()} of {t}")
+        q = obs.queries[:, :, :, -t:]
+        mass = chunk_attention_mass(q, x.keys, x.valid, obs.scaling, self.chunk) * x.values.float().norm(dim=-1)
+        if self.smooth > 1:
+            b, h, _ = mass.shape
+            mass = F.avg_pool1d(mass.reshape(b * h, 1, t), self.smooth, 1, self.smooth // 2, count_include_pad=False)
+            mass = mass.reshape(b, h, -1)[..., :t]
+        return mass

@@ -247,6 +247,38 @@ def test_left_padded_batch_matches_rows_compressed_alone(method):
         torch.testing.assert_close(got[row : row + 1], want, atol=1e-4, rtol=1e-3)
 
 
+# every compressing score, the question-unseen ones (kvzip, kvzip+, expected_attention, keydiff, lagkv, surprise)
+# included: a wrong first-real-token offset or a pad key leaking into a score shows only in a padded batch
+@pytest.mark.parametrize(
+    ("method", "kw"),
+    [(m, {}) for m in COMPRESSING if m not in ("razor", "compresskv", "keyformer", "random", "mikv", "zipcache_quant")]
+    + [
+        ("kvzip", {"scope": "layer"}),
+        ("kvzip", {"chunk": 8, "stride": 3}),
+        ("kvzip", {"chunk": 8, "sample": 0.5}),
+        ("surprise", {"local": 5}),
+    ],
+)  # razor / compresskv need a calibration; keyformer's and random's draws depend on the padded tensor's shape;
+# mikv / zipcache_quant (low-bit rest) differ in a padded batch: not yet explained (issue 26, open)
+def test_left_padded_batch_matches_rows_compressed_alone_for_every_score(method, kw):
+    model = ts.prepare(make_model("llama"))
+    a, b = ids(21, 30)[0].tolist(), ids(22, 44)[0].tolist()
+    question = ids(23, Q)
+    batch = ts.compress(model, None, [a, b], method, budget=16, **kw)
+    with torch.inference_mode():
+        got = model(
+            question.expand(2, -1),
+            attention_mask=torch.cat([batch.context_mask, torch.ones(2, Q)], 1).long(),
+            **with_cache(model, batch.cache.fork()),
+            position_ids=None,
+        ).logits
+    for row, ctx in enumerate((a, b)):
+        alone = ts.compress(model, None, [ctx], method, budget=16, **kw)
+        with torch.inference_mode():
+            want = model(question, **with_cache(model, alone.cache.fork())).logits
+        torch.testing.assert_close(got[row : row + 1], want, atol=1e-4, rtol=1e-3, msg=method)
+
+
 def test_short_row_keeps_all_its_tokens_plus_masked_padding():
     model = ts.prepare(make_model("llama"))
     a, b = ids(15, 10)[0].tolist(), ids(16, 40)[0].tolist()

@@ -31,6 +31,20 @@ def test_gptq_beats_rtn_on_its_calibration_loss(bits: int, group: int) -> None:
     assert loss_gptq < 0.8 * loss_rtn
 
 
+@pytest.mark.parametrize("bits,group", [(3, 0), (4, 32)])
+def test_gptq_codes_do_not_depend_on_the_lazy_block_size(bits: int, group: int) -> None:
+    """Lazy batching only defers the error feedback to the columns after a block; it is exact, so the codes are
+    the same for every block size. A broken block-to-block carry (the deferred update dropped or misapplied)
+    still beats RTN by the loose bound above, but changes the codes here."""
+    w, x = _layer(rows=16, cols=96, tokens=256)
+    h = Hessian(w.shape[1])
+    h.add(x)
+    spec = QuantSpec(bits=bits, group=group)
+    whole = gptq(w, h.h, spec, block=w.shape[1]).codes  # one block: no deferred update at all
+    for block in (8, 32):
+        assert torch.equal(gptq(w, h.h, spec, block=block).codes, whole), block
+
+
 def test_clipping_search_lowers_rtn_weight_error() -> None:
     w, _ = _layer()
     w[:, 0] *= 20  # an outlier column stretches every row's range

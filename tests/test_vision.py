@@ -402,6 +402,23 @@ def test_a_model_outside_the_interface_is_refused(pixels: torch.Tensor) -> None:
         vm.backbone(pixel_values=pixels)
 
 
+@pytest.mark.parametrize("kind", ["dinov2", "vit", "deit", "clip"])  # siglip adds a pooling head of its own
+def test_flops_count_attention_as_written_out_by_hand(kind: str) -> None:
+    """The unpruned count equals the analytic one: patch convolution, every linear layer, and QK^T + AV per
+    layer (torch's counter alone counts CPU attention as 0: the count would miss 4 T^2 d per layer)."""
+    from tokensieve.vision import measure_flops
+
+    vm = _tiny(kind)
+    b, d, layers, patches = 2, SMALL["hidden_size"], SMALL["num_hidden_layers"], (56 // 7) ** 2
+    t = patches + {"dinov2": 1, "vit": 1, "deit": 2, "clip": 1}[kind]
+    mlp = 4 * d if kind == "dinov2" else SMALL["intermediate_size"]  # DINOv2 sizes its MLP by mlp_ratio=4
+    linear = 2 * t * (4 * d * d + 2 * d * mlp)  # q, k, v, out; MLP in and out; 2 FLOPs per multiply-add
+    attention = 2 * 2 * t * t * d  # QK^T and AV
+    conv = 2 * patches * d * 3 * 7 * 7
+    x = torch.randn(b, 3, 56, 56, generator=torch.Generator().manual_seed(2))
+    assert measure_flops(vm, x) == b * (layers * (linear + attention) + conv)
+
+
 def test_cli_json_and_errors(tmp_path, capsys) -> None:
     from PIL import Image
 

@@ -94,4 +94,28 @@ MUTATIONS: tuple[Mutation, ...] = (
         'if kwargs.get("past_key_values") is not self.cache:',
         ("tests/test_engagement.py::test_prune_engages_on_every_layer",),
     ),
+    Mutation(
+        "gptq_no_block_carry",
+        "GPTQ's lazy block drops its deferred error update to the later columns (issue 26's survivor)",
+        "src/tokensieve/quantize/gptq.py",
+        "        w[:, b1:] -= err1 @ hinv[b0:b1, b1:]\n",
+        "",
+        ("tests/test_quantize.py::test_gptq_codes_do_not_depend_on_the_lazy_block_size",),
+    ),
+    Mutation(
+        "kvzip_pad_queries_scored",
+        "kvzip's reconstruction scores a padded row's pad tokens as queries",
+        "src/tokensieve/core/observe/full.py",
+        'state["scored"] = (real & ((real.long().cumsum(-1) - 1) % stride == 0)).to(model.device)',
+        'state["scored"] = ((real.long().cumsum(-1) - 1) % stride == 0).to(model.device)',
+        ("tests/test_cache.py::test_left_padded_batch_matches_rows_compressed_alone_for_every_score",),
+    ),
+    Mutation(
+        "surprise_first_token_from_padding",
+        "surprise's first real token of a padded row keeps the NLL predicted from padding",
+        "src/tokensieve/core/observe/full.py",
+        "    nll[rows, first] = 0.0\n",
+        "    nll[rows, first] = nll[rows, first]\n    return nll\n",
+        ("tests/test_cache.py::test_left_padded_batch_matches_rows_compressed_alone_for_every_score",),
+    ),
 )

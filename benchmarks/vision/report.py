@@ -134,7 +134,7 @@ def _plot(rows: list[dict[str, Any]], base: dict[str, Any], path: Path) -> None:
         pts = sorted((r for r in rows if r["method"] == m and not r.get("r")), key=lambda r: r["flops_ratio"])
         for ax, key in zip(axes, ("cls_cosine", "retrieval_top1", "saliency_iou"), strict=True):
             ax.plot([r["flops_ratio"] for r in pts] + [1.0], [r.get(key, np.nan) for r in pts] + [base[key]],
-                    label=m, **look[m])  # fmt: skip
+                    label=m, **{"linewidth": 1.8, **look[m]})  # fmt: skip
     matched = [r for r in rows if r["method"] == "tome" and r.get("r")]
     for ax, key in zip(axes, ("cls_cosine", "retrieval_top1", "saliency_iou"), strict=True):
         if matched:
@@ -147,7 +147,13 @@ def _plot(rows: list[dict[str, Any]], base: dict[str, Any], path: Path) -> None:
     axes[0].axhline(0.98, color="grey", lw=0.5)
     lo, hi = base["retrieval_ci"]  # the unpruned model's own 95% interval: differences inside it are noise
     axes[1].axhspan(lo, hi, color="grey", alpha=0.12, label="unpruned 95% CI")
-    axes[0].legend(fontsize=7)
-    fig.suptitle("DINOv2-S/14, 224 px: fidelity vs measured FLOPs")
-    fig.tight_layout()
+    # one legend for all three panels (every panel has the same lines), below them where it hides no data
+    handles, labels = axes[0].get_legend_handles_labels()
+    h1, l1 = axes[1].get_legend_handles_labels()
+    extra = [(h, lab) for h, lab in zip(h1, l1, strict=True) if lab not in labels]
+    handles += [h for h, _ in extra]
+    labels += [lab for _, lab in extra]
+    fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=9, handlelength=4, frameon=False)
+    fig.suptitle("DINOv2-S/14, 224 px: fidelity vs measured FLOPs (attention counted)")
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     save(fig, path)

@@ -98,12 +98,28 @@ def features(
     return Features(_pool(vm, out, st), out.last_hidden_state, dense, st, sal, seconds)
 
 
+def sdpa_flops(q_shape: Any, k_shape: Any, v_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    """FLOPs of one SDPA call from its shapes: QK^T and AV, two FLOPs per multiply-add (query heads may be a
+    multiple of the key heads; a mask or the softmax is not counted, as torch counts none for its kernels)."""
+    b, hq, sq, d = q_shape
+    sk, dv = k_shape[-2], v_shape[-1]
+    return 2 * b * hq * sq * sk * (d + dv)
+
+
+def _cpu_sdpa_ops() -> dict[Any, Any]:
+    # torch's flop counter knows SDPA's CUDA kernels but not the CPU one (`_scaled_dot_product_flash_attention_
+    # for_cpu`), so on a CPU it counts attention as 0 FLOPs; give it the same formula there
+    ops = torch.ops.aten
+    return {getattr(ops, n): sdpa_flops for n in ("_scaled_dot_product_flash_attention_for_cpu",) if hasattr(ops, n)}
+
+
 def measure_flops(vm: VisionModel, pixels: Tensor, method: str | None = None, keep: float = 1.0, **params: Any) -> int:
     """FLOPs of one backbone forward pass (no saliency head: it is not pruned) as torch's flop counter
-    measures them: matmuls, convolutions, attention, and the methods' own scoring work."""
+    measures them: matmuls, convolutions, attention (QK^T and AV, on CPU too), and the methods' own scoring
+    work. Softmax, norms and element-wise ops are not counted."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_cpu_sdpa_ops())
     with counter:
         features(vm, pixels, method, keep, dense_head=False, **params)
     return int(counter.get_total_flops())

@@ -49,7 +49,8 @@ def reconstruction_scores(
         raise EmptyContextError("kvzip needs a context to reconstruct: the context is empty")
     prompt = torch.tensor(list(prompt_ids), dtype=torch.long).expand(b, -1)
     out: dict[int, Tensor] = {}
-    state = {"n": 0}  # reconstruction rows in the current forward (the rows after the prompt)
+    # reconstruction rows in the current forward (the rows after the prompt), and which of them are real tokens
+    state: dict = {"n": 0, "scored": None}
 
     def attend(layer, query: Tensor, value: Tensor, scaling: float) -> tuple[Tensor, None]:
         # one softmax serves both the layer's output (eager attention, the teacher-forced forward) and the score
@@ -68,36 +69,74 @@ def reconstruction_scores(
             outs.append(torch.matmul(probs, v))
             # probabilities are >= 0, so rows that are not scored can be zeroed (the output is already taken);
             # reducing the whole block is much faster on CPU than reducing a row-sliced view
-            start = max(first, lo) + (-(max(first, lo) - first)) % stride
-            if start >= hi:
-                continue
-            if stride > 1:
-                probs = probs[:, :, :, start - lo :: stride].contiguous()
-            elif start > lo:
-                probs[:, :, :, : start - lo].zero_()
+            if state["scored"] is not None:  # a padded batch: each row's own real queries, every stride-th
+                scored = torch.zeros(b_, hi - lo, dtype=torch.bool, device=probs.device)
+                rows = torch.arange(lo, hi, device=probs.device) - first
+                inside = rows >= 0
+                scored[:, inside] = state["scored"][:, rows[inside]]
+                if not scored.any():
+                    continue
+                probs = probs * scored[:, None, None, :, None].to(probs.dtype)
+            else:
+                start = max(first, lo) + (-(max(first, lo) - first)) % stride
+                if start >= hi:
+                    continue
+                if stride > 1:
+                    probs = probs[:, :, :, start - lo :: stride].contiguous()
+                elif start > lo:
+                    probs[:, :, :, : start - lo].zero_()
             flat = probs.reshape(b_, hkv, -1, probs.shape[-1])  # (group head, row) as one axis: a faster reduction
             torch.maximum(score, flat[..., :t].amax(dim=2).float(), out=score)
         o = torch.cat(outs, 3).reshape(b_, h, n, d).to(query.dtype)
         return o.transpose(1, 2).contiguous(), None
 
-    for i, lo in enumerate(range(0, t, chunk)):
+    for i, (ids_c, mask_c) in enumerate(_chunks(context_ids, context_mask, chunk)):
         if int((i + 1) * sample) == int(i * sample):  # chunk i is not among the sampled ones
             continue
-        hi = min(t, lo + chunk)
-        state["n"] = hi - lo
+        state["n"] = ids_c.shape[1]
+        if mask_c is None:
+            state["scored"] = None
+        else:  # a chunk's pad tokens are not reconstruction queries; the stride counts each row's real tokens
+            real = mask_c.bool()
+            state["scored"] = (real & ((real.long().cumsum(-1) - 1) % stride == 0)).to(model.device)
         fork = cache.fork()
         for layer in fork.sieve_layers:
             layer.attend_with = attend
-        ids = torch.cat([prompt, context_ids[:, lo:hi]], -1)
+        ids = torch.cat([prompt, ids_c], -1)
         kw = {}
-        if context_mask is not None:
-            ones = torch.ones(b, prompt.shape[1], dtype=context_mask.dtype)
-            kw["attention_mask"] = torch.cat([context_mask, ones, context_mask[:, lo:hi]], -1).to(model.device)
+        if mask_c is not None:
+            ones = torch.ones(b, prompt.shape[1], dtype=mask_c.dtype)
+            new = torch.cat([ones, mask_c], -1)
+            kw["attention_mask"] = torch.cat([context_mask, new], -1).to(model.device)
+            # a chunk's pad tokens take no position: each row's real tokens sit where they sit for the row alone
+            kw["position_ids"] = (t + new.long().cumsum(-1) - 1).clamp_min(t).to(model.device)
         low = compute != torch.float32
         with torch.inference_mode(), torch.autocast(model.device.type, dtype=compute, enabled=low):
             model(**with_cache(model, fork, input_ids=ids.to(model.device), use_cache=True, logits_to_keep=1, **kw))
     if not out:
         raise RuntimeError("the reconstruction pass observed no layer: is the model prepared (tokensieve.prepare)?")
+    return out
+
+
+def _chunks(ids: Tensor, mask: Tensor | None, chunk: int) -> list[tuple[Tensor, Tensor | None]]:
+    """The reconstruction's chunks: ``chunk`` consecutive real tokens of each row, counted from the row's first real
+    token (so a left-padded row is cut where the row alone is cut), left-padded to the longest row's chunk."""
+    b, t = ids.shape
+    if mask is None:
+        return [(ids[:, lo : lo + chunk], None) for lo in range(0, t, chunk)]
+    real = mask.bool()
+    n = real.sum(-1)
+    out = []
+    for lo in range(0, int(n.max()), chunk):
+        parts = [ids[r, t - int(n[r]) :][lo : lo + chunk] for r in range(b)]
+        width = max(len(x) for x in parts)
+        c_ids = torch.zeros(b, width, dtype=ids.dtype)
+        c_mask = torch.zeros(b, width, dtype=mask.dtype)
+        for r, x in enumerate(parts):
+            if len(x):
+                c_ids[r, width - len(x) :] = x
+                c_mask[r, width - len(x) :] = 1
+        out.append((c_ids, c_mask))
     return out
 
 
@@ -116,10 +155,13 @@ def _block_probs(q: Tensor, k: Tensor, row0: int, past: int, valid: Tensor | Non
     return torch.softmax(logits, dim=-1)  # in the compute dtype: a bf16 -> fp32 softmax is 4x slower on CPU
 
 
-def token_nll(model: torch.nn.Module, hidden: Tensor, ids: Tensor, chunk: int = 256) -> Tensor:
+def token_nll(
+    model: torch.nn.Module, hidden: Tensor, ids: Tensor, chunk: int = 256, valid: Tensor | None = None
+) -> Tensor:
     """``-log p(x_t | x_<t)`` ``[B, T]`` from the final (normed) hidden states ``[B, T, d]``, through the output
-    embedding ``chunk`` rows at a time (never a [T, vocab] tensor). The first token, which nothing predicts,
-    gets its row's largest NLL (it is the sink: keep it)."""
+    embedding ``chunk`` rows at a time (never a [T, vocab] tensor). Each row's first real token (``valid``
+    [B, T]: a left-padded batch), which nothing predicts, gets its row's largest NLL (it is the sink: keep it);
+    padding gets 0."""
     head = model.get_output_embeddings()
     b, t = ids.shape
     nll = torch.zeros(b, t, dtype=torch.float32, device=hidden.device)
@@ -129,5 +171,13 @@ def token_nll(model: torch.nn.Module, hidden: Tensor, ids: Tensor, chunk: int = 
             logits = head(hidden[:, lo:hi]).float()
             target = ids[:, lo + 1 : hi + 1].to(logits.device)
             nll[:, lo + 1 : hi + 1] = torch.logsumexp(logits, -1) - logits.gather(-1, target[..., None])[..., 0]
-    nll[:, 0] = nll[:, 1:].amax(-1) if t > 1 else 0.0
+    if valid is None:
+        nll[:, 0] = nll[:, 1:].amax(-1) if t > 1 else 0.0
+        return nll
+    valid = valid.bool().to(nll.device)
+    first = valid.long().argmax(-1)  # a padded row's first real token was "predicted" from padding: not a loss
+    nll = nll.masked_fill(~valid, 0.0)
+    rows = torch.arange(b, device=nll.device)
+    nll[rows, first] = 0.0
+    nll[rows, first] = nll.masked_fill(~valid, float("-inf")).amax(-1).clamp_min(0.0) if t > 1 else 0.0
     return nll

@@ -56,12 +56,16 @@ class Surprise(Method):
         if pre.hidden is None:
             raise RuntimeError("surprise needs the prefill's final hidden states: prefill with methods=['surprise']")
         if "nll" not in pre.memo:
-            pre.memo["nll"] = token_nll(pre.model, pre.hidden, pre.context_ids)
+            pre.memo["nll"] = token_nll(pre.model, pre.hidden, pre.context_ids, valid=pre.context_mask)
         nll = pre.memo["nll"]
         if self.local > 0:
             k = self.local | 1  # odd, centred
-            mean = F.avg_pool1d(F.pad(nll[:, None], (k // 2, k // 2), mode="replicate"), k, stride=1)[:, 0]
-            nll = nll - mean
+            nll = nll.clone()
+            starts = [0] * nll.shape[0] if pre.context_mask is None else pre.context_mask.long().argmax(-1).tolist()
+            for row, start in enumerate(starts):  # each row's real tokens only: padding would enter the window
+                own = nll[row : row + 1, start:]
+                mean = F.avg_pool1d(F.pad(own[:, None], (k // 2, k // 2), mode="replicate"), k, stride=1)[:, 0]
+                nll[row, start:] = (own - mean)[0]
         other = {} if self._other is None else (self._other.whole_pass(pre) or {})
         return {layer.layer_idx: (nll, other.get(layer.layer_idx)) for layer in pre.cache.sieve_layers}
 

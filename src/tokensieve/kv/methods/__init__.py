@@ -12,10 +12,12 @@ from tokensieve.kv.methods.compresskv import CompressKV
 from tokensieve.kv.methods.decode_rule import DecodeRule
 from tokensieve.kv.methods.ems import EMS
 from tokensieve.kv.methods.expected_attention import ExpectedAttention
+from tokensieve.kv.methods.fastkvzip import FastKVzip
 from tokensieve.kv.methods.h2o import H2O
 from tokensieve.kv.methods.keydiff import KeyDiff
 from tokensieve.kv.methods.keyformer import Keyformer
 from tokensieve.kv.methods.knorm import KNorm
+from tokensieve.kv.methods.kvzap import KVzap
 from tokensieve.kv.methods.kvzip import KVzip
 from tokensieve.kv.methods.kvzip_plus import KVzipPlus
 from tokensieve.kv.methods.lagkv import LagKV
@@ -56,6 +58,8 @@ register_family(
 REGISTRY.update({cls.id: cls for cls in (MiKV, ZipCacheQuant, Razor, CompressKV, ACT, ZeroTuning)})
 # question-unseen compression (issue 12)
 REGISTRY.update({cls.id: cls for cls in (KVzip, KVzipPlus, ExpectedAttention, KeyDiff, LagKV, Surprise, Span)})
+# issue 28 (learned): scorers trained here on the project's offline corpora (kv/learn.py)
+REGISTRY.update({cls.id: cls for cls in (KVzap, FastKVzip)})
 
 # what `tokensieve generate` and the demo use unless told: the measured best question-unseen method
 # (docs/unseen.md, benchmarks/unseen/results/summary)

@@ -254,7 +254,8 @@ def train(
     base = {
         "texts": len(contexts), "val_texts": val, "tokens_per_text": tokens, "train_tokens": data.n_train_tokens,
         "val_tokens": data.n_val_tokens, "rows_per_text": rows, "sources": list(sources) if contexts is None else [],
-        "collect_seconds": round(data.seconds, 2), "target": "kvzip (defaults)", "seed": seed,
+        "collect_seconds": round(data.seconds, 2), "seed": seed,
+        "target": f"kvzip (defaults, {get_method('kvzip').precision_on(model.device)})",
     }  # fmt: skip
     if sources == TRAIN_SOURCES:
         base["corpus"] = "python-docs,debian-reference,licenses"

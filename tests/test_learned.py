@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_model
 
+from conftest import make_model
 from tokensieve.errors import CalibrationError
 from tokensieve.kv import compress
 from tokensieve.kv.learn import HAYSTACK_SOURCES, fit_gate, fit_mlp, fit_ridge, train, training_texts
@@ -33,7 +33,7 @@ def test_ridge_recovers_a_planted_linear_map():
 def test_mlp_fits_a_planted_nonlinear_target():
     x, w = _planted(2000, 6, 2, 1)
     y = torch.tanh(0.4 * x @ w)
-    p, fig = fit_mlp(x[:1600], y[:1600], x[1600:], y[1600:], hidden=64, epochs=40, lr=3e-3)
+    _, fig = fit_mlp(x[:1600], y[:1600], x[1600:], y[1600:], hidden=64, epochs=40, lr=3e-3)
     base = float(((y[1600:] - y[:1600].mean(0)) ** 2).mean())
     assert fig["val_mse"] < 0.2 * base and fig["val_r"] > 0.95
 
@@ -45,7 +45,7 @@ def test_gate_fits_targets_made_by_a_planted_gate():
                "sinks": torch.randn(h, 3, 4, generator=g), "tau": torch.zeros(h)}  # fmt: skip
     x = torch.randn(3000, d, generator=g)
     s = gate(planted, x[None])[0]  # [n, H] in (0, 1)
-    p, fig = fit_gate(x[:2400], s[:2400], x[2400:], s[2400:], groups, dim=4, n_sinks=3, epochs=30, lr=1e-2)
+    _, fig = fit_gate(x[:2400], s[:2400], x[2400:], s[2400:], groups, dim=4, n_sinks=3, epochs=30, lr=1e-2)
     assert fig["val_r"] > 0.9
 
 
@@ -77,7 +77,7 @@ def test_haystack_sources_are_refused():
 def test_no_trained_scorer_names_the_command():
     forget()
     model = make_model("llama", seed=11)
-    with pytest.raises(CalibrationError, match="tokensieve calibrate --model .* --learned kvzap") as e:
+    with pytest.raises(CalibrationError, match=r"tokensieve calibrate --model .* --learned kvzap") as e:
         compress(model, None, torch.randint(3, 100, (1, 40)), "kvzap", keep=0.5)
     assert "\n" not in str(e.value)
 

@@ -3,6 +3,7 @@ the CLI) and benchmarks may use. Its modules are internal: outside ``tokensieve.
 ``kv-public`` import-linter contract). Every ``import tokensieve...`` already loads all of kv through
 ``tokensieve/__init__``, so exporting it all here costs nothing more."""
 
+from tokensieve.kv.blockwise import compress_blocks
 from tokensieve.kv.budget import ALLOCATORS, Allocator, get_allocator
 from tokensieve.kv.budget.hybrid import KEYS as HYBRID_KEYS
 from tokensieve.kv.budget.hybrid import Hybrid
@@ -66,6 +67,7 @@ __all__ = [
     "calibrate",
     "calibration_path",
     "compress",
+    "compress_blocks",
     "decode",
     "decode_family",
     "finite",

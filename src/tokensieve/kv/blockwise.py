@@ -3,8 +3,8 @@ at a time into one cache; in every full-attention layer, right after a block's a
 its budget by a query-agnostic score of what it holds (kept tokens plus the new block). A layer therefore never
 holds more than budget + block tokens (the first block takes the remainder of the context, up to 2 x block - 1
 tokens with nothing held yet, so the bound is max(budget + block, that block)), and the full cache of the context
-never exists (kvpress prefills everything first). Positions keep counting the tokens seen (``SieveLayer.cumulative_length``), so later tokens and
-questions sit where they would after a full prefill.
+never exists (kvpress prefills everything first). Positions keep counting the tokens seen
+(``SieveLayer.cumulative_length``), so later tokens and questions sit where they would after a full prefill.
 
 The score is any method that ranks from what one forward shows: keys, values and the last queries of the block
 (keydiff, knorm, snapkv, tova, lagkv, streaming, ...). A method that needs the whole prefill (kvzip), all-query

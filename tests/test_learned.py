@@ -10,8 +10,8 @@ import torch
 from conftest import make_model
 from tokensieve.errors import CalibrationError
 from tokensieve.kv import compress
-from tokensieve.kv.learn import HAYSTACK_SOURCES, fit_gate, fit_mlp, fit_ridge, train, training_texts
-from tokensieve.kv.learned import forget, gate, load_scorer
+from tokensieve.kv.learn import fit_gate, fit_mlp, fit_ridge, train
+from tokensieve.kv.learned import HAYSTACK_SOURCES, forget, gate, load_scorer, training_texts
 
 
 def _planted(n: int, d: int, h: int, seed: int):
@@ -113,3 +113,33 @@ def test_layer_input_is_the_pre_attention_norm_output():
     for i, layer in enumerate(model.model.layers):
         expected = layer.input_layernorm(out.hidden_states[i])
         assert torch.allclose(pre.observations[i].layer_input, expected, atol=1e-5)
+
+
+def test_duo_attention_mass_oracle_and_split():
+    from types import SimpleNamespace
+
+    from tokensieve.kv.methods.duo_attention import distant_mass
+
+    g = torch.Generator().manual_seed(5)
+    h, grp, t, d = 2, 2, 12, 4
+    q, k = torch.randn(h, grp, t, d, generator=g), torch.randn(h, t, d, generator=g)
+    sample = SimpleNamespace(queries=q, rows=torch.arange(t), keys=k, scaling=0.5)
+    got = distant_mass([sample], sinks=2, recent=3, block=5)[0]
+    want = torch.zeros(h)
+    n = 0
+    for i in range(5, t):  # rows that see past sinks + recent
+        n += 1
+        for head in range(h):
+            for gi in range(grp):
+                logits = torch.tensor([float(q[head, gi, i] @ k[head, j]) * 0.5 for j in range(i + 1)])
+                p = logits.softmax(0)
+                want[head] += float(p[2 : i - 3 + 1].sum()) / grp
+    torch.testing.assert_close(got, want / n, atol=1e-5, rtol=1e-5)
+
+    model = make_model("llama", seed=14)
+    ids = torch.randint(3, 100, (1, 64))
+    c = compress(model, None, ids, "duo_attention", keep=0.5, recent=8, sinks=2, calibration_tokens=64)
+    held = [layer for layer in c.cache.sieve_layers]
+    counts = torch.cat([torch.as_tensor(layer.tokens_per_head()).flatten() for layer in held])
+    assert c.stats.kv_bytes / c.stats.kv_bytes_full == pytest.approx(0.5, abs=0.1)
+    assert counts.numel() > 0

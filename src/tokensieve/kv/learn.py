@@ -18,7 +18,6 @@ What was trained on, how long it took and the validation figures are saved with 
 from __future__ import annotations
 
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,42 +28,14 @@ from torch import Tensor
 
 from tokensieve.core.observe.capture import Needs
 from tokensieve.errors import CalibrationError
-from tokensieve.kv.learned import LearnedScorer, predict
+from tokensieve.kv.learned import TRAIN_SOURCES, LearnedScorer, predict, training_texts
 from tokensieve.kv.methods import get_method
 from tokensieve.kv.pipeline import prefill
 from tokensieve.kv.scoring import score_prefill
-from tokensieve.runtime import corpus
 from tokensieve.runtime.store import model_key
 
-TRAIN_SOURCES = ("python-docs", "debian-reference", "licenses")
-HAYSTACK_SOURCES = corpus.DEFAULT_SOURCES  # what measure/tasks/haystack builds contexts from: never trained on
 FORMS_OF = {"kvzap": ("ridge", "mlp"), "fastkvzip": ("gate",)}
 EPS = 1e-6  # floor of kvzip's score before the log
-
-
-def training_texts(tokenizer: Any, n: int, tokens: int, sources=TRAIN_SOURCES, seed: int = 0) -> list[str]:
-    """``n`` texts of about ``tokens`` tokens, each a run of consecutive paragraphs from a seeded start."""
-    bad = sorted(set(sources) & set(HAYSTACK_SOURCES))
-    if bad:
-        raise CalibrationError(f"the sources {', '.join(bad)} make the benchmark's haystacks: train on others")
-    try:
-        paras = corpus.prose_paragraphs(tuple(sources))
-    except FileNotFoundError as e:
-        raise CalibrationError(f"a training corpus is missing: {e}") from None
-    haystack = set(corpus.prose_paragraphs(HAYSTACK_SOURCES))
-    paras = tuple(p for p in paras if p not in haystack)
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        i, chosen, used = rng.randrange(len(paras)), [], 0
-        while used < tokens:
-            p = paras[i % len(paras)]
-            chosen.append(p)
-            used += len(tokenizer.encode(p, add_special_tokens=False)) + 2
-            i += 1
-        ids = tokenizer.encode("\n\n".join(chosen), add_special_tokens=False)[:tokens]
-        out.append(tokenizer.decode(ids))
-    return out
 
 
 @dataclass

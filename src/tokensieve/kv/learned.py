@@ -15,6 +15,8 @@ the prefill: ``Needs.layer_input``) and returns ``[B, Hkv, T]`` (larger = keep):
 from __future__ import annotations
 
 import json
+import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,9 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tokensieve.core.observe.capture import Needs
 from tokensieve.errors import CalibrationError
+from tokensieve.runtime import corpus
 from tokensieve.runtime.store import load_tensors, model_key, save_tensors, store_dir, store_path
 
+TRAIN_SOURCES = ("python-docs", "debian-reference", "licenses")
+HAYSTACK_SOURCES = corpus.DEFAULT_SOURCES  # what measure/tasks/haystack builds contexts from: never trained on
 FORMS = ("ridge", "mlp", "gate")
 METHOD_OF = {"ridge": "kvzap", "mlp": "kvzap", "gate": "fastkvzip"}  # the method whose training makes each form
 VERSION = 1
@@ -85,6 +91,69 @@ def load_scorer(model: Any, form: str, method: str = "") -> LearnedScorer:
 def forget() -> None:
     """Drop the scorers held in memory (a test or a retraining reloads from the store)."""
     _loaded.clear()
+
+
+def training_texts(tokenizer: Any, n: int, tokens: int, sources=TRAIN_SOURCES, seed: int = 0) -> list[str]:
+    """``n`` texts of about ``tokens`` tokens, each a run of consecutive paragraphs from a seeded start."""
+    bad = sorted(set(sources) & set(HAYSTACK_SOURCES))
+    if bad:
+        raise CalibrationError(f"the sources {', '.join(bad)} make the benchmark's haystacks: train on others")
+    try:
+        paras = corpus.prose_paragraphs(tuple(sources))
+    except FileNotFoundError as e:
+        raise CalibrationError(f"a training corpus is missing: {e}") from None
+    haystack = set(corpus.prose_paragraphs(HAYSTACK_SOURCES))
+    paras = tuple(p for p in paras if p not in haystack)
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        i, chosen, used = rng.randrange(len(paras)), [], 0
+        while used < tokens:
+            p = paras[i % len(paras)]
+            chosen.append(p)
+            used += len(tokenizer.encode(p, add_special_tokens=False)) + 2
+            i += 1
+        ids = tokenizer.encode("\n\n".join(chosen), add_special_tokens=False)[:tokens]
+        out.append(tokenizer.decode(ids))
+    return out
+
+
+@dataclass
+class HeadSample:
+    """One full-attention layer of a calibration prefill: queries ``[Hkv, G, n, D]`` at token indices ``rows``,
+    keys ``[Hkv, T, D]`` (after RoPE) and the attention scaling."""
+
+    queries: Tensor
+    rows: Tensor
+    keys: Tensor
+    scaling: float
+
+
+def head_calibration(
+    name: str, model: Any, tokenizer: Any, params: dict[str, Any], n_tokens: int,
+    compute: Callable[[list[HeadSample]], Tensor],
+) -> Tensor:  # fmt: skip
+    """``compute(samples)`` over one prefill of ``n_tokens`` of the training corpus (seeded random tokens without a
+    tokenizer): a tensor with a row per full-attention layer, cached in the store per model and ``params``."""
+    from tokensieve.kv.observed import observe_prefill
+
+    path = store_path(model, name, {**params, "n_tokens": n_tokens})
+    if path.exists():
+        return load_tensors(path)["value"]
+    if tokenizer is not None:
+        text = training_texts(tokenizer, 1, n_tokens, seed=1)[0]
+        ids = torch.tensor([tokenizer.encode(text, add_special_tokens=True)[:n_tokens]])
+    else:
+        vocab = model.config.get_text_config(decoder=True).vocab_size
+        ids = torch.randint(3, vocab, (1, n_tokens), generator=torch.Generator().manual_seed(1))
+    pre = observe_prefill(model, ids, needs=Needs(window=ids.shape[1]))
+    samples = []
+    for layer in pre.cache.sieve_layers:
+        obs = pre.observations[layer.layer_idx]
+        samples.append(HeadSample(obs.queries[0].float(), obs.rows, layer.keys[0].float(), obs.scaling))
+    value = compute(samples).contiguous()
+    save_tensors(path, {"value": value})
+    return value
 
 
 # --- the forms' forward functions (training runs the same ones) ---------------------------------------------------

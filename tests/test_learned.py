@@ -143,3 +143,12 @@ def test_duo_attention_mass_oracle_and_split():
     counts = torch.cat([torch.as_tensor(layer.tokens_per_head()).flatten() for layer in held])
     assert c.stats.kv_bytes / c.stats.kv_bytes_full == pytest.approx(0.5, abs=0.1)
     assert counts.numel() > 0
+
+
+def test_calibrate_learned_bad_input_is_one_line(capsys):
+    from tokensieve.cli import main
+
+    assert main(["calibrate", "--learned", "nope"]) == 2
+    assert main(["calibrate", "--learned", "kvzap", "--texts", "4", "--val", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "choose from kvzap, fastkvzip" in err and "--val 4" in err

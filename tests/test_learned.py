@@ -152,3 +152,52 @@ def test_calibrate_learned_bad_input_is_one_line(capsys):
     assert main(["calibrate", "--learned", "kvzap", "--texts", "4", "--val", "4"]) == 2
     err = capsys.readouterr().err
     assert "choose from kvzap, fastkvzip" in err and "--val 4" in err
+
+
+def _rope_matrix(angles: torch.Tensor) -> torch.Tensor:
+    """The explicit rotate-half RoPE matrix [D, D] for angles [D/2] (pairs i and i + D/2)."""
+    half = angles.numel()
+    r = torch.zeros(2 * half, 2 * half)
+    for i, a in enumerate(angles.tolist()):
+        c, s = torch.cos(torch.tensor(a)), torch.sin(torch.tensor(a))
+        r[i, i], r[i, i + half], r[i + half, i], r[i + half, i + half] = c, -s, s, c
+    return r
+
+
+def test_expected_attention_stats_oracle():
+    from types import SimpleNamespace
+
+    from tokensieve.core.observe.capture import LayerObservation
+    from tokensieve.core.observe.inputs import ScoreInputs
+    from tokensieve.kv.methods.expected_attention_stats import ExpectedAttentionStats, query_stats
+
+    g = torch.Generator().manual_seed(9)
+    h, grp, n, d, t = 1, 2, 6, 4, 5
+    inv = torch.tensor([1.0, 0.1])
+    pre = torch.randn(h, grp, n, d, generator=g)  # the pre-RoPE queries the oracle starts from
+    rows = torch.arange(10, 10 + n)
+    post = torch.stack([pre[:, :, i] @ _rope_matrix(int(r) * inv).T for i, r in enumerate(rows)], 2)
+    st = query_stats([SimpleNamespace(queries=post, rows=rows)], inv)[0]
+    torch.testing.assert_close(st[..., -1], pre.mean(2), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(st[..., :-1], torch.stack([torch.stack([torch.cov(pre[0, j].T)]) for j in range(grp)], 1)
+                               , atol=1e-5, rtol=1e-5)  # fmt: skip
+
+    m = ExpectedAttentionStats(horizon=0)
+    m._stats, m._inv_freq, m._rows = st[None], inv, {0: 0}
+    keys, values = torch.randn(1, h, t, d, generator=g), torch.randn(1, h, t, d, generator=g)
+    obs = LayerObservation(torch.zeros(1, h, grp, 0, d), torch.zeros(0, dtype=torch.long), 0, {}, 0.5)
+    got = m.score(ScoreInputs(keys, values, None, obs))
+    rot = _rope_matrix(t * inv)
+    want = torch.zeros(1, h, t)
+    for j in range(grp):
+        mu, cov = rot @ pre[0, j].mean(0), rot @ torch.cov(pre[0, j].T) @ rot.T
+        logits = torch.tensor([0.5 * float(mu @ k) + 0.125 * float(k @ cov @ k) for k in keys[0, 0]])
+        want[0, 0] += logits.softmax(0) / grp
+    torch.testing.assert_close(got, want * values.norm(dim=-1), atol=1e-5, rtol=1e-5)
+
+
+def test_expected_attention_stats_compresses_from_its_calibration():
+    model = make_model("llama", seed=15)
+    c = compress(model, None, torch.randint(3, 100, (1, 48)), "expected_attention_stats", keep=0.5,
+                 calibration_tokens=64)  # fmt: skip
+    assert c.stats.kv_bytes == pytest.approx(0.5 * c.stats.kv_bytes_full, rel=0.05)

@@ -13,6 +13,7 @@ from tokensieve.kv.methods.decode_rule import DecodeRule
 from tokensieve.kv.methods.duo_attention import DuoAttention
 from tokensieve.kv.methods.ems import EMS
 from tokensieve.kv.methods.expected_attention import ExpectedAttention
+from tokensieve.kv.methods.expected_attention_stats import ExpectedAttentionStats
 from tokensieve.kv.methods.fastkvzip import FastKVzip
 from tokensieve.kv.methods.h2o import H2O
 from tokensieve.kv.methods.keydiff import KeyDiff
@@ -60,7 +61,7 @@ REGISTRY.update({cls.id: cls for cls in (MiKV, ZipCacheQuant, Razor, CompressKV,
 # question-unseen compression (issue 12)
 REGISTRY.update({cls.id: cls for cls in (KVzip, KVzipPlus, ExpectedAttention, KeyDiff, LagKV, Surprise, Span)})
 # issue 28 (learned): scorers trained here on the project's offline corpora (kv/learn.py)
-REGISTRY.update({cls.id: cls for cls in (KVzap, FastKVzip, DuoAttention)})
+REGISTRY.update({cls.id: cls for cls in (KVzap, FastKVzip, DuoAttention, ExpectedAttentionStats)})
 
 # what `tokensieve generate` and the demo use unless told: the measured best question-unseen method
 # (docs/unseen.md, benchmarks/unseen/results/summary)

@@ -10,6 +10,7 @@ fresh process (VmHWM). Modes: `prefill` (the full cache kept, then compressed: k
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import subprocess
 import sys
@@ -65,7 +66,11 @@ def main() -> None:
     p.add_argument("--modes", default="block,compress,prefill")
     p.add_argument("--out", default="benchmarks/block_prefill/results/smollm2_keydiff")
     p.add_argument("--one", default="", help=argparse.SUPPRESS)
+    p.add_argument("--from-log", help="rebuild the table from the rows a cut-short run printed (one dict a line)")
     args = p.parse_args()
+    if args.from_log:
+        rows = [ast.literal_eval(line) for line in Path(args.from_log).read_text().splitlines() if line.startswith("{")]
+        return table(args, rows)
     if args.one:
         mode, length = args.one.split(":")
         print(json.dumps(one(mode, int(length), args.keep, args.block, args.method)))
@@ -78,6 +83,10 @@ def main() -> None:
                                  capture_output=True, text=True, check=True)  # fmt: skip
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
+    table(args, rows)
+
+
+def table(args: argparse.Namespace, rows: list[dict]) -> None:
     mib = 1 << 20
     lines = [
         f"# `block` chunked prefill vs full prefill: SmolLM2, {args.method}, keep {args.keep}, fresh process each",
@@ -92,8 +101,10 @@ def main() -> None:
             f"| {r['context_tokens']} | {r['mode']} | {r['peak_rss'] / mib:.0f} | {r['peak_over_loaded'] / mib:.0f} |"
             f" {r['kv_bytes'] / mib:.1f} | {r['kv_bytes_full'] / mib:.1f} | {slots} | {r['seconds']} |"
         )
-    shown = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "one"})
+    shown = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in ("one", "from_log")})
     cmd = command("block_prefill/block_rss.py", shown, "OMP_NUM_THREADS=1")
+    if args.from_log:
+        lines += ["", f"{len(rows)} runs: the sweep was cut short at the deadline (--from-log)."]
     write_results(Path(args.out), rows, lines, cmd)
 
 

@@ -9,6 +9,7 @@ each keep, and the pass's seconds. It decides kvzip's default precision ("auto":
 from __future__ import annotations
 
 import argparse
+import ast
 import sys
 import time
 from pathlib import Path
@@ -40,8 +41,11 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--task", default="niah_single:haystack=prose")
     p.add_argument("--out", default="benchmarks/kvzip_precision/results/smollm2_1k")
+    p.add_argument("--from-log", help="rebuild the table from the rows a cut-short run printed (one dict a line)")
     args = p.parse_args()
-    from tokensieve.core.ops.precision import native_bf16
+    if args.from_log:
+        rows = [ast.literal_eval(line) for line in Path(args.from_log).read_text().splitlines() if line.startswith("{")]
+        return table(args, rows)
     from tokensieve.kv import get_method, prefill
     from tokensieve.measure.tasks import get_task, score
     from tokensieve.runtime.models import load_model
@@ -78,6 +82,12 @@ def main() -> None:
                 row[f"score_{prec}_{keep}"] = score(text, q)[0]
         rows.append(row)
         print(row, flush=True)
+    table(args, rows)
+
+
+def table(args: argparse.Namespace, rows: list[dict]) -> None:
+    from tokensieve.core.ops.precision import native_bf16
+
     n = len(rows)
 
     def mean(key: str) -> float:
@@ -99,7 +109,10 @@ def main() -> None:
         right = [sum(r[f"score_{p}_{keep}"] for r in rows) for p in ("fp32", "bf16")]
         lines.append(f"| {keep} | {mean(f'topk_overlap_{keep}'):.4f} | {right[0]:.0f}/{n} | {right[1]:.0f}/{n} |"
                      f" {same}/{n} |")  # fmt: skip
-    write_results(Path(args.out), rows, lines, command("kvzip_precision/precision.py", args, "OMP_NUM_THREADS=1"))
+    if n < args.samples:
+        lines += ["", f"{n} of the {args.samples} samples asked for: the run was cut short at the deadline."]
+    shown = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "from_log"})
+    write_results(Path(args.out), rows, lines, command("kvzip_precision/precision.py", shown, "OMP_NUM_THREADS=1"))
 
 
 if __name__ == "__main__":

@@ -217,6 +217,7 @@ def train(
     if not 0 < val < (len(contexts) if contexts is not None else texts):
         raise CalibrationError("the validation split must hold at least one text and leave one for training")
     torch.manual_seed(seed)
+    from_corpus = contexts is None
     if contexts is None:
         contexts = training_texts(tokenizer, texts, tokens, sources, seed)
     data = collect(model, tokenizer, contexts, val, rows, seed)
@@ -224,7 +225,7 @@ def train(
     groups = cfg.num_attention_heads // (getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
     base = {
         "texts": len(contexts), "val_texts": val, "tokens_per_text": tokens, "train_tokens": data.n_train_tokens,
-        "val_tokens": data.n_val_tokens, "rows_per_text": rows, "sources": list(sources) if contexts is None else [],
+        "val_tokens": data.n_val_tokens, "rows_per_text": rows, "sources": list(sources) if from_corpus else [],
         "collect_seconds": round(data.seconds, 2), "seed": seed,
         "target": f"kvzip (defaults, {get_method('kvzip').precision_on(model.device)})",
     }  # fmt: skip

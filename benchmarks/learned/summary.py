@@ -46,7 +46,7 @@ def main() -> None:
         by[(r["task"], r["method"] if src == "mine" or r["method"] != "full" else "full (kvzip's run)", r["keep"])][
             (r["length"], r["sample"], r["seed"])
         ] = r
-    tasks = sorted({k[0] for k in by})
+    tasks = sorted({r["task"] for r in mine})
     methods = sorted({k[1] for k in by if k[1] not in ("kvzip", "full", "full (kvzip's run)")})
     lines = [f"# Learned scorers vs kvzip, SmolLM2, question unseen, {', '.join(tasks)}, {meta['lengths']} tokens", ""]
     rows_out = []
@@ -88,7 +88,8 @@ def main() -> None:
         lines += ["## Training (this CPU, shared)", "",
                   "| form | texts (val) | train tokens | val tokens | kvzip pass s | fit s | total s | val r |",
                   "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-        for t in json.loads(args.train.read_text()):
+        record = json.loads(args.train.read_text())
+        for t in record if isinstance(record, list) else [record]:
             head = f"| {t['form']} | {t['texts']} ({t['val_texts']}) | {t['train_tokens']} | {t['val_tokens']} |"
             tail = f" {t['collect_seconds']} | {t['fit_seconds']} | {t['train_seconds']} | {t['val_r_mean']} |"
             lines.append(head + tail)

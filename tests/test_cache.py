@@ -14,12 +14,17 @@ import tokensieve as ts
 from conftest import make_model, twin
 from tokensieve.compat import with_cache
 from tokensieve.core.observe.hooks import sieve_attention
-from tokensieve.kv import SieveCache, SieveLayer
+from tokensieve.kv import LEARNED_METHODS, SieveCache, SieveLayer
 
 T, Q = 40, 6
 # attention modifiers keep every token and change the prefill itself: tested in test_sinks.py
 # whole-span selection needs a tokenizer (tested with one in test_unseen.py); these tests pass ids only
-COMPRESSING = [m for m in ts.method_ids() if ts.REGISTRY[m].kind not in ("attention modifier", "whole-span selection")]
+# the learned scorers need a scorer trained for the model (tested with one in test_learned.py)
+COMPRESSING = [
+    m
+    for m in ts.method_ids()
+    if ts.REGISTRY[m].kind not in ("attention modifier", "whole-span selection") and m not in LEARNED_METHODS
+]
 
 
 def ids(seed: int, n: int, batch: int = 1) -> torch.Tensor:

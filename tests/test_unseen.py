@@ -308,7 +308,7 @@ def test_kvzip_in_bfloat16_ranks_like_fp32():
     model = prepare(make_model("llama"))
     ids = _ids(8)
     pre = prefill(model, None, ids, methods=["kvzip"])
-    a = get_method("kvzip").whole_pass(pre)
+    a = get_method("kvzip", precision="fp32").whole_pass(pre)
     b = get_method("kvzip", precision="bf16").whole_pass(pre)
     assert len(pre.memo) == 2  # a pass of its own, not fp32's memo
     for i in a:
@@ -346,3 +346,18 @@ def test_a_global_budget_holds_the_keep_share_of_the_bytes(keep):
     ids = _ids(5, t=96)
     c = prefill(model, None, ids, methods=["kvzip"]).compress("kvzip", keep=keep)
     assert c.stats.kv_bytes / c.stats.kv_bytes_full <= keep + 0.02
+
+
+def test_kvzip_precision_auto_follows_the_devices_native_bf16(monkeypatch):
+    from tokensieve.core.ops import precision
+
+    auto = get_method("kvzip")
+    assert auto.precision == "auto" and get_method("kvzip", precision="fp32").precision_on("cpu") == "fp32"
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    assert auto.precision_on("cpu") == "bf16"
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    assert auto.precision_on("cpu") == "fp32"
+    model = prepare(make_model("llama"))
+    pre = prefill(model, None, _ids(8), methods=["kvzip"])
+    auto.whole_pass(pre)
+    assert [k[-1] for k in pre.memo] == ["fp32"]  # the pass ran in the resolved precision

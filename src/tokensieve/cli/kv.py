@@ -50,9 +50,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     # fail fast on a bad method, allocator, parameter or keep, before loading the model
     allocator_params = parse_params(args.allocator_param, "--allocator-param", example="tau=0.9")
     allocator = get_allocator(args.allocator, **allocator_params)
-    Plan.make(args.method, keep=args.keep, budget=args.budget, allocator=allocator, **params)
+    plan = Plan.make(args.method, keep=args.keep, budget=args.budget, allocator=allocator, **params)
     context = _context(args)
     model, tok = load_model(args.model)
+    precision_on = getattr(plan.method, "precision_on", None)  # kvzip's pass: "auto" resolved for this device
     ans = generate(
         model,
         tok,
@@ -87,13 +88,45 @@ def cmd_generate(args: argparse.Namespace) -> int:
         "decode_seconds": round(s.decode_seconds, 4),
         "new_tokens": s.new_tokens,
     }
+    if precision_on is not None:
+        record["precision"] = precision_on(model.device)
     return print_answer_record(record, args.json)
+
+
+def cmd_calibrate_learned(args: argparse.Namespace) -> int:
+    """``--learned kvzap,fastkvzip``: train the learned scorers on the offline corpora and store them."""
+    from tokensieve.kv import LEARNED_METHODS, train_learned
+    from tokensieve.runtime.models import load_model
+
+    methods = tuple(m.strip() for m in args.learned.split(",") if m.strip())
+    unknown = [m for m in methods if m not in LEARNED_METHODS]
+    if unknown or not methods:
+        raise TokenSieveError(f"--learned {args.learned}: choose from {', '.join(LEARNED_METHODS)}")
+    if args.val < 1 or args.val >= args.texts:
+        raise TokenSieveError(f"--val {args.val} must leave at least one of the {args.texts} texts for training")
+    model, tok = load_model(args.model)
+    scorers = train_learned(model, tok, methods, texts=args.texts, tokens=args.tokens, val=args.val,
+                            rows=args.rows, epochs=args.epochs)  # fmt: skip
+    rows = [{k: v for k, v in s.meta.items() if k != "layers"} | {"key": s.key} for s in scorers.values()]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    table = Table(title=f"learned scorers of {args.model}, trained on {rows[0]['train_tokens']} tokens")
+    for col in ("form", "train tokens", "val tokens", "kvzip pass s", "fit s", "val r (mean over layers)"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["form"], str(r["train_tokens"]), str(r["val_tokens"]), str(r["collect_seconds"]),
+                      str(r["fit_seconds"]), str(r["val_r_mean"]))  # fmt: skip
+    console.print(table)
+    return 0
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from tokensieve.kv import calibration_path, get_calibration
     from tokensieve.runtime.models import load_model
 
+    if args.learned:
+        return cmd_calibrate_learned(args)
     for name in ("induction", "echo"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             raise TokenSieveError(f"--{name} {getattr(args, name)} must be a fraction in [0, 1]")
@@ -269,6 +302,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--force", action="store_true", help="measure again even if a calibration is cached")
     c.add_argument("--induction", type=float, default=0.1, help="razor: fraction of KV heads kept by induction")
     c.add_argument("--echo", type=float, default=0.02, help="razor: fraction of KV heads kept by echo")
+    c.add_argument(
+        "--learned",
+        metavar="METHODS",
+        help="train learned scorers instead (kvzap, fastkvzip; comma-separated) on the offline corpora "
+        "(python3.11-doc, debian-reference-en, licence texts; never the bench's haystacks)",
+    )
+    c.add_argument("--texts", type=int, default=32, help="--learned: training + validation texts")
+    c.add_argument("--tokens", type=int, default=1024, help="--learned: tokens per text")
+    c.add_argument("--val", type=int, default=6, help="--learned: texts held out for validation")
+    c.add_argument("--rows", type=int, default=256, help="--learned: tokens sampled per text for the MLP / gates")
+    c.add_argument("--epochs", type=int, default=12, help="--learned: MLP / gate epochs")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_calibrate)
 

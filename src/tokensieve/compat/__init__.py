@@ -49,6 +49,7 @@ from tokensieve.compat.cache import (  # noqa: F401
 from tokensieve.compat.gguf import GgufTensor, gguf_layout
 from tokensieve.compat.layers import (
     LAYER_MASK_ARG,
+    attention_inputs,
     call_layer,
     decoder_layers,
     layer_call,
@@ -100,6 +101,7 @@ __all__ = [
     "PreTrainedConfig",
     "SlidingLayer",
     "adopt_layer",
+    "attention_inputs",
     "attention_layer_index",
     "attn_implementation",
     "cache_arg",

@@ -68,6 +68,31 @@ def record_layer_calls(model: torch.nn.Module) -> Iterator[list[list[tuple[torch
             h.remove()
 
 
+@contextlib.contextmanager
+def attention_inputs(model: torch.nn.Module, sink: Any) -> Iterator[int]:
+    """Call ``sink(layer_idx, x)`` with each decoder layer's attention input ``x`` [B, T, D] (the output of its
+    pre-attention norm) during the forwards inside the block; yields how many layers were hooked."""
+    # relies on: each decoder block keeping its pre-attention norm as `input_layernorm` (llama, mistral, qwen2/3,
+    # gemma3) and feeding its output to self-attention; the hook only reads it (outputs unchanged)
+    layers = decoder_layers(model)
+    norms = [getattr(layer, "input_layernorm", None) for layer in layers]
+    if any(n is None for n in norms):
+        raise TypeError(f"{type(model).__name__}'s decoder layers keep no `input_layernorm`")
+
+    def hook(i: int):
+        def post(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+            sink(i, output)
+
+        return post
+
+    handles = [norm.register_forward_hook(hook(i)) for i, norm in enumerate(norms)]
+    try:
+        yield len(handles)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def call_layer(layer: torch.nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
     """Run one decoder layer on recorded arguments and return its output hidden states."""
     # relies on: a decoder layer returning the hidden states (a tensor in 5.x, the first item of a tuple before)

@@ -3,6 +3,7 @@ the CLI) and benchmarks may use. Its modules are internal: outside ``tokensieve.
 ``kv-public`` import-linter contract). Every ``import tokensieve...`` already loads all of kv through
 ``tokensieve/__init__``, so exporting it all here costs nothing more."""
 
+from tokensieve.kv.blockwise import compress_blocks
 from tokensieve.kv.budget import ALLOCATORS, Allocator, get_allocator
 from tokensieve.kv.budget.hybrid import KEYS as HYBRID_KEYS
 from tokensieve.kv.budget.hybrid import Hybrid
@@ -15,6 +16,9 @@ from tokensieve.kv.calibration import calibrate, calibration_path, get_calibrati
 from tokensieve.kv.compressed import Compressed
 from tokensieve.kv.decoding import DecodeAnswer, DecodeMeter, DecodeStats, decode, decode_family
 from tokensieve.kv.evicting import DECODE_RULES, DecodeCache
+from tokensieve.kv.learn import FORMS_OF as LEARNED_METHODS
+from tokensieve.kv.learn import train as train_learned
+from tokensieve.kv.learned import load_scorer
 from tokensieve.kv.methods import DEFAULT_METHOD, REGISTRY, Method, get_method, method_ids
 from tokensieve.kv.observed import layer_inputs, observe_prefill
 from tokensieve.kv.pages import KEYS as PAGE_KEYS
@@ -33,6 +37,7 @@ __all__ = [
     "DECODE_RULES",
     "DEFAULT_METHOD",
     "HYBRID_KEYS",
+    "LEARNED_METHODS",
     "PAGE_KEYS",
     "PRUNERS",
     "REGISTRY",
@@ -62,6 +67,7 @@ __all__ = [
     "calibrate",
     "calibration_path",
     "compress",
+    "compress_blocks",
     "decode",
     "decode_family",
     "finite",
@@ -71,6 +77,7 @@ __all__ = [
     "get_method",
     "get_sparse",
     "layer_inputs",
+    "load_scorer",
     "method_ids",
     "observe_prefill",
     "prefill",
@@ -78,4 +85,5 @@ __all__ = [
     "prune",
     "score_prefill",
     "sink_map",
+    "train_learned",
 ]

@@ -14,7 +14,7 @@ from transformers import PreTrainedModel
 
 from tokensieve import compat
 from tokensieve.core.observe.capture import LayerObservation, Needs, observe
-from tokensieve.core.observe.hooks import engaged, prepare
+from tokensieve.core.observe.hooks import capturing_layer_inputs, engaged, prepare, take_layer_input
 from tokensieve.core.observe.inputs import PassScore, ScoreInputs
 from tokensieve.kv.cache import CompressibleCache, SieveLayer
 
@@ -28,8 +28,16 @@ class Observed:
     seconds: float
 
 
-def forward(model: PreTrainedModel, ids: Tensor, mask: Tensor | None, cache: CompressibleCache, what: str) -> Tensor:
-    with torch.inference_mode(), engaged(cache, model, what, observed=True):  # every observer / compression ran
+def forward(
+    model: PreTrainedModel, ids: Tensor, mask: Tensor | None, cache: CompressibleCache, what: str, inputs: bool = False
+) -> Tensor:
+    """The prefill into ``cache`` (its last position's logits); ``inputs``: capture each layer's attention input
+    for its observer (``Needs.layer_input``)."""
+    with (
+        torch.inference_mode(),
+        engaged(cache, model, what, observed=True),  # every observer / compression ran
+        capturing_layer_inputs(model, inputs),
+    ):
         out = model(
             input_ids=ids.to(model.device),
             attention_mask=None if mask is None else mask.to(model.device),
@@ -40,10 +48,12 @@ def forward(model: PreTrainedModel, ids: Tensor, mask: Tensor | None, cache: Com
     return out.logits[:, -1]
 
 
-def forward_hidden(model: PreTrainedModel, ids: Tensor, mask: Tensor | None, cache: CompressibleCache, what: str):
+def forward_hidden(
+    model: PreTrainedModel, ids: Tensor, mask: Tensor | None, cache: CompressibleCache, what: str, inputs: bool = False
+):
     """The prefill that also keeps the final hidden states (public ``output_hidden_states``; the last entry is
     the normed output the LM head reads), for scores computed from the model's own predictions."""
-    with torch.inference_mode(), engaged(cache, model, what, observed=True):
+    with torch.inference_mode(), engaged(cache, model, what, observed=True), capturing_layer_inputs(model, inputs):
         out = model(
             **compat.with_cache(
                 model,
@@ -74,16 +84,17 @@ def observe_prefill(
 
     def record(layer: SieveLayer, query: Tensor, scaling: float) -> None:
         layer.on_attention = None
-        observations[layer.layer_idx] = observe(needs, query, layer.keys, layer.valid, scaling)
+        x = take_layer_input(layer.layer_idx)
+        observations[layer.layer_idx] = observe(needs, query, layer.keys, layer.valid, scaling, layer_input=x)
 
     for layer in cache.sieve_layers:
         layer.on_attention = record
     start = time.perf_counter()
     hidden = None
     if needs.final_hidden:
-        logits, hidden = forward_hidden(model, ids, mask, cache, what)
+        logits, hidden = forward_hidden(model, ids, mask, cache, what, needs.layer_input)
     else:
-        logits = forward(model, ids, mask, cache, what)
+        logits = forward(model, ids, mask, cache, what, needs.layer_input)
     return Observed(cache, observations, logits, hidden, time.perf_counter() - start)
 
 

@@ -87,7 +87,7 @@ def compress(
     plan.fit_hybrid(cache, n_tokens)
     plan.attach(cache)
     start = time.perf_counter()
-    forward(model, ids, mask, cache, f"compression ({plan.method.id})")
+    forward(model, ids, mask, cache, f"compression ({plan.method.id})", plan.method.needs().layer_input)
     total = time.perf_counter() - start
     # measured: each full layer's bytes just before its eviction, plus the layers that were not compressed
     others = layers_bytes(layer for layer in cache.layers if not isinstance(layer, SieveLayer))

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from tokensieve import compat
 from tokensieve.core.observe.capture import observe
+from tokensieve.core.observe.hooks import take_layer_input
 from tokensieve.core.observe.inputs import ScoreInputs
 from tokensieve.core.ops.memory import tensor_bytes
 from tokensieve.errors import BudgetError, check_budget, check_keep
@@ -128,7 +129,8 @@ class Plan:
                 self.full_bytes += tensor_bytes((layer.keys, layer.values))
             else:
                 self.full_bytes += layer_paged_bytes(layer, self.pages)
-            obs = observe(self.method.needs(), query, layer.keys, layer.valid, scaling)
+            x_in = take_layer_input(layer.layer_idx)
+            obs = observe(self.method.needs(), query, layer.keys, layer.valid, scaling, layer_input=x_in)
             k = budgets[layers.index(layer)]
             # the layer count as ``observed.layer_inputs`` counts it: the cache's full-attention layers
             x = ScoreInputs(layer.keys, layer.values, layer.valid, obs, layer.layer_idx, len(layers))

@@ -48,6 +48,8 @@ def missing_needs(need: Needs, have: Needs) -> str:
     parts = []
     if need.final_hidden and not have.final_hidden:
         parts.append("the final hidden states")
+    if need.layer_input and not have.layer_input:
+        parts.append("each layer's attention input")
     if need.window > have.window:
         parts.append(f"a window of {need.window} queries")
     if need.probes > have.probes:

@@ -24,6 +24,7 @@ class Stats:
     decode_seconds: float = 0.0
     new_tokens: int = 0
     kv_bytes_sliding: int = 0  # of kv_bytes, what the sliding-window layers hold (hybrid models)
+    peak_tokens_held: int = 0  # block prefill: the most slots one layer held at once (budget + block at most)
 
     @classmethod
     def measure(

@@ -7,6 +7,12 @@
 - ``licenses``: the licence texts Debian ships in ``/usr/share/common-licenses`` (verbatim copying is
   allowed), when that directory exists. Not in the default set, so results do not depend on the distro.
 
+- ``python-docs``: the reStructuredText sources of Python's documentation that Debian's ``python3.11-doc`` installs
+  (``/usr/share/doc/python3.11/html/_sources``; PSF licence), without ``reference/`` and ``library/``, which the
+  ``pydoc`` topics are cut from. ``debian-reference``: the Debian Reference (``debian-reference-en``, GPL-2+),
+  plain text. Both only where installed (``apt-get install python3.11-doc debian-reference-en``); the learned KV
+  scorers train on them, never on the default sources the benchmark's haystacks are made of.
+
 The text of ``pydoc`` depends on the Python version; ``fingerprint()`` identifies what a run used.
 """
 
@@ -51,7 +57,33 @@ def _licenses() -> list[str]:
     return out
 
 
-SOURCES = {"essays": _essays, "pydoc": _pydoc, "licenses": _licenses}
+PYTHON_DOCS_DIR = Path("/usr/share/doc/python3.11/html/_sources")
+DEBIAN_REFERENCE = Path("/usr/share/debian-reference/debian-reference.en.txt.gz")
+
+
+def _python_docs() -> list[str]:
+    if not PYTHON_DOCS_DIR.is_dir():
+        raise FileNotFoundError(f"{PYTHON_DOCS_DIR} does not exist: apt-get install python3.11-doc")
+    skip = {"reference", "library"}  # pydoc_data.topics is cut from these
+    paths = sorted(p for p in PYTHON_DOCS_DIR.rglob("*.txt") if p.relative_to(PYTHON_DOCS_DIR).parts[0] not in skip)
+    return [p.read_text(encoding="utf-8", errors="replace").strip() for p in paths]
+
+
+def _debian_reference() -> list[str]:
+    import gzip
+
+    if not DEBIAN_REFERENCE.is_file():
+        raise FileNotFoundError(f"{DEBIAN_REFERENCE} does not exist: apt-get install debian-reference-en")
+    return [gzip.decompress(DEBIAN_REFERENCE.read_bytes()).decode("utf-8", errors="replace").strip()]
+
+
+SOURCES = {
+    "essays": _essays,
+    "pydoc": _pydoc,
+    "licenses": _licenses,
+    "python-docs": _python_docs,
+    "debian-reference": _debian_reference,
+}
 
 
 @cache

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from tokensieve.core.observe.stats import ColumnStat, accumulate
 from tokensieve.core.scores.attention import group_queries
+from tokensieve.errors import EngagementError
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class Needs:
     stats: frozenset[ColumnStat] = field(default_factory=frozenset)
     whole_pass: bool = False  # a pass over the whole prefilled cache after the prefill (Method.whole_pass)
     final_hidden: bool = False  # the prefill keeps its final hidden states [B, T, d] (token surprise)
+    layer_input: bool = False  # each layer's attention input [B, T, D] (after its norm; learned scorers)
 
     def __or__(self, other: Needs) -> Needs:
         return Needs(
@@ -28,6 +30,7 @@ class Needs:
             self.stats | other.stats,
             self.whole_pass or other.whole_pass,
             self.final_hidden or other.final_hidden,
+            self.layer_input or other.layer_input,
         )
 
 
@@ -41,10 +44,12 @@ class LayerObservation:
     stats: dict[str, Tensor]
     scaling: float
     seed: int = 0  # of the probe draw
+    layer_input: Tensor | None = None  # the attention input [B, T, D] when ``Needs.layer_input``
 
     @property
     def nbytes(self) -> int:
-        return self.queries.nbytes + sum(s.nbytes for s in self.stats.values())
+        held = 0 if self.layer_input is None else self.layer_input.nbytes
+        return self.queries.nbytes + sum(s.nbytes for s in self.stats.values()) + held
 
 
 def probe_uniform(n_rows: int, seed: int = 0) -> Tensor:
@@ -71,6 +76,7 @@ def observe(
     scaling: float,
     seed: int = 0,
     max_chunk_bytes: int = 16 << 20,
+    layer_input: Tensor | None = None,
 ) -> LayerObservation:
     """Record what ``needs`` asks for from one layer's prefill queries ``[B, H, T, D]`` and keys."""
     t = query.shape[-2]
@@ -78,4 +84,7 @@ def observe(
     window = min(needs.window, t)
     rows = torch.cat([probe_rows(t, window, needs.probes, seed), torch.arange(t - window, t)]).to(query.device)
     stats = accumulate(sorted(needs.stats, key=lambda s: s.key), q, keys, valid, scaling, max_chunk_bytes)
-    return LayerObservation(q[:, :, :, rows].clone(), rows, window, stats, scaling, seed)
+    if needs.layer_input and layer_input is None:
+        raise EngagementError("this score needs each layer's attention input, but the prefill did not capture it")
+    held = layer_input if needs.layer_input else None
+    return LayerObservation(q[:, :, :, rows].clone(), rows, window, stats, scaling, seed, held)

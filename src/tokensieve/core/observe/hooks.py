@@ -41,6 +41,7 @@ AttentionFn = Callable[..., Any]
 
 _bound = threading.local()  # .layer: the cache layer the next attention call on this thread belongs to
 _observers = threading.local()  # .active: consumer -> its attention function, the newest last
+_inputs = threading.local()  # .latest: layer index -> its newest attention input (while capturing)
 
 
 def bind(layer: ObservedLayer) -> None:
@@ -119,6 +120,33 @@ def observing(consumer: str, attention: AttentionFn) -> Iterator[None]:
         yield
     finally:
         observe(consumer, before)
+
+
+@contextmanager
+def capturing_layer_inputs(model: Any, on: bool = True) -> Iterator[None]:
+    """While ``on``, keep each decoder layer's newest attention input for ``take_layer_input`` (the learned
+    scorers read it); a reference only, dropped when taken, so no layer's input outlives its observation."""
+    if not on:
+        yield
+        return
+    latest: dict[int, Tensor] = {}
+
+    def sink(i: int, x: Tensor) -> None:
+        latest[i] = x
+
+    before = getattr(_inputs, "latest", None)
+    _inputs.latest = latest
+    try:
+        with compat.attention_inputs(model, sink):
+            yield
+    finally:
+        _inputs.latest = before
+
+
+def take_layer_input(layer_idx: int) -> Tensor | None:
+    """The attention input [B, T, D] the layer just ran on (None when not capturing)."""
+    latest = getattr(_inputs, "latest", None)
+    return None if latest is None else latest.pop(layer_idx, None)
 
 
 def register() -> None:

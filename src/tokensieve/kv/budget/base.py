@@ -39,8 +39,6 @@ class EqualLayers(Allocator):
         return [min(budget, n_tokens)] * n_layers
 
 
-
-
 def _round_capped(raw: list[float], total: int, cap: int) -> list[int]:
     """Integers close to ``raw`` that sum to ``total`` (when the cap allows) with each in [1, cap]."""
     out = [min(cap, max(1, int(r))) for r in raw]

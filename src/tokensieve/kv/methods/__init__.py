@@ -17,9 +17,12 @@ from tokensieve.kv.methods.critical_kv import CriticalKV
 from tokensieve.kv.methods.cur import CUR
 from tokensieve.kv.methods.decode_rule import DecodeRule
 from tokensieve.kv.methods.dms import DMS
+from tokensieve.kv.methods.duo_attention import DuoAttention
 from tokensieve.kv.methods.ems import EMS
 from tokensieve.kv.methods.entropy_chunk import EntropyChunk
 from tokensieve.kv.methods.expected_attention import ExpectedAttention
+from tokensieve.kv.methods.expected_attention_stats import ExpectedAttentionStats
+from tokensieve.kv.methods.fastkvzip import FastKVzip
 from tokensieve.kv.methods.finch import FINCH
 from tokensieve.kv.methods.gui_kv import GUIKV
 from tokensieve.kv.methods.h2o import H2O
@@ -28,6 +31,7 @@ from tokensieve.kv.methods.keyformer import Keyformer
 from tokensieve.kv.methods.knorm import KNorm
 from tokensieve.kv.methods.kvcompose import KVCompose
 from tokensieve.kv.methods.kvgrad import KVgrad
+from tokensieve.kv.methods.kvzap import KVzap
 from tokensieve.kv.methods.kvzip import KVzip
 from tokensieve.kv.methods.kvzip_plus import KVzipPlus
 from tokensieve.kv.methods.lagkv import LagKV
@@ -82,6 +86,8 @@ REGISTRY.update(
 )
 # issue 28 (breadth): wrappers and budget rules over any score
 REGISTRY.update({cls.id: cls for cls in (DMS, CriticalKV, CriticalAdaKV, Chunk, EntropyChunk, Merging, ThinK)})
+# issue 28 (learned): scorers trained here on the project's offline corpora (kv/learn.py)
+REGISTRY.update({cls.id: cls for cls in (KVzap, FastKVzip, DuoAttention, ExpectedAttentionStats)})
 
 # what `tokensieve generate` and the demo use unless told: the measured best question-unseen method
 # (docs/unseen.md, benchmarks/unseen/results/summary)

@@ -9,6 +9,7 @@ from torch import Tensor
 from tokensieve.core.observe.capture import Needs
 from tokensieve.core.observe.full import reconstruction_scores
 from tokensieve.core.observe.inputs import ScoreInputs
+from tokensieve.core.ops.precision import auto_precision
 from tokensieve.core.ops.select import global_counts
 from tokensieve.errors import check_choice
 from tokensieve.kv.heads import evict_layer, evict_to_counts
@@ -42,11 +43,17 @@ class KVzip(Method):
     sample: float = 1.0
     prompt: str = PROMPT
     scope: str = "global"
-    precision: str = "fp32"  # "bf16": the pass's matmuls in bfloat16 (fast on AMX / AVX512-BF16 CPUs and GPUs)
+    # "auto": bf16 where the device computes it natively (AVX512-BF16 / AMX CPUs, bf16 GPUs; same scores and
+    # answers on fresh samples, about half the time: benchmarks/kvzip_precision), else fp32
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         check_choice("scope", self.scope, ("layer", "global"))
-        check_choice("precision", self.precision, ("fp32", "bf16"))
+        check_choice("precision", self.precision, ("auto", "fp32", "bf16"))
+
+    def precision_on(self, device: Any) -> str:
+        """The precision the pass runs in on ``device`` ("auto" resolved)."""
+        return auto_precision(device) if self.precision == "auto" else self.precision
 
     def needs(self) -> Needs:
         return Needs(whole_pass=True)
@@ -59,13 +66,14 @@ class KVzip(Method):
         return score
 
     def whole_pass(self, pre: Any) -> dict[int, Any]:
-        key = ("reconstruction", self.chunk, self.stride, self.sample, self.prompt, self.precision)
+        precision = self.precision_on(pre.model.device)
+        key = ("reconstruction", self.chunk, self.stride, self.sample, self.prompt, precision)
         if key not in pre.memo:
             tok = pre.tokenizer
             prompt_ids = PromptFormat(tok).question_ids(self.prompt) if tok is not None and self.prompt else []
             pre.memo[key] = reconstruction_scores(
                 pre.model, pre.cache, pre.context_ids, pre.context_mask, prompt_ids, self.chunk, self.stride,
-                sample=self.sample, compute=torch.bfloat16 if self.precision == "bf16" else torch.float32,
+                sample=self.sample, compute=torch.bfloat16 if precision == "bf16" else torch.float32,
             )  # fmt: skip
         values = {layer.layer_idx: layer.values for layer in pre.cache.sieve_layers}
         scores = {i: self.weigh(s, values[i]) for i, s in pre.memo[key].items()}

@@ -1,0 +1,102 @@
+"""The learned scorers (kvzap, fastkvzip) against kvzip, question unseen: this folder's `tokensieve bench` rows and
+kvzip's rows on the same samples (task, length, sample index, seed; the same corpus fingerprint), as a share of
+kvzip's score with a paired bootstrap ratio, and each method's compression seconds over its prefill's seconds (same
+run). Training figures come from the `tokensieve calibrate --learned --json` record.
+
+    .venv/bin/python benchmarks/learned/summary.py benchmarks/learned/results/2048/results.jsonl \
+        --kvzip benchmarks/unseen/results/2048/results.jsonl --train benchmarks/learned/results/train_smollm2.json \
+        --out benchmarks/learned/results/summary_2048
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/_common.py
+
+from _common import command, write_results
+
+from tokensieve.stats import paired_bootstrap, wilson
+
+
+def cells(path: Path) -> tuple[dict, list[dict]]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    meta = next(r for r in rows if r.get("type") == "meta")
+    return meta, [r for r in rows if r.get("type") == "cell" and r.get("engine", "tokensieve") == "tokensieve"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("results", type=Path)
+    p.add_argument("--kvzip", type=Path, required=True, help="a bench results.jsonl holding kvzip on the same samples")
+    p.add_argument("--train", type=Path, help="the calibrate --learned --json record")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/learned/results/summary_2048"))
+    args = p.parse_args()
+    meta, mine = cells(args.results)
+    ref_meta, ref = cells(args.kvzip)
+    if meta.get("corpus") != ref_meta.get("corpus"):
+        raise SystemExit(f"corpus {meta.get('corpus')} != {ref_meta.get('corpus')}: not the same samples")
+    by = defaultdict(dict)  # (task, method, keep) -> {(sample, seed): row}
+    for r in mine + [r for r in ref if r["method"] in ("kvzip", "full")]:
+        src = "ref" if r in ref else "mine"
+        by[(r["task"], r["method"] if src == "mine" or r["method"] != "full" else "full (kvzip's run)", r["keep"])][
+            (r["length"], r["sample"], r["seed"])
+        ] = r
+    tasks = sorted({r["task"] for r in mine})
+    methods = sorted({k[1] for k in by if k[1] not in ("kvzip", "full", "full (kvzip's run)")})
+    lines = [f"# Learned scorers vs kvzip, SmolLM2, question unseen, {', '.join(tasks)}, {meta['lengths']} tokens", ""]
+    rows_out = []
+    for task in tasks:
+        full = by[(task, "full", 1.0)]
+        lines += [
+            f"## {task}: n = {len(full)} samples (kvzip from {args.kvzip}, same samples)",
+            "",
+            "| method | keep | right (95% Wilson) | % of kvzip (paired bootstrap) | % of full |"
+            " compress s / prefill s |",
+            "|---|---|---|---|---|---|",
+        ]
+        n_full = sum(r["score"] for r in full.values())
+        lines.append(f"| full | 1.0 | {n_full:.0f}/{len(full)} | | | |")
+        for keep in sorted({k[2] for k in by if k[0] == task and k[2] < 1}, reverse=True):
+            kz = by[(task, "kvzip", keep)]
+            for method in ["kvzip", *methods]:
+                got = by.get((task, method, keep), {})
+                ids = sorted(set(got) & set(kz) & set(full))
+                if not ids:
+                    continue
+                a = [got[i]["score"] for i in ids]
+                b = [kz[i]["score"] for i in ids]
+                f = [full[i]["score"] for i in ids]
+                w = wilson(sum(a), len(a))
+                vs_kvzip = paired_bootstrap(a, b, ratio=True) if method != "kvzip" else None
+                vs_full = sum(a) / sum(f) if sum(f) else float("nan")
+                cost = [got[i]["compress_seconds"] / got[i]["prefill_seconds"] for i in ids]
+                ratio = sum(cost) / len(cost)
+                shown = "" if vs_kvzip is None else f"{vs_kvzip.estimate:.0%} [{vs_kvzip.lo:.0%}, {vs_kvzip.hi:.0%}]"
+                src = " (kvzip's run)" if method == "kvzip" else ""
+                lines.append(f"| `{method}`{src} | {keep} | {sum(a):.0f}/{len(a)} [{w.lo:.2f}, {w.hi:.2f}] | {shown} |"
+                             f" {vs_full:.0%} | {ratio:.3f} |")  # fmt: skip
+                of_kvzip = None if vs_kvzip is None else [vs_kvzip.estimate, vs_kvzip.lo, vs_kvzip.hi]
+                rows_out.append({"task": task, "method": method, "keep": keep, "n": len(a), "right": sum(a),
+                                 "of_kvzip": of_kvzip, "of_full": vs_full, "compress_over_prefill": ratio})  # fmt: skip
+        lines.append("")
+    if args.train and args.train.exists():
+        lines += ["## Training (this CPU, shared)", "",
+                  "| form | texts (val) | train tokens | val tokens | kvzip pass s | fit s | total s | val r |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        record = json.loads(args.train.read_text())
+        for t in record if isinstance(record, list) else [record]:
+            head = f"| {t['form']} | {t['texts']} ({t['val_texts']}) | {t['train_tokens']} | {t['val_tokens']} |"
+            tail = f" {t['collect_seconds']} | {t['fit_seconds']} | {t['train_seconds']} | {t['val_r_mean']} |"
+            lines.append(head + tail)
+        lines.append("")
+    shown = argparse.Namespace(**{k: str(v) for k, v in vars(args).items()})
+    write_results(args.out, rows_out, lines, command("learned/summary.py", shown))
+
+
+if __name__ == "__main__":
+    main()

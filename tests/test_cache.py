@@ -252,11 +252,21 @@ def test_left_padded_batch_matches_rows_compressed_alone(method):
         torch.testing.assert_close(got[row : row + 1], want, atol=1e-4, rtol=1e-3)
 
 
+# known defects, strict so a fix shows: issue 28's new scores below read pad positions in a left-padded batch
+PADDED_DEFECTS = ("non_causal_attn", "compactor", "cur", "cap", "think")
+PADDED_OPEN = "a left-padded row does not yet compress as that row alone (issue 28, open)"
+XFAIL_PADDED = pytest.mark.xfail(strict=True, reason=PADDED_OPEN)
+
+
 # every compressing score, the question-unseen ones (kvzip, kvzip+, expected_attention, keydiff, lagkv, surprise)
 # included: a wrong first-real-token offset or a pad key leaking into a score shows only in a padded batch
 @pytest.mark.parametrize(
     ("method", "kw"),
-    [(m, {}) for m in COMPRESSING if m not in ("razor", "compresskv", "keyformer", "random", "mikv", "zipcache_quant")]
+    [
+        pytest.param(m, {}, marks=XFAIL_PADDED) if m in PADDED_DEFECTS else (m, {})
+        for m in COMPRESSING
+        if m not in ("razor", "compresskv", "keyformer", "random", "mikv", "zipcache_quant")
+    ]
     + [
         ("kvzip", {"scope": "layer"}),
         ("kvzip", {"chunk": 8, "stride": 3}),

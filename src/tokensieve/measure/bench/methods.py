@@ -16,6 +16,7 @@ from tokensieve.errors import UnknownMethodError
 from tokensieve.kv import (
     ALLOCATORS,
     HYBRID_KEYS,
+    LEARNED_METHODS,
     PAGE_KEYS,
     REGISTRY,
     SPARSE,
@@ -84,8 +85,11 @@ class MethodSpec:
 
 
 def default_methods() -> list[MethodSpec]:
-    """Every registered prefill-eviction method with its defaults, under the uniform allocator."""
-    return [MethodSpec(mid) for mid, cls in REGISTRY.items() if cls.kind == PREFILL_EVICTION]
+    """Every registered prefill-eviction method with its defaults, under the uniform allocator; the learned
+    scorers (kvzap, fastkvzip) only by name, since they need `tokensieve calibrate --learned` first."""
+    return [
+        MethodSpec(mid) for mid, cls in REGISTRY.items() if cls.kind == PREFILL_EVICTION and mid not in LEARNED_METHODS
+    ]
 
 
 def parse_methods(text: str | None) -> list[MethodSpec]:

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from run import meta  # benchmarks/llamacpp_kv/run.py: the same meta row
+from run import done_keys, meta  # benchmarks/llamacpp_kv/run.py: the same meta row
 
 from tokensieve.engines.llamacpp import AGGREGATES, Engine, Settings, aggregate
 from tokensieve.engines.llamacpp.evict import evict
@@ -63,10 +63,7 @@ def main() -> None:
     args = p.parse_args()
     task = get_task(args.task)
     out_path = Path(args.out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    done = set()
-    if out_path.exists():
-        done = {json.loads(x).get("key") for x in out_path.read_text().splitlines() if x.strip()}
+    done = done_keys(out_path)
     eng = Engine(args.model, Settings(n_ctx=args.tokens + args.chunk + 512, threads=args.threads))
     cells = [(a, int(s), float(k)) for a in args.aggregates.split(",") for s in args.skips.split(",")
              for k in args.keeps.split(",")]  # fmt: skip

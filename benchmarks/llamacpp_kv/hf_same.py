@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import meta
+from run import done_keys, meta
 
 from tokensieve.engines.llamacpp import Engine, Settings
 from tokensieve.kv.pipeline import prefill
@@ -41,10 +41,7 @@ def main() -> None:
     args = p.parse_args()
     task = get_task(args.task)
     out_path = Path(args.out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    done = set()
-    if out_path.exists():
-        done = {json.loads(x).get("key") for x in out_path.read_text().splitlines() if x.strip()}
+    done = done_keys(out_path)
     model, tok = load_model(args.model)
     eng = Engine(args.model, Settings(n_ctx=256))  # only its tokenizer: the llama.cpp run's sample text
     methods = [m for m in args.methods.split(",") if m]

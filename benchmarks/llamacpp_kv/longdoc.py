@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from run import meta  # benchmarks/llamacpp_kv/run.py: the same meta row
+from run import done_keys, meta  # benchmarks/llamacpp_kv/run.py: the same meta row
 
 from tokensieve.engines.llamacpp import Engine, Settings, read_chunked, read_shifted
 from tokensieve.engines.llamacpp.chunked import ChunkedReport
@@ -54,10 +54,7 @@ def main() -> None:
     args = p.parse_args()
     task = get_task(args.task)
     out_path = Path(args.out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    done = set()
-    if out_path.exists():
-        done = {json.loads(x).get("key") for x in out_path.read_text().splitlines() if x.strip()}
+    done = done_keys(out_path)
     methods = [m for m in args.methods.split(",") if m]
     modes = [r == "True" for r in args.renumber.split(",") if r]
     room = args.budget + 2 * args.chunk + 128  # budget + chunk, and kvzip's prompt + one reconstruction chunk

@@ -35,6 +35,14 @@ from tokensieve.engines.llamacpp.state import restore, snapshot
 from tokensieve.measure.tasks import get_task, score
 
 
+def done_keys(out_path: Path) -> set:
+    """The cell keys a resumable results file already holds (creating its folder): the scripts here skip them."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if not out_path.exists():
+        return set()
+    return {json.loads(line).get("key") for line in out_path.read_text().splitlines() if line.strip()}
+
+
 def meta(args: argparse.Namespace) -> dict:
     import llama_cpp
     import numpy
@@ -180,10 +188,7 @@ def main() -> None:
     args.quant_methods = [q for q in args.quant_methods.split(",") if q]
     tasks = [get_task(t) for t in args.tasks.split(",") if t]
     out_path = Path(args.out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    done = set()
-    if out_path.exists():
-        done = {json.loads(line).get("key") for line in out_path.read_text().splitlines() if line.strip()}
+    done = done_keys(out_path)
     n_ctx = args.tokens + args.chunk + 512
     with open(out_path, "a") as out:
         out.write(json.dumps(meta(args)) + "\n")

@@ -7,7 +7,7 @@
 set -euo pipefail
 VERSION=0.3.36
 DEST=${1:-/tmp/llama_tools}
-PY=${PY:-.venv/bin/python}
+PY=${PY:-$PWD/.venv/bin/python}  # before the cd below
 mkdir -p "$DEST"
 cd "$DEST"
 if [ -z "${SDIST:-}" ]; then
@@ -21,8 +21,8 @@ SRC=$DEST/llama_cpp_python-$VERSION/vendor/llama.cpp
 cmake -S "$SRC" -B "$SRC/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
   -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
   -DLLAMA_BUILD_TOOLS=ON -DBUILD_SHARED_LIBS=OFF
-# only the two targets run.py calls; -j2 on the shared 2-core machine (about 20 minutes under load)
-ninja -C "$SRC/build" -j2 llama-imatrix llama-quantize
+# only the two targets run.py calls; JOBS=2 by default (the machine has 2 cores)
+ninja -C "$SRC/build" -j"${JOBS:-2}" llama-imatrix llama-quantize
 mkdir -p "$DEST/bin"
 cp "$SRC/build/bin/llama-imatrix" "$SRC/build/bin/llama-quantize" "$DEST/bin/"
 "$DEST/bin/llama-quantize" --help 2>&1 | head -1 || true

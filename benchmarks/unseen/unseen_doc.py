@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
-import textwrap
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +24,9 @@ from statistics import mean
 
 from tokensieve.stats import bootstrap, paired_bootstrap, wilson
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/_common.py
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # unseen_summary.py beside this file
+from _common import fill_block
 from unseen_summary import common_samples, group, load, mean_over_tasks
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -327,13 +327,7 @@ def gemma_row() -> str:
 
 def render_doc(text: str) -> str:
     for name, make in BLOCKS.items():
-        pat = re.compile(rf"(<!-- generated:{name} -->\n).*?(<!-- /generated:{name} -->)", re.S)
-        if not pat.search(text):
-            raise SystemExit(f"unseen_doc: docs/unseen.md has no block {name!r}")
-        body = "\n".join(line if line.startswith(("|", "#")) else textwrap.fill(line, 116, break_long_words=False,
-                                                                                   break_on_hyphens=False)
-                         for line in make())  # fmt: skip
-        text = pat.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(2), text)
+        text = fill_block(text, name, make())
     return text
 
 

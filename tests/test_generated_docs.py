@@ -33,3 +33,11 @@ def test_explain_faithfulness_table_is_generated_from_rows() -> None:
     runs = [str(ROOT / f"benchmarks/explain/results/faith_{n}") for n in (512, 1024, 2048)]
     doc = (ROOT / "docs/explain.md").read_text()
     assert common.fill_block(doc, "explain-faith", mod.table(runs)) == doc, "run explain_table.py --doc docs/explain.md"
+
+
+def test_serving_quality_table_is_generated_from_rows() -> None:
+    mod = _script("benchmarks/kv_pages/quality_table.py")
+    common = _script("benchmarks/_common.py")
+    doc = (ROOT / "docs/serving.md").read_text()
+    lines = mod.table(str(ROOT / "benchmarks/kv_pages/results_serving30"))
+    assert common.fill_block(doc, "serving-quality", lines) == doc, "run quality_table.py --doc docs/serving.md"

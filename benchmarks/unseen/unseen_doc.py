@@ -188,7 +188,7 @@ def fidelity(folder: Path) -> list[str]:
     sc: dict[tuple[str, float], list[float]] = defaultdict(list)
     for c in sorted(cells, key=lambda c: c["sample"]):
         sc[(c["label"], c["keep"])].append(c["metrics"]["top1"])
-    methods = sorted({m for m, _ in sc if m != "full"}, key=lambda m: -mean(sc[(m, 0.25)]))
+    methods = sorted({m for m, _ in sc if m != "full"}, key=lambda m: (-mean(sc[(m, 0.25)]), m))  # ties: by name
     n = len(sc[("full", 1.0)])
     out = ["| method | top-1 keep 0.5 | 0.25 | 0.1 |", "|---|---|---|---|"]
     for m in methods:
@@ -210,7 +210,7 @@ def cost(folder: Path) -> list[str]:
     lengths = sorted({r["length"] for r in rows})
     prefill = {r["length"]: r["prefill_s"] for r in rows}
     ratio = {(r["method"], r["length"]): r["ratio"] for r in rows}
-    methods = sorted({r["method"] for r in rows}, key=lambda m: -ratio[(m, 2048)])
+    methods = sorted({r["method"] for r in rows}, key=lambda m: (-ratio[(m, 2048)], m))
     head = " | ".join(f"{n // 1024}k (prefill {prefill[n]:.2f} s)" for n in lengths)
     out = [f"| method | {head} |", "|---|" + "---|" * len(lengths)]
     out += [f"| `{m}` | " + " | ".join(f"{ratio[(m, n)]:.2f}x" for n in lengths) + " |" for m in methods]

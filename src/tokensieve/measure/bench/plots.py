@@ -51,7 +51,8 @@ def score_vs_keep(rows: list[Row], path: Path, title: str) -> Path:
     shown = {r.method for n in lengths for *_, part in panels for r in complete(rows, n, part)}
     methods = sorted(shown - {FULL})
     style = styles(methods)  # a method looks the same in every figure
-    fig, axes = plt.subplots(len(lengths), len(panels), figsize=(4.2 * len(panels), 3.4 * len(lengths)), squeeze=False)
+    width = 4.2 * len(panels) + 2.6  # 2.6 inches on the right for the shared legend, whatever the panel count
+    fig, axes = plt.subplots(len(lengths), len(panels), figsize=(width, 3.4 * len(lengths)), squeeze=False)
     for i, length in enumerate(lengths):
         full = next((r for r in rows if r.length == length and r.method == FULL), None)
         for j, (name, value, log, part) in enumerate(panels):
@@ -81,7 +82,7 @@ def score_vs_keep(rows: list[Row], path: Path, title: str) -> Path:
             legend.setdefault(label, h)
     fig.legend(legend.values(), legend.keys(), loc="center right", fontsize=7, frameon=False)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 0.86, 0.97))
+    fig.tight_layout(rect=(0, 0, 1 - 2.6 / width, 0.97))
     return save(fig, path)
 
 
@@ -175,8 +176,7 @@ def write_plots(out: Path) -> list[Path]:
     shown = panels_shown(rows)
     kinds = []  # the title names what ran: a fidelity-only run is not "question unseen"
     if "retrieval %" in shown:
-        aware = any(m.get("query_aware") for m in res.meta)
-        kinds.append("retrieval, question " + ("seen" if aware else "unseen"))
+        kinds.append("retrieval, question unseen")  # aggregate() keeps the query-agnostic cells only
     if any(name != "retrieval %" for name in shown):
         kinds.append("fidelity along the true continuation")
     made = [score_vs_keep(rows, out / "score_vs_keep.png", f"{model}: score vs keep ({'; '.join(kinds)})")]

@@ -33,7 +33,9 @@ from _common import fill_block
 from tokensieve.plotstyle import pyplot, save, styles
 from tokensieve.stats import Interval, bootstrap, paired_bootstrap, t_interval
 
-RATIOS = {"comprehensiveness": "comp / random", "sufficiency": "suff / random", "soft_nc": "soft-NC / random"}
+# soft-NC: the committed rows predate issue 26's embedding-mask Soft-NC (they replaced whole tokens), so say so
+RATIOS = {"comprehensiveness": "comp / random", "sufficiency": "suff / random",
+          "soft_nc": "soft-NC / random (token-replacement version)"}  # fmt: skip
 
 
 def fmt(iv: Interval) -> str:

@@ -41,3 +41,11 @@ def test_serving_quality_table_is_generated_from_rows() -> None:
     doc = (ROOT / "docs/serving.md").read_text()
     lines = mod.table(str(ROOT / "benchmarks/kv_pages/results_serving30"))
     assert common.fill_block(doc, "serving-quality", lines) == doc, "run quality_table.py --doc docs/serving.md"
+
+
+def test_quant_paired_differences_match_the_results_readme() -> None:
+    mod = _script("benchmarks/quant/paired.py")
+    readme = (ROOT / "benchmarks/quant/results/README.md").read_text()
+    for row in mod.table()[2:]:
+        essays, docs = row.strip("|").split("|")[3:5]
+        assert f"|{essays}|{docs}|" in readme, row

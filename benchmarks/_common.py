@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -105,3 +107,16 @@ def continuation_ids(tok, n_tokens: int) -> torch.Tensor:
     head = fmt.context_ids("")
     body = body[: max(1, n_tokens - len(tail) - len(head))]
     return torch.tensor([fmt.context_ids(tok.decode(body)) + tail])
+
+
+def fill_block(text: str, name: str, lines: list[str]) -> str:
+    """``text`` (a doc page) with the part between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``
+    replaced by ``lines``: how a script owns a table in a page (prose lines wrapped at 116 columns, tables and
+    headings kept whole). A page without the block is an error, never a silent skip."""
+    pat = re.compile(rf"(<!-- generated:{re.escape(name)} -->\n).*?(<!-- /generated:{re.escape(name)} -->)", re.S)
+    if not pat.search(text):
+        raise SystemExit(f"no block <!-- generated:{name} --> in the page")
+    keep = ("|", "#", "    ")
+    fill = textwrap.TextWrapper(116, break_long_words=False, break_on_hyphens=False).fill
+    body = "\n".join(ln if ln.startswith(keep) else fill(ln) for ln in lines)
+    return pat.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)

@@ -23,7 +23,7 @@ from tokensieve.kv import get_sparse
 from tokensieve.measure.bench import cells as ev
 from tokensieve.measure.bench.methods import PRESSES, MethodSpec, default_methods
 from tokensieve.measure.bench.records import retrieval_fields
-from tokensieve.measure.bench.report import Results, write_summary
+from tokensieve.measure.bench.report import Results, aggregate, write_summary
 from tokensieve.measure.bench.runner import Config, load_done, run
 from tokensieve.measure.tasks import GROUPS, Item, Question, expand_tasks, get_task, score
 from tokensieve.measure.tasks.ruler import spread_depth
@@ -402,6 +402,18 @@ def test_report_and_plots(tiny_dir, tmp_path):
     assert all((out / n).stat().st_size > 10_000 for n in names)
     res = Results.load(out / "results.jsonl")
     assert {c["method"] for c in res.cells} == {"full", "snapkv", "knorm", "h2o@pyramid"}
+
+
+def test_score_vs_keep_draws_only_panels_with_data():
+    """A retrieval-only run draws no empty fidelity panels, and a fidelity-only run no retrieval panel (issue 26:
+    the kvpress comparison's figure had four empty panels); committed bench folders, no model."""
+    from tokensieve.measure.bench.plots import panels_shown
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    retrieval = aggregate(Results.load(root / "unseen_kvpress/results/results.jsonl"))
+    fidelity = aggregate(Results.load(root / "kv_pages/results/results.jsonl"))
+    assert panels_shown(retrieval) == ["retrieval %"]
+    assert "retrieval %" not in panels_shown(fidelity) and "fidelity top-1 %" in panels_shown(fidelity)
 
 
 def test_cli_bench_rejects_bad_input_in_one_line(capsys, tmp_path):

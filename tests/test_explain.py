@@ -217,9 +217,18 @@ class Additive(Problem):
 
     weights = torch.tensor([0.4, 0.1, 0.2, 0.0, 0.3, 0.0, 0.0, 0.0, 0.0, 0.0])
 
+    dim = 4000  # embedding width: Soft-NC/NS drop single elements, so a token's kept share is ~ its keep-probability
+
     def score(self, ids, batch=8):
         kept = ids[:, self.ctx_start : self.ctx_end] != self.baseline_id
         return (kept.float() * self.weights).sum(-1)
+
+    def embed(self, ids):
+        return torch.ones(*ids.shape, self.dim)
+
+    def score_embeds(self, prompt):
+        """The summed weight of each context token times the share of its embedding elements kept."""
+        return (prompt[:, self.ctx_start : self.ctx_end].mean(-1) * self.weights).sum(-1)
 
 
 def test_aopc_against_hand_computed_example():
@@ -242,6 +251,37 @@ def test_evaluate_normalizes_by_random_and_soft_scores_are_bounded():
     assert out["good"]["comprehensiveness_ratio"] > 1 > out["bad"]["comprehensiveness_ratio"]
     assert out["good"]["sufficiency"] < out["bad"]["sufficiency"]
     assert out["good"]["soft_nc"] > out["bad"]["soft_nc"] and out["good"]["soft_ns"] > out["bad"]["soft_ns"]
+
+
+def test_soft_nc_ns_against_hand_worked_example():
+    """Zhao & Aletras (2023): Bernoulli masks on embedding elements, keep-probability 1 - w (NC) or w (NS)."""
+    p = Additive(None, torch.arange(1, 11), 0, 10, Target([1]), 0)
+    # w = 1 for tokens 0, 2, 4 (weights 0.4, 0.2, 0.3), else 0: the masks are certain. base 1.0, empty 0.0, so S0 = 0.
+    # NC: tokens 0, 2, 4 erased -> s = 0.1 -> NC = (1 - 0.1) / (1 - 0) = 0.9; NS: only they kept -> s = 0.9 -> 0.9
+    row = faith.soft(p, (Additive.weights > 0.15).float(), base=1.0, samples=3, seed=0)
+    assert row["soft_nc"] == pytest.approx(0.9) and row["soft_ns"] == pytest.approx(0.9)
+    # w = [1, 0.5, 0, ...]: token 1 keeps about half of its embedding elements in every single draw (a soft
+    # perturbation), so s = 0.1 x 0.5 + 0.5 = 0.55 for NC and 0.4 + 0.05 = 0.45 for NS; whole-token replacement
+    # would give 0.5 or 0.6 (NC 0.5 or 0.4), never 0.45
+    row = faith.soft(p, torch.tensor([2.0, 1, 0, 0, 0, 0, 0, 0, 0, 0]), base=1.0, samples=1, seed=3)
+    assert row["soft_nc"] == pytest.approx(0.45, abs=0.01) and row["soft_ns"] == pytest.approx(0.45, abs=0.01)
+
+
+class Signed(Additive):
+    """Token 1 pulls the target down: erasing token 0 alone scores below the empty context."""
+
+    weights = torch.tensor([0.8, -0.5, 0.2, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    dim = 64
+
+
+def test_soft_nc_ns_stay_in_the_unit_interval():
+    p = Signed(None, torch.arange(1, 11), 0, 10, Target([1]), 0)
+    base = float(p.score_embeds(p.embed(p.ids[None]))[0])  # 0.5; the empty context scores 0
+    gen = torch.Generator().manual_seed(0)
+    rows = [faith.soft(p, torch.rand(10, generator=gen), base, samples=4, seed=i) for i in range(30)]
+    rows.append(faith.soft(p, torch.tensor([1.0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), base, samples=2, seed=0))
+    assert rows[-1]["soft_nc"] == 1.0  # (0.5 - (-0.3)) / 0.5 = 1.6 unclipped
+    assert all(0.0 <= r[k] <= 1.0 for r in rows for k in ("soft_nc", "soft_ns"))
 
 
 def test_rank_agreement_and_needle_recall():

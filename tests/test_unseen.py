@@ -177,6 +177,45 @@ def test_expected_attention_rotation_is_rope():
     torch.testing.assert_close(a.norm(dim=-1), q.norm(dim=-1))
 
 
+def test_expected_attention_rotates_to_future_positions_with_real_rope():
+    """The queries' rotation to the context's end and the mean over the next ``horizon`` positions, against a direct
+    formula in complex numbers (RoPE's half-split pairs (a, b) as a + ib, rotated by e^{i pos inv_freq}), with the
+    rotary frequencies a Llama model really carries (theta 1e5, head dim 64, SmolLM2's)."""
+    import numpy as np
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tokensieve.core.observe.capture import Needs, observe
+    from tokensieve.core.observe.inputs import ScoreInputs
+
+    b, hkv, g, t, d, n, horizon, theta = 1, 2, 2, 40, 64, 16, 512, 1e5
+    cfg = LlamaConfig(vocab_size=16, hidden_size=256, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=hkv * g, num_key_value_heads=hkv, head_dim=d, rope_theta=theta,
+                      rope_parameters={"rope_type": "default", "rope_theta": theta})  # fmt: skip
+    m = get_method("expected_attention", queries=n, sinks=0, horizon=horizon)
+    m.bind(LlamaForCausalLM(cfg))
+    inv = 1.0 / theta ** (np.arange(0, d, 2) / d)
+    np.testing.assert_allclose(m._inv_freq.numpy(), inv, rtol=1e-5)  # the model's own buffer: real frequencies
+    q, k, v = _kv(b=b, hkv=hkv, g=g, t=t, d=d)
+    scale = d**-0.5
+    got = m.score(ScoreInputs(k, v, None, observe(Needs(window=n), q, k, None, scale)))
+
+    rows = np.arange(t - n, t)  # the observed queries' positions
+    qs = q.double().numpy().reshape(b, hkv, g, t, d)[..., rows, :]
+    z = qs[..., : d // 2] + 1j * qs[..., d // 2 :]
+    z = z * np.exp(1j * (t - rows)[:, None] * inv)  # each query moved from its position to position t
+    real = np.concatenate([z.real, z.imag], -1)  # [b, hkv, g, n, d]
+    zmu = z.mean(-2) * np.exp(1j * np.arange(horizon)[:, None] * inv).mean(0)  # mean over positions t .. t+511
+    mu = np.concatenate([zmu.real, zmu.imag], -1)
+    dev = real - real.mean(-2, keepdims=True)
+    cov = np.einsum("bhgnd,bhgne->bhgde", dev, dev) / (n - 1)
+    kk = k.double().numpy()
+    logit = scale * np.einsum("bhgd,bhtd->bhgt", mu, kk) + 0.5 * scale**2 * np.einsum("bhtd,bhgde,bhte->bhgt", kk,
+                                                                                      cov, kk)  # fmt: skip
+    p = np.exp(logit - logit.max(-1, keepdims=True))
+    want = (p / p.sum(-1, keepdims=True)).mean(2) * np.linalg.norm(v.double().numpy(), axis=-1)
+    np.testing.assert_allclose(got.double().numpy(), want, rtol=2e-4, atol=1e-7)
+
+
 def test_token_nll_equals_full_logits_nll():
     model = prepare(make_model("llama"))
     ids = _ids(4)

@@ -22,11 +22,13 @@ import tokensieve
 from tokensieve.explain import faithfulness as faith
 from tokensieve.explain import get_explainer, make_problem
 from tokensieve.measure.tasks import get_task
-from tokensieve.plotstyle import pyplot, save, styles
 from tokensieve.stats import t_interval
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/_common.py
 from _common import run_provenance, stamp, write_table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # explain_table.py beside this file
+from explain_table import plot
 
 DEFAULT = {
     "attention": {},
@@ -39,6 +41,8 @@ DEFAULT = {
     "integrated_gradients": {"steps": 4},
     "reagent": {"max_steps": 5},
 }
+
+
 def ci(xs: list[float]) -> tuple[float, float, int]:
     """Mean and the half-width of a 95% Student-t interval over samples (nan for one sample; nan values dropped)."""
     iv = t_interval(xs)
@@ -159,39 +163,7 @@ def summarize(rows: list[dict], args: argparse.Namespace, out: Path) -> None:
         cells = [f"{e[k]['mean']:.3g} ± {e[k]['ci95']:.2g}" if k in e else "" for k in cols]
         lines.append(f"| {e['method']} | {e['length']} | {e['samples']} | " + " | ".join(cells) + " |")
     write_table((out / "summary.md"), lines)
-    plot(summary, args, out)
-
-
-def plot(summary: list[dict], args: argparse.Namespace, out: Path) -> None:
-    plt = pyplot()
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    look = styles(args.methods)
-    for m in args.methods:
-        pts = [(e["length"], e["seconds"]["mean"]) for e in summary if e["method"] == m]
-        axes[0].plot(*zip(*pts, strict=True), label=m, **look[m])
-    axes[0].set(xlabel="context tokens", ylabel="seconds per explanation", yscale="log", title="speed (1 thread)")
-    axes[0].legend(fontsize=7)
-    n = max(args.lengths)
-    for ax, key, title in (
-        (axes[1], "needle_recall@5", "needle recall @ top 5%"),
-        (axes[2], "comprehensiveness_ratio", "comprehensiveness / random"),
-    ):
-        ms = [e for e in summary if key in e and e["length"] == (n if key.startswith("needle") else e["length"])]
-        if not ms:
-            ax.set_visible(False)
-            continue
-        labels = [f"{e['method']}@{e['length']}" for e in ms]
-        ax.bar(
-            labels,
-            [e[key]["mean"] for e in ms],
-            color=[look[e["method"]]["color"] if e["method"] in look else "grey" for e in ms],
-            yerr=[0 if e[key]["ci95"] != e[key]["ci95"] else e[key]["ci95"] for e in ms],
-        )
-        ax.set_title(title)
-        ax.tick_params(axis="x", rotation=60, labelsize=7)
-    fig.tight_layout()
-    save(fig, out / "plots.png")
+    plot([str(out)], out / "plots.png")  # the house plot of explain_table.py, this run's rows only
 
 
 if __name__ == "__main__":

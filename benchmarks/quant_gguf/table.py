@@ -1,6 +1,7 @@
 """The tables of benchmarks/quant_gguf/results/README.md from the rows run.py appended (run from the repo root):
 
   .venv/bin/python benchmarks/quant_gguf/table.py smollm2 gemma3-270m
+  .venv/bin/python benchmarks/quant_gguf/table.py smollm2 gemma3-270m --plot benchmarks/quant_gguf/results/quality.png
 
 Quality: one line per configuration (the file name without its ``-s<seed>``), the mean over calibration seeds
 and its 95% Student-t interval (``tokensieve.stats.t_interval``; one seed: no interval), for the evaluation
@@ -16,6 +17,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+from tokensieve.plotstyle import pyplot, save, styles
 from tokensieve.stats import t_interval
 
 RESULTS = Path("benchmarks/quant_gguf/results")
@@ -92,11 +94,56 @@ def speed(model: str) -> list[str]:
     return out
 
 
+def plot(models: list[str], path: Path) -> Path:
+    """KL to full precision per configuration, one panel per model, on each model's most-windowed evaluation set:
+    a bar per domain (mean over calibration seeds), every seed a dot (no interval is drawn: 1-2 seeds)."""
+    plt = pyplot()
+    panels = []
+    for model in models:
+        evals = [r for r in load(model) if r.get("stage") == "eval" and not r["file"].startswith("F")]
+        es = max({r.get("eval_set", "prose-docs-w1") for r in evals}, key=lambda e: int(e.rsplit("-w", 1)[1]))
+        rows = [r for r in evals if r.get("eval_set", "prose-docs-w1") == es]
+        groups: dict[str, list[dict]] = defaultdict(list)
+        for r in rows:
+            groups[config(r["file"])].append(r)
+        panels.append((model, es, groups))
+    height = max(len(g) for *_, g in panels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 0.55 * height + 2.2), squeeze=False)
+    for ax, (model, es, groups) in zip(axes[0], panels, strict=True):
+        domains = es.split("-w")[0].split("-")
+        look = styles(domains)
+        names = sorted(groups, key=lambda g: sum(r[f"kl_{domains[0]}"] for r in groups[g]) / len(groups[g]))
+        h = 0.8 / len(domains)
+        for j, d in enumerate(domains):
+            for i, name in enumerate(names):
+                ks = [r[f"kl_{d}"] for r in groups[name]]
+                y = i + (j - (len(domains) - 1) / 2) * h
+                ax.barh(y, sum(ks) / len(ks), h * 0.9, color=look[d]["color"], alpha=0.7,
+                        label=f"{d} text" if i == 0 else None)  # fmt: skip
+                ax.scatter(ks, [y] * len(ks), color="black", s=10, zorder=3)
+        labels = [f"{n}  ({groups[n][0]['bytes'] / 1e6:.0f} MB, {groups[n][0]['bpw']:.2f} bpw, "
+                  f"{len(groups[n])} seed{'s' if len(groups[n]) > 1 else ''})" for n in names]  # fmt: skip
+        ax.set_yticks(range(len(names)), labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("KL to full precision (nats/token; lower is better)")
+        ax.set_title(f"{model}, Q3_K, eval set {es}", fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle("GGUF quantization quality (bars: mean over calibration seeds; dots: each seed; SmolLM2's full "
+                 "precision is its dequantized Q4_1)", fontsize=10)
+    fig.tight_layout()
+    return save(fig, path)
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("models", nargs="+")
     p.add_argument("--eval-set", action="append", help="eval_set of the quality rows (repeatable)")
+    p.add_argument("--plot", help="write the quality figure here (and print nothing else)")
     a = p.parse_args()
+    if a.plot:
+        print(plot(a.models, Path(a.plot)))
+        raise SystemExit(0)
     sets = a.eval_set or ["essays-docs-w4", "prose-docs-w1"]
     print("\n".join(line for m in a.models for es in sets for line in [*quality(m, es), ""]))
     print("\n".join(line for m in a.models for line in [*speed(m), ""]))

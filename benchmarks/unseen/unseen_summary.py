@@ -77,6 +77,24 @@ def load(folders: list[Path]) -> list[dict]:
     return cells
 
 
+def group(cells: list[dict]) -> tuple[dict[tuple, dict[int, dict]], dict[tuple, list[tuple]]]:
+    """``by``: (task, length, label, keep) -> {sample: cell}; ``groups``: (task, length) -> the keys of ``by``."""
+    by: dict[tuple, dict[int, dict]] = defaultdict(dict)
+    for c in cells:
+        by[(c["task"], c["length"], c["label"], c["keep"])][c["sample"]] = c
+    groups: dict[tuple, list[tuple]] = defaultdict(list)
+    for key in by:
+        groups[key[:2]].append(key)
+    return by, groups
+
+
+def common_samples(by: dict, keys: list[tuple], min_share: float = 0.5) -> tuple[list[tuple], list[int]]:
+    """The keys with at least ``min_share`` of the group's largest sample count, and the samples all of them ran."""
+    most = max(len(by[k]) for k in keys)
+    kept = [k for k in keys if len(by[k]) >= min_share * most]
+    return kept, sorted(set.intersection(*(set(by[k]) for k in kept)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("folders", nargs="+")
@@ -86,12 +104,7 @@ def main() -> None:
     ap.add_argument("--mean", action="append", default=[], help="comma list of tasks to average (repeatable)")
     args = ap.parse_args()
     cells = load([Path(f) for f in args.folders])
-    by: dict[tuple, dict[int, dict]] = defaultdict(dict)  # (task, length, label, keep) -> {sample: cell}
-    for c in cells:
-        by[(c["task"], c["length"], c["label"], c["keep"])][c["sample"]] = c
-    groups: dict[tuple, list[tuple]] = defaultdict(list)
-    for key in by:
-        groups[key[:2]].append(key)
+    by, groups = group(cells)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# Question-unseen retrieval with 95% intervals (SmolLM2-135M-Instruct, CPU)", ""]
@@ -102,10 +115,8 @@ def main() -> None:
     per_length: dict[int, dict[str, dict]] = defaultdict(dict)  # length -> task -> {(label, keep): {i: score}}
     tables = []
     for (task, length), keys in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        most = max(len(by[k]) for k in keys)
-        kept = [k for k in keys if len(by[k]) >= args.min_share * most]
+        kept, common = common_samples(by, keys, args.min_share)
         dropped = sorted({k[2] for k in keys if k not in kept})
-        common = sorted(set.intersection(*(set(by[k]) for k in kept)))
         n = len(common)
         per_length[length][task] = {(k[2], k[3]): {s: by[k][s]["score"] for s in common} for k in kept}
         rows = []

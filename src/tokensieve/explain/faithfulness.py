@@ -3,10 +3,15 @@
 - Comprehensiveness at k: ``s(x) - s(x with the top k% replaced)``; sufficiency at k: ``s(x) - s(x with
   all but the top k% replaced)``. AOPC is the mean over k in ``KS``. Tokens are replaced by the baseline
   token, never deleted, so every other token keeps its position.
-- Soft-NC / Soft-NS (Zhao & Aletras, 2023): each token is replaced at random with probability given by
-  its min-max scaled importance ``w`` (comprehensiveness) or ``1 - w`` (sufficiency), normalised as in
-  Carton et al. (2020) by the sufficiency of the empty context ``S0``:
-  ``NC = max(0, s(x) - s(x~)) / (1 - S0)``, ``NS = (S(x~) - S0) / (1 - S0)`` with ``S(z) = 1 - max(0, s(x) - s(z))``.
+- Soft-NC / Soft-NS (Zhao & Aletras, 2023), the paper's soft perturbation of the input *embeddings*: every
+  element of a context token's embedding is kept by a Bernoulli draw, with keep-probability ``1 - w`` (Soft-NC:
+  the important tokens are mostly erased) or ``w`` (Soft-NS: mostly only they survive), ``w`` the min-max scaled
+  importance; a dropped element is 0. Normalised as in Carton et al. (2020) by the empty context (every context
+  embedding element dropped), ``S0 = 1 - max(0, s(x) - s(0))``: ``NC = max(0, s(x) - s(x~)) / (1 - S0)``,
+  ``NS = (S(x~) - S0) / (1 - S0)`` with ``S(z) = 1 - max(0, s(x) - s(z))``, both clipped to [0, 1] (a
+  perturbation that scores below the empty context would otherwise leave the range). Until issue 26 this
+  module replaced whole tokens with probability ``w`` instead (not the paper's metric); results rows written
+  before then carry that version's figures.
 - Every figure is also computed for random rankings (``n_random`` draws, the same for every method on a
   problem); ``*_ratio`` is the method's figure over the random one.
 """
@@ -42,15 +47,27 @@ def aopc(problem: Problem, scores: Tensor, base: float, ks: tuple[int, ...] = KS
     return row
 
 
-def soft(problem: Problem, scores: Tensor, base: float, s0: float, samples: int, seed: int) -> dict[str, float]:
-    w = (scores - scores.min()) / (scores.max() - scores.min()).clamp_min(1e-12)
+@torch.no_grad()
+def soft(problem: Problem, scores: Tensor, base: float, samples: int, seed: int, batch: int = 8) -> dict[str, float]:
+    """Soft-NC and Soft-NS of one ranking: ``samples`` Bernoulli masks on the context's embedding elements each."""
+    w = (scores.float() - scores.min()) / (scores.max() - scores.min()).clamp_min(1e-12)
+    e = problem.embed(problem.ids[None]).detach()  # [1, P, d]
+    a, b, d = problem.ctx_start, problem.ctx_end, e.shape[-1]
     gen = torch.Generator().manual_seed(seed)
-    u = torch.rand(2 * samples, scores.numel(), generator=gen)
-    masks = torch.cat([u[:samples] < w, u[samples:] < 1 - w])
-    out = problem.score(problem.replaced(masks))
-    nc = (base - out[:samples]).clamp_min(0).mean() / max(1e-12, 1 - s0)
-    suff = 1 - (base - out[samples:]).clamp_min(0)
-    ns = ((suff - s0) / max(1e-12, 1 - s0)).mean()
+    keep = torch.cat([1 - w, w])[:, None]  # Soft-NC's samples, then Soft-NS's: per token, per element
+    draws = [torch.rand(2 * problem.n_context, d, generator=gen) < keep for _ in range(samples)]
+    masks = torch.stack([torch.stack([m[: b - a] for m in draws]), torch.stack([m[b - a :] for m in draws])])
+    masks = torch.cat([masks.flatten(0, 1), torch.zeros(1, b - a, d, dtype=torch.bool)])  # + the empty context
+    out = []
+    for i in range(0, masks.shape[0], batch):
+        x = e.expand(min(batch, masks.shape[0] - i), -1, -1).clone()
+        x[:, a:b] = x[:, a:b] * masks[i : i + batch].to(x.device, x.dtype)
+        out.append(problem.score_embeds(x).float().cpu())
+    s = torch.cat(out)
+    s0 = 1 - max(0.0, base - float(s[-1]))
+    nc = ((base - s[:samples]).clamp_min(0) / max(1e-12, 1 - s0)).clamp(0, 1).mean()
+    suff = 1 - (base - s[samples : 2 * samples]).clamp_min(0)
+    ns = ((suff - s0) / max(1e-12, 1 - s0)).clamp(0, 1).mean()
     return {"soft_nc": float(nc), "soft_ns": float(ns)}
 
 
@@ -59,17 +76,15 @@ def evaluate(
 ) -> dict[str, dict[str, float]]:
     """Faithfulness figures per ranking, each with the random-ranking reference and the ratio to it."""
     base = float(problem.score(problem.ids[None])[0])
-    empty = problem.score(problem.replaced(torch.ones(1, problem.n_context, dtype=torch.bool)))
-    s0 = 1 - max(0.0, base - float(empty[0]))
     gen = torch.Generator().manual_seed(seed)
     rand = [torch.rand(problem.n_context, generator=gen) for _ in range(n_random)]
     ref: dict[str, float] = {}
     for r in rand:
-        for k, v in {**aopc(problem, r, base), **soft(problem, r, base, s0, samples, seed)}.items():
+        for k, v in {**aopc(problem, r, base), **soft(problem, r, base, samples, seed)}.items():
             ref[k] = ref.get(k, 0.0) + v / n_random
     out = {}
     for name, scores in rankings.items():
-        row = {**aopc(problem, scores, base), **soft(problem, scores, base, s0, samples, seed)}
+        row = {**aopc(problem, scores, base), **soft(problem, scores, base, samples, seed)}
         for key in ("comprehensiveness", "sufficiency", "soft_nc", "soft_ns"):
             row[f"{key}_random"] = ref[key]
             row[f"{key}_ratio"] = row[key] / ref[key] if abs(ref[key]) > 1e-12 else float("nan")

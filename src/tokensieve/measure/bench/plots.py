@@ -16,31 +16,50 @@ def _plt():
     return pyplot()  # files only, never a window
 
 
+PANELS = (
+    ("retrieval %", lambda r: 100 * r.retrieval, False, RETRIEVAL_ONLY),
+    ("fidelity top-1 %", lambda r: 100 * r.fidelity.get("top1", math.nan), False, FIDELITY_ONLY),
+    ("fidelity greedy %", lambda r: 100 * r.fidelity.get("greedy", math.nan), False, FIDELITY_ONLY),
+    ("KL(full ‖ cell) nats", lambda r: r.fidelity.get("kl", math.nan), True, FIDELITY_ONLY),
+    ("KL, long-range tokens", lambda r: r.kl_long, True, FIDELITY_ONLY),
+)
+
+
+def _points(rs: list[Row], method: str, value, log: bool) -> list[tuple[float, float]]:
+    pts = sorted((r.keep, value(r)) for r in rs if r.method == method)
+    return [(k, v) for k, v in pts if not math.isnan(v) and (not log or v > 0)]
+
+
+def panels_shown(rows: list[Row]) -> list[str]:
+    """The panels of ``score_vs_keep`` that have a point for some length: a run of one task kind (retrieval only,
+    or fidelity only) draws only its own panels, never empty ones."""
+    lengths = sorted({r.length for r in rows})
+    return [name for name, value, log, part in PANELS
+            if any(_points(complete(rows, n, part), m, value, log) for n in lengths
+                   for m in {r.method for r in rows} - {FULL})]  # fmt: skip
+
+
 def score_vs_keep(rows: list[Row], path: Path, title: str) -> Path:
-    """One row of panels per length: retrieval, fidelity top-1, greedy, KL and long-range KL versus keep."""
+    """One row of panels per length: retrieval, fidelity top-1, greedy, KL and long-range KL versus keep (the
+    panels with data only)."""
     plt = _plt()
     from matplotlib import ticker
 
     lengths = sorted({r.length for r in rows})
-    panels = [
-        ("retrieval %", lambda r: 100 * r.retrieval, False, RETRIEVAL_ONLY),
-        ("fidelity top-1 %", lambda r: 100 * r.fidelity.get("top1", math.nan), False, FIDELITY_ONLY),
-        ("fidelity greedy %", lambda r: 100 * r.fidelity.get("greedy", math.nan), False, FIDELITY_ONLY),
-        ("KL(full ‖ cell) nats", lambda r: r.fidelity.get("kl", math.nan), True, FIDELITY_ONLY),
-        ("KL, long-range tokens", lambda r: r.kl_long, True, FIDELITY_ONLY),
-    ]
+    shown_panels = set(panels_shown(rows))
+    panels = [p for p in PANELS if p[0] in shown_panels] or list(PANELS[:1])
     shown = {r.method for n in lengths for *_, part in panels for r in complete(rows, n, part)}
     methods = sorted(shown - {FULL})
     style = styles(methods)  # a method looks the same in every figure
-    fig, axes = plt.subplots(len(lengths), len(panels), figsize=(4.2 * len(panels), 3.4 * len(lengths)), squeeze=False)
+    width = 4.2 * len(panels) + 2.6  # 2.6 inches on the right for the shared legend, whatever the panel count
+    fig, axes = plt.subplots(len(lengths), len(panels), figsize=(width, 3.4 * len(lengths)), squeeze=False)
     for i, length in enumerate(lengths):
         full = next((r for r in rows if r.length == length and r.method == FULL), None)
         for j, (name, value, log, part) in enumerate(panels):
             rs = complete(rows, length, part)  # the methods that ran every sample of this panel's tasks
             ax = axes[i][j]
             for m in methods:
-                pts = sorted((r.keep, value(r)) for r in rs if r.method == m)
-                pts = [(k, v) for k, v in pts if not math.isnan(v) and (not log or v > 0)]
+                pts = _points(rs, m, value, log)
                 if pts:
                     ax.plot(*zip(*pts, strict=True), ms=3.5, lw=1.2, label=m, **style[m])
             if full is not None and not math.isnan(value(full)) and not log:
@@ -63,7 +82,7 @@ def score_vs_keep(rows: list[Row], path: Path, title: str) -> Path:
             legend.setdefault(label, h)
     fig.legend(legend.values(), legend.keys(), loc="center right", fontsize=7, frameon=False)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 0.86, 0.97))
+    fig.tight_layout(rect=(0, 0, 1 - 2.6 / width, 0.97))
     return save(fig, path)
 
 
@@ -154,7 +173,13 @@ def write_plots(out: Path) -> list[Path]:
     res = Results.load(out / "results.jsonl")
     model = res.meta[-1].get("model", "") if res.meta else ""
     rows = aggregate(res)
-    made = [score_vs_keep(rows, out / "score_vs_keep.png", f"{model}: score vs keep (question unseen)")]
+    shown = panels_shown(rows)
+    kinds = []  # the title names what ran: a fidelity-only run is not "question unseen"
+    if "retrieval %" in shown:
+        kinds.append("retrieval, question unseen")  # aggregate() keeps the query-agnostic cells only
+    if any(name != "retrieval %" for name in shown):
+        kinds.append("fidelity along the true continuation")
+    made = [score_vs_keep(rows, out / "score_vs_keep.png", f"{model}: score vs keep ({'; '.join(kinds)})")]
     for maker, name in ((needle_heatmaps, "needle_depth.png"),):
         p = maker(res, out / name, model)
         if p:

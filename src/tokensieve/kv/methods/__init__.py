@@ -41,6 +41,7 @@ from tokensieve.kv.methods.mikv import MiKV
 from tokensieve.kv.methods.non_causal_attn import NonCausalAttn
 from tokensieve.kv.methods.random import Random
 from tokensieve.kv.methods.razor import Razor
+from tokensieve.kv.methods.rerotate import Rerotate
 from tokensieve.kv.methods.scissorhands import Scissorhands
 from tokensieve.kv.methods.simlayerkv import SimLayerKV
 from tokensieve.kv.methods.snapkv import SnapKV
@@ -85,7 +86,9 @@ REGISTRY.update(
     }
 )
 # issue 28 (breadth): wrappers and budget rules over any score
-REGISTRY.update({cls.id: cls for cls in (DMS, CriticalKV, CriticalAdaKV, Chunk, EntropyChunk, Merging, ThinK)})
+REGISTRY.update(
+    {cls.id: cls for cls in (DMS, CriticalKV, CriticalAdaKV, Chunk, EntropyChunk, Merging, ThinK, Rerotate)}
+)
 # issue 28 (learned): scorers trained here on the project's offline corpora (kv/learn.py)
 REGISTRY.update({cls.id: cls for cls in (KVzap, FastKVzip, DuoAttention, ExpectedAttentionStats)})
 

@@ -205,12 +205,15 @@ def cmd_sinks(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    from tokensieve.kv import decode, decode_family
+    from tokensieve.kv import REGISTRY, decode, decode_family
     from tokensieve.runtime.models import load_model
 
     params = parse_params(args.param)
     family = decode_family(args.method)  # fail fast on a bad method before loading the model
-    if family == "decode eviction" and args.budget is None:
+    share = family == "decode eviction" and REGISTRY[args.method].decode_share  # ratio_decoding, dms: no budget
+    if share and args.budget is not None:
+        raise TokenSieveError(f"{args.method} decides the share it keeps while decoding: pass no --budget")
+    if family == "decode eviction" and args.budget is None and not share:
         raise TokenSieveError(f"decode eviction with {args.method} needs --budget N (tokens held per KV head)")
     if family != "decode eviction" and (args.budget is not None or args.prefill is not None):
         raise TokenSieveError(f"--budget / --prefill apply to decode eviction, not to {family} ({args.method})")

@@ -40,6 +40,7 @@ from tokensieve.kv.methods.merging import Merging
 from tokensieve.kv.methods.mikv import MiKV
 from tokensieve.kv.methods.non_causal_attn import NonCausalAttn
 from tokensieve.kv.methods.random import Random
+from tokensieve.kv.methods.ratio_decoding import RatioDecoding
 from tokensieve.kv.methods.razor import Razor
 from tokensieve.kv.methods.rerotate import Rerotate
 from tokensieve.kv.methods.scissorhands import Scissorhands
@@ -86,9 +87,9 @@ REGISTRY.update(
     }
 )
 # issue 28 (breadth): wrappers and budget rules over any score
-REGISTRY.update(
-    {cls.id: cls for cls in (DMS, CriticalKV, CriticalAdaKV, Chunk, EntropyChunk, Merging, ThinK, Rerotate)}
-)
+REGISTRY.update({cls.id: cls for cls in (DMS, CriticalKV, CriticalAdaKV, Chunk, EntropyChunk, Merging, ThinK)})
+# issue 28 (breadth 2): key re-rotation, decode-time share
+REGISTRY.update({cls.id: cls for cls in (Rerotate, RatioDecoding)})
 # issue 28 (learned): scorers trained here on the project's offline corpora (kv/learn.py)
 REGISTRY.update({cls.id: cls for cls in (KVzap, FastKVzip, DuoAttention, ExpectedAttentionStats)})
 
@@ -98,7 +99,7 @@ DEFAULT_METHOD = "kvzip"
 
 # the methods that also evict while generating: method id -> its ``decode_rule`` (the rule lives in its file)
 DECODE_RULES: dict[str, Callable[[Any], DecodeRule]] = {
-    cls.id: cls.decode_rule for cls in (H2O, A2SF, Scissorhands, TOVA, Keyformer)
+    cls.id: cls.decode_rule for cls in (H2O, A2SF, Scissorhands, TOVA, Keyformer, DMS, RatioDecoding)
 }
 
 

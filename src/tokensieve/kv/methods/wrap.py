@@ -11,7 +11,7 @@ from tokensieve.spec import split_spec
 
 WRAPPERS = (
     *("think", "dms", "critical_kv", "critical_adakv", "chunk", "entropy_chunk", "merging", "mikv"),
-    *("rerotate", "ratio_decoding"),
+    *("rerotate", "ratio_decoding", "cam"),
 )
 
 

@@ -102,3 +102,52 @@ def test_qfilter_needs_its_calibration_then_scores_by_the_filters(models, tmp_pa
         torch.testing.assert_close(got[0].double(), want, atol=1e-4, rtol=1e-4)
     c = compress(model, None, x, "qfilter", keep=0.5)
     assert abs(c.stats.ratio - 0.5) < 0.05
+
+
+def test_lukv_curves_are_the_hull_of_the_future_attention_share():
+    from tokensieve.kv.budget.lukv import concave_hull, utility_curves
+    from tokensieve.kv.learned import HeadSample
+
+    torch.manual_seed(0)
+    n, d = 24, 8
+    q, k = torch.randn(1, 2, n, d), torch.randn(1, n, d)
+    got = utility_curves([HeadSample(q, torch.arange(n), k, 0.5)], points=4, chunk=5)[0, 0]
+    logits = torch.einsum("gqd,td->gqt", q[0].double(), k[0].double()) * 0.5
+    logits = logits.masked_fill(torch.ones(n, n).triu(1).bool(), float("-inf"))
+    mass = logits.softmax(-1)[:, n // 2 :, : n // 2].sum((0, 1))  # the second half's attention to the first half
+    top = mass.sort(descending=True).values.cumsum(0) / mass.sum()
+    raw = [0.0] + [float(top[round(i * 12 / 4) - 1]) for i in range(1, 5)]
+    want = concave_hull(torch.tensor(raw))
+    torch.testing.assert_close(got.double(), want.double(), atol=1e-5, rtol=1e-5)
+    hull = concave_hull(torch.tensor([0.0, 0.1, 0.5, 0.6, 1.0]))  # chords over the dents
+    torch.testing.assert_close(hull, torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0]))
+
+
+def test_lukv_spends_the_steps_where_the_curves_gain_most():
+    import itertools
+
+    from tokensieve.kv import get_allocator
+
+    alloc = get_allocator("lukv", points=4)
+    f = torch.linspace(0, 1, 5)
+    alloc._curves = torch.stack([torch.stack([1 - (1 - f) ** a for a in (1.0, 3.0)]),
+                                 torch.stack([1 - (1 - f) ** a for a in (6.0, 2.0)])])  # fmt: skip
+    for keep in (0.25, 0.5, 0.75):
+        share = alloc.shares(keep)
+        counts = (share * 4).round().long().flatten().tolist()
+        steps = round(keep * 16)
+        assert sum(counts) == steps
+        value = lambda c: sum(float(alloc._curves.flatten(0, 1)[i, c[i]]) for i in range(4))  # noqa: E731
+        best = max(value(c) for c in itertools.product(range(5), repeat=4) if sum(c) == steps)
+        assert abs(value(counts) - best) < 1e-6
+
+
+def test_lukv_needs_its_curves_then_meets_the_budget(models, tmp_path, monkeypatch):
+    monkeypatch.setenv("TOKENSIEVE_CALIBRATION", str(tmp_path))
+    model, _ = models
+    with pytest.raises(CalibrationError, match=r"--learned lukv") as err:
+        compress(model, None, ids(5, T), "snapkv", keep=0.5, allocator="lukv")
+    assert "\n" not in str(err.value)
+    assert calibrate_offline(model, None, "lukv")["shape"] == [3, 2, 17]
+    c = compress(model, None, ids(5, T), "snapkv", keep=0.5, allocator="lukv")
+    assert abs(c.stats.ratio - 0.5) <= 0.02 + 1 / T

@@ -23,11 +23,13 @@ from tokensieve.errors import TokenSieveError, UnsupportedArchitectureError
 from tokensieve.kv import (
     ALLOCATORS,
     DECODE_RULES,
+    OFFLINE_CALIBRATED,
     PRUNERS,
     REGISTRY,
     SPARSE,
     DecodeCache,
     SparseCache,
+    calibrate_offline,
     get_allocator,
     prune,
 )
@@ -123,8 +125,11 @@ def test_the_families_act_rather_than_refuse(hybrid):
 
 
 @pytest.mark.parametrize("allocator", list(ALLOCATORS))
-def test_every_allocator_meets_the_bytes(hybrid, allocator):
+def test_every_allocator_meets_the_bytes(hybrid, allocator, tmp_path, monkeypatch):
     params = {"keeps": "0.25"} if allocator == "per_layer" else {}  # per_layer needs its ratios (else refuses)
+    if allocator in OFFLINE_CALIBRATED:  # lukv: its budget curves, computed first (in a store of the test's own)
+        monkeypatch.setenv("TOKENSIEVE_CALIBRATION", str(tmp_path))
+        calibrate_offline(hybrid, None, allocator)
     ratio = meets(hybrid, "snapkv", 0.25, allocator=get_allocator(allocator, **params))
     assert ratio is not None and abs(ratio - 0.25) <= TOL, ratio
 

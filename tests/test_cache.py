@@ -14,7 +14,7 @@ import tokensieve as ts
 from conftest import make_model, twin
 from tokensieve.compat import with_cache
 from tokensieve.core.observe.hooks import sieve_attention
-from tokensieve.kv import LEARNED_METHODS, SieveCache, SieveLayer
+from tokensieve.kv import LEARNED_METHODS, OFFLINE_CALIBRATED, SieveCache, SieveLayer
 
 T, Q = 40, 6
 # attention modifiers keep every token and change the prefill itself: tested in test_sinks.py
@@ -23,7 +23,9 @@ T, Q = 40, 6
 COMPRESSING = [
     m
     for m in ts.method_ids()
-    if ts.REGISTRY[m].kind not in ("attention modifier", "whole-span selection") and m not in LEARNED_METHODS
+    if ts.REGISTRY[m].kind not in ("attention modifier", "whole-span selection")
+    and m not in LEARNED_METHODS
+    and m not in OFFLINE_CALIBRATED  # qfilter needs its stored filters (tests/test_breadth2.py)
 ]
 
 

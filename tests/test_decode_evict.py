@@ -19,7 +19,8 @@ from tokensieve.kv import get_method
 from tokensieve.kv.evicting import DECODE_RULES, DecodeCache, decode_rule
 from tokensieve.kv.evicting.rules import GumbelAccumulated
 
-METHODS = list(DECODE_RULES)
+# the fixed-budget rules; ratio_decoding and dms decide their share themselves (tests/test_decode_share.py)
+METHODS = [m for m in DECODE_RULES if m not in ("ratio_decoding", "dms")]
 
 
 def ids(seed: int, n: int, batch: int = 1) -> torch.Tensor:

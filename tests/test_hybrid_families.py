@@ -23,11 +23,13 @@ from tokensieve.errors import TokenSieveError, UnsupportedArchitectureError
 from tokensieve.kv import (
     ALLOCATORS,
     DECODE_RULES,
+    OFFLINE_CALIBRATED,
     PRUNERS,
     REGISTRY,
     SPARSE,
     DecodeCache,
     SparseCache,
+    calibrate_offline,
     get_allocator,
     prune,
 )
@@ -123,8 +125,11 @@ def test_the_families_act_rather_than_refuse(hybrid):
 
 
 @pytest.mark.parametrize("allocator", list(ALLOCATORS))
-def test_every_allocator_meets_the_bytes(hybrid, allocator):
+def test_every_allocator_meets_the_bytes(hybrid, allocator, tmp_path, monkeypatch):
     params = {"keeps": "0.25"} if allocator == "per_layer" else {}  # per_layer needs its ratios (else refuses)
+    if allocator in OFFLINE_CALIBRATED:  # lukv: its budget curves, computed first (in a store of the test's own)
+        monkeypatch.setenv("TOKENSIEVE_CALIBRATION", str(tmp_path))
+        calibrate_offline(hybrid, None, allocator)
     ratio = meets(hybrid, "snapkv", 0.25, allocator=get_allocator(allocator, **params))
     assert ratio is not None and abs(ratio - 0.25) <= TOL, ratio
 
@@ -144,7 +149,10 @@ def held(cache) -> tuple[list[int], list[int]]:
     return sliding, full
 
 
-@pytest.mark.parametrize("method", list(DECODE_RULES))
+SHARE_RULES = ("ratio_decoding", "dms")  # they decide the share they keep: a stated rule, tested below
+
+
+@pytest.mark.parametrize("method", [m for m in DECODE_RULES if m not in SHARE_RULES])
 @pytest.mark.parametrize("pages", [None, 4])
 def test_every_decode_eviction_rule_holds_its_budget_in_full_layers(hybrid, method, pages):
     budget = 12  # under the window: the full layers evict, the windows keep their own bound
@@ -156,6 +164,22 @@ def test_every_decode_eviction_rule_holds_its_budget_in_full_layers(hybrid, meth
     sliding, full = held(cache)
     assert len(full) == 2 and all(n <= budget for n in full), full
     assert len(sliding) == 4 and all(n <= WINDOW - 1 for n in sliding), sliding
+
+
+@pytest.mark.parametrize("method", SHARE_RULES)
+def test_decode_rules_that_decide_their_share_report_it_and_hold_no_more(hybrid, method):
+    """Stated rule: ratio_decoding and dms keep the share their rule decides in the full layers (reported as
+    ``kept_ratio``); the windows keep the model's own bound."""
+    params = {"interval": 2, "ratio": 0.25} if method == "ratio_decoding" else {"recent": 8}
+    params["base"] = "h2o"
+    cache = DecodeCache(hybrid, method, **params)
+    with torch.inference_mode():
+        hybrid(ids(1, T), **with_cache(hybrid, cache))
+        for i in range(4):
+            hybrid(ids(3 + i, 1), **with_cache(hybrid, cache))
+    sliding, full = held(cache)
+    assert len(full) == 2 and all(n < T + 4 for n in full), full
+    assert 0 < cache.kept_ratio() < 1 and all(n <= WINDOW - 1 for n in sliding), (cache.kept_ratio(), sliding)
 
 
 @pytest.mark.parametrize("method", list(SPARSE))

@@ -95,16 +95,25 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_calibrate_learned(args: argparse.Namespace) -> int:
     """``--learned kvzap,fastkvzip``: train the learned scorers on the offline corpora and store them."""
-    from tokensieve.kv import LEARNED_METHODS, train_learned
+    from tokensieve.kv import LEARNED_METHODS, OFFLINE_CALIBRATED, calibrate_offline, train_learned
     from tokensieve.runtime.models import load_model
 
-    methods = tuple(m.strip() for m in args.learned.split(",") if m.strip())
-    unknown = [m for m in methods if m not in LEARNED_METHODS]
-    if unknown or not methods:
-        raise TokenSieveError(f"--learned {args.learned}: choose from {', '.join(LEARNED_METHODS)}")
-    if args.val < 1 or args.val >= args.texts:
+    names = tuple(m.strip() for m in args.learned.split(",") if m.strip())
+    unknown = [m for m in names if m not in LEARNED_METHODS and m not in OFFLINE_CALIBRATED]
+    if unknown or not names:
+        choices = ", ".join((*LEARNED_METHODS, *OFFLINE_CALIBRATED))
+        raise TokenSieveError(f"--learned {args.learned}: choose from {choices}")
+    methods = tuple(m for m in names if m in LEARNED_METHODS)
+    if methods and (args.val < 1 or args.val >= args.texts):
         raise TokenSieveError(f"--val {args.val} must leave at least one of the {args.texts} texts for training")
     model, tok = load_model(args.model)
+    offline = [calibrate_offline(model, tok, m) for m in names if m in OFFLINE_CALIBRATED]  # qfilter, lukv
+    if args.json and not methods:
+        print(json.dumps(offline))
+    for r in offline if not args.json else []:
+        console.print(f"{r['method']}: {r['calibration_tokens']} tokens, {r['seconds']} s, shape {r['shape']}")
+    if not methods:
+        return 0
     scorers = train_learned(model, tok, methods, texts=args.texts, tokens=args.tokens, val=args.val,
                             rows=args.rows, epochs=args.epochs)  # fmt: skip
     rows = [{k: v for k, v in s.meta.items() if k != "layers"} | {"key": s.key} for s in scorers.values()]
@@ -205,12 +214,15 @@ def cmd_sinks(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    from tokensieve.kv import decode, decode_family
+    from tokensieve.kv import REGISTRY, decode, decode_family
     from tokensieve.runtime.models import load_model
 
     params = parse_params(args.param)
     family = decode_family(args.method)  # fail fast on a bad method before loading the model
-    if family == "decode eviction" and args.budget is None:
+    share = family == "decode eviction" and REGISTRY[args.method].decode_share  # ratio_decoding, dms: no budget
+    if share and args.budget is not None:
+        raise TokenSieveError(f"{args.method} decides the share it keeps while decoding: pass no --budget")
+    if family == "decode eviction" and args.budget is None and not share:
         raise TokenSieveError(f"decode eviction with {args.method} needs --budget N (tokens held per KV head)")
     if family != "decode eviction" and (args.budget is not None or args.prefill is not None):
         raise TokenSieveError(f"--budget / --prefill apply to decode eviction, not to {family} ({args.method})")

@@ -73,3 +73,16 @@ def rope_inv_freq(model: torch.nn.Module) -> torch.Tensor | None:
         if name.endswith("inv_freq"):
             return buf.detach().float().cpu()
     return None
+
+
+def rope_inv_freq_per_layer(model: torch.nn.Module) -> list[torch.Tensor | None]:
+    """The rotary inverse frequencies [D/2] each decoder layer's keys were rotated with (None: no RoPE): relies on
+    HF's rotary modules keeping them in a buffer `inv_freq`, or one `<layer_type>_inv_freq` per entry of
+    `config.layer_types` (Gemma-3's local and global layers), and on the buffers already holding any scaling of the
+    frequencies (llama3, linear, yarn: the attention factor scales cos and sin alike, so a further rotation by a
+    shift needs only the frequencies)."""
+    config = model.config.get_text_config(decoder=True)
+    buffers = {name.rsplit(".", 1)[-1]: buf.detach().float().cpu() for name, buf in model.named_buffers()}
+    plain = buffers.get("inv_freq")
+    types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
+    return [buffers.get(f"{kind}_inv_freq", plain) for kind in types]

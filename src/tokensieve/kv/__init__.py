@@ -21,6 +21,7 @@ from tokensieve.kv.learn import train as train_learned
 from tokensieve.kv.learned import load_scorer
 from tokensieve.kv.methods import DEFAULT_METHOD, REGISTRY, Method, get_method, method_ids
 from tokensieve.kv.observed import layer_inputs, observe_prefill
+from tokensieve.kv.offline import OFFLINE_CALIBRATED, calibrate_offline
 from tokensieve.kv.pages import KEYS as PAGE_KEYS
 from tokensieve.kv.pages import Paging
 from tokensieve.kv.pipeline import Answer, compress, generate, prefill
@@ -38,6 +39,7 @@ __all__ = [
     "DEFAULT_METHOD",
     "HYBRID_KEYS",
     "LEARNED_METHODS",
+    "OFFLINE_CALIBRATED",
     "PAGE_KEYS",
     "PRUNERS",
     "REGISTRY",
@@ -65,6 +67,7 @@ __all__ = [
     "Stats",
     "WindowLayer",
     "calibrate",
+    "calibrate_offline",
     "calibration_path",
     "compress",
     "compress_blocks",

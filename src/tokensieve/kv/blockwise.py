@@ -4,7 +4,9 @@ its budget by a query-agnostic score of what it holds (kept tokens plus the new 
 holds more than budget + block tokens (the first block takes the remainder of the context, up to 2 x block - 1
 tokens with nothing held yet, so the bound is max(budget + block, that block)), and the full cache of the context
 never exists (kvpress prefills everything first). Positions keep counting the tokens seen
-(``SieveLayer.cumulative_length``), so later tokens and questions sit where they would after a full prefill.
+(``SieveLayer.cumulative_length``), so later tokens and questions sit where they would after a full prefill; with
+``rerotate`` (``method="rerotate", base="keydiff"``) the held tokens are renumbered to 0 .. n-1 after every block
+instead, so no position exceeds budget + block and a document longer than the trained window can be read.
 
 The score is any method that ranks from what one forward shows: keys, values and the last queries of the block
 (keydiff, knorm, snapkv, tova, lagkv, streaming, ...). A method that needs the whole prefill (kvzip), all-query
@@ -17,6 +19,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -106,13 +109,16 @@ def compress_blocks(
     # the first block takes the remainder (block to 2 x block - 1 tokens, nothing held yet), so every block has
     # at least `block` queries for a windowed score
     first = n_tokens - max(0, n_tokens // block - 1) * block
+    held = ids[:, :0]  # the ids of the held slots, in the numbering the cache continues from
     for a, b in zip([0, *range(first, n_tokens, block)], range(first, n_tokens + 1, block), strict=True):
         for layer in cache.sieve_layers:
             layer.on_attention = on_attention
         forward(model, ids[:, a:b], None, cache, f"block prefill ({plan.method.id})")
+        # rerotate renumbers the held tokens to 0 .. n-1 after every block: the next block continues at n
+        held, _ = plan.finish(cache, torch.cat([held, ids[:, a:b]], -1), None)
     total = time.perf_counter() - start
     # the full cache never existed: its bytes are the held slots' bytes per slot times the context
     per_slot = cache.kv_bytes() / max(1, sum(layer.n_held for layer in cache.sieve_layers))
     stats = Stats.measure(cache, n_tokens, round(per_slot * n_tokens * len(layers)), total - seconds, seconds)
     stats.peak_tokens_held = peak["tokens"]
-    return Compressed(model, tokenizer, cache, ids, mask, stats, f"block:{plan.method.id}", keep)
+    return Compressed(model, tokenizer, cache, held, None, stats, f"block:{plan.method.id}", keep)

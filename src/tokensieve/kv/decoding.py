@@ -110,7 +110,8 @@ def decode(
     **params: Any,
 ) -> DecodeAnswer:
     """Answer ``question`` about ``context`` with a decode-time method (greedy). ``budget``: tokens per head
-    for decode eviction (required there); ``read``: the read budget of sparse decoding (default 1/8);
+    for decode eviction (required there, except for ratio_decoding and dms, which decide their share); ``read``:
+    the read budget of sparse decoding (default 1/8);
     ``prefill``/``prefill_keep``/``prefill_budget``: prefill compression before decode eviction; ``params``
     go to the method (e.g. ``keep=(0.7, 0.5)`` for a pruner); ``measure``: sparse selection recall."""
     family = decode_family(method)
@@ -127,9 +128,8 @@ def decode(
     extra: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
         if family == "decode eviction":
-            if budget is None:
-                raise TypeError(f"decode eviction with {method} needs budget= (tokens held per KV head)")
-            check_decode_budget(budget)
+            if budget is not None:
+                check_decode_budget(budget)
             cache = DecodeCache(
                 model, method, budget, prefill=prefill, prefill_keep=prefill_keep, prefill_budget=prefill_budget,
                 **params,
@@ -149,6 +149,7 @@ def decode(
             )  # fmt: skip
         if family == "decode eviction":
             extra = {"budget": budget, "state_bytes": cache.state_bytes(), "peak_tokens_held": cache.peak_tokens_held()}
+            extra["kept_ratio"] = round(cache.kept_ratio(), 4)  # measured; ratio_decoding's and dms's output
             if cache.paging is not None:  # what a paged engine would hold: pages x page bytes
                 extra.update(pages=cache.paging.size, paged_kv_bytes=cache.kv_bytes())
         elif family == "sparse decoding":

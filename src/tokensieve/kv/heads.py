@@ -30,7 +30,8 @@ def evict_layer(
     """Keep each head's best tokens: ``budget`` per head, or what ``allocator.head_budgets`` gives each head.
     Equal counts keep the dense layout (with padding slots masked, as before); unequal counts build a
     ``RaggedLayer`` that holds only real tokens."""
-    counts = None if allocator is None else allocator.head_budgets(scores, budget, layer.valid, sinks, window)
+    at = {"layer_idx": layer.layer_idx} if allocator is not None and allocator.by_layer else {}  # lukv
+    counts = None if allocator is None else allocator.head_budgets(scores, budget, layer.valid, sinks, window, **at)
     if counts is None or bool((counts == counts.flatten()[0]).all()):
         k = budget if counts is None else int(counts.flatten()[0])
         if k >= layer.n_held:

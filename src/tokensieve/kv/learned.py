@@ -131,15 +131,19 @@ class HeadSample:
 
 def head_calibration(
     name: str, model: Any, tokenizer: Any, params: dict[str, Any], n_tokens: int,
-    compute: Callable[[list[HeadSample]], Tensor],
+    compute: Callable[[list[HeadSample]], Tensor], command: str = "", force: bool = False,
 ) -> Tensor:  # fmt: skip
     """``compute(samples)`` over one prefill of ``n_tokens`` of the training corpus (seeded random tokens without a
-    tokenizer): a tensor with a row per full-attention layer, cached in the store per model and ``params``."""
+    tokenizer): a tensor with a row per full-attention layer, cached in the store per model and ``params``. With a
+    ``command`` a missing calibration is a one-line error naming it (the method never calibrates silently);
+    ``force`` recomputes it (what that command runs)."""
     from tokensieve.kv.observed import observe_prefill
 
     path = store_path(model, name, {**params, "n_tokens": n_tokens})
-    if path.exists():
+    if path.exists() and not force:
         return load_tensors(path)["value"]
+    if command and not force:
+        raise CalibrationError(f"no {name} calibration for {model_key(model)} in {store_dir()}: run `{command}`")
     if tokenizer is not None:
         text = training_texts(tokenizer, 1, n_tokens, seed=1)[0]
         ids = torch.tensor([tokenizer.encode(text, add_special_tokens=True)[:n_tokens]])

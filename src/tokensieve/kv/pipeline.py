@@ -92,6 +92,7 @@ def compress(
     # measured: each full layer's bytes just before its eviction, plus the layers that were not compressed
     others = layers_bytes(layer for layer in cache.layers if not isinstance(layer, SieveLayer))
     plan.cut_windows(cache, mask)
+    ids, mask = plan.finish(cache, ids, mask)
     stats = Stats.measure(cache, n_tokens, plan.full_bytes + others, total - plan.seconds, plan.seconds)
     return Compressed(model, tokenizer, cache, ids, mask, stats, plan.method.id, keep)
 

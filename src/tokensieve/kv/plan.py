@@ -34,6 +34,9 @@ def real_length(valid: Tensor | None, n_tokens: int) -> int:
 def check_global(method: Method, allocator: Allocator) -> None:
     """A method that spends one budget over the whole cache ignores a layer allocator: refuse it rather than mix
     the two (one global top-k per distinct layer budget is neither the allocator's split nor the global one)."""
+    if method.renumbers and allocator.id != "uniform":
+        raise BudgetError(f"{method.id} renumbers every layer's kept tokens alike, so every layer keeps as many: it "
+                          f"takes only the uniform allocator, not {allocator.id!r}")  # fmt: skip
     if method.global_budget and allocator.id != "uniform":
         fix = "pass scope=layer to use an allocator" if any(f.name == "scope" for f in fields(method)) else ""
         raise BudgetError(
@@ -106,6 +109,16 @@ class Plan:
         for i, layer in enumerate(cache.layers):
             if isinstance(layer, compat.SlidingLayer) and layer.is_initialized:
                 compat.set_cache_layer(cache, i, WindowLayer.from_sliding(layer, i, self.window_keep, context_mask))
+
+    def finish(self, cache: CompressibleCache, ids: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """After the whole cache is compressed: the context ``(ids, mask)`` the cache now continues from; shorter
+        when the method renumbered the kept tokens to positions 0 .. n-1 (rerotate), so that generation counts n."""
+        kept = self.method.finish(cache, mask)
+        if kept is None:
+            return ids, mask
+        kept = kept.to(ids.device)
+        valid = None if mask is None else mask.to(kept.device).gather(1, kept)
+        return ids.gather(1, kept), valid
 
     def bind(self, model: Any) -> Plan:
         """Give the method and allocator the model, for what they calibrate on it (cached per model)."""

@@ -96,6 +96,7 @@ class Prefill:
             new = compress_layer(layer, plan.method, k, x, allocator=plan.allocator, pages=plan.pages)
             compat.set_cache_layer(cache, layer.layer_idx, new)
         plan.cut_windows(cache, self.context_mask)
+        ids, mask = plan.finish(cache, self.context_ids, self.context_mask)
         seconds = time.perf_counter() - start
         full_bytes = self.cache.kv_bytes() if plan.pages is None else paged_kv_bytes(self.cache, plan.pages)
         stats = Stats.measure(cache, self.context_tokens, full_bytes, self.seconds, seconds)
@@ -103,8 +104,8 @@ class Prefill:
             self.model,
             self.tokenizer,
             cache,
-            self.context_ids,
-            self.context_mask,
+            ids,
+            mask,
             stats,
             plan.method.id,
             plan.keep,

@@ -8,6 +8,7 @@ from typing import Any
 from tokensieve.kv.budget.adakv import AdaKV
 from tokensieve.kv.budget.base import Allocator
 from tokensieve.kv.budget.compresskv import ErrorProportional
+from tokensieve.kv.budget.lukv import LUKV
 from tokensieve.kv.budget.per_layer import PerLayer
 from tokensieve.kv.budget.pyramid import Pyramid
 from tokensieve.kv.budget.uniform import Uniform
@@ -22,7 +23,7 @@ register_family(
     __name__,
 )
 # issue 28 (breadth)
-ALLOCATORS.update({cls.id: cls for cls in (PerLayer,)})
+ALLOCATORS.update({cls.id: cls for cls in (PerLayer, LUKV)})
 
 
 def get_allocator(allocator: str | Allocator, **params: Any) -> Allocator:
@@ -32,6 +33,7 @@ def get_allocator(allocator: str | Allocator, **params: Any) -> Allocator:
 
 __all__ = [
     "ALLOCATORS",
+    "LUKV",
     "AdaKV",
     "Allocator",
     "ErrorProportional",

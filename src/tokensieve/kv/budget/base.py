@@ -18,6 +18,7 @@ class Allocator(Registered, ABC):
     An allocator composes with any method's score."""
 
     kind: ClassVar[str] = "budget allocator"
+    by_layer: ClassVar[bool] = False  # its head_budgets differ per layer: it also takes ``layer_idx=``
 
     @abstractmethod
     def layer_budgets(self, budget: int, n_layers: int, n_tokens: int) -> list[int]:

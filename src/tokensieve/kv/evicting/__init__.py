@@ -43,8 +43,9 @@ class DecodeCache(CompressibleCache):
     after any forward (the prompt's own forward included); a forward's new tokens are attended before
     they are scored, so inside one forward a layer briefly holds ``budget`` + its new tokens.
 
-    ``method`` (h2o, scissorhands, tova, a2sf, keyformer) scores the held tokens and its protected sinks and
-    recent window (``Method.protected(budget)``) are never evicted. ``prefill`` (any prefill-eviction
+    ``budget`` is None for a rule that decides its share itself (``ratio_decoding``, ``dms``; ``kept_ratio()``
+    reports it). ``method`` (h2o, scissorhands, tova, a2sf, keyformer) scores the held tokens and its protected
+    sinks and recent window (``Method.protected(budget)``) are never evicted. ``prefill`` (any prefill-eviction
     method id) with ``prefill_keep`` or ``prefill_budget`` compresses the prompt first, by that method's
     rule; decode eviction takes over from there. Without it, a prompt longer than the budget is cut to
     the budget by the decode method's own prefill score.
@@ -54,7 +55,7 @@ class DecodeCache(CompressibleCache):
         self,
         model_or_config,
         method: str | Method,
-        budget: int,
+        budget: int | None = None,
         *,
         prefill: str | Method | None = None,
         prefill_keep: float | None = None,
@@ -64,9 +65,17 @@ class DecodeCache(CompressibleCache):
         paging = Paging.pop(params)  # pages=P, page_layout=, page_agg=: evict whole pages (kv.pages)
         m = get_method(method, **params)
         rule = decode_rule(m)
-        check_decode_budget(budget)
+        if rule.decides:  # ratio_decoding, dms: the share kept is the rule's output
+            if budget is not None:
+                raise BudgetError(f"{m.id} decides the share it keeps while decoding: pass no budget")
+        elif budget is None:
+            raise TypeError(f"decode eviction with {m.id} needs budget= (tokens held per KV head)")
+        else:
+            check_decode_budget(budget)
         plan = None
         if prefill is not None:
+            if prefill_keep is None and prefill_budget is None and budget is None:
+                raise TypeError(f"prefill={prefill!r} with {m.id} needs prefill_keep or prefill_budget")
             if prefill_keep is None and prefill_budget is None:
                 prefill_budget = budget
             p = Plan.make(prefill, keep=prefill_keep, budget=prefill_budget)
@@ -81,7 +90,7 @@ class DecodeCache(CompressibleCache):
             raise TypeError("prefill_keep / prefill_budget need a prefill method")
         super().__init__(model_or_config)
         self.method, self.budget = m, budget
-        sinks, window = m.protected(budget)
+        sinks, window = m.protected(budget or 0)
         layers = self.sieve_layers
         for layer in layers:
             new = EvictingLayer(layer.layer_idx, rule, budget, sinks, window, len(layers), plan)
@@ -96,6 +105,12 @@ class DecodeCache(CompressibleCache):
     def state_bytes(self) -> int:
         """Bytes of the running scores (part of what the method costs in memory)."""
         return sum(layer.state_bytes() for layer in self.evicting_layers)
+
+    def kept_ratio(self) -> float:
+        """Slots held over tokens seen, mean over the full-attention layers (measured; a rule that decides its
+        share reports it here)."""
+        layers = [layer for layer in self.evicting_layers if layer.cumulative_length]
+        return sum(layer.n_held / layer.cumulative_length for layer in layers) / max(1, len(layers))
 
     def peak_tokens_held(self) -> int:
         """The most slots any layer held at any moment while generating (after the prompt), per KV head."""

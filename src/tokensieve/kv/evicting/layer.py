@@ -75,13 +75,13 @@ def query_attention(query: Tensor, keys: Tensor, mask: Tensor | None, scaling: f
 
 
 class EvictingLayer(SieveLayer):
-    """A ``SieveLayer`` with a running score per held slot and a fixed budget."""
+    """A ``SieveLayer`` with a running score per held slot and a fixed budget (None for a rule that ``decides``)."""
 
     def __init__(
         self,
         layer_idx: int,
         rule: DecodeRule,
-        budget: int,
+        budget: int | None,
         sinks: int = 0,
         window: int = 0,
         n_layers: int = 1,
@@ -125,8 +125,10 @@ class EvictingLayer(SieveLayer):
         n_real = self.n_held if self.valid is None else int(self.valid.sum(-1).max())
         idx = None
         if self.prefill is not None and self.prefill.layer_budget(n_real) < self.n_held:
-            k = min(self.prefill.layer_budget(n_real), self.budget)
+            k = min(self.prefill.layer_budget(n_real), self.budget or self.n_held)
             idx = self._select(self.prefill.method.score(x), k, *self.prefill.method.protected(k))
+        elif self.rule.decides:
+            state, idx = self.rule.keep(self, state, 0)
         elif self._over_budget():
             idx = self._choose(state)
         self._keep(state, idx)
@@ -150,7 +152,10 @@ class EvictingLayer(SieveLayer):
             prompt_len=self.prompt_len,
         )
         state = self.rule.update(pad_state(self.state, q_len), step)
-        self._keep(state, self._choose(state) if self._over_budget() else None)
+        if self.rule.decides:  # the share kept is the rule's output (ratio_decoding, dms)
+            self._keep(*self.rule.keep(self, state, q_len))
+        else:
+            self._keep(state, self._choose(state) if self._over_budget() else None)
 
     def _choose(self, state: State) -> Tensor:
         b, hkv, s = self.keys.shape[:3]

@@ -8,6 +8,7 @@ from typing import Any
 from tokensieve.kv.methods.a2sf import A2SF
 from tokensieve.kv.methods.act import ACT
 from tokensieve.kv.methods.base import REGISTRY, Method, get_method
+from tokensieve.kv.methods.cam import CaM
 from tokensieve.kv.methods.cap import Cap
 from tokensieve.kv.methods.chunk import Chunk
 from tokensieve.kv.methods.compactor import Compactor
@@ -39,8 +40,11 @@ from tokensieve.kv.methods.leverage import Leverage
 from tokensieve.kv.methods.merging import Merging
 from tokensieve.kv.methods.mikv import MiKV
 from tokensieve.kv.methods.non_causal_attn import NonCausalAttn
+from tokensieve.kv.methods.qfilter import QFilter
 from tokensieve.kv.methods.random import Random
+from tokensieve.kv.methods.ratio_decoding import RatioDecoding
 from tokensieve.kv.methods.razor import Razor
+from tokensieve.kv.methods.rerotate import Rerotate
 from tokensieve.kv.methods.scissorhands import Scissorhands
 from tokensieve.kv.methods.simlayerkv import SimLayerKV
 from tokensieve.kv.methods.snapkv import SnapKV
@@ -86,6 +90,8 @@ REGISTRY.update(
 )
 # issue 28 (breadth): wrappers and budget rules over any score
 REGISTRY.update({cls.id: cls for cls in (DMS, CriticalKV, CriticalAdaKV, Chunk, EntropyChunk, Merging, ThinK)})
+# issue 28 (breadth 2): key re-rotation, a decode-time share, cache merging, calibrated filters
+REGISTRY.update({cls.id: cls for cls in (Rerotate, RatioDecoding, CaM, QFilter)})
 # issue 28 (learned): scorers trained here on the project's offline corpora (kv/learn.py)
 REGISTRY.update({cls.id: cls for cls in (KVzap, FastKVzip, DuoAttention, ExpectedAttentionStats)})
 
@@ -95,7 +101,7 @@ DEFAULT_METHOD = "kvzip"
 
 # the methods that also evict while generating: method id -> its ``decode_rule`` (the rule lives in its file)
 DECODE_RULES: dict[str, Callable[[Any], DecodeRule]] = {
-    cls.id: cls.decode_rule for cls in (H2O, A2SF, Scissorhands, TOVA, Keyformer)
+    cls.id: cls.decode_rule for cls in (H2O, A2SF, Scissorhands, TOVA, Keyformer, DMS, RatioDecoding)
 }
 
 

@@ -61,6 +61,14 @@ class Method(Registered, ABC):
     def prepare_cache(self, cache: Any) -> None:
         """For ``changes_prefill`` methods: install their layers on the cache before the prefill."""
 
+    decode_share: ClassVar[bool] = False  # its decode rule decides the share kept while decoding (no budget)
+    renumbers: ClassVar[bool] = False  # renumbers the kept tokens' positions (rerotate): every layer keeps as many
+
+    def finish(self, cache: Any, context_mask: Tensor | None) -> Tensor | None:
+        """After every layer is compressed: a method that renumbers positions returns the slot indices ``[B, n]``
+        the context now reads as (its shorter length n); None (the default) leaves the context as it was."""
+        return None
+
     def needs(self) -> Needs:
         return Needs()
 

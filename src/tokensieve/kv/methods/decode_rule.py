@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from torch import Tensor
 
@@ -39,7 +40,15 @@ class Step:
 
 
 class DecodeRule(ABC):
-    """How one method's score evolves while generating."""
+    """How one method's score evolves while generating. A rule that ``decides`` how many slots stay (ratio_decoding,
+    dms: the share kept is an output) implements ``keep``; the others are cut to the cache's fixed budget."""
+
+    decides: ClassVar[bool] = False
+
+    def keep(self, layer: Any, state: State, new: int) -> tuple[State, Tensor | None]:
+        """After a forward of ``new`` tokens (0: the prompt's) in ``layer`` (an ``EvictingLayer``): the state and the
+        slots to keep ``[B, Hkv, k]`` (ascending; None keeps every slot)."""
+        raise NotImplementedError
 
     @abstractmethod
     def needs(self) -> Needs: ...

@@ -9,7 +9,10 @@ from tokensieve.errors import ParameterError
 from tokensieve.kv.methods.base import REGISTRY, ScoredBy, get_method
 from tokensieve.spec import split_spec
 
-WRAPPERS = ("think", "dms", "critical_kv", "critical_adakv", "chunk", "entropy_chunk", "merging", "mikv")
+WRAPPERS = (
+    *("think", "dms", "critical_kv", "critical_adakv", "chunk", "entropy_chunk", "merging", "mikv"),
+    *("rerotate", "ratio_decoding", "cam"),
+)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from tokensieve.kv import (
     ALLOCATORS,
     HYBRID_KEYS,
     LEARNED_METHODS,
+    OFFLINE_CALIBRATED,
     PAGE_KEYS,
     REGISTRY,
     SPARSE,
@@ -85,11 +86,11 @@ class MethodSpec:
 
 
 def default_methods() -> list[MethodSpec]:
-    """Every registered prefill-eviction method with its defaults, under the uniform allocator; the learned
-    scorers (kvzap, fastkvzip) only by name, since they need `tokensieve calibrate --learned` first."""
-    return [
-        MethodSpec(mid) for mid, cls in REGISTRY.items() if cls.kind == PREFILL_EVICTION and mid not in LEARNED_METHODS
-    ]
+    """Every registered prefill-eviction method with its defaults, under the uniform allocator; the learned and
+    offline-calibrated ones (kvzap, fastkvzip, qfilter) only by name, since they need `tokensieve calibrate
+    --learned` first."""
+    skip = {*LEARNED_METHODS, *OFFLINE_CALIBRATED}
+    return [MethodSpec(mid) for mid, cls in REGISTRY.items() if cls.kind == PREFILL_EVICTION and mid not in skip]
 
 
 def parse_methods(text: str | None) -> list[MethodSpec]:

@@ -159,22 +159,25 @@ def stage_imatrix(args, out: Path) -> None:
         log(out, {"stage": "imatrix", "skipped": f"{imx} or {quant} not built (benchmarks/quant_gguf/build_llama.sh)"})
         return
     _, tok = load_model(args.model, prepare=False)
-    ftype = FTYPES[args.type].removeprefix("LLAMA_FTYPE_MOSTLY_")
+    ftype = args.llama_ftype or FTYPES[args.type].removeprefix("LLAMA_FTYPE_MOSTLY_")
+    name = args.llama_ftype or args.type  # another mix of the same matrix (Q3_K_L: llama.cpp's largest 3-bit)
     for seed in args.seeds:
-        path = out / f"llamacpp-imatrix{tag(args)}-{args.type}-s{seed}.gguf"
+        path = out / f"llamacpp-imatrix{tag(args)}-{name}-s{seed}.gguf"
         if path.exists():
             continue
         windows = calibration_windows(tok, args.calib, 512, seed, args.calib_source)
         text, matrix = out / f"calibration{tag(args)}-s{seed}.txt", out / f"imatrix{tag(args)}-s{seed}.dat"
-        text.write_text("\n".join(tok.decode(w[0]) for w in windows))
         start = time.perf_counter()
-        # --output-format dat: the .gguf name would put the matrix among the models the other stages glob
-        imx_run = subprocess.run([str(imx), "-m", str(out / "F32.gguf"), "-f", str(text), "-o", str(matrix),
-                                  "--output-format", "dat", "-c", "512", "-t", "1", "--no-ppl"],
-                                 capture_output=True, text=True)  # fmt: skip
-        if imx_run.returncode:
-            raise SystemExit(f"llama-imatrix failed: {imx_run.stderr[-2000:]}")
-        chunks = [x for x in imx_run.stderr.splitlines() if "chunks" in x or "tokenizing" in x][-3:]
+        chunks = ["the matrix of this seed, collected for an earlier file type"]
+        if not matrix.exists():
+            text.write_text("\n".join(tok.decode(w[0]) for w in windows))
+            # --output-format dat: the .gguf name would put the matrix among the models the other stages glob
+            imx_run = subprocess.run([str(imx), "-m", str(out / "F32.gguf"), "-f", str(text), "-o", str(matrix),
+                                      "--output-format", "dat", "-c", "512", "-t", "1", "--no-ppl"],
+                                     capture_output=True, text=True)  # fmt: skip
+            if imx_run.returncode:
+                raise SystemExit(f"llama-imatrix failed: {imx_run.stderr[-2000:]}")
+            chunks = [x for x in imx_run.stderr.splitlines() if "chunks" in x or "tokenizing" in x][-3:]
         part = path.with_name(path.name + ".part")
         q = subprocess.run([str(quant), "--imatrix", str(matrix), str(out / "F32.gguf"), str(part), ftype, "1"],
                            capture_output=True, text=True)  # fmt: skip
@@ -351,6 +354,7 @@ def main() -> None:
     p.add_argument("--prompt", type=int, default=128, help="prefill tokens of the speed stage")
     p.add_argument("--decode", type=int, default=16, help="decode steps of the speed stage")
     p.add_argument("--reps", type=int, default=3, help="rounds of the speed stage over every file")
+    p.add_argument("--llama-ftype", default="", help="imatrix stage: llama.cpp's file type (default: --type's _S mix)")
     p.add_argument("--llama-bin", default="/tmp/llama_tools/bin", help="llama-imatrix, llama-quantize: build_llama.sh")
     p.add_argument("--files", default=str(Path.home() / ".cache/tokensieve/quant_gguf"), help="where GGUFs go")
     args = p.parse_args()

@@ -186,6 +186,9 @@ def main() -> None:
     args.keeps = [float(k) for k in args.keeps.split(",") if k]
     args.quant_evict = [q for q in args.quant_evict.split(",") if q]
     args.quant_methods = [q for q in args.quant_methods.split(",") if q]
+    missing = [q for q in args.quant_evict if q not in args.baselines.split(",")]
+    if missing:  # the evictions are applied to the baseline's own quantized context: none, no rows
+        raise SystemExit(f"--quant-evict {','.join(missing)} needs the same type in --baselines (add it there)")
     tasks = [get_task(t) for t in args.tasks.split(",") if t]
     out_path = Path(args.out)
     done = done_keys(out_path)

@@ -18,6 +18,7 @@ from tokensieve.measure.tasks.base import Item, Question, score
 from tokensieve.stats import wilson
 
 RESULTS = Path(__file__).parent / "results"
+MODELS = ("smollm2", "gemma3-270m")
 
 
 def mean(xs: list) -> float:
@@ -63,9 +64,10 @@ def ci(s: list[float]) -> str:
     return f"{mean(s):.2f} [{iv.lo:.2f}, {iv.hi:.2f}]"
 
 
-def validation() -> list[str]:
+def validation(model: str) -> list[str]:
     metas, rows = load("choose_aggregate*.jsonl")
-    rows = [r for r in rows if r.get("model") == "smollm2"]
+    rows = [r for r in rows if r.get("model") == model]
+    metas = [m for m in metas if (m.get("args") or {}).get("model", "smollm2") == model]
     full = {r["index"]: r["score"] for r in rows if r["cell"] == "full"}
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
@@ -190,8 +192,8 @@ def openvino() -> list[str]:
 
 
 def main() -> None:
-    parts = {"Validation: choosing the shared aggregate (KVzip scores, SmolLM2, 2k)": validation()}
-    for model in ("smollm2", "gemma3-270m"):
+    parts = {f"Validation: choosing the shared aggregate (KVzip scores, {m}, 2k)": validation(m) for m in MODELS}
+    for model in MODELS:
         for tokens in (2000, 4000):
             parts[f"Retrieval inside llama.cpp, {model}, {tokens} tokens, question unseen"] = retrieval(model, tokens)
     parts["Long documents through a small cache"] = longdoc()

@@ -40,6 +40,7 @@ def cell(values: list[float], fmt: str) -> str:
 
 def quality(model: str, eval_set: str) -> list[str]:
     rows = [r for r in load(model) if r.get("stage") == "eval" and r.get("eval_set", "prose-docs-w1") == eval_set]
+    rows = list({r["file"]: r for r in rows}.values())  # a file evaluated twice (overlapping runs) counts once
     if not rows:
         return []
     d1, d2 = eval_set.split("-w")[0].split("-")

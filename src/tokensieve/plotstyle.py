@@ -16,7 +16,7 @@ __all__ = ["COLOURS", "LINESTYLES", "MARKERS", "REFERENCES", "pyplot", "save", "
 # matplotlib's tab10, written out so a style is known without importing matplotlib
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf")  # fmt: skip
-MARKERS = ("o", "s", "D", "^", "v", "<", ">", "p", "X")
+MARKERS = ("o", "s", "D", "^", "v", "<", ">", "p", "X", "P", "*", "h", "d", "8")  # 140 looks: > every method
 LINESTYLES = ("-", "--", "-.", ":")
 SLOTS = len(COLOURS) * len(MARKERS) * len(LINESTYLES)
 # the baselines every figure compares against: one fixed look, never a method colour

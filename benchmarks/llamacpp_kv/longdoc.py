@@ -50,6 +50,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--aggregate", default="max", help="per-cell score from layers x heads (see aggregate.py)")
     p.add_argument("--renumber", default="False,True", help="position modes for the scored methods")
+    p.add_argument("--seed", type=int, default=0, help="sample seed (0: reported; 1: validation, for choosing --pool)")
+    p.add_argument("--pool", type=int, default=0, help="max-pool kernel along the keys (0: the method's own)")
     p.add_argument("--out", default="benchmarks/llamacpp_kv/results/longdoc.jsonl")
     args = p.parse_args()
     task = get_task(args.task)
@@ -66,10 +68,11 @@ def main() -> None:
     with open(out_path, "a") as out:
         out.write(json.dumps(meta(args)) + "\n")
         for index in range(args.samples):
-            sample = task.sample(small.tokenizer, args.tokens, index, seed=0)
+            sample = task.sample(small.tokenizer, args.tokens, index, seed=args.seed)
             ids = small.prompt.context_ids(sample.context)
             for method, renumber in cells:
-                key = json.dumps([args.model, args.task, args.tokens, args.budget, index, method, renumber])
+                extra = [args.seed, args.pool] if (args.seed, args.pool) != (0, 0) else []  # older keys had neither
+                key = json.dumps([args.model, args.task, args.tokens, args.budget, index, method, renumber, *extra])
                 if key in done:
                     continue
                 if method == "full":
@@ -77,7 +80,9 @@ def main() -> None:
                 elif method == "context-shift":
                     rep = read_shifted(small, ids, args.budget, args.chunk)
                 else:
-                    rep = read_chunked(small, ids, args.budget, args.chunk, method, args.aggregate, renumber=renumber)
+                    params = {"pool": args.pool} if args.pool else {}
+                    rep = read_chunked(small, ids, args.budget, args.chunk, method, args.aggregate, renumber=renumber,
+                                       **params)  # fmt: skip
                 for qi, q in enumerate(sample.questions):
                     ans = small.answer(q.text, q.max_new_tokens, q.answer_prefix)
                     s, _ = score(ans.text, q)
@@ -85,7 +90,8 @@ def main() -> None:
                            "document_tokens": len(ids), "budget": args.budget, "chunk": args.chunk, "index": index,
                            "method": method, "renumber": renumber, "question": qi, "score": s, "answer": ans.text,
                            "seconds": rep.seconds, "kept": rep.kept_tokens, "state_bytes": rep.state_bytes,
-                           "aggregate": args.aggregate, "n_ctx": room, "vm_hwm_kb": vm_hwm_kb(),
+                           "aggregate": args.aggregate, "seed": args.seed, "pool": args.pool or None, "n_ctx": room,
+                           "vm_hwm_kb": vm_hwm_kb(),
                            "loadavg": Path("/proc/loadavg").read_text().split()[:3]}  # fmt: skip
                     out.write(json.dumps(row) + "\n")
                     out.flush()

@@ -98,11 +98,17 @@ def retrieval(model: str, tokens: int) -> list[str]:
     if not rows:
         return []
     groups: dict[str, list[dict]] = defaultdict(list)
+    seen: set[tuple] = set()
     for r in rows:
         cell = r["cell"]
         if cell.startswith("streaming/"):  # streaming reads no scores: the aggregate in its name means nothing
             _, _agg, rest = cell.split("/", 2)
             cell = f"streaming/{rest}"
+            # runs that named different aggregates measured the same streaming cell: count each sample once
+            sample = (cell, r["index"], r.get("question"))
+            if sample in seen:
+                continue
+            seen.add(sample)
         groups[cell].append(r)
     f16 = groups.get("f16", [])
     full = mean([r["score"] for r in f16])
@@ -135,13 +141,15 @@ def longdoc() -> list[str]:
     metas, rows = load("longdoc_*.jsonl")
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
-        groups[(r["model"], r["tokens"], r["budget"], r["method"], r["renumber"])].append(r)
-    lines = ["| model | document tokens | cache budget | method | renumbered | n | score [95% CI] | seconds | state MB "
-             "| kept | VmHWM MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for (m, t, b, meth, ren), g in sorted(groups.items()):
+        pool = r.get("pool") or ("-" if r["method"] in ("full", "context-shift") else "own")
+        groups[(r.get("seed", 0), r["model"], r["tokens"], r["budget"], r["method"], pool, r["renumber"])].append(r)
+    lines = ["| seed | model | document tokens | cache budget | method | pool | renumbered | n | score [95% CI] "
+             "| seconds | state MB | kept | VmHWM MB |", "|---" * 13 + "|"]  # fmt: skip
+    for (seed, m, t, b, meth, pool, ren), g in sorted(groups.items(), key=str):
         s = [r["score"] for r in g]
         hwm = max((r.get("vm_hwm_kb") or 0) for r in g) / 1024
-        lines.append(f"| {m} | {t} | {b if meth != 'full' else '-'} | {meth} | {ren} | {len(s)} | {ci(s)} | "
+        lines.append(f"| {seed} | {m} | {t} | {b if meth != 'full' else '-'} | {meth} | {pool} | {ren} | {len(s)} | "
+                     f"{ci(s)} | "
                      f"{mean([r['seconds'] for r in g]):.0f} | {mean([r['state_bytes'] for r in g]) / 1e6:.2f} | "
                      f"{mean([r.get('kept') for r in g]):.0f} | {hwm:.0f} |")  # fmt: skip
     return [*provenance(metas), "", *lines]

@@ -20,7 +20,7 @@ from run import done_keys, meta  # benchmarks/llamacpp_kv/run.py: the same meta 
 
 from tokensieve.engines.llamacpp import AGGREGATES, Engine, Settings, aggregate
 from tokensieve.engines.llamacpp.evict import evict
-from tokensieve.engines.llamacpp.scores import get_method, keep_cells, reconstruction_pass
+from tokensieve.engines.llamacpp.scores import get_method, keep_cells, pooled, reconstruction_pass
 from tokensieve.engines.llamacpp.state import restore, snapshot
 from tokensieve.engines.llamacpp.text import piece
 from tokensieve.measure.tasks import get_task, score
@@ -56,6 +56,7 @@ def main() -> None:
     p.add_argument("--skips", default="0,2")
     p.add_argument("--keeps", default="0.25,0.1")
     p.add_argument("--answer", default="0.25", help="keeps whose cells are also answered (skip 0 only)")
+    p.add_argument("--pools", default="1", help="max-pool kernels along the keys to try (1: none, KVzip's own)")
     p.add_argument("--chunk", type=int, default=256)
     p.add_argument("--dump", default="", help="also save each sample's per-layer scores here (npz)")
     p.add_argument("--threads", type=int, default=1)
@@ -65,8 +66,8 @@ def main() -> None:
     out_path = Path(args.out)
     done = done_keys(out_path)
     eng = Engine(args.model, Settings(n_ctx=args.tokens + args.chunk + 512, threads=args.threads))
-    cells = [(a, int(s), float(k)) for a in args.aggregates.split(",") for s in args.skips.split(",")
-             for k in args.keeps.split(",")]  # fmt: skip
+    cells = [(a, int(s), int(pl), float(k)) for a in args.aggregates.split(",") for s in args.skips.split(",")
+             for pl in args.pools.split(",") for k in args.keeps.split(",")]  # fmt: skip
     m = get_method("kvzip")
     with open(out_path, "a") as out:
         out.write(json.dumps(meta(args)) + "\n")
@@ -95,12 +96,13 @@ def main() -> None:
             layers = reconstruction_pass(eng, args.chunk)
             recon_s = time.perf_counter() - t
             answer = {float(k) for k in args.answer.split(",") if k}
-            for how, skip, keep in cells:
+            for how, skip, pool, keep in cells:
                 budget = max(1, round(keep * len(ids)))
-                kept = keep_cells(aggregate(layers, how, budget, skip), budget, m.sinks, m.window)
+                kept = keep_cells(aggregate(pooled(layers, pool), how, budget, skip), budget, m.sinks, m.window)
                 share = len(set(kept) & set(needle)) / max(len(needle), 1)
-                row = {**base, "key": key(f"{how}/{skip}/{keep}"), "cell": f"{how}/{skip}/{keep}", "aggregate": how,
-                       "skip_first": skip, "keep": keep, "needle_kept": share, "recon_seconds": recon_s}  # fmt: skip
+                cell = f"{how}/{skip}/{keep}" if pool == 1 else f"{how}/{skip}/p{pool}/{keep}"  # older rows: no pool
+                row = {**base, "key": key(cell), "cell": cell, "aggregate": how, "skip_first": skip, "pool": pool,
+                       "keep": keep, "needle_kept": share, "recon_seconds": recon_s}  # fmt: skip
                 if keep in answer and skip == 0:
                     restore(eng, snap)
                     evict(eng, kept)

@@ -13,6 +13,7 @@ Rows go to ``--out`` (JSON lines, resumable: a rerun skips the rows already ther
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import subprocess
@@ -81,6 +82,13 @@ def answer_row(eng: Engine, q, base: dict, **extra) -> dict:
     }
 
 
+def cell_name(args, method: str, agg: str, keep: float) -> str:
+    """``method/aggregate/keep``, with ``p<kernel>`` before the keep when ``--pool`` overrides the method's own."""
+    if args.pool and method in ("kvzip", "snapkv"):
+        return f"{method}/{agg}/p{args.pool}/{keep}"
+    return f"{method}/{agg}/{keep}"
+
+
 def run_sample(args, eng: Engine, plain: dict[str, Engine], task, index: int, done: set, out) -> None:
     sample = task.sample(eng.tokenizer, args.tokens, index, seed=args.seed)
     ids = eng.prompt.context_ids(sample.context)
@@ -113,8 +121,8 @@ def run_sample(args, eng: Engine, plain: dict[str, Engine], task, index: int, do
     wanted = [(m, a, k) for m in args.methods for a in args.aggregates for k in args.keeps
               if m != "streaming" or a == args.aggregates[0]]  # fmt: skip
     quant = [(w, kind) for w in wanted for kind in args.quant_evict if w[0] in args.quant_methods]
-    todo = [w for w in wanted if key(cell=f"{w[0]}/{w[1]}/{w[2]}") not in done
-            or any(x == w and key(cell=f"{w[0]}/{w[1]}/{w[2]}+{k}") not in done for x, k in quant)]  # fmt: skip
+    todo = [w for w in wanted if key(cell=cell_name(args, *w)) not in done
+            or any(x == w and key(cell=f"{cell_name(args, *w)}+{k}") not in done for x, k in quant)]  # fmt: skip
     if not todo:
         return
     eng.clear()
@@ -130,6 +138,8 @@ def run_sample(args, eng: Engine, plain: dict[str, Engine], task, index: int, do
         recon_s = time.perf_counter() - t
     for m_id, agg, keep in todo:
         m = get_method(m_id, window=args.window, observe=args.window) if m_id == "snapkv" else get_method(m_id)
+        if args.pool and m_id in ("kvzip", "snapkv"):
+            m = dataclasses.replace(m, pool=args.pool)
         restore(eng, snap)
         budget = max(1, round(keep * len(ids)))
         t = time.perf_counter()
@@ -142,7 +152,7 @@ def run_sample(args, eng: Engine, plain: dict[str, Engine], task, index: int, do
             scores = aggregate(pooled(layers, m.pool), agg, budget)
         evict(eng, keep_cells(scores, budget, m.sinks, m.window), renumber=args.renumber)
         select_s = time.perf_counter() - t
-        cell = f"{m_id}/{agg}/{keep}"
+        cell = cell_name(args, m_id, agg, keep)
         score_s = {"kvzip": recon_s, "snapkv": prefill_window_s, "streaming": 0.0}[m_id]
         if key(cell=cell) not in done:
             for qi, q in enumerate(sample.questions):
@@ -175,6 +185,7 @@ def main() -> None:
     p.add_argument("--quant-evict", default="", help="quantized caches that also get each eviction (e.g. q8_0)")
     p.add_argument("--quant-methods", default="kvzip,streaming", help="methods whose evictions --quant-evict gets")
     p.add_argument("--seed", type=int, default=0, help="sample seed (0: reported; 1: validation)")
+    p.add_argument("--pool", type=int, default=0, help="max-pool kernel for kvzip/snapkv scores (0: the method's own)")
     p.add_argument("--window", type=int, default=32)
     p.add_argument("--chunk", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)

@@ -74,18 +74,19 @@ def validation(model: str) -> list[str]:
         if r["cell"] != "full":
             groups[r["cell"]].append(r)
     lines = [f"Validation samples (seed 1): {len(full)}; the full cache answers {sum(full.values()):.0f} of them.", "",
-             "| aggregate | skip_first | keep | n | answer tokens kept (mean) | all kept | answered (n) |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for cell, g in sorted(groups.items(), key=lambda kv: (-float(kv[0].split("/")[2]), kv[0])):
+             "| aggregate | skip_first | pool | keep | n | answer tokens kept (mean) | all kept | answered (n) |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for cell, g in sorted(groups.items(), key=lambda kv: (-float(kv[0].split("/")[-1]), kv[0])):
         by_index: dict[int, dict] = {}
         for r in g:
             by_index.setdefault(r["index"], r)
         kept = [r["needle_kept"] for r in by_index.values()]
         ans = {r["index"]: r["score"] for r in g if "score" in r}
         a = f"{sum(ans.values()):.0f}/{len(ans)}" if ans else "-"
-        how, skip, keep = cell.split("/")
+        how, skip, *pool, keep = cell.split("/")  # pool ("p31") only where a run tried kernels
         lines.append(
-            f"| {how} | {skip} | {keep} | {len(kept)} | {mean(kept):.2f} | {sum(k == 1 for k in kept)} | {a} |"
+            f"| {how} | {skip} | {pool[0][1:] if pool else 1} | {keep} | {len(kept)} | {mean(kept):.2f} | "
+            f"{sum(k == 1 for k in kept)} | {a} |"
         )
     return [*provenance(metas), "", *lines]
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import copy
+import importlib
+import importlib.util
 import os
 from contextlib import contextmanager
+from types import ModuleType
 
 import pytest
 import torch
@@ -88,6 +91,44 @@ def plain_sdpa(model):
         yield model
     finally:
         model.set_attn_implementation(before)
+
+
+def ids(seed: int, n: int, batch: int = 1, high: int = 128) -> torch.Tensor:
+    """Seeded random token ids ``[batch, n]`` in ``[3, high)``: inputs for the tiny models (vocabulary 128)."""
+    return torch.randint(3, high, (batch, n), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def llama_pair():
+    """A prepared tiny Llama and its eager twin: the plain model whose dense attention the oracles read."""
+    import tokensieve
+
+    model = tokensieve.prepare(make_model("llama"))
+    ref = twin(model)
+    ref.set_attn_implementation("eager")
+    return model, ref
+
+
+# .ci/run installs every optional piece (scripts/setup.sh, setup_kvpress.sh, chromium) and sets CI, so under CI a
+# missing optional package fails its tests instead of skipping them (the floor run, core install only, unsets CI)
+CI = bool(os.environ.get("CI"))
+
+
+def optional(module: str, install: str) -> ModuleType:
+    """Import an optional package a test needs: skip where it is missing, fail under CI."""
+    if CI:
+        try:
+            return importlib.import_module(module)
+        except ImportError as e:
+            pytest.fail(f"{module} is not importable under CI ({install}): {e}")
+    return pytest.importorskip(module, reason=f"{module} is not installed ({install})")
+
+
+def requires(module: str, install: str) -> pytest.MarkDecorator:
+    """``optional`` as a marker, for tests that import the package themselves."""
+    return pytest.mark.skipif(
+        not CI and importlib.util.find_spec(module) is None, reason=f"{module} is not installed ({install})"
+    )
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -14,6 +14,7 @@ import json
 import re
 import textwrap
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,21 @@ def continuation_ids(tok, n_tokens: int) -> torch.Tensor:
     head = fmt.context_ids("")
     body = body[: max(1, n_tokens - len(tail) - len(head))]
     return torch.tensor([fmt.context_ids(tok.decode(body)) + tail])
+
+
+def md_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: str = "") -> list[str]:
+    """A Markdown table's lines: the header, the rule, one line a row (cells through ``str``). ``align``: a letter
+    a column, ``l`` (``---``) or ``r`` (``---:``); all left by default. A row of the wrong width is an error."""
+    align = align or "l" * len(header)
+    if len(align) != len(header) or set(align) - {"l", "r"}:
+        raise ValueError(f"align {align!r}: one of l/r per column of {list(header)}")
+
+    def line(cells: Sequence[Any]) -> str:
+        if len(cells) != len(header):
+            raise ValueError(f"a row of {len(cells)} cells under {len(header)} columns: {list(cells)}")
+        return "| " + " | ".join(map(str, cells)) + " |"
+
+    return [line(header), "|" + "".join("---:|" if a == "r" else "---|" for a in align), *map(line, rows)]
 
 
 def fill_block(text: str, name: str, lines: list[str]) -> str:

@@ -21,3 +21,7 @@ pip install -e ".[vision]"
 # tokensieve inside llama.cpp (tokensieve.engines.llamacpp): llama-cpp-python 0.3.36 is an sdist that compiles
 # llama.cpp (~3.3 min alone on 2 cores; needs gcc, cmake, ninja)
 pip install -e ".[llamacpp]"
+# two cross-check tests only (installed so that CI runs them instead of skipping): tokensieve's dft against TRL's
+# loss_type="dft" (the trl extra: trl, datasets, pyarrow, pandas; ~40 s) and the sparse-decoding kernels against their
+# torch references in Triton's CPU interpreter (the gpu extra: triton, ~1 GB installed, ~35 s; unused without CUDA)
+pip install -e ".[trl,gpu]"

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import copy
+import importlib
+import importlib.util
 import os
 from contextlib import contextmanager
+from types import ModuleType
 
 import pytest
 import torch
@@ -88,6 +91,85 @@ def plain_sdpa(model):
         yield model
     finally:
         model.set_attn_implementation(before)
+
+
+def ids(seed: int, n: int, batch: int = 1, high: int = 128) -> torch.Tensor:
+    """Seeded random token ids ``[batch, n]`` in ``[3, high)``: inputs for the tiny models (vocabulary 128)."""
+    return torch.randint(3, high, (batch, n), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def llama_pair():
+    """A prepared tiny Llama and its eager twin: the plain model whose dense attention the oracles read."""
+    import tokensieve
+
+    model = tokensieve.prepare(make_model("llama"))
+    ref = twin(model)
+    ref.set_attn_implementation("eager")
+    return model, ref
+
+
+def padded_rows_and_alone(model, compress, rows: list[list[int]], question: torch.Tensor) -> list[tuple]:
+    """``compress(contexts)`` (a ``Compressed``) on ``rows`` as one left-padded batch, then on each row alone:
+    per row, the batch's logits for ``question`` beside the row's own (a pad leaking into a score shows here)."""
+    from tokensieve.compat import with_cache
+
+    batch = compress(rows)
+    mask = torch.cat([batch.context_mask, torch.ones(len(rows), question.shape[1])], 1).long()
+    with torch.inference_mode():
+        got = model(question.expand(len(rows), -1), attention_mask=mask, **with_cache(model, batch.cache.fork())).logits
+    pairs = []
+    for row, ctx in enumerate(rows):
+        alone = compress([ctx])
+        with torch.inference_mode():
+            pairs.append((got[row : row + 1], model(question, **with_cache(model, alone.cache.fork())).logits))
+    return pairs
+
+
+def generate_padded_and_alone(model, make_cache, rows: list[list[int]], n: int) -> list[tuple]:
+    """Greedy ``n`` new tokens for ``rows`` as one left-padded batch (one ``make_cache()``) and for each row alone
+    (a fresh one): per row, the batch's new tokens beside the row's own."""
+    from tokensieve.compat import with_cache
+    from tokensieve.runtime.encode import left_pad
+
+    greedy = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+    prompt, mask = left_pad(rows, 0)
+    with torch.inference_mode():
+        both = model.generate(prompt, attention_mask=mask, **with_cache(model, make_cache()), **greedy)
+        alone = [model.generate(torch.tensor([r]), **with_cache(model, make_cache()), **greedy) for r in rows]
+    return [(both[i, prompt.shape[1] :], a[0, len(r) :]) for i, (r, a) in enumerate(zip(rows, alone, strict=True))]
+
+
+def assert_padded_questions_match_one_by_one(compressed, questions: list[list[int]], n: int = 4) -> None:
+    """Several left-padded questions on one compressed cache generate what each does asked alone."""
+    from tokensieve.runtime.encode import left_pad
+
+    qs, mask = left_pad(questions, 0)
+    both = compressed.generate(qs, mask, max_new_tokens=n, min_new_tokens=n)
+    alone = [compressed.generate(torch.tensor([q]), max_new_tokens=n, min_new_tokens=n) for q in questions]
+    assert torch.equal(both, torch.cat(alone))
+
+
+# .ci/run installs every optional piece (scripts/setup.sh, setup_kvpress.sh, chromium) and sets CI, so under CI a
+# missing optional package fails its tests instead of skipping them (the floor run, core install only, unsets CI)
+CI = bool(os.environ.get("CI"))
+
+
+def optional(module: str, install: str) -> ModuleType:
+    """Import an optional package a test needs: skip where it is missing, fail under CI."""
+    if CI:
+        try:
+            return importlib.import_module(module)
+        except ImportError as e:
+            pytest.fail(f"{module} is not importable under CI ({install}): {e}")
+    return pytest.importorskip(module, reason=f"{module} is not installed ({install})")
+
+
+def requires(module: str, install: str) -> pytest.MarkDecorator:
+    """``optional`` as a marker, for tests that import the package themselves."""
+    return pytest.mark.skipif(
+        not CI and importlib.util.find_spec(module) is None, reason=f"{module} is not installed ({install})"
+    )
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -3,32 +3,22 @@ per-head filter directions), each against a direct formula on a tiny model."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
-import tokensieve as ts
-from conftest import make_model, twin
+from conftest import ids as random_ids
 from tokensieve.core.observe.inputs import ScoreInputs
 from tokensieve.errors import CalibrationError
 from tokensieve.kv import calibrate_offline, compress, get_method, prefill
 
 T = 40
+ids = partial(random_ids, high=120)  # this file's inputs stay below id 120
 
 
-def ids(seed: int, n: int) -> torch.Tensor:
-    return torch.randint(3, 120, (1, n), generator=torch.Generator().manual_seed(seed))
-
-
-@pytest.fixture(scope="module")
-def models():
-    model = ts.prepare(make_model("llama"))
-    ref = twin(model)
-    ref.set_attn_implementation("eager")
-    return model, ref
-
-
-def test_cam_merges_each_evicted_value_into_the_next_kept_ones(models):
-    model, ref = models
+def test_cam_merges_each_evicted_value_into_the_next_kept_ones(llama_pair):
+    model, ref = llama_pair
     x, m = ids(1, T), 4
     c = compress(model, None, x, "cam", keep=0.5, base="h2o", merge=m, sample=False)
     pre = prefill(model, None, x)
@@ -51,8 +41,8 @@ def test_cam_merges_each_evicted_value_into_the_next_kept_ones(models):
         assert torch.equal(layer.keys, kept_keys)  # keys unchanged
 
 
-def test_cam_draws_are_seeded_and_all_or_nothing(models):
-    model, _ = models
+def test_cam_draws_are_seeded_and_all_or_nothing(llama_pair):
+    model, _ = llama_pair
     x = ids(2, T)
     a = compress(model, None, x, "cam", keep=0.5, base="h2o", seed=3)
     b = compress(model, None, x, "cam", keep=0.5, base="h2o", seed=3)
@@ -62,9 +52,9 @@ def test_cam_draws_are_seeded_and_all_or_nothing(models):
         assert torch.equal(la.token_index, lp.token_index)  # cam's selection is its base's
 
 
-def test_qfilter_needs_its_calibration_then_scores_by_the_filters(models, tmp_path, monkeypatch):
+def test_qfilter_needs_its_calibration_then_scores_by_the_filters(llama_pair, tmp_path, monkeypatch):
     monkeypatch.setenv("TOKENSIEVE_CALIBRATION", str(tmp_path))
-    model, ref = models
+    model, ref = llama_pair
     with pytest.raises(CalibrationError, match=r"tokensieve calibrate .*--learned qfilter") as err:
         compress(model, None, ids(3, T), "qfilter", keep=0.5)
     assert "\n" not in str(err.value)
@@ -142,9 +132,9 @@ def test_lukv_spends_the_steps_where_the_curves_gain_most():
         assert abs(value(counts) - best) < 1e-6
 
 
-def test_lukv_needs_its_curves_then_meets_the_budget(models, tmp_path, monkeypatch):
+def test_lukv_needs_its_curves_then_meets_the_budget(llama_pair, tmp_path, monkeypatch):
     monkeypatch.setenv("TOKENSIEVE_CALIBRATION", str(tmp_path))
-    model, _ = models
+    model, _ = llama_pair
     with pytest.raises(CalibrationError, match=r"--learned lukv") as err:
         compress(model, None, ids(5, T), "snapkv", keep=0.5, allocator="lukv")
     assert "\n" not in str(err.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import types
 
 import pytest
@@ -11,7 +12,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import tokensieve as ts
-from conftest import make_model, twin
+from conftest import assert_padded_questions_match_one_by_one, ids, make_model, padded_rows_and_alone, twin
 from tokensieve.compat import with_cache
 from tokensieve.core.observe.hooks import sieve_attention
 from tokensieve.kv import LEARNED_METHODS, OFFLINE_CALIBRATED, SieveCache, SieveLayer
@@ -27,10 +28,6 @@ COMPRESSING = [
     and m not in LEARNED_METHODS
     and m not in OFFLINE_CALIBRATED  # qfilter needs its stored filters (tests/test_breadth2.py)
 ]
-
-
-def ids(seed: int, n: int, batch: int = 1) -> torch.Tensor:
-    return torch.randint(3, 128, (batch, n), generator=torch.Generator().manual_seed(seed))
 
 
 def reference(ref, ctx, question):
@@ -237,21 +234,10 @@ def test_multi_token_question_after_pyramid_matches_question_by_question():
 @pytest.mark.parametrize("method", ["snapkv", "h2o", "streaming", "zipcache"])
 def test_left_padded_batch_matches_rows_compressed_alone(method):
     model = ts.prepare(make_model("qwen2"))
-    a, b = ids(12, 24)[0].tolist(), ids(13, 36)[0].tolist()
-    question = ids(14, Q)
-    batch = ts.compress(model, None, [a, b], method, budget=16)
-    with torch.inference_mode():
-        got = model(
-            question.expand(2, -1),
-            attention_mask=torch.cat([batch.context_mask, torch.ones(2, Q)], 1).long(),
-            **with_cache(model, batch.cache.fork()),
-            position_ids=None,
-        ).logits
-    for row, ctx in enumerate((a, b)):
-        alone = ts.compress(model, None, [ctx], method, budget=16)
-        with torch.inference_mode():
-            want = model(question, **with_cache(model, alone.cache.fork())).logits
-        torch.testing.assert_close(got[row : row + 1], want, atol=1e-4, rtol=1e-3)
+    rows = [ids(12, 24)[0].tolist(), ids(13, 36)[0].tolist()]
+    compress = functools.partial(ts.compress, model, None, method=method, budget=16)
+    for got, want in padded_rows_and_alone(model, compress, rows, ids(14, Q)):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3)
 
 
 # known defects, strict so a fix shows: issue 28's new scores below read pad positions in a left-padded batch
@@ -279,21 +265,10 @@ XFAIL_PADDED = pytest.mark.xfail(strict=True, reason=PADDED_OPEN)
 # mikv / zipcache_quant (low-bit rest) differ in a padded batch: not yet explained (issue 26, open)
 def test_left_padded_batch_matches_rows_compressed_alone_for_every_score(method, kw):
     model = ts.prepare(make_model("llama"))
-    a, b = ids(21, 30)[0].tolist(), ids(22, 44)[0].tolist()
-    question = ids(23, Q)
-    batch = ts.compress(model, None, [a, b], method, budget=16, **kw)
-    with torch.inference_mode():
-        got = model(
-            question.expand(2, -1),
-            attention_mask=torch.cat([batch.context_mask, torch.ones(2, Q)], 1).long(),
-            **with_cache(model, batch.cache.fork()),
-            position_ids=None,
-        ).logits
-    for row, ctx in enumerate((a, b)):
-        alone = ts.compress(model, None, [ctx], method, budget=16, **kw)
-        with torch.inference_mode():
-            want = model(question, **with_cache(model, alone.cache.fork())).logits
-        torch.testing.assert_close(got[row : row + 1], want, atol=1e-4, rtol=1e-3, msg=method)
+    rows = [ids(21, 30)[0].tolist(), ids(22, 44)[0].tolist()]
+    compress = functools.partial(ts.compress, model, None, method=method, budget=16, **kw)
+    for got, want in padded_rows_and_alone(model, compress, rows, ids(23, Q)):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3, msg=method)
 
 
 def test_short_row_keeps_all_its_tokens_plus_masked_padding():
@@ -309,14 +284,7 @@ def test_short_row_keeps_all_its_tokens_plus_masked_padding():
 def test_several_questions_share_one_compressed_cache():
     model = ts.prepare(make_model("gemma3"))
     c = ts.compress(model, None, ids(18, T), "tova", keep=0.5)
-    q1, q2 = ids(19, 3)[0].tolist(), ids(20, 5)[0].tolist()
-    from tokensieve.runtime.encode import left_pad
-
-    qs, mask = left_pad([q1, q2], 0)
-    both = c.generate(qs, mask, max_new_tokens=4, min_new_tokens=4)
-    one = c.generate(torch.tensor([q1]), max_new_tokens=4, min_new_tokens=4)
-    two = c.generate(torch.tensor([q2]), max_new_tokens=4, min_new_tokens=4)
-    assert torch.equal(both, torch.cat([one, two]))
+    assert_padded_questions_match_one_by_one(c, [ids(19, 3)[0].tolist(), ids(20, 5)[0].tolist()])
 
 
 # --- what is observed is what the model computes ----------------------------------------------

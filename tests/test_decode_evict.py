@@ -11,7 +11,7 @@ from transformers import AttentionInterface, DynamicCache
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import tokensieve as ts
-from conftest import make_model, twin
+from conftest import generate_padded_and_alone, ids, make_model, twin
 from tokensieve.compat import with_cache
 from tokensieve.core.observe.capture import Needs
 from tokensieve.core.observe.inputs import ScoreInputs
@@ -21,10 +21,6 @@ from tokensieve.kv.evicting.rules import GumbelAccumulated
 
 # the fixed-budget rules; ratio_decoding and dms decide their share themselves (tests/test_decode_share.py)
 METHODS = [m for m in DECODE_RULES if m not in ("ratio_decoding", "dms")]
-
-
-def ids(seed: int, n: int, batch: int = 1) -> torch.Tensor:
-    return torch.randint(3, 128, (batch, n), generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.fixture(scope="module")
@@ -225,31 +221,10 @@ def test_every_decode_method_generates_on_every_architecture(arch, method):
 
 @pytest.mark.parametrize("method", ["h2o", "scissorhands", "tova"])
 def test_left_padded_batch_matches_rows_decoded_alone(llama, method):
-    a, b = ids(8, 14)[0].tolist(), ids(9, 25)[0].tolist()
-    from tokensieve.runtime.encode import left_pad
-
-    prompt, mask = left_pad([a, b], 0)
-    cache = DecodeCache(llama, method, budget=10)
-    with torch.inference_mode():
-        both = llama.generate(
-            prompt,
-            attention_mask=mask,
-            **with_cache(llama, cache),
-            max_new_tokens=12,
-            min_new_tokens=12,
-            do_sample=False,
-            pad_token_id=0,
-        )[:, prompt.shape[1] :]
-        for row, p in enumerate((a, b)):
-            alone = llama.generate(
-                torch.tensor([p]),
-                **with_cache(llama, DecodeCache(llama, method, budget=10)),
-                max_new_tokens=12,
-                min_new_tokens=12,
-                do_sample=False,
-                pad_token_id=0,
-            )
-            assert torch.equal(both[row], alone[0, len(p) :]), row
+    rows = [ids(8, 14)[0].tolist(), ids(9, 25)[0].tolist()]
+    pairs = generate_padded_and_alone(llama, lambda: DecodeCache(llama, method, budget=10), rows, 12)
+    for row, (both, alone) in enumerate(pairs):
+        assert torch.equal(both, alone), row
 
 
 def test_prefill_compression_composes_with_decode_eviction(llama):

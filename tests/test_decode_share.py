@@ -7,25 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-import tokensieve as ts
-from conftest import make_model, twin
+from conftest import ids
 from tokensieve.compat import with_cache
 from tokensieve.errors import BudgetError, ParameterError
 from tokensieve.kv.evicting import DecodeCache
 
 P = 30
-
-
-def ids(seed: int, n: int) -> torch.Tensor:
-    return torch.randint(3, 128, (1, n), generator=torch.Generator().manual_seed(seed))
-
-
-@pytest.fixture(scope="module")
-def models():
-    model = ts.prepare(make_model("llama"))
-    ref = twin(model)
-    ref.set_attn_implementation("eager")
-    return model, ref
 
 
 def dense_attention(ref, x: torch.Tensor) -> list[torch.Tensor]:
@@ -40,8 +27,8 @@ def held(layer) -> list[int]:
     return list(range(layer.n_held)) if layer.token_index is None else layer.token_index[0, 0].tolist()
 
 
-def test_dms_judges_the_prompt_once_by_the_heads_mean_threshold(models):
-    model, ref = models
+def test_dms_judges_the_prompt_once_by_the_heads_mean_threshold(llama_pair):
+    model, ref = llama_pair
     x, recent, tau = ids(1, P), 6, 1.0
     cache = DecodeCache(model, "dms", base="h2o", recent=recent, tau=tau)
     with torch.inference_mode():
@@ -55,8 +42,8 @@ def test_dms_judges_the_prompt_once_by_the_heads_mean_threshold(models):
         assert layer.state["judged"][0, 0].tolist() == [1.0] * (len(want) - recent) + [0.0] * recent
 
 
-def test_dms_while_decoding_judges_each_token_once_and_keeps_the_newest(models):
-    model, _ = models
+def test_dms_while_decoding_judges_each_token_once_and_keeps_the_newest(llama_pair):
+    model, _ = llama_pair
     recent = 5
     cache = DecodeCache(model, "dms", base="h2o", recent=recent, tau=1.2)
     with torch.inference_mode():
@@ -76,8 +63,8 @@ def test_dms_while_decoding_judges_each_token_once_and_keeps_the_newest(models):
     assert 0 < ratio < 1  # an output: measured from what is held
 
 
-def test_ratio_decoding_cuts_to_the_share_of_every_token_seen(models):
-    model, ref = models
+def test_ratio_decoding_cuts_to_the_share_of_every_token_seen(llama_pair):
+    model, ref = llama_pair
     x, new = ids(4, P), ids(5, 9)
     cache = DecodeCache(model, "ratio_decoding", base="tova", ratio=0.5, interval=4)
     counts = []
@@ -99,8 +86,8 @@ def test_ratio_decoding_cuts_to_the_share_of_every_token_seen(models):
     assert counts == [30, 31, 32, 33, 17, 18, 19, 20, 19, 20]  # cuts at 34 -> 17 and 38 -> 19 tokens seen
 
 
-def test_share_rules_refuse_a_budget_and_a_base_without_a_decode_score(models):
-    model, _ = models
+def test_share_rules_refuse_a_budget_and_a_base_without_a_decode_score(llama_pair):
+    model, _ = llama_pair
     with pytest.raises(BudgetError, match="pass no budget"):
         DecodeCache(model, "dms", budget=8, base="h2o")
     with pytest.raises(ParameterError, match="decode-time score") as err:

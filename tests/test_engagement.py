@@ -8,15 +8,11 @@ import torch
 import transformers
 
 import tokensieve as ts
-from conftest import make_model
+from conftest import ids, make_model
 from tokensieve import compat
 from tokensieve.compat import with_cache
 from tokensieve.core.observe import hooks
 from tokensieve.errors import EngagementError, TokenSieveError
-
-
-def ids(seed: int, n: int) -> torch.Tensor:
-    return torch.randint(3, 128, (1, n), generator=torch.Generator().manual_seed(seed))
 
 
 def _old_layer_hook(module, kwargs):

@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import optional
 from test_explain import CTX, tiny
 from tokensieve.explain import get_explainer
 
-captum_attr = pytest.importorskip("captum.attr")
+captum_attr = optional("captum.attr", "pip install 'tokensieve[explain]'")
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])

@@ -1,11 +1,15 @@
 """Doc tables owned by a script equal what the script computes from the committed results files (issue 26, items 11
 and 16): docs/unseen.md and README's unseen rows (benchmarks/unseen/unseen_doc.py), docs/explain.md's faithfulness
-table (benchmarks/explain/explain_table.py). A hand edit or a new results row without a rerun fails here."""
+table (benchmarks/explain/explain_table.py), the serving simulator's table (from its rows). A hand edit or a new
+results row without a rerun fails here."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,6 +45,25 @@ def test_serving_quality_table_is_generated_from_rows() -> None:
     doc = (ROOT / "docs/serving.md").read_text()
     lines = mod.table(str(ROOT / "benchmarks/kv_pages/results_serving30"))
     assert common.fill_block(doc, "serving-quality", lines) == doc, "run quality_table.py --doc docs/serving.md"
+
+
+def test_serving_sim_table_is_generated_from_its_rows() -> None:
+    mod = _script("benchmarks/serving_sim/serving_sim.py")
+    out = ROOT / "benchmarks/serving_sim/results/smollm2"
+    rows = [json.loads(ln) for ln in out.with_suffix(".jsonl").read_text().splitlines()]
+    lines = mod.table(rows)
+    assert len(lines) == len(rows) + 2 and "\n".join(lines) in out.with_suffix(".md").read_text()
+
+
+def test_md_table_writes_header_rule_and_rows() -> None:
+    md_table = _script("benchmarks/_common.py").md_table
+    want = ["| a | b |", "|---|---:|", "| 1 |  |", "| x | 2.5 |"]
+    assert md_table(["a", "b"], [[1, ""], ["x", 2.5]], align="lr") == want
+    assert md_table(["a"], [])[1] == "|---|"
+    with pytest.raises(ValueError, match="2 cells under 1 columns"):
+        md_table(["a"], [[1, 2]])
+    with pytest.raises(ValueError, match="align"):
+        md_table(["a", "b"], [], align="l")
 
 
 def test_quant_paired_differences_match_the_results_readme() -> None:

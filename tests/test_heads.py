@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from types import SimpleNamespace
 
 import pytest
@@ -11,7 +12,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import tokensieve as ts
-from conftest import make_model, twin
+from conftest import assert_padded_questions_match_one_by_one, ids, make_model, padded_rows_and_alone, twin
 from tokensieve.compat import with_cache
 from tokensieve.core.observe.hooks import sieve_attention
 from tokensieve.kv import RaggedLayer, SieveLayer
@@ -19,10 +20,6 @@ from tokensieve.kv.budget import AdaKV, ZipVL
 from tokensieve.kv.budget.adakv import head_distributions
 
 T, Q = 40, 6
-
-
-def ids(seed: int, n: int, batch: int = 1) -> torch.Tensor:
-    return torch.randint(3, 128, (batch, n), generator=torch.Generator().manual_seed(seed))
 
 
 def kept_sets(layer: SieveLayer, n_tokens: int) -> torch.Tensor:
@@ -227,31 +224,13 @@ def test_plain_generate_with_a_head_adaptive_cache(arch):
 
 def test_ragged_left_padded_batch_matches_rows_compressed_alone():
     model = ts.prepare(make_model("llama"))
-    a, b = ids(12, 24)[0].tolist(), ids(13, 36)[0].tolist()
-    question = ids(14, Q)
-    batch = ts.compress(model, None, [a, b], "snapkv", budget=16, allocator="adakv", window=4)
-    assert all(isinstance(layer, RaggedLayer) for layer in batch.cache.layers)
-    with torch.inference_mode():
-        got = model(
-            question.expand(2, -1),
-            attention_mask=torch.cat([batch.context_mask, torch.ones(2, Q)], 1).long(),
-            **with_cache(model, batch.cache.fork()),
-        ).logits
-    for row, ctx in enumerate((a, b)):
-        alone = ts.compress(model, None, [ctx], "snapkv", budget=16, allocator="adakv", window=4)
-        with torch.inference_mode():
-            want = model(question, **with_cache(model, alone.cache.fork())).logits
-        torch.testing.assert_close(got[row : row + 1], want, atol=1e-4, rtol=1e-3)
+    rows = [ids(12, 24)[0].tolist(), ids(13, 36)[0].tolist()]
+    compress = functools.partial(ts.compress, model, None, method="snapkv", budget=16, allocator="adakv", window=4)
+    assert all(isinstance(layer, RaggedLayer) for layer in compress(rows).cache.layers)
+    for got, want in padded_rows_and_alone(model, compress, rows, ids(14, Q)):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3)
     # several left-padded questions on one ragged context agree with asking them one by one
-    c = ts.compress(model, None, [b], "snapkv", budget=16, allocator="adakv", window=4)
-    from tokensieve.runtime.encode import left_pad
-
-    q1, q2 = ids(19, 3)[0].tolist(), ids(20, 5)[0].tolist()
-    qs, mask = left_pad([q1, q2], 0)
-    both = c.generate(qs, mask, max_new_tokens=4, min_new_tokens=4)
-    one = c.generate(torch.tensor([q1]), max_new_tokens=4, min_new_tokens=4)
-    two = c.generate(torch.tensor([q2]), max_new_tokens=4, min_new_tokens=4)
-    assert torch.equal(both, torch.cat([one, two]))
+    assert_padded_questions_match_one_by_one(compress(rows[1:]), [ids(19, 3)[0].tolist(), ids(20, 5)[0].tolist()])
 
 
 def test_bad_allocator_parameters_are_clear_errors(capsys):

@@ -4,6 +4,8 @@ refuses, and generation stops at the model's end-of-sequence ids."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 from transformers import AttentionInterface, DynamicCache
@@ -11,6 +13,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import tokensieve as ts
+from conftest import ids as random_ids
 from conftest import make_model, twin
 from tokensieve.compat import with_cache
 from tokensieve.errors import BudgetError, TokenSieveError
@@ -21,8 +24,7 @@ from tokensieve.kv.pipeline import prefill
 T, Q = 64, 6  # the tiny Gemma-3's window is 8: its sliding layers hold 7 slots, its full layers 64
 
 
-def ids(seed: int, n: int) -> torch.Tensor:
-    return torch.randint(3, 120, (1, n), generator=torch.Generator().manual_seed(seed))
+ids = partial(random_ids, high=120)  # this file's inputs stay below id 120
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ own window (window - 1 slots between forwards), already bounded."""
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
 import tokensieve as ts
 from conftest import COMMON
+from conftest import ids as random_ids
 from tokensieve import compat
 from tokensieve.compat import with_cache
 from tokensieve.errors import TokenSieveError, UnsupportedArchitectureError
@@ -46,8 +48,7 @@ SPARSE_TINY = {  # sizes a 96-token context allows (the defaults assume thousand
 }
 
 
-def ids(seed: int, n: int) -> torch.Tensor:
-    return torch.randint(3, 120, (1, n), generator=torch.Generator().manual_seed(seed))
+ids = partial(random_ids, high=120)  # this file's inputs stay below id 120
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
-pytest.importorskip("triton")
+from conftest import optional
+
+optional("triton", "pip install 'tokensieve[gpu]'")
 
 
 def _checks() -> None:

@@ -9,16 +9,12 @@ from transformers import AttentionInterface, DynamicCache
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import tokensieve as ts
-from conftest import make_model, twin
+from conftest import ids, make_model, twin
 from tokensieve.compat import with_cache
 from tokensieve.kv.prune import PRUNERS, decoder_layers, prune
 
 NON_SLIDING = ["llama", "mistral", "qwen2", "qwen3"]
 T = 40
-
-
-def ids(seed: int, n: int, batch: int = 1) -> torch.Tensor:
-    return torch.randint(3, 128, (batch, n), generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("method", list(PRUNERS))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from transformers import AttentionInterface
@@ -9,17 +11,13 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import tokensieve as ts
-from conftest import make_model, twin
+from conftest import assert_padded_questions_match_one_by_one, ids, make_model, padded_rows_and_alone, twin
 from tokensieve.compat import with_cache
 from tokensieve.core.ops.memory import tensor_bytes
 from tokensieve.core.ops.quant import bytes_per_token, error_bound, pack, quantize, unpack
 from tokensieve.kv import MixedLayer
 
 T, Q = 40, 6
-
-
-def ids(seed: int, n: int, batch: int = 1) -> torch.Tensor:
-    return torch.randint(3, 128, (batch, n), generator=torch.Generator().manual_seed(seed))
 
 
 def keys_with_outliers(seed: int = 0, shape=(2, 3, 50, 64)) -> torch.Tensor:
@@ -149,31 +147,14 @@ def test_mixed_kv_bytes_are_codes_scales_zeros_and_factors(method):
 
 def test_mixed_cache_batches_padding_and_questions():
     model = ts.prepare(make_model("llama"))
-    a, b = ids(12, 24)[0].tolist(), ids(13, 36)[0].tolist()
-    question = ids(14, Q)
-    batch = ts.compress(model, None, [a, b], "mikv", budget=16)
-    with torch.inference_mode():
-        got = model(
-            question.expand(2, -1),
-            attention_mask=torch.cat([batch.context_mask, torch.ones(2, Q)], 1).long(),
-            **with_cache(model, batch.cache.fork()),
-        ).logits
-    for row, ctx in enumerate((a, b)):
-        alone = ts.compress(model, None, [ctx], "mikv", budget=16)
-        with torch.inference_mode():
-            want = model(question, **with_cache(model, alone.cache.fork())).logits
+    rows = [ids(12, 24)[0].tolist(), ids(13, 36)[0].tolist()]
+    compress = functools.partial(ts.compress, model, None, method="mikv", budget=16)
+    for got, want in padded_rows_and_alone(model, compress, rows, ids(14, Q)):
         # left padding shifts a row's RoPE positions: its keys are rotated, so they quantize to slightly
         # different codes than alone (attention is rotation-invariant, quantization is not)
-        torch.testing.assert_close(got[row : row + 1], want, atol=5e-3, rtol=1e-2)
-    c = ts.compress(model, None, [b], "zipcache_quant", keep=0.3)
-    from tokensieve.runtime.encode import left_pad
-
-    q1, q2 = ids(19, 3)[0].tolist(), ids(20, 5)[0].tolist()
-    qs, mask = left_pad([q1, q2], 0)
-    both = c.generate(qs, mask, max_new_tokens=4, min_new_tokens=4)
-    one = c.generate(torch.tensor([q1]), max_new_tokens=4, min_new_tokens=4)
-    two = c.generate(torch.tensor([q2]), max_new_tokens=4, min_new_tokens=4)
-    assert torch.equal(both, torch.cat([one, two]))
+        torch.testing.assert_close(got, want, atol=5e-3, rtol=1e-2)
+    c = ts.compress(model, None, rows[1:], "zipcache_quant", keep=0.3)
+    assert_padded_questions_match_one_by_one(c, [ids(19, 3)[0].tolist(), ids(20, 5)[0].tolist()])
 
 
 def test_mixed_precision_rejects_head_adaptive_budgets():

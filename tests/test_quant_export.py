@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import optional
 from tokensieve.errors import ParameterError, TokenSieveError
 from tokensieve.quantize.export.grids import GRIDS
 from tokensieve.quantize.gptq import Hessian, QuantSpec, gptq, layer_loss, rtn
@@ -51,7 +52,7 @@ def test_each_block_type_round_trips_exactly_through_llama_cpp(type_name: str) -
     import ctypes
     from pathlib import Path
 
-    llama_cpp = pytest.importorskip("llama_cpp")
+    llama_cpp = optional("llama_cpp", "pip install 'tokensieve[llamacpp]'")
     lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
     fn = getattr(lib, "dequantize_row_" + type_name.lower().replace("_k", "_K"))
     fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64], None
@@ -127,7 +128,7 @@ def test_written_gguf_loads_back_exactly_and_runs_in_llama_cpp(smollm2, tmp_path
         if "embed" not in name and "lm_head" not in name:  # the embedding is Q8_0 by llama.cpp's rule
             assert torch.equal(mine[name], theirs[name]), name
 
-    llama_cpp = pytest.importorskip("llama_cpp")
+    llama_cpp = optional("llama_cpp", "pip install 'tokensieve[llamacpp]'")
     llm = llama_cpp.Llama(str(written.path), n_ctx=128, n_threads=1, verbose=False)
     text = llm("The capital of France is", max_tokens=8, temperature=0)["choices"][0]["text"]
     assert len(llm.tokenize(text.encode(), add_bos=False)) > 0
@@ -139,7 +140,7 @@ def test_written_gguf_loads_back_exactly_and_runs_in_llama_cpp(smollm2, tmp_path
 
 
 def test_compressed_tensors_loads_in_transformers_with_equal_logits(smollm2, tmp_path) -> None:
-    pytest.importorskip("compressed_tensors")
+    optional("compressed_tensors", "pip install 'tokensieve[export]'")
     from transformers import AutoModelForCausalLM
 
     from tokensieve.quantize.engine import quantize_rtn

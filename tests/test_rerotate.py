@@ -4,6 +4,8 @@ document longer than the model's trained window is read without a position past 
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
@@ -11,6 +13,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 import tokensieve as ts
 from conftest import COMMON, twin
+from conftest import ids as random_ids
 from tokensieve.compat import with_cache
 from tokensieve.errors import BudgetError
 from tokensieve.kv import compress, compress_blocks
@@ -32,8 +35,7 @@ def tiny(arch: str, layers: int | list[str], max_pos: int = 1024):
     return model
 
 
-def ids(seed: int, n: int) -> torch.Tensor:
-    return torch.randint(3, 120, (1, n), generator=torch.Generator().manual_seed(seed))
+ids = partial(random_ids, high=120)  # this file's inputs stay below id 120
 
 
 def pre_rope_keys(model, x: torch.Tensor) -> dict[int, torch.Tensor]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import tokensieve as ts
-from conftest import make_model
+from conftest import ids, make_model
 from planted import planted_model
 from tokensieve.compat import with_cache
 from tokensieve.core.observe.hooks import sieve_attention
@@ -19,10 +19,6 @@ from tokensieve.kv import RaggedLayer, calibrate, calibration_path, get_calibrat
 from tokensieve.kv.budget import ErrorProportional
 
 T = 40
-
-
-def ids(seed: int, n: int, batch: int = 1) -> torch.Tensor:
-    return torch.randint(3, 128, (batch, n), generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.fixture(scope="module")

@@ -10,15 +10,11 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import tokensieve as ts
-from conftest import make_model, twin
+from conftest import ids, make_model, twin
 from tokensieve.compat import with_cache
 from tokensieve.kv import sink_map
 
 T, Q = 40, 5
-
-
-def ids(seed: int, n: int) -> torch.Tensor:
-    return torch.randint(3, 128, (1, n), generator=torch.Generator().manual_seed(seed))
 
 
 def eager_attentions(model, ctx):

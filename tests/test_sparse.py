@@ -9,7 +9,7 @@ from transformers import AttentionInterface, DynamicCache
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import tokensieve as ts
-from conftest import make_model, twin
+from conftest import generate_padded_and_alone, ids, make_model, twin
 from tokensieve.compat import with_cache
 from tokensieve.kv.sparse import SPARSE, SelectInputs, SparseCache, get_sparse
 from tokensieve.kv.sparse.calibrate import LayerSample
@@ -235,10 +235,6 @@ def test_overlap_counts_recall_and_iou():
 # --- the sparse layer inside real forwards -----------------------------------------------------------
 
 
-def ids(seed: int, n: int, batch: int = 1) -> torch.Tensor:
-    return torch.randint(3, 128, (batch, n), generator=torch.Generator().manual_seed(seed))
-
-
 def feed(model, cache, tokens):
     with torch.inference_mode():
         return [model(tokens[:, i : i + 1], **with_cache(model, cache)).logits[:, -1] for i in range(tokens.shape[1])]
@@ -322,29 +318,10 @@ def test_left_padded_batch_matches_rows_alone(method):
     """Token-level selectors choose the same slots in a padded batch as alone (page- and block-based ones
     group slots by their position in the cache, which padding shifts, so only these can match exactly)."""
     model = ts.prepare(make_model("llama"))
-    a, b = ids(6, 20)[0].tolist(), ids(7, 33)[0].tolist()
-    prompt, mask = left_pad([a, b], 0)
+    rows = [ids(6, 20)[0].tolist(), ids(7, 33)[0].tolist()]
     kw = dict(read=10, **TINY.get(method, {}))
-    with torch.inference_mode():
-        both = model.generate(
-            prompt,
-            attention_mask=mask,
-            **with_cache(model, SparseCache(model, method, **kw)),
-            max_new_tokens=6,
-            min_new_tokens=6,
-            do_sample=False,
-            pad_token_id=0,
-        )
-        for row, p in enumerate((a, b)):
-            alone = model.generate(
-                torch.tensor([p]),
-                **with_cache(model, SparseCache(model, method, **kw)),
-                max_new_tokens=6,
-                min_new_tokens=6,
-                do_sample=False,
-                pad_token_id=0,
-            )
-            assert torch.equal(both[row, prompt.shape[1] :], alone[0, len(p) :])
+    for both, alone in generate_padded_and_alone(model, lambda: SparseCache(model, method, **kw), rows, 6):
+        assert torch.equal(both, alone)
 
 
 @pytest.mark.parametrize("method", ["quest", "hisa", "tokenselect", "tidal"])

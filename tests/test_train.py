@@ -3,13 +3,11 @@ random models (the per-token log-probs, the prompt attention, the prompt-free pa
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import make_model
+from conftest import make_model, requires
 from tokensieve.errors import TokenSieveError
 from tokensieve.train import (
     DFT,
@@ -267,7 +265,9 @@ def test_trainer_compute_loss_uses_the_rule(tmp_path):
     assert not torch.equal(before, model.get_output_embeddings().weight)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="TRL is an optional extra (pip install trl)")
+@requires("trl", "pip install 'tokensieve[trl]'")
+# TRL's configs default gradient_checkpointing=True, a name transformers 5.25 deprecates (TRL's warning, not ours)
+@pytest.mark.filterwarnings("ignore:`gradient_checkpointing` is deprecated:FutureWarning")
 def test_dft_equals_trl_dft_loss(tmp_path):
     from datasets import Dataset
     from tokenizers import Tokenizer, models

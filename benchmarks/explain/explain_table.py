@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/_common.py
-from _common import fill_block
+from _common import fill_block, md_table
 
 from tokensieve.plotstyle import pyplot, save, styles
 from tokensieve.stats import Interval, bootstrap, paired_bootstrap, t_interval
@@ -63,13 +63,13 @@ def table(dirs: list[str]) -> list[str]:
     methods = list(dict.fromkeys(r["method"] for r in rows))
     lengths = sorted({r["length"] for r in rows})
     head = ["s (t)", "needle recall @5% (bootstrap)", *(f"{v} (paired bootstrap)" for v in RATIOS.values())]
-    out = ["| method | tokens | n | " + " | ".join(head) + " |", "|---" * (len(head) + 3) + "|"]
+    body = []
     for m in methods:
         for n in lengths:
             sel = [r for r in rows if r["method"] == m and r["length"] == n]
             if sel:
-                out.append(f"| {m} | {n} | {len(sel)} | " + " | ".join(cells(sel)) + " |")
-    return out
+                body.append([m, n, len(sel), *cells(sel)])
+    return md_table(["method", "tokens", "n", *head], body)
 
 
 def plot(dirs: list[str], path: Path) -> Path:

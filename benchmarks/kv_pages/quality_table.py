@@ -14,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/_common.py
-from _common import fill_block
+from _common import fill_block, md_table
 
 from tokensieve.stats import t_interval
 
@@ -25,11 +25,11 @@ def table(folder: str) -> list[str]:
     for r in rows:
         if r.get("type") == "cell" and r.get("kind") == "fidelity" and r["method"] != "full":
             top1[(r["method"], r["length"], r["keep"])].append(100 * r["metrics"]["top1"])
-    out = ["| method | tokens | keep | n | fidelity top-1 % (Student-t 95%) |", "|---|---:|---:|---:|---|"]
+    body = []
     for (m, length, keep), xs in sorted(top1.items(), key=lambda kv: (kv[0][0], kv[0][1], -kv[0][2])):
         iv = t_interval(xs)
-        out.append(f"| `{m}` | {length} | {keep} | {iv.n} | {iv.estimate:.1f} [{iv.lo:.1f}, {iv.hi:.1f}] |")
-    return out
+        body.append([f"`{m}`", length, keep, iv.n, f"{iv.estimate:.1f} [{iv.lo:.1f}, {iv.hi:.1f}]"])
+    return md_table(["method", "tokens", "keep", "n", "fidelity top-1 % (Student-t 95%)"], body, align="lrrrl")
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/_common.py
-from _common import command, write_results
+from _common import command, md_table, write_results
 
 
 def main() -> None:
@@ -92,19 +92,24 @@ def main() -> None:
         "of the policy at the request's length (fidelity top-1 % vs the full cache), mean over finished requests;",
         "`95% half-width` = the range of the cells' intervals; `n` = bench samples per cell.",
         "",
-        "| policy | keep | prefill peak | mean running | max running | finished | tokens/step | mean wait | "
-        "MiB freed | max pages used / pool | quality % | 95% half-width | n |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *table(rows),
     ]
-    for r in rows:
-        ci = "-" if r["keep"] is None else f"{100 * r['quality_ci'][0]:.1f}-{100 * r['quality_ci'][1]:.1f}"
-        lines.append(
-            f"| {r['policy']} | {r['keep'] or 1.0} | {r['prefill_peak']} | {r['mean_running']} | {r['max_running']} | "
-            f"{r['finished']} | {r['tokens_per_step']} | {r['mean_wait_steps']} | {r['mib_freed']} | "
-            f"{r['max_pages_in_use']} / {pool} | {100 * r['quality']:.1f} | {ci} | "
-            f"{','.join(map(str, r['quality_samples'])) or '-'} |"
-        )
     write_results(Path(a.out), rows, lines)
+
+
+def table(rows: list[dict]) -> list[str]:
+    """The simulator's rows as a Markdown table (each row names its pool)."""
+    head = ["policy", "keep", "prefill peak", "mean running", "max running", "finished", "tokens/step", "mean wait",
+            "MiB freed", "max pages used / pool", "quality %", "95% half-width", "n"]  # fmt: skip
+
+    def cells(r: dict) -> list:
+        ci = "-" if r["keep"] is None else f"{100 * r['quality_ci'][0]:.1f}-{100 * r['quality_ci'][1]:.1f}"
+        used = f"{r['max_pages_in_use']} / {r['pool_pages']}"
+        return [r["policy"], r["keep"] or 1.0, r["prefill_peak"], r["mean_running"], r["max_running"], r["finished"],
+                r["tokens_per_step"], r["mean_wait_steps"], r["mib_freed"], used, f"{100 * r['quality']:.1f}", ci,
+                ",".join(map(str, r["quality_samples"])) or "-"]  # fmt: skip
+
+    return md_table(head, map(cells, rows), align="lrlrrrrrrrrrr")
 
 
 if __name__ == "__main__":

@@ -242,6 +242,7 @@ def main() -> None:
     ap.add_argument("--keep", type=float, default=0.5)
     ap.add_argument("--presses", default="all", help="comma-separated PRESSES names (default: all)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--answers", type=int, default=1, help="1: also compare each side's answer (a generation each)")
     ap.add_argument("--out", default="benchmarks/unseen_kvpress/results/agreement")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -252,27 +253,31 @@ def main() -> None:
     task = get_task(args.task)
     bridge = Bridge(args.model, args.threads)
     rows: list[dict[str, Any]] = []
+    skipped = [f"- `{PRESSES[n].cls}`: {why}" for n, why in SKIP.items() if n in names]
+    cmd = command("unseen_kvpress/agreement.py", args, env="OMP_NUM_THREADS=1")
     try:
         for i in range(args.seed, args.seed + args.samples):
             sample = task.sample(tok, args.length, i)
             ids = fmt.context_ids(sample.context)
+            start = time.perf_counter()
             got = compare(model, tok, bridge, ids, presses, args.keep)
-            said = answers(model, tok, bridge, sample, presses, args.keep)
+            print(f"sample {i}: scores and kept sets in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+            said = answers(model, tok, bridge, sample, presses, args.keep) if args.answers else {}
+            print(f"sample {i}: done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
             for p, r in zip(presses, got, strict=True):
                 rows.append({**r, "sample": i, "task": args.task, **said.get(p.name, {}), "model": args.model})
+            head = [
+                f"# kvpress {bridge.versions.get('kvpress')} against tokensieve: per-press agreement",
+                "",
+                f"{args.model}, `{args.task}`, {i - args.seed + 1} sample(s) of about {args.length} tokens, keep "
+                f"{args.keep}; Spearman over (layer, KV head) of the per-token scores (unprotected slots), kept-set "
+                "Jaccard per (layer, KV head), answers to each sample's question. Not run here:",
+                *skipped,
+                "",
+            ]
+            write_results(Path(args.out), rows, [*head, *table(rows)], cmd)  # after every sample: a cut run keeps it
     finally:
         bridge.close()
-    skipped = [f"- `{PRESSES[n].cls}`: {why}" for n, why in SKIP.items() if n in names]
-    head = [
-        f"# kvpress {bridge.versions.get('kvpress')} against tokensieve: per-press agreement",
-        "",
-        f"{args.model}, `{args.task}`, {args.samples} samples of about {args.length} tokens, keep {args.keep}; "
-        "Spearman over (layer, KV head) of the per-token scores, kept-set Jaccard per (layer, KV head), answers "
-        "to each sample's question. Not run here:",
-        *skipped,
-        "",
-    ]
-    write_results(Path(args.out), rows, [*head, *table(rows)], command("unseen_kvpress/agreement.py", args))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from conftest import make_model
+from conftest import make_model, twin
 from oracle import full_attention, group_mean
 from test_unseen import kvzip_oracle
 from tokensieve import prepare
@@ -198,11 +198,11 @@ def test_simlayerkv_lazy_layers_stream_and_busy_layers_keep_all():
     assert busy.stats.kv_bytes == busy.stats.kv_bytes_full  # the ratio is an output
 
 
-def test_kvgrad_weights_reconstruction_by_the_value_through_w_o():
+def test_kvgrad_without_gradient_weights_reconstruction_by_the_value_through_w_o():
     model = prepare(make_model("llama"))
     ids = torch.randint(1, 128, (1, 24), generator=torch.Generator().manual_seed(1))
     pre = prefill(model, None, ids, methods=["kvgrad"])
-    got = get_method("kvgrad", chunk=12).whole_pass(pre)
+    got = get_method("kvgrad", chunk=12, gradient=False).whole_pass(pre)
     base = kvzip_oracle(model, ids, [], 12)  # no tokenizer: kvzip's pass runs with no prompt
     h, hkv = model.config.num_attention_heads, model.config.num_key_value_heads
     d = model.config.hidden_size // h
@@ -222,6 +222,61 @@ def test_kvgrad_weights_reconstruction_by_the_value_through_w_o():
             ]
         )
         torch.testing.assert_close(got[i][0][0], base[i][0] * norms, atol=1e-5, rtol=1e-4)
+
+
+def kvgrad_oracle(model, ids: torch.Tensor, chunk: int) -> dict[int, torch.Tensor]:
+    """KVgrad by its formula with plain autograd: for each chunk, the eager twin model on context + chunk (no
+    prompt); Phi = sum over the chunk's rows of ||h^L||^2 (the last decoder layer's output), its gradient with
+    respect to each layer's self-attention output; S_j = max over the chunk's rows p and the group's heads h of
+    A^h[p, j] * ||v_j W_O^h|| * ||dPhi/da_p||, max over chunks."""
+    ref = twin(model)
+    ref.set_attn_implementation("eager")
+    cfg = ref.config
+    n_kv, h = cfg.num_key_value_heads, cfg.num_attention_heads
+    d = cfg.hidden_size // h
+    t = ids.shape[1]
+    out: dict[int, torch.Tensor] = {}
+    acts: dict[int, torch.Tensor] = {}
+    last: list[torch.Tensor] = []
+    for lo in range(0, t, chunk):
+        seq = torch.cat([ids, ids[:, lo : lo + chunk]], -1)
+        acts.clear()
+        last.clear()
+        hooks = [blk.self_attn.register_forward_hook(lambda m, a, o, i=i: acts.__setitem__(i, o[0]))
+                 for i, blk in enumerate(ref.model.layers)]  # fmt: skip
+        hooks.append(ref.model.layers[-1].register_forward_hook(lambda m, a, o: last.append(o)))
+        res = ref(input_ids=seq, output_attentions=True, use_cache=True)
+        for hk in hooks:
+            hk.remove()
+        phi = last[0][0, t:].pow(2).sum()
+        grads = torch.autograd.grad(phi, [acts[i] for i in range(len(acts))])
+        for i, a in enumerate(res.attentions):  # [1, H, L, L]
+            g = grads[i][0, t:].norm(dim=-1)  # [n]
+            w = ref.model.layers[i].self_attn.o_proj.weight.detach()
+            v = res.past_key_values.layers[i].values[0, :, :t].detach()  # [Hkv, T, D]
+            s = torch.zeros(n_kv, t)
+            for qh in range(h):
+                vo = (v[qh // (h // n_kv)] @ w[:, qh * d : qh * d + d].T).norm(dim=-1)  # [T]
+                per = (a[0, qh, t:, :t].detach() * vo[None, :] * g[:, None]).amax(0)
+                s[qh // (h // n_kv)] = torch.maximum(s[qh // (h // n_kv)], per)
+            out[i] = torch.maximum(out[i], s) if i in out else s
+    return out
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_kvgrad_multiplies_attention_by_value_through_w_o_and_the_gradient_norm(arch):
+    """The gradient factor (METHODS.md section 10): the oracle is the formula with plain autograd on the eager
+    model, each attention weight times ||v W_O^h|| times the gradient norm at its probe row."""
+    model = prepare(make_model(arch))
+    ids = torch.randint(1, 128, (1, 20), generator=torch.Generator().manual_seed(3))
+    pre = prefill(model, None, ids, methods=["kvgrad"])
+    got = get_method("kvgrad", chunk=8).whole_pass(pre)
+    want = kvgrad_oracle(model, ids, 8)
+    assert set(got) == set(want)
+    for i in want:
+        torch.testing.assert_close(got[i][0][0], want[i], atol=1e-5, rtol=2e-4)
+    assert not any(p.grad is not None for p in model.parameters())  # gradients of activations only
+    assert pre.cache.layers[0].n_held == 20  # the passes ran on forks
 
 
 def test_kvcompose_counts_by_composite_tokens_and_keeps_each_heads_best():

@@ -51,6 +51,7 @@ from tokensieve.compat.gguf import GgufTensor, gguf_layout
 from tokensieve.compat.layers import (
     LAYER_MASK_ARG,
     attention_inputs,
+    attention_outputs,
     call_layer,
     decoder_layers,
     layer_call,
@@ -104,6 +105,7 @@ __all__ = [
     "adopt_layer",
     "attention_inputs",
     "attention_layer_index",
+    "attention_outputs",
     "attn_implementation",
     "cache_arg",
     "call_cache",

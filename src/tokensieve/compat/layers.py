@@ -93,6 +93,34 @@ def attention_inputs(model: torch.nn.Module, sink: Any) -> Iterator[int]:
             h.remove()
 
 
+@contextlib.contextmanager
+def attention_outputs(model: torch.nn.Module, on_attention: Any, on_last: Any) -> Iterator[int]:
+    """During the forwards inside the block, call ``on_attention(layer_idx, a)`` with each decoder layer's attention
+    output ``a`` [B, T, hidden] (after its output projection, before any post-attention norm and the residual add)
+    and ``on_last(h)`` with the last decoder layer's output hidden states (before the final norm); yields how many
+    layers were hooked. The tensors are the graph's own (a caller can take gradients with respect to them)."""
+    # relies on: each decoder block keeping its attention as `.self_attn`, whose output is a tuple with the
+    # projected attention output first (llama, mistral, qwen2/3, gemma3); the hooks only read (outputs unchanged)
+    layers = decoder_layers(model)
+
+    def hook(i: int):
+        def post(module: torch.nn.Module, args: tuple, output: Any) -> None:
+            on_attention(i, output[0] if isinstance(output, tuple) else output)
+
+        return post
+
+    def last(module: torch.nn.Module, args: tuple, output: Any) -> None:
+        on_last(layer_output_hidden(output))
+
+    handles = [layer.self_attn.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
+    handles.append(layers[-1].register_forward_hook(last))
+    try:
+        yield len(layers)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def call_layer(layer: torch.nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
     """Run one decoder layer on recorded arguments and return its output hidden states."""
     # relies on: a decoder layer returning the hidden states (a tensor in 5.x, the first item of a tuple before)

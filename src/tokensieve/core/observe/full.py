@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from tokensieve.compat import with_cache
+from tokensieve.compat import attention_outputs, with_cache
 from tokensieve.core.observe.protocol import ObservedCache
 from tokensieve.core.scores.attention import attention_probs, group_queries
 from tokensieve.errors import EmptyContextError
@@ -29,6 +29,8 @@ def reconstruction_scores(
     query_chunk: int = 256,
     sample: float = 1.0,
     compute: torch.dtype = torch.float32,
+    gradient: bool = False,
+    key_weights: dict[int, Tensor] | None = None,
 ) -> dict[int, Tensor]:
     """Per full-attention layer ``[B, Hkv, T]``: the max over reconstruction queries (and over the query heads
     of each GQA group) of the attention they pay to each cached context slot.
@@ -43,6 +45,10 @@ def reconstruction_scores(
     ``compute=torch.bfloat16`` runs the pass's matmuls (its linear layers under CPU/GPU autocast, and the
     attention) in bfloat16, the scores kept in fp32: on CPUs with AMX or AVX512-BF16 the pass
     is faster, and the scores approximate the fp32 ones to bf16's 3 digits (their ranking is what is used).
+
+    KVgrad's weights: ``key_weights`` (per layer ``[B, Hkv, G, T]``, one per query head and slot) multiply each
+    attention weight by its key before the max; with ``gradient`` each reconstruction row is also multiplied by
+    ``probe_gradients``' norm for that row, from a forward and backward pass of the same chunk on its own fork.
     """
     b, t = context_ids.shape
     if t == 0:
@@ -50,7 +56,7 @@ def reconstruction_scores(
     prompt = torch.tensor(list(prompt_ids), dtype=torch.long).expand(b, -1)
     out: dict[int, Tensor] = {}
     # reconstruction rows in the current forward (the rows after the prompt), and which of them are real tokens
-    state: dict = {"n": 0, "scored": None}
+    state: dict = {"n": 0, "scored": None, "rows": None}
 
     def attend(layer, query: Tensor, value: Tensor, scaling: float) -> tuple[Tensor, None]:
         # one softmax serves both the layer's output (eager attention, the teacher-forced forward) and the score
@@ -62,11 +68,17 @@ def reconstruction_scores(
         first = n - state["n"]  # rows before this are the prompt's: not reconstruction queries
         outs = []
         keys = layer.keys.to(compute)
+        row_w = state["rows"][layer.layer_idx] if state["rows"] is not None else None  # [B, n]
+        key_w = key_weights[layer.layer_idx][..., None, :] if key_weights is not None else None  # [B, Hkv, G, 1, T]
         for lo in range(0, n, query_chunk):
             hi = min(n, lo + query_chunk)
             probs = _block_probs(q[:, :, :, lo:hi], keys, base + lo, base, layer.valid, scaling)
             v = value[:, :, None, : probs.shape[-1]].to(compute)  # keys past a row are unseen
             outs.append(torch.matmul(probs, v))
+            if key_w is not None or row_w is not None:  # KVgrad: weigh each attention weight (the output is taken)
+                probs = probs[..., :t].float()
+                probs = probs * key_w if key_w is not None else probs
+                probs = probs * row_w[:, None, None, lo:hi, None] if row_w is not None else probs
             # probabilities are >= 0, so rows that are not scored can be zeroed (the output is already taken);
             # reducing the whole block is much faster on CPU than reducing a row-sliced view
             if state["scored"] is not None:  # a padded batch: each row's own real queries, every stride-th
@@ -99,9 +111,6 @@ def reconstruction_scores(
         else:  # a chunk's pad tokens are not reconstruction queries; the stride counts each row's real tokens
             real = mask_c.bool()
             state["scored"] = (real & ((real.long().cumsum(-1) - 1) % stride == 0)).to(model.device)
-        fork = cache.fork()
-        for layer in fork.sieve_layers:
-            layer.attend_with = attend
         ids = torch.cat([prompt, ids_c], -1)
         kw = {}
         if mask_c is not None:
@@ -110,12 +119,45 @@ def reconstruction_scores(
             kw["attention_mask"] = torch.cat([context_mask, new], -1).to(model.device)
             # a chunk's pad tokens take no position: each row's real tokens sit where they sit for the row alone
             kw["position_ids"] = (t + new.long().cumsum(-1) - 1).clamp_min(t).to(model.device)
+        if gradient:
+            real = None if mask_c is None else torch.cat([torch.zeros_like(prompt).bool(), mask_c.bool()], -1)
+            state["rows"] = probe_gradients(model, cache, ids.to(model.device), kw, prompt.shape[1], real)
+        fork = cache.fork()
+        for layer in fork.sieve_layers:
+            layer.attend_with = attend
         low = compute != torch.float32
         with torch.inference_mode(), torch.autocast(model.device.type, dtype=compute, enabled=low):
             model(**with_cache(model, fork, input_ids=ids.to(model.device), use_cache=True, logits_to_keep=1, **kw))
     if not out:
         raise RuntimeError("the reconstruction pass observed no layer: is the model prepared (tokensieve.prepare)?")
     return out
+
+
+def probe_gradients(
+    model: torch.nn.Module, cache: ObservedCache, ids: Tensor, kw: dict, first: int, real: Tensor | None = None
+) -> dict[int, Tensor]:
+    """KVgrad's probe weights, per decoder layer ``[B, n]``: for each row p of one teacher-forced forward of ``ids``
+    on a fork of ``cache``, ``||dPhi / da_p||``, where ``a_p`` is the layer's attention output at p (what it adds
+    to the residual stream) and ``Phi = sum_p ||h_p^L||^2`` over the rows from ``first`` on (the reconstruction
+    rows; ``real`` [B, n] leaves padding out), ``h^L`` the last decoder layer's output before the final norm.
+    One forward and one backward pass (fp32) through the frozen model: gradients are taken with respect to the
+    activations only (``autograd.grad``), so no parameter's ``.grad`` is touched."""
+    acts: dict[int, Tensor] = {}
+    last: list[Tensor] = []
+    with torch.inference_mode(False), torch.enable_grad():
+        with attention_outputs(model, acts.__setitem__, last.append):
+            model(**with_cache(model, cache.fork(), input_ids=ids, use_cache=True, logits_to_keep=1, **kw))
+        if not last or not acts:
+            raise RuntimeError("kvgrad's gradient pass observed no decoder layer")
+        h = last[-1][:, first:].float()
+        if real is not None:
+            h = h * real[:, first:, None].to(h.device, h.dtype)
+        order = sorted(acts)
+        grads = torch.autograd.grad(h.square().sum(), [acts[i] for i in order], allow_unused=True)
+    return {
+        i: (g.detach().float().norm(dim=-1) if g is not None else acts[i].new_zeros(acts[i].shape[:2]).float())
+        for i, g in zip(order, grads, strict=True)
+    }
 
 
 def _chunks(ids: Tensor, mask: Tensor | None, chunk: int) -> list[tuple[Tensor, Tensor | None]]:

@@ -32,7 +32,9 @@ class Compactor(Method):
     """Compactor's blend: ``beta * z(leverage) + z(non_causal_attn)``, each z-scored per head over the context.
     The paper weighs leverage by the share removed, r: with ``beta < 0`` (default) beta = r = 1 - budget / T at
     compression (``score`` alone, which sees no budget, uses r = 0.5). The first 8 and last 4 tokens are protected.
-    The paper pairs it with the head-adaptive allocator (``allocator="adakv"``)."""
+    The paper pairs it with the head-adaptive allocator (``allocator="adakv"``). kvpress's ``CompactorPress``
+    differs by its non-causal attention (unscaled logits: ``non_causal_attn``'s docstring) and its leverage sketch.
+    """
 
     id = "compactor"
     paper = "Compactor: Calibrated Query-Agnostic KV Cache Compression with Approximate Leverage Scores (2025)"

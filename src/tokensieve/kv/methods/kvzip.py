@@ -32,7 +32,10 @@ class KVzip(Method):
     One pass per prefill, shared by kvzip and kvzip+ (``Prefill.memo``). ``scope="global"`` (default, measured
     best) spends the whole cache's budget on one top-k over every layer and head, as KVzip does (ragged; each
     head keeps one slot at least), so it takes no allocator but ``uniform``; ``scope="layer"`` leaves budgets to the
-    allocator."""
+    allocator. Against kvpress's ``KVzipPress`` (benchmarks/unseen_kvpress/agreement.py) the ranks differ by rule:
+    kvpress takes the max over every replay token, its prompt's included, and those rows (which see the context but
+    not the chunk) dominate where attention is flat: on a tiny random model its score is Spearman 1.000 with the max
+    over all replay rows and 0.07-0.27 with the chunk's rows alone, which is what this method scores."""
 
     id = "kvzip"
     paper = "KVzip: Query-Agnostic KV Cache Compression with Context Reconstruction (Kim et al., 2025)"

@@ -106,6 +106,19 @@ class Bridge:
             p, k = cells[res["cell"]["i"]]
             yield p, k, res
 
+    def scores(self, ids: list[int], cells: list[tuple[Press, float]]) -> Iterator[tuple[Press, float, dict]]:
+        """Prefill ``ids`` under each press at its keep and yield, per press, the scores its scorer computed per
+        layer (``res["scores"]``: layer -> [Hkv][T], absent for a press with no scorer) and each KV head's kept
+        slots (``res["kept"]``: layer -> [Hkv][n]); an ``"error"`` instead when the press failed."""
+        job_cells = [{"press": p.cls, "params": dict(p.params), "keep": k, "i": i} for i, (p, k) in enumerate(cells)]
+        self._send({"scores": {"ids": list(ids)}, "cells": job_cells})
+        while True:
+            res = self._read()
+            if res.get("done"):
+                return
+            p, k = cells[res["cell"]["i"]]
+            yield p, k, res
+
     def close(self) -> None:
         if self.proc.poll() is None:
             assert self.proc.stdin is not None

@@ -7,7 +7,12 @@ sibling ``metrics.py`` (loaded by path), never tokensieve.
 
 Protocol: the first stdin line is the setup ``{"model": dir, "threads": n}``; every further line is one
 job ``{"sample": {...}, "cells": [{"press": name, "params": {...}, "keep": k}, ...]}``. For each cell
-the worker prints one JSON line, then ``{"done": true}`` after the job. Retrieval cells go through
+the worker prints one JSON line, then ``{"done": true}`` after the job. A wrapper press names its scorer as
+``params["press"] = {"press": name, "params": {...}}`` (nested as deep as needed; the compression ratio goes to
+the innermost press). A job ``{"scores": {"ids": [...]}, "cells": [...]}`` instead prefills the token ids under
+each press and reports, per layer, the scores its scorer computed (``scores``, when it has a scorer) and the
+slots each KV head keeps (``kept``: held slots found by their values, or keys where values were merged, less
+the head-wise presses' masked slots), for ``benchmarks/unseen_kvpress/agreement.py``. Retrieval cells go through
 kvpress's own ``KVPressTextGenerationPipeline``; fidelity cells apply the press exactly as that pipeline
 does (``with press(model): model.model(context)``) and then score the continuation teacher-forced.
 A ``press`` of ``null`` is the full cache.
@@ -70,9 +75,20 @@ class Worker:
         if name is None:
             return None
         n = max(1, min(n_tokens, round(keep * n_tokens)))
-        ratio = 1.0 - (n + 0.5) / n_tokens
+        return self.build(name, params, max(0.0, 1.0 - (n + 0.5) / n_tokens))
+
+    def build(self, name: str, params: dict, ratio: float):
+        """A press and, for a wrapper, its scorer press (``params["press"]``), the ratio on the innermost one
+        (a wrapper reads its scorer's); a press with no ``compression_ratio`` field takes only its params."""
+        import dataclasses
+
         cls = getattr(self.kvpress, name)
-        return cls(compression_ratio=max(0.0, ratio), **params)
+        params = dict(params)
+        inner = params.pop("press", None)
+        if inner is not None:
+            return cls(press=self.build(inner["press"], inner.get("params", {}), ratio), **params)
+        fields = {f.name for f in dataclasses.fields(cls) if f.init}
+        return cls(compression_ratio=ratio, **params) if "compression_ratio" in fields else cls(**params)
 
     def attention(self, name: str | None) -> None:
         want = "eager" if name in EAGER else "sdpa"
@@ -163,7 +179,35 @@ class Worker:
             "context_tokens": t,
         }
 
+    def scores(self, job: dict) -> None:
+        """Prefill ``job["scores"]["ids"]`` under each cell's press; emit its scores and kept slots per layer."""
+        from transformers import DynamicCache
+
+        ids = torch.tensor([job["scores"]["ids"]])
+        t = ids.shape[1]
+        self.attention(None)
+        full = DynamicCache()
+        with torch.inference_mode():
+            self.model.model(input_ids=ids, past_key_values=full)
+        for cell in job["cells"]:
+            try:
+                press = self.press(cell["press"], cell.get("params", {}), cell["keep"], t)
+                self.attention(cell["press"])
+                captured: dict[int, list] = {}
+                _capture_scores(press, captured)
+                cache = DynamicCache()
+                with torch.inference_mode(False), torch.no_grad(), press(self.model):  # kvgrad needs no inference mode
+                    self.model.model(input_ids=ids, past_key_values=cache)
+                kept = {i: _kept(full.layers[i], cache.layers[i], _masked(layer), t) for i, layer in _attn(self.model)}
+                res = {"scores": captured, "kept": kept}
+            except Exception as e:  # report, keep going
+                res = {"error": f"{type(e).__name__}: {e}"}
+            emit({"cell": cell, **res})
+        emit({"done": True})
+
     def job(self, job: dict) -> None:
+        if "scores" in job:
+            return self.scores(job)
         sample = job["sample"]
         ref: dict = {}
         cells = sorted(job["cells"], key=lambda c: c["press"] is not None)  # the full cache first
@@ -180,6 +224,69 @@ class Worker:
                 res = {"error": f"{type(e).__name__}: {e}"}
             emit({"cell": cell, **res, "rss_peak": peak_rss()})
         emit({"done": True})
+
+
+def _attn(model):
+    return [(int(layer.self_attn.layer_idx), layer.self_attn) for layer in model.model.layers]
+
+
+def _capture_scores(press, captured: dict) -> None:
+    """Record what the press's scorer computes per layer: a ScorerPress's ``score`` output, or a KVzip-style
+    press's ``score_val`` just before it compresses (the first call per layer wins: a wrapper may score twice)."""
+    inner = press
+    while getattr(inner, "press", None) is not None and hasattr(inner.press, "compress"):
+        inner = inner.press
+    if hasattr(inner, "score_val") and hasattr(inner, "compress_post"):
+        post = inner.compress_post
+
+        def compress_post(model, *a, **k):
+            for i, s in enumerate(inner.score_val):
+                captured.setdefault(i, s[0].float().tolist())
+            return post(model, *a, **k)
+
+        inner.compress_post = compress_post
+    elif hasattr(inner, "score"):
+        score = inner.score
+
+        def scored(module, *a, **k):
+            s = score(module, *a, **k)
+            captured.setdefault(int(module.layer_idx), s[0].detach().float().tolist())
+            return s
+
+        inner.score = scored
+
+
+def _masked(module):
+    m = getattr(module, "masked_key_indices", None)
+    return None if m is None else [x.tolist() for x in m]
+
+
+def _nearest(full, row) -> int:
+    """The slot of ``full [T, D]`` equal to ``row`` to float rounding (eager attention, which observed_attention
+    needs, differs from SDPA in the last bits from the second layer on), else -1."""
+    dist = (full.float() - row.float()).abs().amax(-1)
+    j = int(dist.argmin())
+    return j if float(dist[j]) <= 1e-4 * max(1.0, float(row.abs().max())) else -1
+
+
+def _kept(full, layer, masked, t: int) -> list[list[int]]:
+    """Per KV head, the context slots the compressed layer holds: each held row found in the full prefill by its
+    value (merging presses change values: then by its key; re-rotation changes keys: values still match), less
+    the slots a head-wise press masks."""
+    out = []
+    n_ctx = min(t, layer.values.shape[2])
+    for h in range(full.values.shape[1]):
+        got = []
+        for k, v in zip(layer.keys[0, h, :n_ctx], layer.values[0, h, :n_ctx], strict=True):
+            j = _nearest(full.values[0, h], v)
+            got.append(_nearest(full.keys[0, h], k) if j < 0 else j)
+        out.append(got)
+    if masked is not None:
+        _, heads, seqs = masked
+        for h, j in zip(heads, seqs, strict=True):
+            if j in out[h]:
+                out[h].remove(j)
+    return out
 
 
 def reset_peak_rss() -> None:

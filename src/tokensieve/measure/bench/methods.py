@@ -116,6 +116,8 @@ class Press:
         return f"kvpress:{self.name}"
 
 
+SNAP = "snapkv/window=64/kernel=5/pooling=avg"  # kvpress's SnapKV as a wrapper's base
+
 PRESSES: dict[str, Press] = {
     p.name: p
     for p in (
@@ -187,7 +189,146 @@ PRESSES: dict[str, Press] = {
             "lagkv",
             "the same idea (lag-relative min/max statistics per 128-token chunk); kvpress protects 4 sinks",
         ),
+        Press(
+            "leverage",
+            "LeverageScorePress",
+            "leverage",
+            "leverage",
+            "same rule (pre-RoPE keys, centred, x a 48-column Gaussian sketch, leverage); the sketches are drawn "
+            "apart, so the scores agree exactly only where the head dim is <= 48 (the sketch keeps the column space)",
+        ),
+        Press(
+            "non_causal_attn",
+            "NonCausalAttnPress",
+            "non_causal_attn",
+            "non_causal_attn",
+            "same rule (bidirectional attention in chunks of 256, GQA mean, x ||v||, smoothed over 3); kvpress "
+            "z-scores it (rank unchanged)",
+        ),
+        Press("compactor", "CompactorPress", "compactor", "compactor", "same rule (r x leverage + attention)"),
+        Press("cur", "CURPress", "cur", "cur", "same rule (||k||^2 ||v||^2 as shares of 16-token windows, 4 sinks)"),
+        Press("cap", "CapPress", None, "cap", "the same idea; the query anchor is built from our own query window"),
+        Press(
+            "kvgrad",
+            "KVgradPress",
+            "kvgrad:chunk=512",
+            "kvgrad",
+            "the same score; kvpress takes each chunk's softmax over sinks + that chunk + the replay only and counts "
+            "the prompt's tokens as probes (kvgrad's docstring)",
+        ),
+        Press(
+            "kvcompose",
+            "KVComposePress",
+            None,
+            "kvcompose",
+            "the same idea (a second pass over the context's own cache, composite tokens set each layer's count)",
+        ),
+        Press(
+            "simlayerkv",
+            "SimLayerKVPress",
+            "simlayerkv:tau=0.9",
+            "simlayerkv",
+            "same rule at tau 0.9 (kvpress's lazy_threshold; its default 1.0 never marks a layer lazy); the share "
+            "kept is an output",
+            {"lazy_threshold": 0.9},
+        ),
+        Press(
+            "critical_kv",
+            "CriticalKVPress",
+            f"critical_kv:base={SNAP}:eps=0.0001",
+            "critical_kv",
+            "same rule over the matched SnapKV (half the budget by the score, the rest by (s + eps) ||v W_O||_1)",
+            {"press": {"press": "SnapKVPress"}},
+        ),
+        Press(
+            "critical_adakv",
+            "CriticalAdaKVPress",
+            f"critical_adakv:base={SNAP}:eps=0.0001",
+            "critical_adakv",
+            "same rule after AdaKV's per-head budgets, over the matched SnapKV",
+            {"press": {"press": "SnapKVPress"}},
+        ),
+        Press(
+            "adakv",
+            "AdaKVPress",
+            "snapkv:window=64:kernel=5:pooling=avg@adakv",
+            "snapkv@adakv",
+            "same rule (one top-k over the layer's heads, floor 0.2 of the budget per head) over the matched SnapKV; "
+            "kvpress masks the evicted keys, tokensieve frees them (ragged layout)",
+            {"press": {"press": "SnapKVPress"}},
+        ),
+        Press(
+            "chunk",
+            "ChunkPress",
+            f"chunk:base={SNAP}",
+            "chunk:base=snapkv",
+            "same rule (each chunk of 1024 keeps the same share) over the matched SnapKV",
+            {"press": {"press": "SnapKVPress"}},
+        ),
+        Press(
+            "chunkkv",
+            "ChunkKVPress",
+            f"entropy_chunk:base={SNAP}:size=20:gate=0",
+            "entropy_chunk",
+            "whole chunks of 20 by mean score: entropy_chunk with its gate off (gate=0)",
+            {"press": {"press": "SnapKVPress"}},
+        ),
+        Press(
+            "entropy_chunk",
+            "EntropyGatedChunkKVPress",
+            f"entropy_chunk:base={SNAP}",
+            "entropy_chunk",
+            "same rule (chunks of 10, a spiky chunk gives its top 4) over the matched SnapKV",
+            {"press": {"press": "SnapKVPress"}},
+        ),
+        Press(
+            "rerotate",
+            "KeyRerotationPress",
+            f"rerotate:base={SNAP}",
+            "rerotate:base=keydiff",
+            "same rule (kept keys re-rotated to 0 .. n-1) over the matched SnapKV",
+            {"press": {"press": "SnapKVPress"}},
+        ),
+        Press(
+            "merging",
+            "MergingPress",
+            f"merging:base={SNAP}",
+            "merging",
+            "the same idea (evicted values fold into similar kept ones); the weights differ (docs/kv-breadth.md)",
+            {"press": {"press": "SnapKVPress"}},
+        ),
+        Press(
+            "finch",
+            "FinchPress",
+            None,
+            "finch",
+            "question seen by kvpress (it splits the prompt at a delimiter its pipeline inserts before the "
+            "question); tokensieve's finch is question unseen (its window is the context's tail)",
+        ),
+        Press("random", "RandomPress", None, "random", "the same rule; the draws differ"),
     )
+}
+
+# kvpress's presses with no cell in `--compare kvpress`, and why (docs/kv-breadth.md has the whole map)
+NOT_RUN: dict[str, str] = {
+    "KVzapPress": "its regressors are downloaded from the hub (tokensieve trains kvzap here: calibrate --learned)",
+    "FastKVzipPress": "its gates are downloaded from the hub (tokensieve trains fastkvzip here)",
+    "QFilterPress": "its filters are downloaded from the hub (tokensieve calibrates qfilter here)",
+    "ExpectedAttentionStatsPress": "its statistics are downloaded from the hub or computed on a downloaded dataset",
+    "DuoAttentionPress": "its head patterns are downloaded (or scored on-the-fly on a downloaded dataset)",
+    "LUKVPress": "its budget curves are downloaded (tokensieve's lukv calibrates them here)",
+    "RestoreKVPress": "its restore embeddings and LoRA are downloaded (restorekv is not registered here)",
+    "ThinKPress": "channel pruning alone keeps every token (no keep axis); tokensieve's think needs a token base",
+    "DMSPress": "the share kept is an output of its threshold on raw scores (no keep axis)",
+    "BlockPress": "its counterpart is kv.compress_blocks (Python API), not a bench method",
+    "PerLayerCompressionPress": "a keep per layer: the per_layer allocator, which the bench does not sweep",
+    "DecodingPress": "decode time (tokensieve decode / DecodeCache), not a prefill cell",
+    "CompressionRatioDecodingPress": "decode time (ratio_decoding in DecodeCache), not a prefill cell",
+    "CAMPress": "decode time in kvpress; tokensieve's cam merges once at the prefill's compression",
+    "PrefillDecodingPress": "a prefill press plus a decode press: no single cell",
+    "ComposedPress": "a chain of presses: no single cell",
+    "BasePress": "an abstract base",
+    "ScorerPress": "an abstract base",
 }
 
 

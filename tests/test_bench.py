@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
-import os
 from collections import Counter
 from pathlib import Path
 

@@ -185,6 +185,29 @@ def test_bad_inputs(eng, tmp_path):
                  "--context", "x", "--question", "y"]) == 2  # fmt: skip
 
 
+def test_cli_reads_a_document_in_chunks_under_a_budget(tmp_path, capsys):
+    """``generate --engine llama.cpp --chunk``: a context longer than the cache is read chunk by chunk, never
+    holding more than budget + chunk cells, and answered; a chunked read without --budget, or on the HF path, is a
+    one-line error (exit 2)."""
+    import json
+
+    from tokensieve.cli import main
+
+    with Engine(MODEL, Settings(n_ctx=256, scoring=False)) as e:  # the tokenizer lives as long as its engine
+        pk = passkey_context(e.tokenizer, 700, 0.8, key="48151")
+    doc = tmp_path / "doc.txt"
+    doc.write_text(pk.context)
+    base = ["generate", "--engine", "llama.cpp", "--model", MODEL, "--context-file", str(doc), "--question",
+            pk.question, "--answer-prefix", pk.answer_prefix, "--max-new-tokens", "8", "--n-ctx", "512"]  # fmt: skip
+    assert main([*base, "--method", "snapkv", "--budget", "256", "--chunk", "128", "--renumber", "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["context_tokens"] > 600 and rec["kept_tokens"] == 256 and rec["chunks"] >= 5
+    assert 256 < rec["peak_cells"] <= 256 + 128
+    assert pk.correct(rec["answer"]), rec["answer"]  # the key sits in the last chunks: any reader keeps it
+    assert main([*base, "--keep", "0.5", "--chunk", "128"]) == 2
+    assert main([*base[:1], *base[3:], "--budget", "256", "--chunk", "128"]) == 2  # the HF engine: no --chunk
+
+
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
     return float(np.corrcoef(ra, rb)[0, 1])

@@ -43,6 +43,9 @@ def cmd_methods(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     if args.engine == "llama.cpp":
         return cmd_generate_llamacpp(args)
+    if args.chunk is not None:
+        raise TokenSieveError("--chunk reads through llama.cpp's cache: add --engine llama.cpp (the HF path's "
+                              "bounded prefill is the `block` method)")  # fmt: skip
     from tokensieve.kv import Plan, generate, get_allocator
     from tokensieve.runtime.models import load_model
 

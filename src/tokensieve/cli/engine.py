@@ -34,7 +34,7 @@ def add_engine_args(g: argparse.ArgumentParser) -> None:
 
 
 def cmd_generate_llamacpp(args: argparse.Namespace) -> int:
-    from tokensieve.engines.llamacpp import DEFAULT, Engine, Settings, compress, save
+    from tokensieve.engines.llamacpp import DEFAULT, Engine, Settings, compress
 
     if args.allocator != "uniform" or args.allocator_param or getattr(args, "pages", None):
         raise ParameterError("--engine llama.cpp keeps one set of cells for every layer: no --allocator or --pages")
@@ -49,8 +49,7 @@ def cmd_generate_llamacpp(args: argparse.Namespace) -> int:
             question=args.question if args.query_aware else None, aggregate_by=how,
             renumber=args.renumber, skip_first=args.skip_first, **params,
         )  # fmt: skip
-        ans = eng.answer(args.question, args.max_new_tokens, args.answer_prefix)
-        saved = save(eng, args.save_state) if args.save_state else None
+        ans, saved = _answer_and_save(eng, args)
     record = {
         "answer": ans.text,
         "engine": "llama.cpp",
@@ -77,9 +76,17 @@ def cmd_generate_llamacpp(args: argparse.Namespace) -> int:
     return print_answer_record(record, args.json)
 
 
+def _answer_and_save(eng, args: argparse.Namespace) -> tuple:
+    """Answer the question from the compressed sequence; save it when ``--save-state`` asks."""
+    from tokensieve.engines.llamacpp import save
+
+    ans = eng.answer(args.question, args.max_new_tokens, args.answer_prefix)
+    return ans, (save(eng, args.save_state) if args.save_state else None)
+
+
 def _generate_chunked(args: argparse.Namespace, context: str, how: str, params: dict) -> int:
     """``--chunk``: the context is read chunk by chunk under ``--budget`` cells (read_chunked), then answered."""
-    from tokensieve.engines.llamacpp import Engine, Settings, read_chunked, save
+    from tokensieve.engines.llamacpp import Engine, Settings, read_chunked
 
     if args.budget is None or args.keep is not None:
         raise ParameterError("--chunk reads under a fixed number of cells: pass --budget N (not --keep)")
@@ -89,8 +96,7 @@ def _generate_chunked(args: argparse.Namespace, context: str, how: str, params: 
         ids = eng.prompt.context_ids(context)
         rep = read_chunked(eng, ids, args.budget, args.chunk, args.method, how, renumber=args.renumber,
                            skip_first=args.skip_first, **params)  # fmt: skip
-        ans = eng.answer(args.question, args.max_new_tokens, args.answer_prefix)
-        saved = save(eng, args.save_state) if args.save_state else None
+        ans, saved = _answer_and_save(eng, args)
     record = {
         "answer": ans.text,
         "engine": "llama.cpp",

@@ -99,12 +99,7 @@ class Bridge:
             for i, (p, k) in enumerate(cells)
         ]
         self._send({"sample": payload, "cells": job_cells})
-        while True:
-            res = self._read()
-            if res.get("done"):
-                return
-            p, k = cells[res["cell"]["i"]]
-            yield p, k, res
+        yield from self._results(cells)
 
     def scores(self, ids: list[int], cells: list[tuple[Press, float]]) -> Iterator[tuple[Press, float, dict]]:
         """Prefill ``ids`` under each press at its keep and yield, per press, the scores its scorer computed per
@@ -112,6 +107,10 @@ class Bridge:
         slots (``res["kept"]``: layer -> [Hkv][n]); an ``"error"`` instead when the press failed."""
         job_cells = [{"press": p.cls, "params": dict(p.params), "keep": k, "i": i} for i, (p, k) in enumerate(cells)]
         self._send({"scores": {"ids": list(ids)}, "cells": job_cells})
+        yield from self._results(cells)
+
+    def _results(self, cells: list) -> Iterator[tuple[Press, float, dict]]:
+        """The worker's answers, one per cell, until it says done."""
         while True:
             res = self._read()
             if res.get("done"):

@@ -83,10 +83,14 @@ def answer_row(eng: Engine, q, base: dict, **extra) -> dict:
 
 
 def cell_name(args, method: str, agg: str, keep: float) -> str:
-    """``method/aggregate/keep``, with ``p<kernel>`` before the keep when ``--pool`` overrides the method's own."""
+    """``method/aggregate/keep``, with ``p<kernel>`` (``--pool``) and ``r<N>`` (kvzip's ``--recent``) before the keep
+    when they override the method's own."""
+    name = f"{method}/{agg}"
     if args.pool and method in ("kvzip", "snapkv"):
-        return f"{method}/{agg}/p{args.pool}/{keep}"
-    return f"{method}/{agg}/{keep}"
+        name += f"/p{args.pool}"
+    if args.recent and method == "kvzip":
+        name += f"/r{args.recent}"
+    return f"{name}/{keep}"
 
 
 def run_sample(args, eng: Engine, plain: dict[str, Engine], task, index: int, done: set, out) -> None:
@@ -140,6 +144,8 @@ def run_sample(args, eng: Engine, plain: dict[str, Engine], task, index: int, do
         m = get_method(m_id, window=args.window, observe=args.window) if m_id == "snapkv" else get_method(m_id)
         if args.pool and m_id in ("kvzip", "snapkv"):
             m = dataclasses.replace(m, pool=args.pool)
+        if args.recent and m_id == "kvzip":
+            m = dataclasses.replace(m, window=args.recent)
         restore(eng, snap)
         budget = max(1, round(keep * len(ids)))
         t = time.perf_counter()
@@ -187,6 +193,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="sample seed (0: reported; 1: validation)")
     p.add_argument("--pool", type=int, default=0, help="max-pool kernel for kvzip/snapkv scores (0: the method's own)")
     p.add_argument("--window", type=int, default=32)
+    p.add_argument("--recent", type=int, default=0,
+                   help="kvzip: the last N positions always kept (e.g. a sliding-window model's window; 0: its own)")
     p.add_argument("--chunk", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--renumber", action="store_true")

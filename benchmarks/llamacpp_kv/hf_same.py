@@ -73,6 +73,7 @@ def main() -> None:
                         "tokens": args.tokens, "seed": args.seed, "index": index, "cell": f"hf-{m}/{k}",
                         "method": m, "keep": k, "question": qi, "score": s, "answer": text, "same_text": same,
                         "prefill_seconds": prefill_s, "compress_seconds": comp_s,
+                        "kv_bytes": ctx.stats.kv_bytes, "kv_bytes_full": ctx.stats.kv_bytes_full,
                     }) + "\n")  # fmt: skip
             out.write("".join(lines))
             out.flush()

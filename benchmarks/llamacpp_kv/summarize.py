@@ -91,11 +91,14 @@ def validation(model: str) -> list[str]:
     return [*provenance(metas), "", *lines]
 
 
-def retrieval(model: str, tokens: int) -> list[str]:
-    metas, rows = load(f"grid_{model.split('-')[0]}_{tokens // 1000}k_*.jsonl")
-    hm, hrows = load(f"hf_{model.split('-')[0]}_{tokens // 1000}k.jsonl")
-    rows += hrows
-    metas += hm
+def retrieval(model: str, tokens: int, pattern: str = "grid") -> list[str]:
+    """One table per model x length: ``grid_*`` files (the reported seed, with the HF path's row), or another
+    prefix's files (e.g. ``choose_recent``: validation samples, seed 1)."""
+    metas, rows = load(f"{pattern}_{model.split('-')[0]}_{tokens // 1000}k_*.jsonl")
+    if pattern == "grid":
+        hm, hrows = load(f"hf_{model.split('-')[0]}_{tokens // 1000}k.jsonl")
+        rows += hrows
+        metas += hm
     if not rows:
         return []
     groups: dict[str, list[dict]] = defaultdict(list)
@@ -123,6 +126,9 @@ def retrieval(model: str, tokens: int) -> list[str]:
         sc = mean([r.get("score_seconds") for r in g])
         cost = f"{sc / prefill:.2f}" if prefill and not math.isnan(sc) else "-"
         by = f"{sb / full_bytes:.3f}" if not math.isnan(sb) else "-"
+        hf_share = mean([r["kv_bytes"] / r["kv_bytes_full"] for r in g if r.get("kv_bytes_full")])
+        if not math.isnan(hf_share):  # the HF path's own cache: its bytes against its own full cache (tensors)
+            by = f"{hf_share:.3f} (HF)"
         tok_s = mean([r.get("decode_tok_s") for r in g])
         vs = mean(s) / full if full else float("nan")
         kept = mean([r.get("kept") for r in g])
@@ -205,6 +211,9 @@ def main() -> None:
     for model in MODELS:
         for tokens in (2000, 4000):
             parts[f"Retrieval inside llama.cpp, {model}, {tokens} tokens, question unseen"] = retrieval(model, tokens)
+    parts["Validation: kvzip keeping the sliding window's last 512 positions (gemma3-270m, 4k, seed 1)"] = retrieval(
+        "gemma3-270m", 4000, "choose_recent"
+    )
     parts["Long documents through a small cache"] = longdoc()
     parts["Speed: decode from a 4x compressed cache vs the full cache; scoring vs prefill"] = speed()
     parts["OpenVINO GenAI's CacheEvictionConfig (same samples, same GGUF)"] = openvino()

@@ -106,27 +106,29 @@ def run_sample(args, eng: Engine, plain: dict[str, Engine], task, index: int, do
     def key(**kw) -> str:
         return json.dumps({**{k: base[k] for k in ("model", "task", "tokens", "index")}, **kw}, sort_keys=True)
 
-    # baselines: plain llama.cpp (f16 cache: the full reference, its prefill time) and quantized KV caches
-    quant_snaps = {}
-    for kind, p in plain.items():
-        if key(cell=kind) in done and kind not in args.quant_evict:
-            continue
-        p.clear()
-        t = time.perf_counter()
-        p.prefill(ids)
-        prefill_s = time.perf_counter() - t
-        if kind in args.quant_evict:
-            quant_snaps[kind] = snapshot(p)
-        if key(cell=kind) in done:
-            continue
-        for qi, q in enumerate(sample.questions):
-            emit(answer_row(p, q, base, cell=kind, question=qi, prefill_seconds=prefill_s, key=key(cell=kind)))
     # streaming reads no attention: one aggregate is enough
     wanted = [(m, a, k) for m in args.methods for a in args.aggregates for k in args.keeps
               if m != "streaming" or a == args.aggregates[0]]  # fmt: skip
     quant = [(w, kind) for w in wanted for kind in args.quant_evict if w[0] in args.quant_methods]
     todo = [w for w in wanted if key(cell=cell_name(args, *w)) not in done
             or any(x == w and key(cell=f"{cell_name(args, *w)}+{k}") not in done for x, k in quant)]  # fmt: skip
+    # baselines: plain llama.cpp (f16 cache: the full reference, its prefill time) and quantized KV caches
+    quant_snaps = {}
+    for kind, p in plain.items():
+        needs_snap = kind in args.quant_evict and any(key(cell=f"{cell_name(args, *w)}+{kind}") not in done
+                                                      for w, k in quant if k == kind)  # fmt: skip
+        if key(cell=kind) in done and not needs_snap:
+            continue
+        p.clear()
+        t = time.perf_counter()
+        p.prefill(ids)
+        prefill_s = time.perf_counter() - t
+        if needs_snap:
+            quant_snaps[kind] = snapshot(p)
+        if key(cell=kind) in done:
+            continue
+        for qi, q in enumerate(sample.questions):
+            emit(answer_row(p, q, base, cell=kind, question=qi, prefill_seconds=prefill_s, key=key(cell=kind)))
     if not todo:
         return
     eng.clear()
@@ -193,8 +195,12 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="sample seed (0: reported; 1: validation)")
     p.add_argument("--pool", type=int, default=0, help="max-pool kernel for kvzip/snapkv scores (0: the method's own)")
     p.add_argument("--window", type=int, default=32)
-    p.add_argument("--recent", type=int, default=0,
-                   help="kvzip: the last N positions always kept (e.g. a sliding-window model's window; 0: its own)")
+    p.add_argument(
+        "--recent",
+        type=int,
+        default=0,
+        help="kvzip: the last N positions always kept (e.g. a sliding-window model's window; 0: its own)",
+    )
     p.add_argument("--chunk", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--renumber", action="store_true")

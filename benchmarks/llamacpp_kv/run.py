@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 from tokensieve.engines.llamacpp import Engine, Settings
-from tokensieve.engines.llamacpp.evict import evict
+from tokensieve.engines.llamacpp.evict import evict, renumber_positions
+from tokensieve.engines.llamacpp.hybrid import cut_window, split
 from tokensieve.engines.llamacpp.scores import (
     DEFAULT,
     aggregate,
@@ -90,6 +91,8 @@ def cell_name(args, method: str, agg: str, keep: float) -> str:
         name += f"/p{args.pool}"
     if args.recent and method == "kvzip":
         name += f"/r{args.recent}"
+    if args.hybrid:
+        name += "/" + {"full-first": "ff", "even": "even", "full-only": "fo"}[args.hybrid]
     return f"{name}/{keep}"
 
 
@@ -136,6 +139,8 @@ def run_sample(args, eng: Engine, plain: dict[str, Engine], task, index: int, do
     t = time.perf_counter()
     window_layers = window_pass(eng, ids, snap_m.observe)
     prefill_window_s = time.perf_counter() - t
+    # hybrid-attention models: keep = share of the state's bytes, (full-layer positions, window cells) per keep
+    splits = {k: split(eng, k, args.hybrid) for k in args.keeps} if args.hybrid else {}
     snap = snapshot(eng)
     recon, recon_s = None, 0.0
     if any(m == "kvzip" for m, _, _ in todo):
@@ -149,7 +154,7 @@ def run_sample(args, eng: Engine, plain: dict[str, Engine], task, index: int, do
         if args.recent and m_id == "kvzip":
             m = dataclasses.replace(m, window=args.recent)
         restore(eng, snap)
-        budget = max(1, round(keep * len(ids)))
+        budget, window = splits.get(keep, (max(1, round(keep * len(ids))), None))
         t = time.perf_counter()
         if m_id == "streaming":
             import numpy as np
@@ -158,14 +163,20 @@ def run_sample(args, eng: Engine, plain: dict[str, Engine], task, index: int, do
         else:
             layers = recon if m_id == "kvzip" else window_layers
             scores = aggregate(pooled(layers, m.pool), agg, budget)
-        evict(eng, keep_cells(scores, budget, m.sinks, m.window), renumber=args.renumber)
+        if budget < len(ids):
+            evict(eng, keep_cells(scores, budget, m.sinks, m.window))
+        if window is not None:
+            cut_window(eng, min(window, len(eng.seq)))
+        if args.renumber:
+            renumber_positions(eng)
         select_s = time.perf_counter() - t
         cell = cell_name(args, m_id, agg, keep)
         score_s = {"kvzip": recon_s, "snapkv": prefill_window_s, "streaming": 0.0}[m_id]
         if key(cell=cell) not in done:
             for qi, q in enumerate(sample.questions):
                 emit(answer_row(eng, q, base, cell=cell, method=m_id, aggregate=agg, keep=keep, question=qi,
-                                score_seconds=score_s, select_seconds=select_s, key=key(cell=cell)))  # fmt: skip
+                                score_seconds=score_s, select_seconds=select_s, window_cells=window,
+                                key=key(cell=cell)))  # fmt: skip
         # eviction + a quantized cache: the same positions (scored on the f16 context) evicted from the quantized one
         positions = set(eng.seq.cells)
         for kind, qsnap in quant_snaps.items():
@@ -174,10 +185,16 @@ def run_sample(args, eng: Engine, plain: dict[str, Engine], task, index: int, do
                 continue
             qe = plain[kind]
             restore(qe, qsnap)
-            evict(qe, [i for i, p in enumerate(qe.seq.cells) if p in positions], renumber=args.renumber)
+            if len(positions) < len(qe.seq.cells):
+                evict(qe, [i for i, p in enumerate(qe.seq.cells) if p in positions])
+            if window is not None:
+                cut_window(qe, min(window, len(qe.seq)))
+            if args.renumber:
+                renumber_positions(qe)
             for qi, q in enumerate(sample.questions):
                 emit(answer_row(qe, q, base, cell=qcell, method=m_id, aggregate=agg, keep=keep, question=qi,
-                                quant=kind, score_seconds=score_s, key=key(cell=qcell)))  # fmt: skip
+                                quant=kind, score_seconds=score_s, window_cells=window,
+                                key=key(cell=qcell)))  # fmt: skip
 
 
 def main() -> None:
@@ -200,6 +217,12 @@ def main() -> None:
         type=int,
         default=0,
         help="kvzip: the last N positions always kept (e.g. a sliding-window model's window; 0: its own)",
+    )
+    p.add_argument(
+        "--hybrid",
+        default="",
+        choices=["", "full-first", "even", "full-only"],
+        help="sliding-window models: keep = share of the state's bytes, split this way (default: one shared selection)",
     )
     p.add_argument("--chunk", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)

@@ -39,6 +39,7 @@ def cmd_generate_llamacpp(args: argparse.Namespace) -> int:
     if args.allocator != "uniform" or args.allocator_param or getattr(args, "pages", None):
         raise ParameterError("--engine llama.cpp keeps one set of cells for every layer: no --allocator or --pages")
     params = parse_params(args.param)
+    hybrid = params.pop("hybrid", None)  # hybrid-attention models: keep's split between the two caches
     how = args.aggregate or DEFAULT
     context = _context(args)
     if args.chunk is not None:
@@ -47,7 +48,7 @@ def cmd_generate_llamacpp(args: argparse.Namespace) -> int:
         rep = compress(
             eng, context, args.method, keep=args.keep, budget=args.budget,
             question=args.question if args.query_aware else None, aggregate_by=how,
-            renumber=args.renumber, skip_first=args.skip_first, **params,
+            renumber=args.renumber, skip_first=args.skip_first, hybrid=hybrid, **params,
         )  # fmt: skip
         ans, saved = _answer_and_save(eng, args)
     record = {
@@ -67,6 +68,7 @@ def cmd_generate_llamacpp(args: argparse.Namespace) -> int:
         "state_bytes": rep.state_bytes,
         "kv_ratio": round(rep.state_bytes / max(rep.state_bytes_full, 1), 4),
         "layers_read": rep.layers_read,
+        "window_cells": rep.window_cells,
         "prefill_seconds": round(rep.prefill_seconds, 4),
         "score_seconds": round(rep.score_seconds, 4),
         "decode_seconds": round(ans.decode_seconds, 4),

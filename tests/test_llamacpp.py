@@ -242,7 +242,7 @@ def test_sliding_window_layers_are_skipped_not_misread():
     and eviction still answers."""
     with Engine("gemma3-270m", Settings(n_ctx=1024, n_batch=256, n_ubatch=128)) as e:
         pk = passkey_context(e.tokenizer, 600, 0.3, key="48151")
-        rep = compress(e, pk.context, "snapkv", keep=0.6)
+        rep = compress(e, pk.context, "snapkv", keep=0.6, hybrid="shared")  # one selection, both caches
         assert rep.context_tokens > e.m.n_swa
         assert 0 < rep.layers_read < e.m.n_layer  # the full-attention layers only
         assert e.m.tap.skipped  # the sliding-window layers, once past the window

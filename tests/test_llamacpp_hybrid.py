@@ -96,3 +96,22 @@ def test_hybrid_needs_a_hybrid_model_and_a_known_policy(gem, pk):
         compress(e, pk.context, "kvzip", keep=0.5, hybrid="even")
     with pytest.raises(ParameterError, match="hybrid"):
         compress(gem, pk.context, "kvzip", keep=0.5, hybrid="sideways")
+
+
+def test_cli_reports_the_split_and_takes_hybrid_as_a_param(gem, pk, tmp_path, capsys):
+    import json
+
+    from tokensieve.cli import main
+
+    doc = tmp_path / "doc.txt"
+    doc.write_text(pk.context)
+    base = ["generate", "--engine", "llama.cpp", "--model", "gemma3-270m", "--context-file", str(doc), "--question",
+            pk.question, "--answer-prefix", pk.answer_prefix, "--max-new-tokens", "8", "--n-ctx", "1024",
+            "--method", "streaming", "--keep", "0.5", "--json"]  # fmt: skip
+    assert main(base) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["window_cells"] < 512 and abs(rec["kv_ratio"] - 0.5) < 0.03
+    assert main([*base, "--param", "hybrid=shared"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["window_cells"] is None and rec["kept_tokens"] == math.ceil(0.5 * rec["context_tokens"])
+    assert main([*base, "--param", "hybrid=sideways"]) == 2

@@ -148,7 +148,7 @@ def longdoc() -> list[str]:
     metas, rows = load("longdoc_*.jsonl")
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
-        pool = r.get("pool") or ("-" if r["method"] in ("full", "context-shift") else "own")
+        pool = "-" if r["method"] in ("full", "context-shift") else (r.get("pool") or "own")  # they read no scores
         groups[(r.get("seed", 0), r["model"], r["tokens"], r["budget"], r["method"], pool, r["renumber"])].append(r)
     lines = ["| seed | model | document tokens | cache budget | method | pool | renumbered | n | score [95% CI] "
              "| seconds | state MB | kept | VmHWM MB |", "|---" * 13 + "|"]  # fmt: skip

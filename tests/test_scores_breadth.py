@@ -142,24 +142,34 @@ def test_cur_is_windowed_key_and_value_norms(data):
     assert m.protected(10) == (4, 0)
 
 
-def test_cap_is_anchor_weighted_value_leverage(data):
+@pytest.mark.parametrize("queries", [8, T])
+def test_cap_is_anchor_weighted_value_leverage(data, queries):
+    """One anchor per query head (its last ``queries`` real, non-sink queries), the score averaged over the heads
+    sharing a key; the 4 sinks are protected and take no part in the max or in A (the paper and kvpress's
+    CapPress; ``queries=T`` is kvpress's anchor over every query)."""
     q0, k, v, valid = data  # q0: pre-RoPE queries; the prefill sees them rotated to their positions
-    m = get_method("cap", queries=8, horizon=16)
+    m = get_method("cap", queries=queries, horizon=16)
     m.bind(RopeModel())
     x = inputs(m, rope_at(q0, torch.arange(T)), k, v, valid)
     got = m.score(x).double()
-    mu = q0[:, :, T - 8 :].mean(2).view(B, HKV, H // HKV, D).mean(2)  # [B, Hkv, D]
-    anchor = torch.stack([rope_at(mu[:, :, None], torch.tensor([p]))[:, :, 0] for p in range(T, T + 16)]).mean(0)
     want = torch.zeros(B, HKV, T, dtype=torch.float64)
     for b in range(B):
-        real = weights(valid)[b].bool()
+        real = weights(valid)[b].bool().nonzero().flatten().tolist()
+        sinks, rest = real[:4], real[4:]
+        history = [p for p in rest if p >= T - queries]
         for h in range(HKV):
-            kk, vv = k[b, h, real], v[b, h, real]
-            cos = (kk @ anchor[b, h]) / (kk.norm(dim=-1) * anchor[b, h].norm())
-            w = torch.exp(5 * (cos - cos.max()))
-            outer = (w[:, None, None] * vv[:, :, None] * vv[:, None]).sum(0)
-            a_inv = torch.linalg.inv(torch.eye(D, dtype=torch.float64) + outer)
-            want[b, h, real] = w * torch.einsum("td,de,te->t", vv, a_inv, vv)
+            kk, vv = k[b, h, rest], v[b, h, rest]
+            per_head = []
+            for qh in range(h * (H // HKV), (h + 1) * (H // HKV)):
+                mu = q0[b, qh, history].mean(0)
+                anchor = torch.stack([rope_at(mu[None], torch.tensor([p]))[0] for p in range(T, T + 16)]).mean(0)
+                cos = (kk @ anchor) / (kk.norm(dim=-1) * anchor.norm())
+                w = torch.exp(5 * (cos - cos.max()))
+                outer = (w[:, None, None] * vv[:, :, None] * vv[:, None]).sum(0)
+                a_inv = torch.linalg.inv(torch.eye(D, dtype=torch.float64) + outer)
+                per_head.append(w * torch.einsum("td,de,te->t", vv, a_inv, vv))
+            want[b, h, rest] = torch.stack(per_head).mean(0)
+            want[b, h, sinks] = float("inf")
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3)
 
 

@@ -207,7 +207,14 @@ PRESSES: dict[str, Press] = {
         ),
         Press("compactor", "CompactorPress", "compactor", "compactor", "same rule (r x leverage + attention)"),
         Press("cur", "CURPress", "cur", "cur", "same rule (||k||^2 ||v||^2 as shares of 16-token windows, 4 sinks)"),
-        Press("cap", "CapPress", None, "cap", "the same idea; the query anchor is built from our own query window"),
+        Press(
+            "cap",
+            "CapPress",
+            "cap:queries=1000000",
+            "cap",
+            "same rule with the anchor over every context query past the sinks (queries >= the context); tokensieve's "
+            "default averages the last 32 queries only (a bounded observation window)",
+        ),
         Press(
             "kvgrad",
             "KVgradPress",

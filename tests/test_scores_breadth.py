@@ -14,7 +14,7 @@ from test_unseen import kvzip_oracle
 from tokensieve import prepare
 from tokensieve.core.observe.capture import observe
 from tokensieve.core.observe.inputs import ScoreInputs
-from tokensieve.kv import compress, get_method, prefill
+from tokensieve.kv import compress, get_method, prefill, prefill_inputs, score_prefill
 
 B, H, HKV, T, D = 2, 4, 2, 40, 8
 SCALE = D**-0.5
@@ -171,6 +171,21 @@ def test_cap_is_anchor_weighted_value_leverage(data, queries):
             want[b, h, rest] = torch.stack(per_head).mean(0)
             want[b, h, sinks] = float("inf")
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3)
+
+
+def test_score_prefill_scores_a_method_bound_to_the_model():
+    """``score_prefill`` binds the method as compressing does: cap's anchor is un-rotated with the model's rotary
+    frequencies, so its score equals the one a hand-bound method gives (unbound, it scored without RoPE)."""
+    model = prepare(make_model("llama"))
+    ids = torch.randint(1, 128, (1, 24), generator=torch.Generator().manual_seed(2))
+    pre = prefill(model, None, ids, methods=["cap"])
+    bound = get_method("cap")
+    bound.bind(model)
+    want = {layer.layer_idx: bound.score(x) for layer, x in prefill_inputs(pre, bound)}
+    got = score_prefill(pre, get_method("cap"))
+    assert got.keys() == want.keys()
+    for i in want:
+        torch.testing.assert_close(got[i], want[i])
 
 
 def test_finch_rescales_each_query_by_the_keys_it_sees(data):

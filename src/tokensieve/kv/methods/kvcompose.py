@@ -41,7 +41,12 @@ class KVCompose(KVzip):
     ``scope="global"`` (default) the budget is spent by composite tokens: each head's scores sorted and averaged
     rank by rank across the layer's heads, one top-k over every layer's composites sets each layer's count, and
     every head keeps its own best that many (so layers differ, heads within a layer do not: dense, aligned).
-    ``scope="layer"`` evicts each layer to its allocator's budget by the same score."""
+    ``scope="layer"`` evicts each layer to its allocator's budget by the same score.
+
+    kvpress's ``KVComposePress`` (defaults) averages the GQA group instead of taking its max, and adds each layer's
+    mean over its KV heads to every head's score before the composites and each head's pick: on the same attention
+    those two rules give its kept sets exactly (``tests/test_bench.py``); ours overlap them 0.70 on the agreement
+    test's tiny model (docs/kv-breadth.md). METHODS.md leaves the GQA reduction open; the max is kvzip's."""
 
     id = "kvcompose"
     paper = "KVCompose: Efficient Structured KV Cache Compression with Composite Tokens (2025)"

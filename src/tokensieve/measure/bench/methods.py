@@ -160,10 +160,12 @@ PRESSES: dict[str, Press] = {
             "PyramidKVPress",
             "snapkv:window=64:kernel=5:pooling=avg",
             "snapkv:window=64:kernel=5:pooling=avg@pyramid",
-            "kvpress uses uniform budgets unless keep x T / 20 >= 64 (T >= 5120 at keep 0.25), so at keep 0.25 and "
-            "0.1 here it computes exactly its SnapKV (the matched spec is therefore uniform SnapKV); where its "
-            "pyramid does slope (keep 0.5), decoding fails on layers of different lengths (an error cell). "
-            "tokensieve's pyramid (the nominal spec) slopes at every keep and decodes, each layer keeping its own mask",
+            "kvpress slopes only where its top layer's budget (keep x T / 20, or 2 keep x T - (T - 64) once the "
+            "bottom layer is capped at T - 64) is at least its 64-token window: at keep 0.25 and 0.1 below T = 5120 "
+            "it computes exactly its SnapKV (the matched spec is therefore uniform SnapKV); at keep 0.5 on a short "
+            "context it slopes (136 / 100 / 65 of 200 tokens over 3 layers: nested sets, overlap 0.79) and decoding "
+            "fails on layers of different lengths (an error cell). tokensieve's pyramid (the nominal spec) slopes "
+            "at every keep and decodes, each layer keeping its own mask",
         ),
         Press(
             "expected_attention",
@@ -228,7 +230,9 @@ PRESSES: dict[str, Press] = {
             "KVComposePress",
             None,
             "kvcompose",
-            "the same idea (a second pass over the context's own cache, composite tokens set each layer's count)",
+            "the same idea (a second pass over the context's own cache, composite tokens set each layer's count); "
+            "kvpress averages the GQA group (ours: the max) and adds each layer's head-mean score to every head, "
+            "and cannot decode its layers of different lengths (an error cell)",
         ),
         Press(
             "simlayerkv",
@@ -277,7 +281,8 @@ PRESSES: dict[str, Press] = {
             "ChunkKVPress",
             f"entropy_chunk:base={SNAP}:size=20:gate=0",
             "entropy_chunk",
-            "whole chunks of 20 by mean score: entropy_chunk with its gate off (gate=0)",
+            "whole chunks of 20 by mean score: entropy_chunk with its gate off (gate=0); kvpress chooses once for "
+            "all heads and ranks the window inside the chunks, ours per head with the window kept apart",
             {"press": {"press": "SnapKVPress"}},
         ),
         Press(
@@ -285,7 +290,8 @@ PRESSES: dict[str, Press] = {
             "EntropyGatedChunkKVPress",
             f"entropy_chunk:base={SNAP}",
             "entropy_chunk",
-            "same rule (chunks of 10, a spiky chunk gives its top 4) over the matched SnapKV",
+            "same rule (chunks of 10, a spiky chunk gives its top 4) over the matched SnapKV; kvpress chooses once "
+            "for all heads and ranks the window inside the chunks, ours per head with the window kept apart",
             {"press": {"press": "SnapKVPress"}},
         ),
         Press(

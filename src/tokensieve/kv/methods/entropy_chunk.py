@@ -52,7 +52,8 @@ class EntropyChunk(Wrapper):
     kvpress's ``ChunkKVPress`` / ``EntropyGatedChunkKVPress`` differ by two stated rules (checked in
     ``tests/test_bench.py``, docs/kv-breadth.md): one choice per layer for all its heads (the scores summed over
     heads), and the SnapKV window ranked inside the chunk grid (scored max + 1), so a chunk straddling the window is
-    kept whole and window tokens in a chunk not chosen are dropped."""
+    kept whole and window tokens in a chunk not chosen are dropped; the gated press also calls a chunk spiky below
+    the median chunk's normalised entropy, this rule below ``gate`` (0.8) of the maximum, log(size)."""
 
     id = "entropy_chunk"
     paper = "ChunkKV: Semantic-Preserving KV Cache Compression for Efficient Long-Context LLM Inference (2025) + an entropy gate"  # noqa: E501

@@ -460,7 +460,7 @@ SAME_SCORES = {
 }
 SAME_KEPT = (
     "streaming", "knorm", "snapkv", "tova", "observed_attention", "expected_attention", "lagkv", "leverage",
-    "non_causal_attn", "cur", "cap", "adakv", "chunk", "rerotate", "merging",
+    "non_causal_attn", "cur", "cap", "kvcompose", "adakv", "chunk", "rerotate", "merging",
 )  # fmt: skip
 OUTPUT_SHARE = ("simlayerkv",)  # the share kept is an output of the rule, not the keep asked for
 
@@ -569,9 +569,9 @@ def test_kvpress_disagreements_are_the_stated_rules(tiny_dir):
         assert all(h == one for h in kept["chunkkv"][layer]), layer
         assert all(h == gated for h in kept["entropy_chunk"][layer]), layer
 
-    # KVCompose: the max attention the context's second copy pays each slot, averaged over the GQA group (ours:
-    # the max), plus the layer's mean over its KV heads; composite tokens set the counts (the oracle's T x 2T
-    # attention comes from eager attention on the tiny model)
+    # KVCompose: each query head's max attention from the context's second copy, averaged over the GQA group (our
+    # default: the group's max), plus the layer's mean over its KV heads; composite tokens set the counts (the
+    # oracle's T x 2T attention comes from eager attention on the tiny model)
     eager = LlamaForCausalLM.from_pretrained(tiny_dir, attn_implementation="eager").eval()
     with torch.no_grad():
         attn = eager(torch.tensor([ids + ids]), output_attentions=True).attentions

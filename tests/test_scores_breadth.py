@@ -323,6 +323,38 @@ def test_kvcompose_counts_by_composite_tokens_and_keeps_each_heads_best():
             assert layer.token_index[0, head].tolist() == want.tolist()
 
 
+def test_kvcompose_as_kvpress_averages_the_group_and_adds_the_head_mean():
+    """``group=mean:head_mean=true`` (kvpress's KVComposePress): each query head's max attention from the context's
+    second copy, averaged over its GQA group, plus the layer's mean over its KV heads; counts by composite tokens."""
+    model = prepare(make_model("qwen2"))
+    ids = torch.randint(1, 128, (1, 32), generator=torch.Generator().manual_seed(2))
+    ref = twin(model)
+    ref.set_attn_implementation("eager")
+    hkv, t = model.config.num_key_value_heads, ids.shape[1]
+    scores = {}
+    for lo in range(0, t, 16):  # each chunk of 16 teacher-forced after the whole context, no prompt
+        with torch.no_grad():
+            att = ref(input_ids=torch.cat([ids, ids[:, lo : lo + 16]], -1), output_attentions=True).attentions
+        for i, a in enumerate(att):
+            m = a[0, :, t:, :t].amax(1)  # [H, T]
+            scores[i] = torch.maximum(scores[i], m) if i in scores else m
+    for i, m in scores.items():
+        s = m.view(hkv, -1, t).mean(1)
+        scores[i] = s + s.mean(0, keepdim=True)
+    pre = prefill(model, None, ids, methods=["kvcompose"])
+    got = get_method("kvcompose", chunk=16, group="mean", head_mean=True).whole_pass(pre)
+    for i in scores:
+        torch.testing.assert_close(got[i][0][0], scores[i], atol=2e-5, rtol=1e-4)
+    c = pre.compress("kvcompose", keep=0.25, chunk=16, group="mean", head_mean=True)
+    comp = {i: s.sort(-1, descending=True).values.mean(0) for i, s in scores.items()}
+    flat = sorted(((float(v), i) for i, cv in comp.items() for v in cv), reverse=True)[: 8 * len(comp)]
+    for layer in c.cache.sieve_layers:
+        n = max(1, sum(1 for _, i in flat if i == layer.layer_idx))
+        for head in range(hkv):
+            want = scores[layer.layer_idx][head].topk(n).indices.sort().values
+            assert layer.token_index[0, head].tolist() == want.tolist()
+
+
 def test_gui_kv_adds_the_hidden_norm_share_to_the_window_attention_share(data):
     q, k, v, valid = data
     m = get_method("gui_kv", window=5, kernel=3, alpha=0.7)

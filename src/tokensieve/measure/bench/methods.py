@@ -228,11 +228,11 @@ PRESSES: dict[str, Press] = {
         Press(
             "kvcompose",
             "KVComposePress",
-            None,
+            "kvcompose:group=mean:head_mean=true",
             "kvcompose",
-            "the same idea (a second pass over the context's own cache, composite tokens set each layer's count); "
-            "kvpress averages the GQA group (ours: the max) and adds each layer's head-mean score to every head, "
-            "and cannot decode its layers of different lengths (an error cell)",
+            "same rule with kvpress's defaults (the GQA group's per-head maxima averaged, each layer's head-mean "
+            "score added to every head); tokensieve's default takes the group's max, as kvzip. kvpress cannot "
+            "decode its layers of different lengths (an error cell)",
         ),
         Press(
             "simlayerkv",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -454,13 +455,14 @@ def kvpress_or_skip() -> str:
 # whose near-uniform attention makes attention scores the hardest case), and those whose kept sets agree at keep 0.5;
 # the other pairs differ by a stated rule (docs/kv-breadth.md, "kvpress agreement")
 SAME_SCORES = {
-    **dict.fromkeys(("knorm", "observed_attention", "cur", "expected_attention"), 0.999),
+    **dict.fromkeys(("knorm", "observed_attention", "cur", "expected_attention", "leverage", "cap"), 0.999),
     **dict.fromkeys(("snapkv", "tova", "keydiff", "non_causal_attn", "compactor", "kvgrad", "chunk"), 0.9),
 }
 SAME_KEPT = (
     "streaming", "knorm", "snapkv", "tova", "observed_attention", "expected_attention", "lagkv", "leverage",
-    "non_causal_attn", "cur", "adakv", "chunk", "rerotate", "merging",
+    "non_causal_attn", "cur", "cap", "kvcompose", "adakv", "chunk", "rerotate", "merging",
 )  # fmt: skip
+OUTPUT_SHARE = ("simlayerkv",)  # the share kept is an output of the rule, not the keep asked for
 
 
 def test_kvpress_per_press_agreement_on_a_tiny_model(tiny_dir):
@@ -486,6 +488,104 @@ def test_kvpress_per_press_agreement_on_a_tiny_model(tiny_dir):
     for name in SAME_KEPT:
         r = rows[PRESSES[name].cls]
         assert r.get("overlap", 0) >= 0.95 and r["kept_kvpress"] == pytest.approx(r["kept_tokensieve"], abs=0.01), r
+    # every other pair keeps the same share too (a stale head-wise mask once halved KVComposePress's)
+    for name, p in PRESSES.items():
+        r = rows.get(p.cls, {})
+        if name not in OUTPUT_SHARE and "overlap" in r:
+            assert r["kept_kvpress"] == pytest.approx(r["kept_tokensieve"], abs=0.01), (name, r)
+
+
+def _chunkkv_kept(s: torch.Tensor, size: int, share: float) -> set[int]:
+    """kvpress's ChunkKV rule on one score row ``[T]``: the ``int(chunks x share)`` chunks of ``size`` with the
+    highest mean, kept whole (the last, shorter chunk ranked by its own mean)."""
+    t = len(s)
+    chunks = [list(range(lo, min(t, lo + size))) for lo in range(0, t, size)]
+    means = torch.stack([s[c].mean() for c in chunks])
+    best = means.topk(max(1, int(len(chunks) * share))).indices.tolist()
+    return {j for c in best for j in chunks[c]}
+
+
+def _gated_chunk_kept(s: torch.Tensor, size: int, spiky: int, budget: int) -> set[int]:
+    """kvpress's entropy-gated ChunkKV rule on one score row ``[T]``: chunks by mean, best first, kept whole until
+    ``budget`` is spent, except that a chunk at or above the median mean and below the median normalised entropy
+    gives only its ``spiky`` best tokens; what is left is topped up with the best remaining tokens."""
+    t = len(s)
+    chunks = [list(range(lo, min(t, lo + size))) for lo in range(0, t, size)]
+    means, entropy = [], []
+    for c in chunks:  # in float32, as kvpress: a chunk's entropy can sit at the median to float rounding
+        x = s[c] - s[c].min().clamp(max=0.0)
+        p = x / (x.sum() + 1e-8)
+        h = -(p * (p + 1e-8).log()).sum()
+        means.append(s[c].mean())
+        entropy.append(torch.zeros(()) if len(c) == 1 else (h / math.log(len(c))).clamp(0.0, 1.0))
+    means, entropy = torch.stack(means).tolist(), torch.stack(entropy)
+    mean_cut, entropy_cut = torch.tensor(means).median(), entropy.median()
+    entropy = entropy.tolist()
+    kept: set[int] = set()
+    for i in sorted(range(len(chunks)), key=lambda i: -means[i]):
+        if budget <= 0:
+            break
+        n = min(len(chunks[i]), budget)
+        if means[i] >= mean_cut and entropy[i] < entropy_cut:
+            n = min(n, spiky)
+        kept |= {chunks[i][j] for j in s[chunks[i]].topk(n).indices.tolist()}
+        budget -= n
+    rest = [j for j in range(t) if j not in kept]
+    return kept | {rest[j] for j in s[rest].topk(min(budget, len(rest))).indices.tolist()} if budget > 0 else kept
+
+
+def test_kvpress_disagreements_are_the_stated_rules(tiny_dir):
+    """docs/kv-breadth.md's reasons for the pairs that keep other slots than kvpress, checked on the agreement
+    test's model and tokens: kvpress's rule, written out here from its definition, gives kvpress's kept sets."""
+    kvpress_or_skip()
+    ids = (torch.randperm(250, generator=torch.Generator().manual_seed(5)) + 3)[:200].tolist()
+    t, window = len(ids), 64
+    share = 100.5 / t  # the bridge's ratio for round(0.5 x 200) = 100 kept (kvpress keeps int((1 - ratio) x T))
+    names = ("snapkv", "pyramidkv", "kvcompose", "chunkkv", "entropy_chunk")
+    bridge = Bridge(str(tiny_dir), None)
+    try:
+        got = {p.name: res for p, _, res in bridge.scores(ids, [(PRESSES[n], 0.5) for n in names])}
+    finally:
+        bridge.close()
+    kept = {n: {int(i): [set(h) for h in heads] for i, heads in got[n]["kept"].items()} for n in names}
+    snap = {int(i): torch.tensor(s) for i, s in got["snapkv"]["scores"].items()}  # [Hkv, T], the window at max + 1
+
+    # PyramidKV: its layer budgets slope at keep 0.5 on 200 tokens (the bottom layer capped at T - window, the top
+    # at 2 x 100.5 - 136 = 65 >= window), and each layer keeps the top of the same SnapKV scores (nested sets)
+    top = t - window
+    low = 2 * share * t - top
+    budgets = [round(top - layer * (top - low) / 2) for layer in range(3)]
+    assert budgets == [136, 100, 65]
+    for layer, n in enumerate(budgets):
+        for h, heads in enumerate(kept["pyramidkv"][layer]):
+            assert len(heads) == n
+            assert heads == set(snap[layer][h].topk(n).indices.tolist())
+
+    # ChunkKV and its entropy gate: one choice per layer for all heads (the scores summed over heads), the window
+    # ranked inside the chunk grid by its max + 1 score
+    for layer, s in snap.items():
+        one = _chunkkv_kept(s.sum(0), 20, share)
+        gated = _gated_chunk_kept(s.sum(0), 10, 4, int(t * share))
+        assert all(h == one for h in kept["chunkkv"][layer]), layer
+        assert all(h == gated for h in kept["entropy_chunk"][layer]), layer
+
+    # KVCompose: each query head's max attention from the context's second copy, averaged over the GQA group (our
+    # default: the group's max), plus the layer's mean over its KV heads; composite tokens set the counts (the
+    # oracle's T x 2T attention comes from eager attention on the tiny model)
+    eager = LlamaForCausalLM.from_pretrained(tiny_dir, attn_implementation="eager").eval()
+    with torch.no_grad():
+        attn = eager(torch.tensor([ids + ids]), output_attentions=True).attentions
+    hkv = eager.config.num_key_value_heads
+    scores = []
+    for a in attn:
+        per_head = a[0, :, t:, :t].amax(1).view(hkv, -1, t)  # [Hkv, G, T]
+        s = per_head.mean(1)
+        scores.append(s + s.mean(0, keepdim=True))
+    composite = torch.stack([s.sort(-1, descending=True).values.mean(0) for s in scores])  # [L, T]
+    counts = torch.bincount(composite.flatten().topk(int(composite.numel() * share)).indices // t, minlength=3)
+    for layer, s in enumerate(scores):
+        for h, heads in enumerate(kept["kvcompose"][layer]):
+            assert heads == set(s[h].topk(int(counts[layer])).indices.tolist()), (layer, h)
 
 
 def test_kvpress_matched_presses_agree(tiny_dir):

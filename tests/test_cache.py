@@ -241,7 +241,7 @@ def test_left_padded_batch_matches_rows_compressed_alone(method):
 
 
 # known defects, strict so a fix shows: issue 28's new scores below read pad positions in a left-padded batch
-PADDED_DEFECTS = ("non_causal_attn", "compactor", "cur", "cap", "think")
+PADDED_DEFECTS = ("non_causal_attn", "compactor", "cur", "think")
 PADDED_OPEN = "a left-padded row does not yet compress as that row alone (issue 28, open)"
 XFAIL_PADDED = pytest.mark.xfail(strict=True, reason=PADDED_OPEN)
 

@@ -14,7 +14,7 @@ from test_unseen import kvzip_oracle
 from tokensieve import prepare
 from tokensieve.core.observe.capture import observe
 from tokensieve.core.observe.inputs import ScoreInputs
-from tokensieve.kv import compress, get_method, prefill
+from tokensieve.kv import compress, get_method, prefill, prefill_inputs, score_prefill
 
 B, H, HKV, T, D = 2, 4, 2, 40, 8
 SCALE = D**-0.5
@@ -142,25 +142,50 @@ def test_cur_is_windowed_key_and_value_norms(data):
     assert m.protected(10) == (4, 0)
 
 
-def test_cap_is_anchor_weighted_value_leverage(data):
+@pytest.mark.parametrize("queries", [8, T])
+def test_cap_is_anchor_weighted_value_leverage(data, queries):
+    """One anchor per query head (its last ``queries`` real, non-sink queries), the score averaged over the heads
+    sharing a key; the 4 sinks are protected and take no part in the max or in A (the paper and kvpress's
+    CapPress; ``queries=T`` is kvpress's anchor over every query)."""
     q0, k, v, valid = data  # q0: pre-RoPE queries; the prefill sees them rotated to their positions
-    m = get_method("cap", queries=8, horizon=16)
+    m = get_method("cap", queries=queries, horizon=16)
     m.bind(RopeModel())
     x = inputs(m, rope_at(q0, torch.arange(T)), k, v, valid)
     got = m.score(x).double()
-    mu = q0[:, :, T - 8 :].mean(2).view(B, HKV, H // HKV, D).mean(2)  # [B, Hkv, D]
-    anchor = torch.stack([rope_at(mu[:, :, None], torch.tensor([p]))[:, :, 0] for p in range(T, T + 16)]).mean(0)
     want = torch.zeros(B, HKV, T, dtype=torch.float64)
     for b in range(B):
-        real = weights(valid)[b].bool()
+        real = weights(valid)[b].bool().nonzero().flatten().tolist()
+        sinks, rest = real[:4], real[4:]
+        history = [p for p in rest if p >= T - queries]
         for h in range(HKV):
-            kk, vv = k[b, h, real], v[b, h, real]
-            cos = (kk @ anchor[b, h]) / (kk.norm(dim=-1) * anchor[b, h].norm())
-            w = torch.exp(5 * (cos - cos.max()))
-            outer = (w[:, None, None] * vv[:, :, None] * vv[:, None]).sum(0)
-            a_inv = torch.linalg.inv(torch.eye(D, dtype=torch.float64) + outer)
-            want[b, h, real] = w * torch.einsum("td,de,te->t", vv, a_inv, vv)
+            kk, vv = k[b, h, rest], v[b, h, rest]
+            per_head = []
+            for qh in range(h * (H // HKV), (h + 1) * (H // HKV)):
+                mu = q0[b, qh, history].mean(0)
+                anchor = torch.stack([rope_at(mu[None], torch.tensor([p]))[0] for p in range(T, T + 16)]).mean(0)
+                cos = (kk @ anchor) / (kk.norm(dim=-1) * anchor.norm())
+                w = torch.exp(5 * (cos - cos.max()))
+                outer = (w[:, None, None] * vv[:, :, None] * vv[:, None]).sum(0)
+                a_inv = torch.linalg.inv(torch.eye(D, dtype=torch.float64) + outer)
+                per_head.append(w * torch.einsum("td,de,te->t", vv, a_inv, vv))
+            want[b, h, rest] = torch.stack(per_head).mean(0)
+            want[b, h, sinks] = float("inf")
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3)
+
+
+def test_score_prefill_scores_a_method_bound_to_the_model():
+    """``score_prefill`` binds the method as compressing does: cap's anchor is un-rotated with the model's rotary
+    frequencies, so its score equals the one a hand-bound method gives (unbound, it scored without RoPE)."""
+    model = prepare(make_model("llama"))
+    ids = torch.randint(1, 128, (1, 24), generator=torch.Generator().manual_seed(2))
+    pre = prefill(model, None, ids, methods=["cap"])
+    bound = get_method("cap")
+    bound.bind(model)
+    want = {layer.layer_idx: bound.score(x) for layer, x in prefill_inputs(pre, bound)}
+    got = score_prefill(pre, get_method("cap"))
+    assert got.keys() == want.keys()
+    for i in want:
+        torch.testing.assert_close(got[i], want[i])
 
 
 def test_finch_rescales_each_query_by_the_keys_it_sees(data):
@@ -295,6 +320,38 @@ def test_kvcompose_counts_by_composite_tokens_and_keeps_each_heads_best():
         n = max(1, sum(1 for _, i in flat if i == layer.layer_idx))
         for head in range(scores[layer.layer_idx].shape[1]):
             want = scores[layer.layer_idx][0, head].topk(n).indices.sort().values
+            assert layer.token_index[0, head].tolist() == want.tolist()
+
+
+def test_kvcompose_as_kvpress_averages_the_group_and_adds_the_head_mean():
+    """``group=mean:head_mean=true`` (kvpress's KVComposePress): each query head's max attention from the context's
+    second copy, averaged over its GQA group, plus the layer's mean over its KV heads; counts by composite tokens."""
+    model = prepare(make_model("qwen2"))
+    ids = torch.randint(1, 128, (1, 32), generator=torch.Generator().manual_seed(2))
+    ref = twin(model)
+    ref.set_attn_implementation("eager")
+    hkv, t = model.config.num_key_value_heads, ids.shape[1]
+    scores = {}
+    for lo in range(0, t, 16):  # each chunk of 16 teacher-forced after the whole context, no prompt
+        with torch.no_grad():
+            att = ref(input_ids=torch.cat([ids, ids[:, lo : lo + 16]], -1), output_attentions=True).attentions
+        for i, a in enumerate(att):
+            m = a[0, :, t:, :t].amax(1)  # [H, T]
+            scores[i] = torch.maximum(scores[i], m) if i in scores else m
+    for i, m in scores.items():
+        s = m.view(hkv, -1, t).mean(1)
+        scores[i] = s + s.mean(0, keepdim=True)
+    pre = prefill(model, None, ids, methods=["kvcompose"])
+    got = get_method("kvcompose", chunk=16, group="mean", head_mean=True).whole_pass(pre)
+    for i in scores:
+        torch.testing.assert_close(got[i][0][0], scores[i], atol=2e-5, rtol=1e-4)
+    c = pre.compress("kvcompose", keep=0.25, chunk=16, group="mean", head_mean=True)
+    comp = {i: s.sort(-1, descending=True).values.mean(0) for i, s in scores.items()}
+    flat = sorted(((float(v), i) for i, cv in comp.items() for v in cv), reverse=True)[: 8 * len(comp)]
+    for layer in c.cache.sieve_layers:
+        n = max(1, sum(1 for _, i in flat if i == layer.layer_idx))
+        for head in range(hkv):
+            want = scores[layer.layer_idx][head].topk(n).indices.sort().values
             assert layer.token_index[0, head].tolist() == want.tolist()
 
 

@@ -29,7 +29,9 @@ def prefill_inputs(pre: Any, method: Method) -> list[tuple[SieveLayer, ScoreInpu
 
 def score_prefill(pre: Any, method: Method) -> dict[int, Tensor]:
     """``method``'s score ``[B, Hkv, T]`` (larger = keep) for every observed full-attention layer of ``pre``, in
-    layer order."""
+    layer order. The method is bound to the prefill's model first, as when it compresses: a method that reads the
+    model (rotary frequencies, a calibration) would otherwise score without it."""
+    method.bind(pre.model)
     return {layer.layer_idx: method.score(x) for layer, x in prefill_inputs(pre, method) if x.obs is not None}
 
 

@@ -31,9 +31,11 @@ def reconstruction_scores(
     compute: torch.dtype = torch.float32,
     gradient: bool = False,
     key_weights: dict[int, Tensor] | None = None,
+    group: str = "max",
 ) -> dict[int, Tensor]:
     """Per full-attention layer ``[B, Hkv, T]``: the max over reconstruction queries (and over the query heads
-    of each GQA group) of the attention they pay to each cached context slot.
+    of each GQA group; ``group="mean"``: each query head's max, averaged over the group, as kvpress's KVCompose)
+    of the attention they pay to each cached context slot.
 
     Each chunk of the context is teacher-forced after ``prompt_ids`` on its own fork of the prefilled cache
     (the cache is never changed), so a chunk attends to the whole context plus the prompt and itself. The pass
@@ -57,13 +59,15 @@ def reconstruction_scores(
     out: dict[int, Tensor] = {}
     # reconstruction rows in the current forward (the rows after the prompt), and which of them are real tokens
     state: dict = {"n": 0, "scored": None, "rows": None}
+    per_head = group == "mean"
 
     def attend(layer, query: Tensor, value: Tensor, scaling: float) -> tuple[Tensor, None]:
         # one softmax serves both the layer's output (eager attention, the teacher-forced forward) and the score
         b_, h, n, d = query.shape
         hkv = layer.keys.shape[1]
         q = group_queries(query, hkv).to(compute)
-        score = out.setdefault(layer.layer_idx, torch.zeros(b, hkv, t, device=query.device))
+        shape = (b, hkv, h // hkv, t) if per_head else (b, hkv, t)
+        score = out.setdefault(layer.layer_idx, torch.zeros(shape, device=query.device))
         base = layer.n_held - n  # the token index of the first new row
         first = n - state["n"]  # rows before this are the prompt's: not reconstruction queries
         outs = []
@@ -97,6 +101,9 @@ def reconstruction_scores(
                     probs = probs[:, :, :, start - lo :: stride].contiguous()
                 elif start > lo:
                     probs[:, :, :, : start - lo].zero_()
+            if per_head:
+                torch.maximum(score, probs[..., :t].amax(dim=3).float(), out=score)
+                continue
             flat = probs.reshape(b_, hkv, -1, probs.shape[-1])  # (group head, row) as one axis: a faster reduction
             torch.maximum(score, flat[..., :t].amax(dim=2).float(), out=score)
         o = torch.cat(outs, 3).reshape(b_, h, n, d).to(query.dtype)
@@ -130,7 +137,7 @@ def reconstruction_scores(
             model(**with_cache(model, fork, input_ids=ids.to(model.device), use_cache=True, logits_to_keep=1, **kw))
     if not out:
         raise RuntimeError("the reconstruction pass observed no layer: is the model prepared (tokensieve.prepare)?")
-    return out
+    return {i: s.mean(2) for i, s in out.items()} if per_head else out
 
 
 def probe_gradients(

@@ -9,7 +9,9 @@ from tokensieve.kv.budget.base import Allocator, _round_capped
 class Pyramid(Allocator):
     """PyramidKV: budgets fall linearly from the lowest layer to the highest, averaging ``budget``.
     The top layer gets ``budget / beta`` and the bottom ``2 * budget - budget / beta`` (the paper's beta=20);
-    a layer cannot hold more than the context, and what a capped layer cannot use goes to the others."""
+    a layer cannot hold more than the context, and what a capped layer cannot use goes to the others. kvpress's
+    ``PyramidKVPress`` (KVCache-Factory's budgets) differs: it caps the bottom layer at T - 64 (its window) and stays
+    uniform unless the top layer's budget is at least 64 (docs/kv-breadth.md, "Per-press agreement")."""
 
     id = "pyramid"
     paper = "PyramidKV: Dynamic KV Cache Compression based on Pyramidal Information Funneling (Cai et al., 2024)"

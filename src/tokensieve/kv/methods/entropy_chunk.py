@@ -46,7 +46,14 @@ class EntropyChunk(Wrapper):
     """ChunkKV's semantic chunks with an entropy gate, over any score (``base``): chunks of ``size`` tokens ranked
     by their mean score are kept whole, best first, until the budget is spent, except that a high-scoring chunk
     whose scores are concentrated on a few tokens (low entropy) gives only its ``spiky_top`` best tokens, leaving
-    the budget for more chunks. The budget's last chunk may be cut (its best tokens first)."""
+    the budget for more chunks. The budget's last chunk may be cut (its best tokens first). Each KV head chooses its
+    own chunks, and the base's protected tokens (SnapKV's window) are kept apart, the chunks spending the rest.
+
+    kvpress's ``ChunkKVPress`` / ``EntropyGatedChunkKVPress`` differ by two stated rules (checked in
+    ``tests/test_bench.py``, docs/kv-breadth.md): one choice per layer for all its heads (the scores summed over
+    heads), and the SnapKV window ranked inside the chunk grid (scored max + 1), so a chunk straddling the window is
+    kept whole and window tokens in a chunk not chosen are dropped; the gated press also calls a chunk spiky below
+    the median chunk's normalised entropy, this rule below ``gate`` (0.8) of the maximum, log(size)."""
 
     id = "entropy_chunk"
     paper = "ChunkKV: Semantic-Preserving KV Cache Compression for Efficient Long-Context LLM Inference (2025) + an entropy gate"  # noqa: E501

@@ -69,15 +69,20 @@ class KVzip(Method):
     def weigh(self, score: Tensor, values: Tensor) -> Tensor:
         return score
 
+    def pass_group(self) -> str:
+        """How the pass reduces a GQA group's query heads: "max" (KVzip)."""
+        return "max"
+
     def whole_pass(self, pre: Any) -> dict[int, Any]:
         precision = self.precision_on(pre.model.device)
-        key = ("reconstruction", self.chunk, self.stride, self.sample, self.prompt, precision)
+        key = ("reconstruction", self.chunk, self.stride, self.sample, self.prompt, self.pass_group(), precision)
         if key not in pre.memo:
             tok = pre.tokenizer
             prompt_ids = PromptFormat(tok).question_ids(self.prompt) if tok is not None and self.prompt else []
             pre.memo[key] = reconstruction_scores(
                 pre.model, pre.cache, pre.context_ids, pre.context_mask, prompt_ids, self.chunk, self.stride,
                 sample=self.sample, compute=torch.bfloat16 if precision == "bf16" else torch.float32,
+                group=self.pass_group(),
             )  # fmt: skip
         values = {layer.layer_idx: layer.values for layer in pre.cache.sieve_layers}
         scores = {i: self.weigh(s, values[i]) for i, s in pre.memo[key].items()}

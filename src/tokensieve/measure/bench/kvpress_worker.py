@@ -91,9 +91,15 @@ class Worker:
         return cls(compression_ratio=ratio, **params) if "compression_ratio" in fields else cls(**params)
 
     def attention(self, name: str | None) -> None:
+        """Set the attention a cell's press needs, and drop any head-wise masks a previous cell's press left on the
+        attention modules: kvpress clears ``masked_key_indices`` only in its patched (SDPA) attention at a prefill,
+        so a press that prefills with eager attention (KVComposePress switches to it) would otherwise decode with,
+        and report as evicted, the last head-wise press's slots."""
         want = "eager" if name in EAGER else "sdpa"
         if self.model.config._attn_implementation != want:
             self.model.set_attn_implementation(want)
+        for _, module in _attn(self.model):
+            module.masked_key_indices = None
 
     def qa(self, sample: dict, cell: dict) -> dict:
         from transformers import DynamicCache

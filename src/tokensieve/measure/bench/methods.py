@@ -160,10 +160,12 @@ PRESSES: dict[str, Press] = {
             "PyramidKVPress",
             "snapkv:window=64:kernel=5:pooling=avg",
             "snapkv:window=64:kernel=5:pooling=avg@pyramid",
-            "kvpress uses uniform budgets unless keep x T / 20 >= 64 (T >= 5120 at keep 0.25), so at keep 0.25 and "
-            "0.1 here it computes exactly its SnapKV (the matched spec is therefore uniform SnapKV); where its "
-            "pyramid does slope (keep 0.5), decoding fails on layers of different lengths (an error cell). "
-            "tokensieve's pyramid (the nominal spec) slopes at every keep and decodes, each layer keeping its own mask",
+            "kvpress slopes only where its top layer's budget (keep x T / 20, or 2 keep x T - (T - 64) once the "
+            "bottom layer is capped at T - 64) is at least its 64-token window: at keep 0.25 and 0.1 below T = 5120 "
+            "it computes exactly its SnapKV (the matched spec is therefore uniform SnapKV); at keep 0.5 on a short "
+            "context it slopes (136 / 100 / 65 of 200 tokens over 3 layers: nested sets, overlap 0.79) and decoding "
+            "fails on layers of different lengths (an error cell). tokensieve's pyramid (the nominal spec) slopes "
+            "at every keep and decodes, each layer keeping its own mask",
         ),
         Press(
             "expected_attention",
@@ -207,7 +209,14 @@ PRESSES: dict[str, Press] = {
         ),
         Press("compactor", "CompactorPress", "compactor", "compactor", "same rule (r x leverage + attention)"),
         Press("cur", "CURPress", "cur", "cur", "same rule (||k||^2 ||v||^2 as shares of 16-token windows, 4 sinks)"),
-        Press("cap", "CapPress", None, "cap", "the same idea; the query anchor is built from our own query window"),
+        Press(
+            "cap",
+            "CapPress",
+            "cap:queries=1000000",
+            "cap",
+            "same rule with the anchor over every context query past the sinks (queries >= the context); tokensieve's "
+            "default averages the last 32 queries only (a bounded observation window)",
+        ),
         Press(
             "kvgrad",
             "KVgradPress",
@@ -219,9 +228,11 @@ PRESSES: dict[str, Press] = {
         Press(
             "kvcompose",
             "KVComposePress",
-            None,
+            "kvcompose:group=mean:head_mean=true",
             "kvcompose",
-            "the same idea (a second pass over the context's own cache, composite tokens set each layer's count)",
+            "same rule with kvpress's defaults (the GQA group's per-head maxima averaged, each layer's head-mean "
+            "score added to every head); tokensieve's default takes the group's max, as kvzip. kvpress cannot "
+            "decode its layers of different lengths (an error cell)",
         ),
         Press(
             "simlayerkv",
@@ -270,7 +281,8 @@ PRESSES: dict[str, Press] = {
             "ChunkKVPress",
             f"entropy_chunk:base={SNAP}:size=20:gate=0",
             "entropy_chunk",
-            "whole chunks of 20 by mean score: entropy_chunk with its gate off (gate=0)",
+            "whole chunks of 20 by mean score: entropy_chunk with its gate off (gate=0); kvpress chooses once for "
+            "all heads and ranks the window inside the chunks, ours per head with the window kept apart",
             {"press": {"press": "SnapKVPress"}},
         ),
         Press(
@@ -278,7 +290,8 @@ PRESSES: dict[str, Press] = {
             "EntropyGatedChunkKVPress",
             f"entropy_chunk:base={SNAP}",
             "entropy_chunk",
-            "same rule (chunks of 10, a spiky chunk gives its top 4) over the matched SnapKV",
+            "same rule (chunks of 10, a spiky chunk gives its top 4) over the matched SnapKV; kvpress chooses once "
+            "for all heads and ranks the window inside the chunks, ours per head with the window kept apart",
             {"press": {"press": "SnapKVPress"}},
         ),
         Press(

@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from tokensieve.measure.tasks.base import Item, Question, score
-from tokensieve.stats import wilson
+from tokensieve.stats import paired_bootstrap, wilson
 
 RESULTS = Path(__file__).parent / "results"
 MODELS = ("smollm2", "gemma3-270m")
@@ -139,6 +139,15 @@ def retrieval(model: str, tokens: int, pattern: str = "grid") -> list[str]:
         if r.get("state_bytes") and r.get("kept"):
             kind = r.get("quant") or (r["cell"] if r["cell"] in ("q8_0", "q4_0") else "f16")
             per_cell[kind].append(r["state_bytes"] / r["kept"])
+    # equal bytes: eviction + q8_0 against plain q4_0 on the same samples (paired bootstrap of the difference)
+    for cell in sorted(c for c in groups if c.endswith("/0.5+q8_0") and "q4_0" in groups):
+        q4 = {(r["index"], r.get("question")): r["score"] for r in groups["q4_0"]}
+        pairs = [(r["score"], q4[(r["index"], r.get("question"))]) for r in groups[cell]
+                 if (r["index"], r.get("question")) in q4]  # fmt: skip
+        if len(pairs) >= 2:
+            d = paired_bootstrap([a for a, _ in pairs], [b for _, b in pairs])
+            lines += ["", f"{cell} minus q4_0 on the same {d.n} samples: {d.estimate:+.2f} [{d.lo:+.2f}, {d.hi:+.2f}] "
+                      "(paired bootstrap, 95%)."]  # fmt: skip
     spans = "; ".join(f"{k}: {min(v):,.0f}-{max(v):,.0f} B" for k, v in sorted(per_cell.items()))
     lines += ["", f"State bytes per kept cell (llama.cpp's own sequence-state size / kept tokens, every row): {spans}."]
     return [*provenance(metas), "", *lines]

@@ -177,10 +177,10 @@ def speed() -> list[str]:
     decode: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         if r.get("kind") == "decode":
-            decode[(r["model"], r["tokens"], r["threads"])].append(r)
+            decode[(r["model"], r["tokens"], r["threads"], r["prefill_seconds"])].append(r)  # one row per run
     lines = ["| model | context tokens | kept | threads | reps | full tok/s (median) | compressed tok/s (median) | "
              "ratio median [min, max] | load average |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for (m, _t, th), g in sorted(decode.items()):
+    for (m, _t, th, _run), g in sorted(decode.items(), key=lambda kv: (*kv[0][:3], -kv[1][0]["loadavg"][0])):
         ratios = [r["ratio"] for r in g]
         loads = [r["loadavg"][0] for r in g]
         lines.append(f"| {m} | {g[0]['context_tokens']} | {g[0]['kept']} | {th} | {len(g)} | "
@@ -189,7 +189,11 @@ def speed() -> list[str]:
                      f"[{min(ratios):.2f}, {max(ratios):.2f}] | {min(loads):.0f}-{max(loads):.0f} |")  # fmt: skip
     lines += ["", "| model | context tokens | method | prefill s | scoring s | scoring / prefill | load average |",
               "|---|---|---|---|---|---|---|"]  # fmt: skip
+    seen: set[tuple] = set()
     for r in scoring:
+        if (r["model"], r["context_tokens"], r["prefill_seconds"]) in seen:  # a resumed run wrote it again
+            continue
+        seen.add((r["model"], r["context_tokens"], r["prefill_seconds"]))
         lines.append(f"| {r['model']} | {r['context_tokens']} | {r['method']} | {r['prefill_seconds']:.1f} | "
                      f"{r['score_seconds']:.1f} | {r['score_seconds'] / r['prefill_seconds']:.2f} | "
                      f"{r['loadavg'][0]:.0f} |")  # fmt: skip

@@ -11,11 +11,11 @@ Two position modes:
 
 from __future__ import annotations
 
-import ctypes
 from dataclasses import dataclass
 
 from tokensieve.engines.llamacpp.engine import CONTEXT, FORK, Engine
 from tokensieve.engines.llamacpp.ffi import lib
+from tokensieve.engines.llamacpp.state import copy_state
 from tokensieve.errors import EngineError, ParameterError
 
 
@@ -40,12 +40,9 @@ def runs(positions: list[int]) -> list[tuple[int, int]]:
 def compact(engine: Engine) -> None:
     """Save sequence 0, clear the cache, load it back: the kept cells land at 0..n-1 in the order they were saved
     (cell order), and the cell list stays the same list without its holes."""
-    ctx = engine.m.ctx
-    size = lib.llama_state_seq_get_size(ctx, CONTEXT)
-    buf = (ctypes.c_uint8 * size)()
-    wrote = lib.llama_state_seq_get_data(ctx, buf, size, CONTEXT)
+    buf, wrote = copy_state(engine)
     lib.llama_memory_clear(engine.m.mem, True)
-    if wrote == 0 or lib.llama_state_seq_set_data(ctx, buf, wrote, CONTEXT) == 0:
+    if lib.llama_state_seq_set_data(engine.m.ctx, buf, wrote, CONTEXT) == 0:
         raise EngineError("llama.cpp could not restore the compressed sequence after an eviction")
 
 

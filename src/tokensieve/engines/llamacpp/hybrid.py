@@ -16,11 +16,11 @@ full layers (both have one head shape on every hybrid GGUF we ship; the bytes he
 
 from __future__ import annotations
 
-import ctypes
 from dataclasses import dataclass
 
 from tokensieve.engines.llamacpp.engine import CONTEXT, Engine
 from tokensieve.engines.llamacpp.ffi import lib
+from tokensieve.engines.llamacpp.state import copy_state
 from tokensieve.errors import EngineError, ParameterError, check_choice
 from tokensieve.kv import Hybrid
 
@@ -68,15 +68,6 @@ def split(engine: Engine, keep: float, policy: str) -> tuple[int, int]:
     return full, window
 
 
-def _get(engine: Engine, flags: int) -> tuple[ctypes.Array, int]:
-    size = state_size(engine, flags)
-    buf = (ctypes.c_uint8 * size)()
-    wrote = lib.llama_state_seq_get_data_ext(engine.m.ctx, buf, size, CONTEXT, flags)
-    if wrote == 0:
-        raise EngineError("llama.cpp could not copy the sequence state")
-    return buf, wrote
-
-
 def cut_window(engine: Engine, cells: int) -> None:
     """Keep only the ``cells`` most recent positions of sequence 0 in the sliding-window cache; the full layers
     keep every position they hold."""
@@ -89,10 +80,10 @@ def cut_window(engine: Engine, cells: int) -> None:
     if sum(p > order[-1] - engine.m.n_swa for p in order) <= cells:
         return  # the window already holds no more than that: nothing removed, the cache stays plain llama.cpp's
     ctx, mem = engine.m.ctx, engine.m.mem
-    whole, n_whole = _get(engine, 0)
+    whole, n_whole = copy_state(engine, 0)
     if not lib.llama_memory_seq_rm(mem, CONTEXT, 0, first):
         raise EngineError(f"llama.cpp refused to remove positions [0, {first}) ({engine.m.arch})")
-    window, n_window = _get(engine, PARTIAL_ONLY)
+    window, n_window = copy_state(engine, PARTIAL_ONLY)
     lib.llama_memory_seq_rm(mem, CONTEXT, -1, -1)
     if lib.llama_state_seq_set_data(ctx, whole, n_whole, CONTEXT) == 0:
         raise EngineError("llama.cpp could not restore the sequence after cutting its window")

@@ -52,8 +52,6 @@ def load(engine: Engine, path: str | Path) -> int:
     return n
 
 
-
-
 @dataclass
 class Snapshot:
     """Sequence 0 held in memory (llama.cpp's state bytes and the cell list): one prefill, many evictions."""
@@ -62,13 +60,18 @@ class Snapshot:
     seq: Sequence
 
 
-def snapshot(engine: Engine) -> Snapshot:
-    ctx = engine.m.ctx
-    size = lib.llama_state_seq_get_size(ctx, CONTEXT)
+def copy_state(engine: Engine, flags: int = 0) -> tuple[ctypes.Array, int]:
+    """Sequence 0's state bytes (``flags``: llama.cpp's ``LLAMA_STATE_SEQ_FLAGS_*``) and how many were written."""
+    size = lib.llama_state_seq_get_size_ext(engine.m.ctx, CONTEXT, flags)
     buf = (ctypes.c_uint8 * size)()
-    wrote = lib.llama_state_seq_get_data(ctx, buf, size, CONTEXT)
+    wrote = lib.llama_state_seq_get_data_ext(engine.m.ctx, buf, size, CONTEXT, flags)
     if wrote == 0:
         raise EngineError("llama.cpp could not copy the sequence state")
+    return buf, wrote
+
+
+def snapshot(engine: Engine) -> Snapshot:
+    buf, wrote = copy_state(engine)
     return Snapshot(bytes(buf[:wrote]), Sequence(list(engine.seq.cells), dict(engine.seq.tokens)))
 
 
@@ -80,4 +83,4 @@ def restore(engine: Engine, snap: Snapshot) -> None:
     engine.seq = Sequence(list(snap.seq.cells), dict(snap.seq.tokens))
 
 
-__all__ = ["Snapshot", "load", "restore", "save", "sidecar", "snapshot"]
+__all__ = ["Snapshot", "copy_state", "load", "restore", "save", "sidecar", "snapshot"]

@@ -18,7 +18,7 @@ if not os.environ.get("CI"):
     pytest.importorskip("llama_cpp")
 
 from tokensieve.engines.llamacpp import Engine, Settings, compress, evict, load, read_chunked, save
-from tokensieve.engines.llamacpp.scores import question_pass, reconstruction_pass
+from tokensieve.engines.llamacpp.scores import question_pass, reconstruction_pass, window_pass
 from tokensieve.errors import (
     EngagementError,
     InvalidKeepError,
@@ -116,6 +116,24 @@ def test_cell_to_position_map_after_repeated_chunked_evictions(eng):
     assert err < 2e-2, err
     shifted = np.abs(k - full[[min(p + 1, len(ids) - 1) for p in cells]]).max()
     assert shifted > 10 * max(err, 1e-3)  # the check can tell a map that is off by one
+
+
+def test_window_scores_across_a_ubatch_that_ends_at_the_kv_padding(eng):
+    """The observed queries span two ubatches and the first one's attention covers fewer cells than the window
+    pass scores (llama.cpp's n_kv ends at its padding there): a 8k document read in 512-token chunks failed here.
+    The scores must equal those of the same queries in one ubatch; cells a query cannot see count 0."""
+    ids = _ids(eng, 400)[:280]
+    assert len(ids) == 280
+    eng.clear()
+    eng.prefill(ids[:240])
+    whole = window_pass(eng, ids[240:], observe=32)
+    with Engine(MODEL, Settings(n_ctx=1024, n_batch=256, n_ubatch=16)) as small:
+        small.prefill(ids[:240])
+        split = window_pass(small, ids[240:], observe=32)  # ubatches [240, 256), [256, 272), [272, 280)
+    assert whole.keys() == split.keys()
+    for layer in whole:
+        assert whole[layer].shape == split[layer].shape == (whole[layer].shape[0], 280)
+        np.testing.assert_allclose(split[layer], whole[layer], atol=1e-4)
 
 
 def test_renumbered_positions_are_contiguous_and_answers_survive(eng, passkey):

@@ -90,6 +90,8 @@ class Collector:
             return
         block = probs[:, rows[0] : rows[-1] + 1, : self.n]  # rows are ascending and contiguous
         part = block.max(axis=1) if self.how == "max" else block.sum(axis=1)
+        if part.shape[1] < self.n:  # an earlier ubatch's n_kv: later cells are not visible to its queries (prob 0)
+            part = np.pad(part, ((0, 0), (0, self.n - part.shape[1])))
         old = self.layers.get(layer)
         if old is None:
             self.layers[layer] = part.astype(np.float32)

@@ -267,6 +267,78 @@ def test_soft_nc_ns_against_hand_worked_example():
     assert row["soft_nc"] == pytest.approx(0.45, abs=0.01) and row["soft_ns"] == pytest.approx(0.45, abs=0.01)
 
 
+def _top_weight(weights: torch.Tensor, scores: torch.Tensor, count: int) -> float:
+    """Oracle: the weight of the ``count`` highest-scoring tokens, by a plain Python sort."""
+    order = sorted(range(len(scores)), key=lambda i: -float(scores[i]))
+    return sum(float(weights[i]) for i in order[:count])
+
+
+def test_random_reference_is_the_mean_of_n_hand_computed_draws():
+    import statistics
+
+    p = Additive(None, torch.arange(1, 11), 0, 10, Target([1]), 0)
+    good = Additive.weights.clone()
+    out = faith.evaluate(p, {"good": good, "bad": -good}, n_random=3, samples=2, seed=5)
+    # the draws: three uniform vectors from a generator seeded with the problem's seed (the documented contract)
+    gen = torch.Generator().manual_seed(5)
+    draws = [torch.rand(10, generator=gen) for _ in range(3)]
+    counts = [1, 1, 1, 2, 5]  # n = 10: k% of KS -> max(1, round(k / 10)) tokens
+    comp = [sum(_top_weight(Additive.weights, d, c) for c in counts) / 5 for d in draws]
+    top1 = [_top_weight(Additive.weights, d, 1) for d in draws]
+    for name in ("good", "bad"):  # every method on a problem is compared with the same draws
+        row = out[name]
+        assert row["comprehensiveness_random"] == pytest.approx(sum(comp) / 3)
+        assert row["comprehensiveness_random_sd"] == pytest.approx(statistics.stdev(comp))
+        assert row["comp@1_random"] == pytest.approx(sum(top1) / 3)
+        assert row["comp@1_random_sd"] == pytest.approx(statistics.stdev(top1))
+        assert row["comprehensiveness_ratio"] == pytest.approx(row["comprehensiveness"] / (sum(comp) / 3))
+        assert row["n_random"] == 3
+    one = faith.evaluate(p, {"good": good}, n_random=1, samples=2, seed=5)["good"]
+    assert one["comprehensiveness_random"] == pytest.approx(comp[0])
+    assert one["comprehensiveness_random_sd"] != one["comprehensiveness_random_sd"]  # one draw has no spread
+    with pytest.raises(ValueError, match="n_random"):
+        faith.evaluate(p, {"good": good}, n_random=0)
+
+
+class Offset(Additive):
+    """The target never falls below 0.5: the empty context still scores 0.5, so only 1.0 of it is removable."""
+
+    def score(self, ids, batch=8):
+        return 0.5 + super().score(ids, batch)
+
+    def score_embeds(self, prompt):
+        return 0.5 + super().score_embeds(prompt)
+
+
+def test_saturation_is_the_share_of_the_removable_score_removed_by_the_top_percent():
+    good = Additive.weights.clone()  # its top 1% (one token) is token 0, weight 0.4
+    row = faith.evaluate(Additive(None, torch.arange(1, 11), 0, 10, Target([1]), 0), {"g": good}, n_random=2)["g"]
+    assert row["target"] == pytest.approx(1.0) and row["target_empty"] == pytest.approx(0.0)
+    assert row["saturation@1"] == pytest.approx(0.4)
+    row = faith.evaluate(Offset(None, torch.arange(1, 11), 0, 10, Target([1]), 0), {"g": good}, n_random=2, seed=7)
+    row = row["g"]
+    # base 1.5, empty 0.5: 0.4 of a removable 1.0, not 0.4 / 1.5
+    assert row["target"] == pytest.approx(1.5) and row["target_empty"] == pytest.approx(0.5)
+    assert row["saturation@1"] == pytest.approx(0.4)
+    gen = torch.Generator().manual_seed(7)
+    draws = [torch.rand(10, generator=gen) for _ in range(2)]
+    assert row["saturation@1_random"] == pytest.approx(sum(_top_weight(Additive.weights, d, 1) for d in draws) / 2)
+
+
+def test_logprob_target_is_the_log_of_the_probability_target():
+    p = tiny()
+    lp = Problem(p.model, p.ids, CTX.start, CTX.stop, Target([5, 7, 9], measure="logprob"), 0)
+    with torch.no_grad():
+        want = dense_prob(p.model, p.ids, [5, 7, 9]).log()  # the oracle's mean per-token log-probability
+    got = lp.score(lp.ids[None])[0]
+    assert float(got) == pytest.approx(float(want), abs=1e-5) and float(got) < 0
+    masks = torch.zeros(2, CTX.stop - CTX.start, dtype=torch.bool)
+    masks[1, :4] = True
+    assert torch.allclose(lp.score(lp.replaced(masks)), p.score(p.replaced(masks)).log(), atol=1e-5)
+    with pytest.raises(ExplainError, match="measure"):
+        Target([5], measure="odds")
+
+
 class Signed(Additive):
     """Token 1 pulls the target down: erasing token 0 alone scores below the empty context."""
 

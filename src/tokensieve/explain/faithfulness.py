@@ -12,8 +12,12 @@
   perturbation that scores below the empty context would otherwise leave the range). Until issue 26 this
   module replaced whole tokens with probability ``w`` instead (not the paper's metric); results rows written
   before then carry that version's figures.
-- Every figure is also computed for random rankings (``n_random`` draws, the same for every method on a
-  problem); ``*_ratio`` is the method's figure over the random one.
+- Every figure is also computed for random rankings (``n_random`` draws from ``random_rankings``, the same
+  for every method on a problem): ``*_random`` is their mean, ``*_random_sd`` the spread between draws (sample
+  SD; nan for one draw), ``*_ratio`` the method's figure over the random mean.
+- Saturation: ``saturation@1 = comp@1 / (s(x) - s(empty))``, the share of the removable score (the target less
+  its value with every context token replaced) that removing the top 1% already removes; ``saturation@1_random``
+  the same for the random rankings. Near 1 for both, comprehensiveness cannot separate rankings.
 """
 
 from __future__ import annotations
@@ -71,24 +75,45 @@ def soft(problem: Problem, scores: Tensor, base: float, samples: int, seed: int,
     return {"soft_nc": float(nc), "soft_ns": float(ns)}
 
 
+def random_rankings(n: int, n_random: int, seed: int) -> list[Tensor]:
+    """The random reference: ``n_random`` uniform score vectors over ``n`` tokens from ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.rand(n, generator=gen) for _ in range(n_random)]
+
+
+MAIN = ("comprehensiveness", "sufficiency", "soft_nc", "soft_ns")
+
+
 def evaluate(
     problem: Problem, rankings: dict[str, Tensor], n_random: int = 1, samples: int = 4, seed: int = 0
 ) -> dict[str, dict[str, float]]:
-    """Faithfulness figures per ranking, each with the random-ranking reference and the ratio to it."""
+    """Faithfulness figures per ranking, each with the random-ranking reference (mean and SD over ``n_random``
+    draws), the ratio to it and the saturation of the top 1%."""
+    if n_random < 1:
+        raise ValueError(f"n_random must be >= 1, got {n_random}")
     base = float(problem.score(problem.ids[None])[0])
-    gen = torch.Generator().manual_seed(seed)
-    rand = [torch.rand(problem.n_context, generator=gen) for _ in range(n_random)]
-    ref: dict[str, float] = {}
-    for r in rand:
-        for k, v in {**aopc(problem, r, base), **soft(problem, r, base, samples, seed)}.items():
-            ref[k] = ref.get(k, 0.0) + v / n_random
+    everything = torch.ones(1, problem.n_context, dtype=torch.bool)
+    empty = float(problem.score(problem.replaced(everything))[0])
+    span = base - empty
+    draws = [
+        {**aopc(problem, r, base), **soft(problem, r, base, samples, seed)}
+        for r in random_rankings(problem.n_context, n_random, seed)
+    ]
+    ref = {k: float(np.mean([d[k] for d in draws])) for k in draws[0]}
+    sd = {k: float(np.std([d[k] for d in draws], ddof=1)) if n_random > 1 else float("nan") for k in draws[0]}
+    sat_random = [d["comp@1"] / span if span > 0 else float("nan") for d in draws]
     out = {}
     for name, scores in rankings.items():
         row = {**aopc(problem, scores, base), **soft(problem, scores, base, samples, seed)}
-        for key in ("comprehensiveness", "sufficiency", "soft_nc", "soft_ns"):
+        for key in draws[0]:
             row[f"{key}_random"] = ref[key]
+        for key in (*MAIN, "comp@1"):
+            row[f"{key}_random_sd"] = sd[key]
+        for key in MAIN:
             row[f"{key}_ratio"] = row[key] / ref[key] if abs(ref[key]) > 1e-12 else float("nan")
-        row["target"] = base
+        row["saturation@1"] = row["comp@1"] / span if span > 0 else float("nan")
+        row["saturation@1_random"] = float(np.mean(sat_random))
+        row.update(target=base, target_empty=empty, n_random=n_random, soft_version="embedding")
         out[name] = row
     return out
 

@@ -2,7 +2,9 @@
 every method and every faithfulness test measures for them.
 
 The target quantity is the answer's probability, the geometric mean of its per-token probabilities
-under teacher forcing (one token when ``position`` is set); a contrastive target is the difference
+under teacher forcing (one token when ``position`` is set), or with ``measure="logprob"`` its log, the mean
+per-token log-probability (unbounded below, so it does not saturate where a probability drops to ~0 once one
+part of the evidence is gone); a contrastive target is the difference
 ``p(answer) - p(alternative)`` ("why this and not that"). Models see ids or embeddings of the prompt
 followed by the target tokens; only the target rows' logits are computed (``logits_to_keep``), so no
 ``[T, vocab]`` tensor exists.
@@ -22,6 +24,9 @@ class ExplainError(TokenSieveError, ValueError):
     pass
 
 
+MEASURES = ("prob", "logprob")
+
+
 @dataclass
 class Target:
     ids: list[int]  # the answer tokens, teacher-forced after the prompt
@@ -30,8 +35,11 @@ class Target:
     alternative: list[int] | None = None  # contrastive: the answer it is compared against
     text: str = ""
     alternative_text: str = ""
+    measure: str = "prob"  # prob | logprob (see the module docstring)
 
     def __post_init__(self) -> None:
+        if self.measure not in MEASURES:
+            raise ExplainError(f"target measure {self.measure!r} must be one of {', '.join(MEASURES)}")
         if not self.ids:
             raise ExplainError("the target is empty: the model generated nothing; pass a continuation= to explain")
         if self.position is not None and not -len(self.ids) <= self.position < len(self.ids):
@@ -46,6 +54,7 @@ class Target:
             "ids": self.ids,
             "position": self.position,
             "alternative": self.alternative_text or None,
+            "measure": self.measure,
         }
 
 
@@ -68,7 +77,8 @@ class Problem:
         return self.model.get_input_embeddings()(ids)
 
     def _prob(self, prompt: Tensor, answer: list[int], position: int | None = None) -> Tensor:
-        """Geometric-mean probability of ``answer`` after each prompt row of ``prompt [B, P, d]``."""
+        """Geometric-mean probability of ``answer`` after each prompt row of ``prompt [B, P, d]`` (its log for
+        the ``logprob`` measure)."""
         b = prompt.shape[0]
         ans = torch.tensor(answer, device=prompt.device)
         tail = self.embed(ans[:-1]).unsqueeze(0).expand(b, -1, -1)
@@ -76,9 +86,8 @@ class Problem:
         logits = self.model(inputs_embeds=x, use_cache=False, logits_to_keep=len(answer)).logits
         logits = logits if logits.dtype == torch.float64 else logits.float()  # fp64 stays fp64 (test oracles)
         logp = torch.log_softmax(logits, -1).gather(-1, ans.expand(b, -1).unsqueeze(-1)).squeeze(-1)
-        if position is not None:
-            return logp[:, position].exp()
-        return logp.mean(-1).exp()
+        value = logp[:, position] if position is not None else logp.mean(-1)
+        return value if self.target.measure == "logprob" else value.exp()
 
     def score_embeds(self, prompt: Tensor) -> Tensor:
         """The target quantity ``[B]`` for prompt embeddings ``[B, P, d]`` (differentiable)."""

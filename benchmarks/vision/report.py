@@ -36,13 +36,15 @@ def patches_figure(path: Path, model: str, keep: float = 0.35, photo: str = "ast
 
 
 def _table(rows: list[dict[str, Any]]) -> list[str]:
-    head = ("| method | keep | r | tokens | FLOPs ratio | images/s ratio | CLS cosine (95% CI) | min cosine | "
+    head = ("| method | keep | r | tokens | FLOPs ratio | images/s ratio (range) | CLS cosine (95% CI) | min cosine | "
             "retrieval top-1 (95% CI) | probe acc (95% CI) | saliency IoU | saliency MAE |")  # fmt: skip
     lines = [head, "|" + "---|" * 12]
     for r in rows:
         ci = r.get("cls_cosine_ci", 0.0)
         rl, rh = r["retrieval_ci"]
         ips = "n/a" if r["ips_ratio"] != r["ips_ratio"] else f"{r['ips_ratio']:.2f}"  # NaN: not timed
+        if r.get("ips_ratio_range"):  # rows measured before the repeated timing have none
+            ips += " ({:.2f}-{:.2f})".format(*r["ips_ratio_range"])
         pl, ph = r["probe_ci"]
         lines.append(
             f"| {r['method']} | {r['keep']} | {r.get('r') or ''} | {r['tokens_kept']} | {r['flops_ratio']:.3f} | "
@@ -79,7 +81,9 @@ def write_report(out: Path, command: str) -> None:
         "merge a constant r per layer, between attention and MLP from layer 0, to end at `keep`); `tome` rows "
         "with `r` are ToMe's own constant-r schedule at the measured backbone FLOPs of `cls` at that keep. "
         "Images/s ratios: each keep's rows against unpruned batches timed at the start of that keep and after "
-        "every 4 rows.",
+        "every 4 rows; each row's batch is timed 3 times, the ratio is of the mean seconds and the range that of "
+        "the 3 batches' ratios. Intervals for CLS cosine and retrieval resample photos (clustered bootstrap: the "
+        "2 views of a photo are not independent); the probe's is Wilson over its test images.",
         "",
         f"Unpruned: retrieval top-1 {base['retrieval_top1']:.3f}, probe accuracy {base['probe_acc']:.3f}.",
         "",

@@ -219,3 +219,18 @@ def pytest_collection_modifyitems(config, items):
             or item.module.__name__ == "test_engagement"
         ):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="module")
+def byte_tok():
+    """A byte-level tokenizer (256 bytes + eos + pad) for tiny models: no download."""
+    from tokenizers import Tokenizer, decoders, models
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {c: i for i, c in enumerate(sorted(ByteLevel.alphabet()))}
+    vocab["<eos>"], vocab["<pad>"] = 256, 257
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM
 
 import tokensieve as ts
 from conftest import CI, COMMON, make_model
@@ -33,19 +33,6 @@ from tokensieve.measure.tasks.ruler import spread_depth
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 258  # 256 bytes + eos + pad
-
-
-@pytest.fixture(scope="module")
-def byte_tok() -> PreTrainedTokenizerFast:
-    from tokenizers import Tokenizer, decoders, models
-    from tokenizers.pre_tokenizers import ByteLevel
-
-    vocab = {c: i for i, c in enumerate(sorted(ByteLevel.alphabet()))}
-    vocab["<eos>"], vocab["<pad>"] = 256, 257
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
 
 
 def tiny_llama(seed: int = 0) -> LlamaForCausalLM:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from conftest import COMMON
 from tokensieve.core.observe.hooks import prepare
@@ -30,19 +30,6 @@ def _script(name: str):
 
 bench = _script("explain_bench")
 table = _script("explain_table")
-
-
-@pytest.fixture(scope="module")
-def byte_tok() -> PreTrainedTokenizerFast:
-    from tokenizers import Tokenizer, decoders, models
-    from tokenizers.pre_tokenizers import ByteLevel
-
-    vocab = {c: i for i, c in enumerate(sorted(ByteLevel.alphabet()))}
-    vocab["<eos>"], vocab["<pad>"] = 256, 257
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
 
 
 @pytest.fixture(scope="module")

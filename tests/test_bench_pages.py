@@ -8,7 +8,7 @@ import json
 import pytest
 
 import tokensieve as ts
-from test_bench import byte_tok, tiny_llama  # noqa: F401 (byte_tok is a fixture)
+from test_bench import tiny_llama
 from tokensieve.measure.bench.methods import MethodSpec
 from tokensieve.measure.bench.runner import Config, run
 from tokensieve.measure.tasks import expand_tasks
@@ -29,7 +29,7 @@ def test_page_specs_parse_and_validate():
             MethodSpec.parse(bad)
 
 
-def test_page_cells_hold_whole_pages(byte_tok, tmp_path):  # noqa: F811
+def test_page_cells_hold_whole_pages(byte_tok, tmp_path):
     path = tmp_path / "tiny"
     tiny_llama().save_pretrained(path)
     byte_tok.save_pretrained(path)

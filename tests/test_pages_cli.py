@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from test_bench import byte_tok, tiny_llama  # noqa: F401 (byte_tok is a fixture)
+from test_bench import tiny_llama
 from tokensieve.cli import main
 
 CTX = ["--context", "some text " * 30, "--question", "q?", "--max-new-tokens", "3"]
@@ -30,7 +30,7 @@ def test_bad_page_options_exit_2_in_one_line(capsys, argv, needle):
     assert needle in err and len(err.splitlines()) == 1
 
 
-def test_pages_from_the_cli(byte_tok, tmp_path, capsys):  # noqa: F811
+def test_pages_from_the_cli(byte_tok, tmp_path, capsys):
     path = tmp_path / "tiny"
     tiny_llama().save_pretrained(path)
     byte_tok.save_pretrained(path)

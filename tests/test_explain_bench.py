@@ -142,3 +142,40 @@ def test_saturation_table_per_task_and_length():
     assert multi[4].startswith("0.125 [") and multi[6].startswith("0.915 [")
     single = next(ln for ln in lines if ln.startswith("| single |")).split(" | ")
     assert single[4] == "not recorded" and single[6] == "0.5 (n=1) |"  # comp@1 / target before the field existed
+
+
+def test_a_rerun_keeps_whole_samples_and_runs_the_rest(byte_tok, byte_model, tmp_path, monkeypatch):
+    calls = []
+
+    def fake_explain(problem, needle, methods, faithful, n_random, soft, index):
+        calls.append(index)
+        if index == 1 and len(calls) == 2:  # the first run stops inside sample 1: only one method's row lands
+            return [{"method": methods[0], "needle_recall@5": 0.0}]
+        return [{"method": m, "needle_recall@5": 1.0} for m in methods]
+
+    monkeypatch.setattr(bench.tokensieve, "load_model", lambda name: (byte_model, byte_tok))
+    monkeypatch.setattr(bench, "explain_problem", fake_explain)
+    monkeypatch.setattr(bench, "summarize", lambda rows, args, out: None)
+    argv = [
+        "x",
+        "--tasks",
+        "niah_single",
+        "--lengths",
+        "300",
+        "--methods",
+        "attention",
+        "rollout",
+        "--out",
+        str(tmp_path),
+    ]
+    monkeypatch.setattr(sys, "argv", [*argv, "--samples", "2"])
+    bench.main()
+    assert calls == [0, 1]
+    monkeypatch.setattr(sys, "argv", [*argv, "--samples", "3"])
+    bench.main()
+    assert calls == [0, 1, 1, 2]  # sample 0 kept; sample 1 (one method missing) and sample 2 run
+    rows = [line for line in (tmp_path / "rows.jsonl").read_text().splitlines() if line.strip()]
+    assert len(rows) == 6  # three samples x two methods, the partial sample's row dropped
+    monkeypatch.setattr(sys, "argv", [*argv, "--samples", "3", "--target", "logprob"])
+    bench.main()
+    assert calls[4:] == [0, 1, 2]  # another target is another measurement

@@ -22,7 +22,8 @@ Writes ``rows.jsonl`` (one row per sample x method: the figures, the random refe
 between draws ``*_random_sd``, the saturation ``saturation@1`` / ``saturation@1_random``), ``summary.json`` (means
 with 95% t intervals), ``summary.md`` (``explain_table.py``'s tables: paired-bootstrap ratios against random per
 task and length, the computed "beats random" column, the saturation table, the methods' settings) and
-``plots.png`` under ``--out``. Speed is timed on this machine in this run (single thread). ReAGent, occlusion
+``plots.png`` under ``--out``. A rerun into the same ``--out`` keeps the samples it already has (every method's
+row present) and runs the rest. Speed is timed on this machine in this run (single thread). ReAGent, occlusion
 and integrated gradients run at the settings in ``DEFAULT``; their figures hold at these settings only.
 """
 
@@ -172,11 +173,24 @@ def main() -> int:
         return 0
     tasks = [get_task(spec) for spec in args.tasks]  # a bad spec fails before the model loads
     model, tok = tokensieve.load_model(args.model)
-    rows = []
-    with open(out / "rows.jsonl", "w") as f:
+    # resumable: a sample whose rows are all in rows.jsonl (same task, length, index and target) is not rerun
+    path = out / "rows.jsonl"
+    kept = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    done = {
+        key
+        for key in {(r["task"], r["length"], r["index"], r["target_measure"]) for r in kept}
+        if set(args.methods)
+        <= {r["method"] for r in kept if (r["task"], r["length"], r["index"], r["target_measure"]) == key}
+    }
+    rows = [r for r in kept if (r["task"], r["length"], r["index"], r["target_measure"]) in done]
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
         for spec, task in zip(args.tasks, tasks, strict=True):
             for n in args.lengths:
                 for index in range(counts[n]):
+                    if (spec, n, index, args.target) in done:
+                        continue
                     sample = task.sample(tok, n, index)
                     problem, needle, answer = build(model, tok, sample, args.target)
                     print(f"{spec} {n} #{index}: {problem.n_context} tokens", file=sys.stderr, flush=True)

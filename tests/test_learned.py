@@ -154,6 +154,23 @@ def test_calibrate_learned_bad_input_is_one_line(capsys):
     assert "choose from kvzap, fastkvzip" in err and "--val 4" in err
 
 
+def test_calibrate_json_keeps_the_offline_calibrations_beside_the_trained_scorers(monkeypatch, capsys):
+    import json
+    from types import SimpleNamespace
+
+    import tokensieve.kv as kv
+    import tokensieve.runtime.models as models
+    from tokensieve.cli import main
+
+    monkeypatch.setattr(models, "load_model", lambda name: (None, None))
+    monkeypatch.setattr(kv, "calibrate_offline", lambda model, tok, m: {"method": m, "seconds": 1.0})
+    scorer = SimpleNamespace(meta={"form": "ridge", "train_tokens": 10, "layers": []}, key="k")
+    monkeypatch.setattr(kv, "train_learned", lambda *a, **k: {"kvzap": scorer})
+    assert main(["calibrate", "--learned", "qfilter,kvzap", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r.get("method", r.get("form")) for r in rows] == ["qfilter", "ridge"]  # neither record is dropped
+
+
 def _rope_matrix(angles: torch.Tensor) -> torch.Tensor:
     """The explicit rotate-half RoPE matrix [D, D] for angles [D/2] (pairs i and i + D/2)."""
     half = angles.numel()

@@ -111,17 +111,17 @@ def cmd_calibrate_learned(args: argparse.Namespace) -> int:
         raise TokenSieveError(f"--val {args.val} must leave at least one of the {args.texts} texts for training")
     model, tok = load_model(args.model)
     offline = [calibrate_offline(model, tok, m) for m in names if m in OFFLINE_CALIBRATED]  # qfilter, lukv
-    if args.json and not methods:
-        print(json.dumps(offline))
     for r in offline if not args.json else []:
         console.print(f"{r['method']}: {r['calibration_tokens']} tokens, {r['seconds']} s, shape {r['shape']}")
     if not methods:
+        if args.json:
+            print(json.dumps(offline))
         return 0
     scorers = train_learned(model, tok, methods, texts=args.texts, tokens=args.tokens, val=args.val,
                             rows=args.rows, epochs=args.epochs)  # fmt: skip
     rows = [{k: v for k, v in s.meta.items() if k != "layers"} | {"key": s.key} for s in scorers.values()]
-    if args.json:
-        print(json.dumps(rows))
+    if args.json:  # one record: the offline calibrations (qfilter, lukv) beside the trained scorers
+        print(json.dumps(offline + rows))
         return 0
     table = Table(title=f"learned scorers of {args.model}, trained on {rows[0]['train_tokens']} tokens")
     for col in ("form", "train tokens", "val tokens", "kvzip pass s", "fit s", "val r (mean over layers)"):

@@ -3,9 +3,11 @@ kvzip's rows on the same samples (task, length, sample index, seed; the same cor
 kvzip's score with a paired bootstrap ratio, and each method's compression seconds over its prefill's seconds (same
 run). Training figures come from the `tokensieve calibrate --learned --json` record.
 
-    .venv/bin/python benchmarks/learned/summary.py benchmarks/learned/results/2048/results.jsonl \
-        --kvzip benchmarks/unseen/results/2048/results.jsonl --train benchmarks/learned/results/train_smollm2.json \
-        --out benchmarks/learned/results/summary_2048
+    .venv/bin/python benchmarks/learned/summary.py benchmarks/learned/results/test_2048/results.jsonl \
+        --train benchmarks/learned/results/train_smollm2.json --out benchmarks/learned/results/summary_2048
+
+``--kvzip`` takes kvzip's rows from another run on the same samples (default: the same run, which is how the
+timing ratios compare in one run). With more than one task, "all tasks" pools their samples.
 """
 
 from __future__ import annotations
@@ -32,28 +34,42 @@ def cells(path: Path) -> tuple[dict, list[dict]]:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("results", type=Path)
-    p.add_argument("--kvzip", type=Path, required=True, help="a bench results.jsonl holding kvzip on the same samples")
+    p.add_argument(
+        "--kvzip", type=Path, help="a bench results.jsonl holding kvzip on the same samples (default: RESULTS)"
+    )
     p.add_argument("--train", type=Path, help="the calibrate --learned --json record")
     p.add_argument("--out", type=Path, default=Path("benchmarks/learned/results/summary_2048"))
     args = p.parse_args()
+    args.kvzip = args.kvzip or args.results
     meta, mine = cells(args.results)
     ref_meta, ref = cells(args.kvzip)
     if meta.get("corpus") != ref_meta.get("corpus"):
         raise SystemExit(f"corpus {meta.get('corpus')} != {ref_meta.get('corpus')}: not the same samples")
-    by = defaultdict(dict)  # (task, method, keep) -> {(sample, seed): row}
-    for r in mine + [r for r in ref if r["method"] in ("kvzip", "full")]:
-        src = "ref" if r in ref else "mine"
-        by[(r["task"], r["method"] if src == "mine" or r["method"] != "full" else "full (kvzip's run)", r["keep"])][
-            (r["length"], r["sample"], r["seed"])
-        ] = r
+    by = defaultdict(dict)  # (task, method, keep) -> {(task, length, sample, seed): row}
+    # kvzip from another run: its full-cache row is that run's, kept apart from this run's
+    other = (
+        [] if args.kvzip.resolve() == args.results.resolve() else [r for r in ref if r["method"] in ("kvzip", "full")]
+    )
+    tagged = [(r, r["method"]) for r in mine] + [
+        (r, "full (kvzip's run)" if r["method"] == "full" else "kvzip") for r in other
+    ]
     tasks = sorted({r["task"] for r in mine})
+    for r, name in tagged:
+        key = (r["task"], r["length"], r["sample"], r["seed"])
+        by[(r["task"], name, r["keep"])][key] = r
+        if len(tasks) > 1:  # every task's samples pooled: the retrieval score the goals name
+            by[("all tasks", name, r["keep"])][key] = r
+    tasks += ["all tasks"] if len(tasks) > 1 else []
     methods = sorted({k[1] for k in by if k[1] not in ("kvzip", "full", "full (kvzip's run)")})
-    lines = [f"# Learned scorers vs kvzip, SmolLM2, question unseen, {', '.join(tasks)}, {meta['lengths']} tokens", ""]
+    lines = [
+        f"# Learned scorers vs kvzip, {meta['model']}, question unseen, {', '.join(tasks)}, {meta['lengths']} tokens",
+        "",
+    ]
     rows_out = []
     for task in tasks:
         full = by[(task, "full", 1.0)]
         lines += [
-            f"## {task}: n = {len(full)} samples (kvzip from {args.kvzip}, same samples)",
+            f"## {task}: n = {len(full)} samples" + (f" (kvzip from {args.kvzip}, same samples)" if other else ""),
             "",
             "| method | keep | right (95% Wilson) | % of kvzip (paired bootstrap) | % of full |"
             " compress s / prefill s |",
@@ -77,7 +93,7 @@ def main() -> None:
                 cost = [got[i]["compress_seconds"] / got[i]["prefill_seconds"] for i in ids]
                 ratio = sum(cost) / len(cost)
                 shown = "" if vs_kvzip is None else f"{vs_kvzip.estimate:.0%} [{vs_kvzip.lo:.0%}, {vs_kvzip.hi:.0%}]"
-                src = " (kvzip's run)" if method == "kvzip" else ""
+                src = " (kvzip's run)" if method == "kvzip" and other else ""
                 lines.append(f"| `{method}`{src} | {keep} | {sum(a):.0f}/{len(a)} [{w.lo:.2f}, {w.hi:.2f}] | {shown} |"
                              f" {vs_full:.0%} | {ratio:.3f} |")  # fmt: skip
                 of_kvzip = None if vs_kvzip is None else [vs_kvzip.estimate, vs_kvzip.lo, vs_kvzip.hi]

@@ -45,7 +45,7 @@ class MethodSpec:
         spec = cls(name, tuple(params.items()), allocator or "uniform")
         spec.method()  # fail early on an unknown id or parameter
         if spec.page_kwargs:
-            if spec.sparse or spec.modifier:
+            if spec.sparse or spec.modifier or spec.own_prefill:
                 raise UnknownMethodError(f"{text!r}: pages= applies to prefill eviction methods only")
             Plan.make(spec.method(), keep=0.5, allocator=spec.allocator, **spec.page_kwargs)  # validates them
         if spec.sparse and spec.allocator != "uniform":
@@ -67,6 +67,13 @@ class MethodSpec:
         has its own prefill and runs once per sample, at keep 1.0."""
         cls = REGISTRY.get(self.id)
         return cls is not None and cls.changes_prefill
+
+    @property
+    def own_prefill(self) -> bool:
+        """It prefills the context its own way (``block``: block by block under the budget), so each of its cells
+        runs its own prefill of the sample's context, at every keep, instead of sharing the sample's prefill."""
+        cls = REGISTRY.get(self.id)
+        return cls is not None and cls.own_prefill
 
     @property
     def sparse(self) -> bool:
@@ -319,6 +326,16 @@ PRESSES: dict[str, Press] = {
             "question); tokensieve's finch is question unseen (its window is the context's tail)",
         ),
         Press("random", "RandomPress", None, "random", "the same rule; the draws differ"),
+        Press(
+            "block",
+            "BlockPress",
+            None,
+            "block:base=keydiff:size=128",
+            "the same idea over KeyDiff in blocks of 128; kvpress runs the full prefill first and scores its keys "
+            "block by block (the first n_kept tokens, then blocks of 128), ours prefills block by block (later layers "
+            "see only the held tokens; the first block takes the context's remainder), so the caches differ by design",
+            {"press": {"press": "KeyDiffPress"}, "block_size": 128},
+        ),
     )
 }
 
@@ -333,7 +350,6 @@ NOT_RUN: dict[str, str] = {
     "RestoreKVPress": "its restore embeddings and LoRA are downloaded (restorekv is not registered here)",
     "ThinKPress": "channel pruning alone keeps every token (no keep axis); tokensieve's think needs a token base",
     "DMSPress": "the share kept is an output of its threshold on raw scores (no keep axis)",
-    "BlockPress": "its counterpart is kv.compress_blocks (Python API), not a bench method",
     "PerLayerCompressionPress": "a keep per layer: the per_layer allocator, which the bench does not sweep",
     "DecodingPress": "decode time (tokensieve decode / DecodeCache), not a prefill cell",
     "CompressionRatioDecodingPress": "decode time (ratio_decoding in DecodeCache), not a prefill cell",

@@ -13,7 +13,7 @@ import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 import tokensieve as ts
-from conftest import COMMON, make_model, twin
+from conftest import CI, COMMON, make_model, twin
 from tokensieve import compat
 from tokensieve.cli import main
 from tokensieve.errors import BatchError, PageError, ParameterError
@@ -177,3 +177,29 @@ def test_cli_block(tiny_dir, capsys, tmp_path):
     rc = main(["bench", "--out", str(tmp_path / "x"), "--methods", "block:base=kvzip"])
     err = capsys.readouterr().err
     assert rc == 2 and "whole prefill" in err and err.count("\n") == 1, err
+
+
+def test_bench_compare_kvpress_pairs_blockpress_with_block(tiny_dir, tmp_path):
+    """``--compare kvpress``: kvpress's BlockPress (over KeyDiffPress, blocks of 128) runs beside its nominal
+    counterpart ``block:base=keydiff:size=128`` on the same sample, both holding the same share."""
+    from tokensieve.measure.bench.kvpress_bridge import available
+    from tokensieve.measure.bench.methods import PRESSES, MethodSpec
+    from tokensieve.measure.bench.report import write_summary
+    from tokensieve.measure.bench.runner import Config, run
+    from tokensieve.measure.tasks import expand_tasks
+
+    python = available()
+    if python is None:
+        if CI:
+            pytest.fail("CI is set but .venv-kvpress (scripts/setup_kvpress.sh) is missing: the kvpress tests must run")
+        pytest.skip("kvpress environment not installed (scripts/setup_kvpress.sh)")
+    press = PRESSES["block"]
+    cfg = Config(tasks=expand_tasks("fidelity"), lengths=[300], methods=[MethodSpec.parse(press.nominal)],
+                 keeps=[0.5], samples=1, out=tmp_path / "run", model=str(tiny_dir), threads=None, presses=[press],
+                 kvpress_python=python)  # fmt: skip
+    cells = [json.loads(ln) for ln in run(cfg).read_text().splitlines() if ln.startswith('{"type": "cell"')]
+    theirs = next(c for c in cells if c["method"] == "kvpress:block")
+    ours = next(c for c in cells if c["method"] == press.nominal)
+    assert "error" not in theirs and theirs["tokens_held"] == ours["tokens_held"] == 150
+    assert theirs["kv_bytes"] == ours["kv_bytes"]
+    assert f"| {press.nominal} |" in write_summary(tmp_path / "run").read_text()

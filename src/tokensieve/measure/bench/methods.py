@@ -4,7 +4,8 @@ A method spec is ``id[:param=value...][@allocator]``, e.g. ``snapkv``, ``snapkv:
 ``snapkv@pyramid``. A sparse-decoding id (``quest``, ``tidal``, ...) is swept too: it keeps the whole
 prefilled cache and its ``keep`` is the fraction of the cache read per decode step. The default sweep is
 every registered method whose kind is prefill eviction, so methods added to the registry are benchmarked
-without touching this file.
+without touching this file. ``block:base=keydiff:size=128`` (chunked prefill) is swept when named: each of its
+cells prefills the sample's context block by block itself (``own_prefill``).
 """
 
 from __future__ import annotations

@@ -20,11 +20,12 @@ from tokensieve.kv import LEARNED_METHODS, OFFLINE_CALIBRATED, SieveCache, Sieve
 T, Q = 40, 6
 # attention modifiers keep every token and change the prefill itself: tested in test_sinks.py
 # whole-span selection needs a tokenizer (tested with one in test_unseen.py); these tests pass ids only
+# chunked prefill (block) runs its own prefill, never a shared one (tests/test_blockwise.py)
 # the learned scorers need a scorer trained for the model (tested with one in test_learned.py)
 COMPRESSING = [
     m
     for m in ts.method_ids()
-    if ts.REGISTRY[m].kind not in ("attention modifier", "whole-span selection")
+    if ts.REGISTRY[m].kind not in ("attention modifier", "whole-span selection", "chunked prefill")
     and m not in LEARNED_METHODS
     and m not in OFFLINE_CALIBRATED  # qfilter needs its stored filters (tests/test_breadth2.py)
 ]

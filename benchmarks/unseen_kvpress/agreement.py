@@ -43,7 +43,11 @@ from tokensieve.measure.tasks import get_task, score
 
 # presses whose kvpress side cannot run question unseen on a bare context (FinchPress needs the delimiter its
 # pipeline puts before a question)
-SKIP = {"finch": "kvpress's FinchPress is query-aware: it needs its pipeline's question delimiter"}
+SKIP = {
+    "finch": "kvpress's FinchPress is query-aware: it needs its pipeline's question delimiter",
+    "block": "tokensieve's block prefills the context block by block (no full prefill to score or to match kept "
+    "slots against); kvpress's BlockPress scores a full prefill's keys",
+}
 
 
 def ranks(x: torch.Tensor) -> torch.Tensor:

@@ -91,6 +91,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         "decode_seconds": round(s.decode_seconds, 4),
         "new_tokens": s.new_tokens,
     }
+    if s.peak_tokens_held:  # block: the most slots one layer held at once (budget + block at most)
+        record["peak_tokens_held"] = s.peak_tokens_held
     if precision_on is not None:
         record["precision"] = precision_on(model.device)
     return print_answer_record(record, args.json)

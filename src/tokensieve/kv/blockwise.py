@@ -31,28 +31,12 @@ from tokensieve.errors import BatchError, ParameterError
 from tokensieve.kv.cache import CompressibleCache, SieveLayer
 from tokensieve.kv.compressed import Compressed
 from tokensieve.kv.methods import Method
+from tokensieve.kv.methods.block import check_blockwise
 from tokensieve.kv.observed import forward
 from tokensieve.kv.plan import Plan, compress_layer
 from tokensieve.kv.stats import Stats
 from tokensieve.runtime.encode import Context, encode_context, pad_id_of
 from tokensieve.runtime.prompts import PromptFormat
-
-
-def check_blockwise(method: Method) -> None:
-    """Raise ``ParameterError`` unless ``method`` can judge held tokens from one block's forward."""
-    need = method.needs()
-    why = None
-    if need.whole_pass:
-        why = "needs a pass over the whole prefill"
-    elif need.stats or need.probes or need.layer_input or need.final_hidden:
-        why = "needs statistics of every prefill query or each token's attention input"
-    elif not method.evicts_only or method.changes_prefill:
-        why = "acts on the cache its own way"
-    if why:
-        raise ParameterError(
-            f"block prefill: {method.id} {why}; use a score from keys, values and recent queries "
-            "(keydiff, knorm, snapkv, tova, lagkv, streaming)"
-        )
 
 
 def compress_blocks(
@@ -70,6 +54,9 @@ def compress_blocks(
     if block < 1:
         raise ParameterError(f"block {block} must be a positive number of tokens, e.g. 128")
     plan = Plan.make(method, keep=keep, budget=budget, **params)
+    if plan.method.own_prefill:
+        raise ParameterError(f"compress_blocks takes the score itself (e.g. 'keydiff'); {plan.method.id!r} is the id "
+                             "tokensieve.compress reads block by block")  # fmt: skip
     check_blockwise(plan.method)
     if plan.method.needs().window > block:
         raise ParameterError(f"block {block} is shorter than {plan.method.id}'s window of "

@@ -24,10 +24,12 @@ from tokensieve.core.observe.capture import Needs
 from tokensieve.core.observe.hooks import prepare
 from tokensieve.core.ops.memory import layers_bytes
 from tokensieve.errors import EmptyContextError
+from tokensieve.kv.blockwise import compress_blocks
 from tokensieve.kv.budget import Allocator
 from tokensieve.kv.cache import CompressibleCache, SieveLayer
 from tokensieve.kv.compressed import Compressed
 from tokensieve.kv.methods import Method, get_method
+from tokensieve.kv.methods.block import Block
 from tokensieve.kv.observed import forward, observe_prefill
 from tokensieve.kv.plan import Plan, real_length
 from tokensieve.kv.prefilled import Prefill
@@ -73,6 +75,10 @@ def compress(
     so the full cache never exists at once. ``keep`` is a fraction of the context, ``budget`` a count of
     tokens per KV head; exactly one is required."""
     plan = Plan.make(method, keep=keep, budget=budget, allocator=allocator, **params)
+    if isinstance(plan.method, Block):  # the context is prefilled block by block, never whole (Plan.make refused pages)
+        m = plan.method
+        return compress_blocks(model, tokenizer, context, m.scorer, keep=keep, budget=budget, block=m.size,
+                               allocator=plan.allocator)  # fmt: skip
     if plan.method.needs().whole_pass:  # scored from the whole prefilled cache: prefill it, then compress
         pre = prefill(model, tokenizer, context, methods=[plan.method])
         plan.mean_budget(pre.context_tokens)

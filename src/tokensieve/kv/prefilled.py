@@ -13,7 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tokensieve import compat
 from tokensieve.core.observe.capture import LayerObservation, Needs
-from tokensieve.errors import TokenSieveError
+from tokensieve.errors import ParameterError, TokenSieveError
 from tokensieve.kv.budget import Allocator
 from tokensieve.kv.cache import CompressibleCache
 from tokensieve.kv.compressed import Compressed
@@ -81,6 +81,11 @@ class Prefill:
         """``compress`` for a ``Plan`` already made (its method, budget, allocator and paging)."""
         plan.bind(self.model)
         plan.fit_hybrid(self.cache, self.context_tokens)
+        if plan.method.own_prefill:
+            raise ParameterError(
+                f"{plan.method.id} prefills the context itself, block by block: use tokensieve.compress / generate "
+                "(or kv.compress_blocks) instead of prefill().compress()"
+            )
         if plan.method.changes_prefill:
             raise TokenSieveError(
                 f"{plan.method.id} changes the attention of the prefill itself, which has already run: "

@@ -8,6 +8,7 @@ from typing import Any
 from tokensieve.kv.methods.a2sf import A2SF
 from tokensieve.kv.methods.act import ACT
 from tokensieve.kv.methods.base import REGISTRY, Method, get_method
+from tokensieve.kv.methods.block import Block
 from tokensieve.kv.methods.cam import CaM
 from tokensieve.kv.methods.cap import Cap
 from tokensieve.kv.methods.chunk import Chunk
@@ -94,6 +95,8 @@ REGISTRY.update({cls.id: cls for cls in (DMS, CriticalKV, CriticalAdaKV, Chunk, 
 REGISTRY.update({cls.id: cls for cls in (Rerotate, RatioDecoding, CaM, QFilter)})
 # issue 28 (learned): scorers trained here on the project's offline corpora (kv/learn.py)
 REGISTRY.update({cls.id: cls for cls in (KVzap, FastKVzip, DuoAttention, ExpectedAttentionStats)})
+# issue 28 (item 5): true chunked prefill under a budget, as a method id (kv/blockwise.py runs it)
+REGISTRY[Block.id] = Block
 
 # what `tokensieve generate` and the demo use unless told: the measured best question-unseen method
 # (docs/unseen.md, benchmarks/unseen/results/summary)

@@ -63,6 +63,7 @@ class Method(Registered, ABC):
 
     decode_share: ClassVar[bool] = False  # its decode rule decides the share kept while decoding (no budget)
     renumbers: ClassVar[bool] = False  # renumbers the kept tokens' positions (rerotate): every layer keeps as many
+    own_prefill: ClassVar[bool] = False  # prefills the context its own way (block): a prefilled cache refuses it
 
     def finish(self, cache: Any, context_mask: Tensor | None) -> Tensor | None:
         """After every layer is compressed: a method that renumbers positions returns the slot indices ``[B, n]``

@@ -4,7 +4,8 @@ A method spec is ``id[:param=value...][@allocator]``, e.g. ``snapkv``, ``snapkv:
 ``snapkv@pyramid``. A sparse-decoding id (``quest``, ``tidal``, ...) is swept too: it keeps the whole
 prefilled cache and its ``keep`` is the fraction of the cache read per decode step. The default sweep is
 every registered method whose kind is prefill eviction, so methods added to the registry are benchmarked
-without touching this file.
+without touching this file. ``block:base=keydiff:size=128`` (chunked prefill) is swept when named: each of its
+cells prefills the sample's context block by block itself (``own_prefill``).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class MethodSpec:
         spec = cls(name, tuple(params.items()), allocator or "uniform")
         spec.method()  # fail early on an unknown id or parameter
         if spec.page_kwargs:
-            if spec.sparse or spec.modifier:
+            if spec.sparse or spec.modifier or spec.own_prefill:
                 raise UnknownMethodError(f"{text!r}: pages= applies to prefill eviction methods only")
             Plan.make(spec.method(), keep=0.5, allocator=spec.allocator, **spec.page_kwargs)  # validates them
         if spec.sparse and spec.allocator != "uniform":
@@ -67,6 +68,13 @@ class MethodSpec:
         has its own prefill and runs once per sample, at keep 1.0."""
         cls = REGISTRY.get(self.id)
         return cls is not None and cls.changes_prefill
+
+    @property
+    def own_prefill(self) -> bool:
+        """It prefills the context its own way (``block``: block by block under the budget), so each of its cells
+        runs its own prefill of the sample's context, at every keep, instead of sharing the sample's prefill."""
+        cls = REGISTRY.get(self.id)
+        return cls is not None and cls.own_prefill
 
     @property
     def sparse(self) -> bool:
@@ -319,6 +327,16 @@ PRESSES: dict[str, Press] = {
             "question); tokensieve's finch is question unseen (its window is the context's tail)",
         ),
         Press("random", "RandomPress", None, "random", "the same rule; the draws differ"),
+        Press(
+            "block",
+            "BlockPress",
+            None,
+            "block:base=keydiff:size=128",
+            "the same idea over KeyDiff in blocks of 128; kvpress runs the full prefill first and scores its keys "
+            "block by block (the first n_kept tokens, then blocks of 128), ours prefills block by block (later layers "
+            "see only the held tokens; the first block takes the context's remainder), so the caches differ by design",
+            {"press": {"press": "KeyDiffPress"}, "block_size": 128},
+        ),
     )
 }
 
@@ -333,7 +351,6 @@ NOT_RUN: dict[str, str] = {
     "RestoreKVPress": "its restore embeddings and LoRA are downloaded (restorekv is not registered here)",
     "ThinKPress": "channel pruning alone keeps every token (no keep axis); tokensieve's think needs a token base",
     "DMSPress": "the share kept is an output of its threshold on raw scores (no keep axis)",
-    "BlockPress": "its counterpart is kv.compress_blocks (Python API), not a bench method",
     "PerLayerCompressionPress": "a keep per layer: the per_layer allocator, which the bench does not sweep",
     "DecodingPress": "decode time (tokensieve decode / DecodeCache), not a prefill cell",
     "CompressionRatioDecodingPress": "decode time (ratio_decoding in DecodeCache), not a prefill cell",

@@ -46,13 +46,15 @@ def tokensieve_cell(
     *,
     prefill_seconds: float,
     eval_seconds: float,
+    compress_seconds: float | None = None,
     batch: int = 1,
     rss_peak: int | None = None,
     read: bool = False,
 ) -> dict[str, Any]:
     """One tokensieve cell: its name, its evaluation ``out``, the cache's measured stats and timings.
     ``rss_peak`` only where the cell ran alone (a batched cell shares its peak); ``read`` for the cells
-    that may decode sparsely (what each decode step read)."""
+    that may decode sparsely (what each decode step read); ``compress_seconds`` where the cell's compression is not
+    its stats' (``block``: its whole block-wise prefill)."""
     s = c.stats
     rec = {
         **base,
@@ -64,7 +66,7 @@ def tokensieve_cell(
         "kv_bytes_full": s.kv_bytes_full,
         "kv_bytes_sliding": s.kv_bytes_sliding,
         "tokens_held": round(ev.mean_held(s), 2),
-        "compress_seconds": round(s.compress_seconds, 5),
+        "compress_seconds": round(s.compress_seconds if compress_seconds is None else compress_seconds, 5),
         "prefill_seconds": round(prefill_seconds, 4),
         "eval_seconds": round(eval_seconds, 4),
         "batch": batch,

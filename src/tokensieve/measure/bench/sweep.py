@@ -35,7 +35,7 @@ class Env:
 def run_tokensieve(env: Env, todo: Todo, sample: Sample, setting: str, cells: list) -> Iterator[dict[str, Any]]:
     """Every tokensieve cell of one sample and setting, from one prefill (``naive``: one per cell)."""
     cfg, model, tok = env.cfg, env.model, env.tok
-    shared = [m for m, _ in cells if m is not None and not m.sparse and not m.modifier]
+    shared = [m for m, _ in cells if m is not None and not m.sparse and not m.modifier and not m.own_prefill]
     methods = [] if cfg.naive else [m.method() for m in shared]
     reset_peak_rss()
     wall = time.perf_counter()
@@ -65,7 +65,9 @@ def run_tokensieve(env: Env, todo: Todo, sample: Sample, setting: str, cells: li
             rss_peak=rss.peak,
         )
     for keep in cfg.keeps:
-        specs = [m for m, k in cells if m is not None and k == keep and not m.modifier]
+        specs = [m for m, k in cells if m is not None and k == keep and not m.modifier and not m.own_prefill]
+        own = [m for m, k in cells if m is not None and k == keep and m.own_prefill]
+        yield from _own_prefill_cells(env, context, own, keep, base, evaluate, pre.seconds)
         if cfg.naive:
             yield from _naive_cells(env, context, specs, keep, base, evaluate)
         else:
@@ -113,6 +115,35 @@ def _evaluator(sample: Sample, setting: str, ref: ev.FidelityRef | None, last: i
         return [retrieval_fields(sample, a) for a in per_row], seconds
 
     return evaluate
+
+
+def _own_prefill_cells(
+    env: Env,
+    context: str | torch.Tensor,
+    specs: list[MethodSpec],
+    keep: float,
+    base: dict[str, Any],
+    evaluate: Evaluate,
+    plain_seconds: float,
+) -> Iterator[dict[str, Any]]:
+    """Cells whose method prefills the same context its own way (``block``: block by block under the budget), each
+    alone, with its own peak RSS. The whole of that prefill (forwards and cuts) is charged as compression, beside
+    the sample's plain prefill seconds, so compress / prefill reads as its cost over a plain prefill."""
+    for spec in specs:
+        with track_peak_rss() as rss:
+            c = compress(env.model, env.tok, context, spec.method(), keep=keep, allocator=spec.allocator)
+            out, seconds = evaluate(c, 1)
+        yield tokensieve_cell(
+            base,
+            spec.label,
+            keep,
+            out[0],
+            c,
+            prefill_seconds=plain_seconds,
+            compress_seconds=c.stats.prefill_seconds + c.stats.compress_seconds,
+            eval_seconds=seconds,
+            rss_peak=rss.peak,
+        )
 
 
 def _naive_cells(

@@ -71,7 +71,17 @@ def preamble(res: Results, command: str | None) -> list[str]:
         "the mean over tasks of each task's score (fidelity's score is its top-1 agreement with the full cache);",
         "`retrieval` is the mean over the retrieval tasks. KV MiB is measured from the cache tensors' storages.",
         "",
+        *(BLOCK_NOTE if any(c["method"].startswith("block") for c in res.cells) else []),
     ]
+
+
+# `block` cells prefill the context themselves (measure/bench/sweep.py, _own_prefill_cells)
+BLOCK_NOTE = [
+    "`block:...` cells prefill the same context themselves, block by block under the budget (the question is",
+    "appended after, as for every method): their `compress ms` is that whole block-wise prefill (forwards and",
+    "cuts), to be read against the sample's plain prefill seconds (`prefill_seconds` in their rows).",
+    "",
+]
 
 
 def per_length(rows: list[Row], length: int) -> list[str]:

@@ -67,7 +67,7 @@ def run_tokensieve(env: Env, todo: Todo, sample: Sample, setting: str, cells: li
     for keep in cfg.keeps:
         specs = [m for m, k in cells if m is not None and k == keep and not m.modifier and not m.own_prefill]
         own = [m for m, k in cells if m is not None and k == keep and m.own_prefill]
-        yield from _own_prefill_cells(env, context, own, keep, base, evaluate, pre.seconds)
+        yield from _naive_cells(env, context, own, keep, base, evaluate, pre.seconds)
         if cfg.naive:
             yield from _naive_cells(env, context, specs, keep, base, evaluate)
         else:
@@ -117,35 +117,6 @@ def _evaluator(sample: Sample, setting: str, ref: ev.FidelityRef | None, last: i
     return evaluate
 
 
-def _own_prefill_cells(
-    env: Env,
-    context: str | torch.Tensor,
-    specs: list[MethodSpec],
-    keep: float,
-    base: dict[str, Any],
-    evaluate: Evaluate,
-    plain_seconds: float,
-) -> Iterator[dict[str, Any]]:
-    """Cells whose method prefills the same context its own way (``block``: block by block under the budget), each
-    alone, with its own peak RSS. The whole of that prefill (forwards and cuts) is charged as compression, beside
-    the sample's plain prefill seconds, so compress / prefill reads as its cost over a plain prefill."""
-    for spec in specs:
-        with track_peak_rss() as rss:
-            c = compress(env.model, env.tok, context, spec.method(), keep=keep, allocator=spec.allocator)
-            out, seconds = evaluate(c, 1)
-        yield tokensieve_cell(
-            base,
-            spec.label,
-            keep,
-            out[0],
-            c,
-            prefill_seconds=plain_seconds,
-            compress_seconds=c.stats.prefill_seconds + c.stats.compress_seconds,
-            eval_seconds=seconds,
-            rss_peak=rss.peak,
-        )
-
-
 def _naive_cells(
     env: Env,
     context: str | torch.Tensor,
@@ -153,8 +124,11 @@ def _naive_cells(
     keep: float,
     base: dict[str, Any],
     evaluate: Evaluate,
+    plain_seconds: float | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Each cell from its own prefill, evaluated alone, with its own peak RSS."""
+    """Each cell from its own prefill, evaluated alone, with its own peak RSS. A method that prefills the context its
+    own way (``block``: block by block under the budget) is charged that whole prefill as compression, beside the
+    sample's plain prefill (``plain_seconds``), so compress / prefill reads as its cost over a plain prefill."""
     model, tok = env.model, env.tok
     for spec in specs:
         with track_peak_rss() as rss:
@@ -165,13 +139,15 @@ def _naive_cells(
                     model, tok, context, spec.method(), keep=keep, allocator=spec.allocator, **spec.page_kwargs
                 )
             out, seconds = evaluate(c, 1)
+        own = spec.own_prefill and plain_seconds is not None
         yield tokensieve_cell(
             base,
             spec.label,
             keep,
             out[0],
             c,
-            prefill_seconds=c.stats.prefill_seconds,
+            prefill_seconds=plain_seconds if own else c.stats.prefill_seconds,
+            compress_seconds=c.stats.prefill_seconds + c.stats.compress_seconds if own else None,
             eval_seconds=seconds,
             rss_peak=rss.peak,
             read=True,

@@ -75,7 +75,7 @@ def preamble(res: Results, command: str | None) -> list[str]:
     ]
 
 
-# `block` cells prefill the context themselves (measure/bench/sweep.py, _own_prefill_cells)
+# `block` cells prefill the context themselves (measure/bench/sweep.py, _naive_cells with plain_seconds)
 BLOCK_NOTE = [
     "`block:...` cells prefill the same context themselves, block by block under the budget (the question is",
     "appended after, as for every method): their `compress ms` is that whole block-wise prefill (forwards and",

@@ -26,11 +26,13 @@ from tokensieve.provenance import markdown, provenance
 QUESTION = "Write a long essay that continues the text above, in the same style, with many new details."
 
 
-def command(script: str, args: argparse.Namespace, env: str = "") -> str:
-    """The command that reruns ``benchmarks/<script>`` (``<experiment>/<file>.py``) with ``args``: every option,
-    in the parser's order."""
-    options = " ".join(f"--{name.replace('_', '-')} {value}" for name, value in vars(args).items())
-    return f"{env + ' ' if env else ''}.venv/bin/python benchmarks/{script} {options}"
+def command(script: str, args: argparse.Namespace, env: str = "", positional: tuple[str, ...] = ()) -> str:
+    """The command that reruns ``benchmarks/<script>`` (``<experiment>/<file>.py``) with ``args``: the
+    ``positional`` arguments' values first, then every other one as an option, in the parser's order."""
+    items = vars(args).items()
+    bare = [str(value) for name, value in items if name in positional]
+    options = [f"--{name.replace('_', '-')} {value}" for name, value in items if name not in positional]
+    return f"{env + ' ' if env else ''}.venv/bin/python benchmarks/{script} {' '.join(bare + options)}"
 
 
 _PROVENANCE: dict[str | None, dict[str, Any]] = {}

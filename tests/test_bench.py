@@ -408,6 +408,25 @@ def test_score_vs_keep_draws_only_panels_with_data():
     assert "retrieval %" not in panels_shown(fidelity) and "fidelity top-1 %" in panels_shown(fidelity)
 
 
+def test_summary_prints_only_sections_with_data(tmp_path):
+    """A retrieval-only run's summary has no empty fidelity tables and its headline holds the retrieval scores;
+    a fidelity-only run has no retrieval table (committed bench folders, no model)."""
+    import shutil
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    for name, src in (("r", "block_prefill/results/quality_2048"), ("f", "kv_pages/results")):
+        (tmp_path / name).mkdir()
+        shutil.copy(root / src / "results.jsonl", tmp_path / name / "results.jsonl")
+    retrieval = write_summary(tmp_path / "r").read_text()
+    assert "fidelity, top-1" not in retrieval and "fidelity top-1 %" not in retrieval
+    head = retrieval.split("## Headline")[1].split("## 2048")[0]
+    assert "| tokens | method | retrieval % (keep 0.5 / 0.25 / 0.1) |" in head
+    assert "| 2048 | keydiff | 38 / 17 / 10 |" in head  # 23, 10 and 6 right of 60
+    fidelity = write_summary(tmp_path / "f").read_text()
+    assert "retrieval tasks, mean score" not in fidelity and "fidelity, top-1" in fidelity
+    assert "retrieval %" not in fidelity.split("## Headline")[1].split("\n\n## ")[0]
+
+
 def test_cli_bench_rejects_bad_input_in_one_line(capsys, tmp_path):
     for argv, msg in (
         (["--keep", "0.5,1.5"], "outside (0, 1]"),

@@ -186,6 +186,7 @@ def main() -> int:
     with open(path, "w") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
+        f.flush()  # the kept rows are on disk before the first new sample: a run stopped early loses none
         for spec, task in zip(args.tasks, tasks, strict=True):
             for n in args.lengths:
                 for index in range(counts[n]):

@@ -111,7 +111,7 @@ def main() -> None:
             lines.append(head + tail)
         lines.append("")
     shown = argparse.Namespace(**{k: str(v) for k, v in vars(args).items()})
-    write_results(args.out, rows_out, lines, command("learned/summary.py", shown))
+    write_results(args.out, rows_out, lines, command("learned/summary.py", shown, positional=("results",)))
 
 
 if __name__ == "__main__":

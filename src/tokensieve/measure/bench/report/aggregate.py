@@ -106,6 +106,12 @@ def covers(r: Row, full: Row, part: str | None) -> bool:
     return bool(tasks) and all(r.n.get(t) == full.n[t] for t in tasks)
 
 
+def has_part(rows: list[Row], part: str) -> bool:
+    """Whether the run has any task of ``part`` (fidelity or retrieval): a section without one stays out of
+    the summary instead of printing an empty table."""
+    return any((t == "fidelity") == (part == FIDELITY_ONLY) for r in rows if r.method == FULL for t in r.n)
+
+
 def complete(rows: list[Row], length: int, part: str | None = None) -> list[Row]:
     """The rows that ran every task and sample the full cache ran at this length (``part``: only its
     fidelity or only its retrieval tasks): only they are comparable in a pivot (specs added for the kvpress

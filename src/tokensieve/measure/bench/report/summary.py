@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tokensieve.measure.bench.report.aggregate import FIDELITY_ONLY, RETRIEVAL_ONLY, Row, aggregate
+from tokensieve.measure.bench.report.aggregate import FIDELITY_ONLY, RETRIEVAL_ONLY, Row, aggregate, has_part
 from tokensieve.measure.bench.report.kvpress import kvpress_rows, kvpress_section
 from tokensieve.measure.bench.report.results import Results
 from tokensieve.measure.bench.report.sections import cost_section, samples_section, sparse_section
@@ -89,7 +89,17 @@ def per_length(rows: list[Row], length: int) -> list[str]:
     n = max((max(r.n.values()) for r in rows if r.length == length), default=0)
     lines = [f"## {length} tokens: all-tasks score (up to {n} samples per task)", ""]
     lines += [*headline(rows, length), ""]
-    lines += [f"### {length} tokens: fidelity, top-1 agreement with the full cache %", ""]
+    if has_part(rows, FIDELITY_ONLY):
+        lines += fidelity_pivots(rows, length)
+    if not has_part(rows, RETRIEVAL_ONLY):
+        return lines
+    lines += [f"### {length} tokens: retrieval tasks, mean score %", ""]
+    return [*lines, *pivot(rows, length, lambda r: 100 * r.retrieval, 0, RETRIEVAL_ONLY), ""]
+
+
+def fidelity_pivots(rows: list[Row], length: int) -> list[str]:
+    """One length's fidelity pivots: top-1 agreement, KL and long-range KL."""
+    lines = [f"### {length} tokens: fidelity, top-1 agreement with the full cache %", ""]
     lines += [*pivot(rows, length, lambda r: 100 * r.fidelity.get("top1", float("nan")), 1, FIDELITY_ONLY), ""]
     lines += [f"### {length} tokens: fidelity, KL(full ‖ compressed) nats/token (lower is better)", ""]
     lines += [*pivot(rows, length, lambda r: r.fidelity.get("kl", float("nan")), 3, FIDELITY_ONLY), ""]
@@ -100,9 +110,7 @@ def per_length(rows: list[Row], length: int) -> list[str]:
         "tokens alone (about a fifth of them): where a cache must have kept something from further back.",
         "",
     ]
-    lines += [*pivot(rows, length, lambda r: r.kl_long, 3, FIDELITY_ONLY), ""]
-    lines += [f"### {length} tokens: retrieval tasks, mean score %", ""]
-    return [*lines, *pivot(rows, length, lambda r: 100 * r.retrieval, 0, RETRIEVAL_ONLY), ""]
+    return [*lines, *pivot(rows, length, lambda r: r.kl_long, 3, FIDELITY_ONLY), ""]
 
 
 def query_aware(res: Results) -> list[str]:

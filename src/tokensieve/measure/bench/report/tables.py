@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tokensieve.measure.bench.report.aggregate import FIDELITY_ONLY, RETRIEVAL_ONLY, Row, complete, order
+from tokensieve.measure.bench.report.aggregate import FIDELITY_ONLY, RETRIEVAL_ONLY, Row, complete, has_part, order
 from tokensieve.measure.bench.report.results import FULL, fmt
 
 
@@ -30,15 +30,21 @@ def headline(rows: list[Row], length: int) -> list[str]:
 
 def compact(rows: list[Row], lengths: list[int]) -> list[str]:
     """The README table: per length and method, three metrics, each as keep 0.5 / 0.25 / 0.1."""
-    metrics = (
-        ("fidelity top-1 %", lambda r: 100 * r.fidelity.get("top1", float("nan")), 1, FIDELITY_ONLY),
-        ("long-range KL (nats)", lambda r: r.kl_long, 3, FIDELITY_ONLY),
-        ("retrieval %", lambda r: 100 * r.retrieval, 0, RETRIEVAL_ONLY),
-    )
+    metrics = [
+        m
+        for m in (
+            ("fidelity top-1 %", lambda r: 100 * r.fidelity.get("top1", float("nan")), 1, FIDELITY_ONLY),
+            ("long-range KL (nats)", lambda r: r.kl_long, 3, FIDELITY_ONLY),
+            ("retrieval %", lambda r: 100 * r.retrieval, 0, RETRIEVAL_ONLY),
+        )
+        if has_part(rows, m[3])
+    ]
+    if not metrics:
+        return []
     keeps: list[float] = []
     lines = []
     for length in lengths:
-        rs = complete(rows, length, FIDELITY_ONLY)
+        rs = complete(rows, length, metrics[0][3])
         keeps = sorted({r.keep for r in rs if r.method != FULL and r.keep < 1}, reverse=True)
         full = next((r for r in rs if r.method == FULL), None)
         for m in order(r.method for r in rs):
@@ -57,7 +63,7 @@ def compact(rows: list[Row], lengths: list[int]) -> list[str]:
             lines.append(f"| {length} | {name} | " + " | ".join(vals) + " |")
     ks = " / ".join(f"{k:g}" for k in keeps)
     head = "| tokens | method | " + " | ".join(f"{n} (keep {ks})" for n, *_ in metrics) + " |"
-    return [head, "|---:|---|---:|---:|---:|", *lines]
+    return [head, "|---:|---|" + "---:|" * len(metrics), *lines]
 
 
 def detail(rows: list[Row], length: int, tasks: list[str]) -> list[str]:

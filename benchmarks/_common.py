@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import textwrap
 import time
 from collections.abc import Iterable, Sequence
@@ -30,8 +31,13 @@ def command(script: str, args: argparse.Namespace, env: str = "", positional: tu
     """The command that reruns ``benchmarks/<script>`` (``<experiment>/<file>.py``) with ``args``: the
     ``positional`` arguments' values first, then every other one as an option, in the parser's order."""
     items = vars(args).items()
-    bare = [str(value) for name, value in items if name in positional]
-    options = [f"--{name.replace('_', '-')} {value}" for name, value in items if name not in positional]
+    bare = [shlex.quote(str(value)) for name, value in items if name in positional]
+    options = []
+    for name, value in items:
+        flag = f"--{name.replace('_', '-')}"
+        if name in positional or value is None or value is False:  # an unset option, an unset switch
+            continue
+        options.append(flag if value is True else f"{flag} {shlex.quote(str(value))}")
     return f"{env + ' ' if env else ''}.venv/bin/python benchmarks/{script} {' '.join(bare + options)}"
 
 

@@ -72,3 +72,23 @@ def test_quant_paired_differences_match_the_results_readme() -> None:
     for row in mod.table()[2:]:
         essays, docs = row.strip("|").split("|")[3:5]
         assert f"|{essays}|{docs}|" in readme, row
+
+
+def test_benchmark_commands_rerun_as_written() -> None:
+    """A results file's command is pasted into a shell: positional values first and bare, unset options and
+    switches left out, a set switch bare, values with spaces quoted."""
+    import argparse
+    import shlex
+
+    command = _script("benchmarks/_common.py").command
+    p = argparse.ArgumentParser()
+    p.add_argument("results")
+    p.add_argument("--title", default="Training-free scores")
+    p.add_argument("--train")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--plot", action="store_true")
+    args = p.parse_args(["runs/a b.jsonl", "--plot"])
+    cmd = command("learned/summary.py", args, positional=("results",))
+    script = ".venv/bin/python benchmarks/learned/summary.py"
+    assert cmd == f"{script} 'runs/a b.jsonl' --title 'Training-free scores' --plot"
+    assert p.parse_args(shlex.split(cmd)[2:]) == args

@@ -61,8 +61,7 @@ def main() -> None:
             out.append({"task": task, "keep": keep, "n": len(ids), "block_right": sum(a), "base_right": sum(b),
                         "difference": [d.estimate, d.lo, d.hi], "block_prefill_over_prefill": cost})  # fmt: skip
         lines.append("")
-    shown = argparse.Namespace(**{k: str(v) for k, v in vars(args).items()})
-    write_results(args.out, out, lines, command("block_prefill/quality.py", shown, positional=("results",)))
+    write_results(args.out, out, lines, command("block_prefill/quality.py", args, positional=("results",)))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def test_unseen_doc_and_readme_are_generated_from_results() -> None:
 def test_explain_faithfulness_table_is_generated_from_rows() -> None:
     mod = _script("benchmarks/explain/explain_table.py")
     common = _script("benchmarks/_common.py")
-    runs = [str(ROOT / f"benchmarks/explain/results/faith_{n}") for n in (512, 1024, 2048)]
+    runs = [str(ROOT / f"benchmarks/explain/results/protocol2/{task}") for task in ("multivalue", "single")]
     doc = (ROOT / "docs/explain.md").read_text()
     assert common.fill_block(doc, "explain-faith", mod.table(runs)) == doc, "run explain_table.py --doc docs/explain.md"
 

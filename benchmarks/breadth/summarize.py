@@ -57,9 +57,9 @@ def main() -> None:
         f"{len(done)} samples ({n_tasks} tasks: {', '.join(sorted({t for t, _ in done}))}); every row on the same "
         "samples. Score: % of items right (Wilson 95% interval). Share: of the full cache's score. Bytes: KV bytes "
         "held / full (measured). Cost: compression s / prefill s of the same sample at the first keep run (the largest "
-        "one, charged with the pass the keeps share), median over samples; kvgrad reuses kvzip's reconstruction "
-        "pass in the bench (one pass per prefill), so its cost here excludes it (alone it is kvzip's plus W_O). "
-        "Seconds were measured on a machine loaded 15x over its 2 cores: ratios only.",
+        "one, charged with the pass the keeps share), median over samples; kvgrad's includes its own gradient "
+        "pass and kvzip's reconstruction pass. Each sample's prefill and compression ran in the same process (one "
+        "thread; other jobs shared the 2-core machine): compare ratios, not seconds.",
         "",
         "| method | keep | score % [95% CI] | share of full | bytes / full | compress s / prefill s |",
         "|---|---:|---|---:|---:|---:|",

@@ -132,7 +132,10 @@ def wilson(k: float, n: int, level: float = 0.95) -> Interval:
     d = 1 + z * z / n
     c = (p + z * z / (2 * n)) / d
     h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return Interval(p, max(0.0, c - h), min(1.0, c + h), n, "wilson")
+    # at k = 0 (k = n) the bound is exactly 0 (1); computed, it can land a rounding error away (1.4e-17)
+    lo = 0.0 if k == 0 else max(0.0, c - h)
+    hi = 1.0 if k == n else min(1.0, c + h)
+    return Interval(p, lo, hi, n, "wilson")
 
 
 def _finite(values: Sequence[float]) -> list[float]:

@@ -10,7 +10,6 @@ per task), with block's whole block-wise prefill over the plain prefill's second
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -19,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/_comm
 
 from _common import command, write_results
 
+from tokensieve.measure.bench.report import Results
 from tokensieve.stats import paired_bootstrap, wilson
 
 
@@ -29,9 +29,9 @@ def main() -> None:
     p.add_argument("--base", default="keydiff")
     p.add_argument("--out", type=Path, default=Path("benchmarks/block_prefill/results/quality_2048_paired"))
     args = p.parse_args()
-    rows = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()]
-    meta = next(r for r in rows if r.get("type") == "meta")
-    cells = [r for r in rows if r.get("type") == "cell" and r.get("engine", "tokensieve") == "tokensieve"]
+    res = Results.load(args.results)  # a rerun cell replaces the old one; failed cells apart
+    meta = res.meta[-1]
+    cells = [c for c in res.cells if c["engine"] == "tokensieve"]
     by: dict[tuple[str, str, float], dict[tuple, dict]] = defaultdict(dict)
     for r in cells:
         key = (r["task"], r["length"], r["sample"], r["seed"])

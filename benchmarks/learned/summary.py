@@ -22,13 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/_comm
 
 from _common import command, write_results
 
+from tokensieve.measure.bench.report import Results
 from tokensieve.stats import paired_bootstrap, wilson
 
 
 def cells(path: Path) -> tuple[dict, list[dict]]:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    meta = next(r for r in rows if r.get("type") == "meta")
-    return meta, [r for r in rows if r.get("type") == "cell" and r.get("engine", "tokensieve") == "tokensieve"]
+    res = Results.load(path)  # a rerun cell replaces the old one; failed cells apart
+    return res.meta[-1], [c for c in res.cells if c["engine"] == "tokensieve"]
 
 
 def main() -> None:

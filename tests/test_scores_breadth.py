@@ -94,21 +94,35 @@ def test_leverage_is_the_leverage_of_centred_pre_rope_keys(data):
     assert torch.allclose(got.sum(-1), torch.full((B, HKV), 4.0, dtype=torch.float64), atol=1e-2)  # trace = rank
 
 
+def each_row_alone(valid, fn, *xs):
+    """``fn`` on each row's real tokens as an unpadded batch of one (a left-padded row must score as it does
+    alone), put back in place; padding scores 0. ``xs`` are ``[B, H, T, ...]``."""
+    out = None
+    for b in range(B):
+        real = weights(valid)[b].bool()
+        got = fn(*(x[b : b + 1][:, :, real] for x in xs))[0]
+        if out is None:
+            out = torch.zeros(B, *got.shape[:-1], T, dtype=got.dtype)
+        out[b][..., real] = got
+    return out
+
+
 def nca_oracle(q, k, v, valid, chunk, smooth):
-    """Dense bidirectional attention inside each chunk (full matrix per chunk), mass per key, GQA mean, x ||v||,
-    then a centred moving average over ``smooth`` neighbours (edges: the neighbours that exist)."""
-    kk = k.repeat_interleave(H // HKV, 1)
-    mass = torch.zeros(B, H, T, dtype=torch.float64)
-    w = weights(valid)
-    for lo in range(0, T, chunk):
-        hi = min(T, lo + chunk)
-        logits = q[:, :, lo:hi] @ kk[:, :, lo:hi].transpose(-1, -2) * SCALE
-        logits = logits.masked_fill(w[:, None, None, lo:hi] == 0, float("-inf"))
-        a = logits.softmax(-1).nan_to_num(0.0) * w[:, None, lo:hi, None]
-        mass[:, :, lo:hi] = a.sum(2)
-    s = group_mean(mass, HKV) * v.norm(dim=-1)
-    half = smooth // 2
-    return torch.stack([s[..., max(0, j - half) : j + half + 1].mean(-1) for j in range(T)], -1)
+    """Each row alone: dense bidirectional attention inside each chunk (full matrix per chunk), mass per key, GQA
+    mean, x ||v||, then a centred moving average over ``smooth`` neighbours (edges: the neighbours that exist)."""
+
+    def row(q, k, v):
+        t = k.shape[2]
+        kk = k.repeat_interleave(H // HKV, 1)
+        mass = torch.zeros(1, H, t, dtype=torch.float64)
+        for lo in range(0, t, chunk):
+            hi = min(t, lo + chunk)
+            mass[:, :, lo:hi] = (q[:, :, lo:hi] @ kk[:, :, lo:hi].transpose(-1, -2) * SCALE).softmax(-1).sum(2)
+        s = group_mean(mass, HKV) * v.norm(dim=-1)
+        half = smooth // 2
+        return torch.stack([s[..., max(0, j - half) : j + half + 1].mean(-1) for j in range(t)], -1)
+
+    return each_row_alone(valid, row, q, k, v)
 
 
 def test_non_causal_attn_is_chunked_bidirectional_mass(data):
@@ -132,13 +146,16 @@ def test_cur_is_windowed_key_and_value_norms(data):
     _, k, v, valid = data
     m = get_method("cur", group=16)
     got = m.score(ScoreInputs(k.float(), v.float(), valid, None)).double()
-    w = weights(valid)[:, None]
-    k2, v2 = k.pow(2).sum(-1) * w, v.pow(2).sum(-1) * w
-    want = torch.zeros_like(k2)
-    for j in range(T):
-        lo = j // 16 * 16
-        want[..., j] = k2[..., j] / k2[..., lo : lo + 16].sum(-1) * v2[..., j] / v2[..., lo : lo + 16].sum(-1)
-    torch.testing.assert_close(got, want.nan_to_num(0.0), atol=1e-5, rtol=1e-4)
+
+    def row(k, v):  # windows of 16 from the row's first real token
+        k2, v2 = k.pow(2).sum(-1), v.pow(2).sum(-1)
+        want = torch.zeros_like(k2)
+        for j in range(k2.shape[-1]):
+            lo = j // 16 * 16
+            want[..., j] = k2[..., j] / k2[..., lo : lo + 16].sum(-1) * v2[..., j] / v2[..., lo : lo + 16].sum(-1)
+        return want
+
+    torch.testing.assert_close(got, each_row_alone(valid, row, k, v), atol=1e-5, rtol=1e-4)
     assert m.protected(10) == (4, 0)
 
 

@@ -169,7 +169,7 @@ def test_think_stores_only_the_kept_key_channels_and_queries_drop_them(pre):
         k = full.keys.double()
         score = q.pow(2).mean((0, 2, 3)) * k.pow(2).mean((0, 2))  # [Hkv, D]
         want = score.topk(8, -1).indices.sort(-1).values  # D = 16: half kept
-        assert torch.equal(layer.channels, want)
+        assert torch.equal(layer.channels, want[None])  # [B, Hkv, D'], one row
         assert layer.keys.shape[-1] == 8 and layer.values.shape[-1] == 16
         torch.testing.assert_close(layer.keys, plain.keys.gather(-1, want[None, :, None].expand(1, -1, 16, -1)))
     # the bytes, measured from the storages: keys halved, values whole, plus the small channel index
@@ -178,11 +178,24 @@ def test_think_stores_only_the_kept_key_channels_and_queries_drop_them(pre):
     assert got - index == 0.75 * ref.stats.kv_bytes  # 8 of 16 key channels and every value channel, 16 tokens
 
 
+def test_think_chooses_channels_per_sequence():
+    """Two rows of one batch (equal lengths, no padding) each keep the channels they keep alone, as in the paper."""
+    model = prepare(make_model("llama"))
+    rows = torch.randint(1, 128, (2, T), generator=torch.Generator().manual_seed(12))
+    kw = dict(keep=0.5, base="knorm", rho=0.5, queries=4)
+    batch = compress(model, None, rows, "think", **kw)
+    alone = [compress(model, None, rows[r : r + 1], "think", **kw) for r in range(2)]
+    for i, layer in enumerate(batch.cache.sieve_layers):
+        want = torch.cat([a.cache.sieve_layers[i].channels for a in alone])
+        assert torch.equal(layer.channels, want)
+    assert not torch.equal(batch.cache.sieve_layers[0].channels[0], batch.cache.sieve_layers[0].channels[1])
+
+
 def test_think_attention_is_the_dot_product_over_the_kept_channels(pre):
     c = pre.compress("think", keep=1.0, base="knorm", rho=0.5, queries=4)
     model = pre.model
     question = torch.randint(1, 128, (1, 3), generator=torch.Generator().manual_seed(5))
-    channels = {layer.layer_idx: layer.channels for layer in c.cache.sieve_layers}
+    channels = {layer.layer_idx: layer.channels[0] for layer in c.cache.sieve_layers}
 
     def masked(module, query, key, value, attention_mask, **kwargs):
         # the oracle: zero the dropped channels of queries and keys (the sum over c of q_c k_c loses those terms)

@@ -22,6 +22,22 @@ def first_real(valid: Tensor | None, batch: int, device=None) -> Tensor:
     return valid.long().argmax(-1)
 
 
+def left_align(x: Tensor, valid: Tensor | None, dim: int = -1, undo: bool = False) -> Tensor:
+    """Roll each row of ``x`` (batch first) along ``dim`` so its first real token sits at slot 0 (``undo``: back
+    to the left-padded layout). Scores that group tokens from slot 0 (windows, chunks) see each row as it is
+    alone; the padding moves to the end. Without padding, ``x`` itself."""
+    if valid is None or bool(valid.all()):
+        return x
+    dim = dim % x.dim()
+    t = x.shape[dim]
+    start = first_real(valid, valid.shape[0], x.device)
+    shift = start if not undo else -start
+    idx = (torch.arange(t, device=x.device)[None] + shift[:, None]) % t  # [B, T]
+    view = [x.shape[0]] + [1] * (x.dim() - 1)
+    view[dim] = t
+    return x.gather(dim, idx.view(view).expand(x.shape))
+
+
 def rank(scores: Tensor, valid: Tensor | None, sinks: int = 0, window: int = 0) -> Tensor:
     """Token indices [B, Hkv, T] from most to least wanted: protected tokens first, padding last, ties
     towards the later token (deterministic)."""

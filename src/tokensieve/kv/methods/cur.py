@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tokensieve.core.observe.inputs import ScoreInputs
+from tokensieve.core.ops.select import left_align
 from tokensieve.kv.methods.base import Method
 
 
@@ -22,7 +23,7 @@ class CUR(Method):
     """CurDKV's cheap form: a token matters when both its key and its value are large within its neighbourhood,
     ``||k_i||^2 * ||v_i||^2`` with each norm first divided by its window's sum (windows of ``group`` slots), the
     stand-in for the CUR leverage of K and V that the paper also uses at speed. The first 4 tokens are protected.
-    Padding scores 0 (it is never kept anyway)."""
+    Windows start at each row's first real token, so a left-padded row scores as it does alone; padding scores 0."""
 
     id = "cur"
     paper = "Value-Guided KV Compression for LLMs via Approximated CUR Decomposition (CurDKV, NeurIPS 2025)"
@@ -35,4 +36,5 @@ class CUR(Method):
         k2, v2 = x.keys.float().pow(2).sum(-1), x.values.float().pow(2).sum(-1)
         if x.valid is not None:
             k2, v2 = k2 * x.valid[:, None], v2 * x.valid[:, None]
-        return window_share(k2, self.group) * window_share(v2, self.group)
+        k2, v2 = left_align(k2, x.valid), left_align(v2, x.valid)
+        return left_align(window_share(k2, self.group) * window_share(v2, self.group), x.valid, undo=True)

@@ -7,8 +7,9 @@ import torch
 from torch import Tensor
 
 from tokensieve.core.observe.inputs import ScoreInputs
+from tokensieve.core.ops.select import protection_mask
 from tokensieve.core.scores.attention import attention_probs
-from tokensieve.errors import ParameterError
+from tokensieve.errors import BudgetError, ParameterError
 from tokensieve.kv.heads import evict_to_counts
 from tokensieve.kv.methods.base import Method
 
@@ -46,7 +47,11 @@ class DuoAttention(Method):
     its recent window (``distant_mass`` on the calibration prose, cached per model) ranks the heads over the whole
     cache; the lowest become streaming heads that keep ``sinks`` + ``recent`` tokens, the rest keep everything.
     How many stream follows ``keep`` (the cache's share of the slots): ``keep = 1 - r + r (sinks + recent) / T``.
-    Budget allocators do not apply (the split is per head); the gate-trained form does not fit this CPU's time."""
+    Whole heads stream, so a budget between two head counts would be missed by up to a head's share (a third of
+    the cache on Gemma-3-270M's three full-attention KV heads): the boundary head (the next to stream) keeps a
+    longer recent window instead, so the cache meets the budget exactly. Each row is split by its own real length
+    (a left-padded row as alone). A context no longer than ``sinks + recent`` cannot stream and is refused. Budget
+    allocators do not apply (the split is per head); the gate-trained form does not fit this CPU's time."""
 
     id = "duo_attention"
     paper = "DuoAttention: Efficient Long-Context LLM Inference with Retrieval and Streaming Heads (Xiao et al., 2025)"
@@ -70,21 +75,36 @@ class DuoAttention(Method):
     def score(self, x: ScoreInputs) -> Tensor:
         b, h, t = x.shape  # sinks first, then recency: what a streaming head keeps
         s = torch.arange(t, dtype=torch.float32, device=x.keys.device).expand(b, h, t).clone()
-        s[..., : self.sinks] = float("inf")
-        return s
+        sinks = protection_mask(x.valid, b, t, self.sinks, 0, s.device)
+        return s.masked_fill(sinks[:, None], float("inf"))
 
     def act(self, layer: SieveLayer, x: ScoreInputs, budget: int, allocator: Allocator | None, inplace: bool):
         mass = getattr(self, "_mass", None)
         if mass is None:
             raise ParameterError("duo_attention needs its head calibration: compress through tokensieve.compress")
-        t = x.keys.shape[2]
-        small = min(t, self.sinks + self.recent)
-        if small >= t:
-            return evict_to_counts(layer, self.score(x), torch.full(x.shape[:2], t), inplace)
-        share = (1 - budget / t) / (1 - small / t)  # of the heads that stream
-        n_stream = round(min(1.0, max(0.0, share)) * mass.numel())
-        streaming = torch.zeros(mass.numel(), dtype=torch.bool)
-        streaming[mass.flatten().argsort()[:n_stream]] = True
-        row = streaming.view_as(mass)[self._rows[x.layer_idx]]
-        counts = torch.where(row, small, t).expand(x.shape[0], -1)
+        b, _, t = x.shape
+        real = [t] * b if x.valid is None else x.valid.sum(-1).tolist()
+        row = self._rows[x.layer_idx]
+        counts = torch.stack([self.head_counts(int(n), budget, mass)[row] for n in real])
         return evict_to_counts(layer, self.score(x), counts, inplace)
+
+    def head_counts(self, n: int, budget: int, mass: Tensor) -> Tensor:
+        """Tokens each KV head keeps ``[L, Hkv]`` from a context of ``n`` at ``budget`` per head on average: the
+        heads with the least distant mass stream (``sinks + recent``), the boundary head keeps what the budget
+        leaves, the rest keep all ``n``."""
+        counts = torch.full((mass.numel(),), n, dtype=torch.long)
+        if budget >= n:
+            return counts.view_as(mass)
+        small = self.sinks + self.recent
+        if small >= n:
+            raise BudgetError(
+                f"duo_attention: the context ({n} tokens) is no longer than sinks + recent ({small}), so no head can "
+                "stream; lower recent= (or sinks=), or use a token-level method"
+            )
+        drop = (n - budget) * mass.numel()  # slots to free over every head
+        order = mass.flatten().argsort()  # least distant mass streams first
+        full, rest = divmod(drop, n - small)
+        counts[order[:full]] = small
+        if rest:
+            counts[order[full]] = n - rest
+        return counts.view_as(mass)

@@ -8,6 +8,7 @@ from torch import Tensor
 
 from tokensieve.core.observe.capture import Needs
 from tokensieve.core.observe.inputs import ScoreInputs
+from tokensieve.core.ops.select import left_align
 from tokensieve.kv.methods.base import Method
 
 EVERY_ROW = 1 << 30  # a window longer than any context: the prefill keeps every query row
@@ -57,10 +58,25 @@ class NonCausalAttn(Method):
         t = x.keys.shape[2]
         if obs.rows.numel() < t:
             raise RuntimeError(f"{self.id} needs every query row, but the prefill captured {obs.rows.numel()} of {t}")
-        q = obs.queries[:, :, :, -t:]
-        mass = chunk_attention_mass(q, x.keys, x.valid, obs.scaling, self.chunk) * x.values.float().norm(dim=-1)
+        # chunks and the smoothing window start at each row's first real token: a left-padded row scores as alone
+        valid = None if x.valid is None else left_align(x.valid, x.valid)
+        q = left_align(obs.queries[:, :, :, -t:], x.valid, dim=3)
+        keys, v_norm = left_align(x.keys, x.valid, dim=2), left_align(x.values.float().norm(dim=-1), x.valid)
+        mass = chunk_attention_mass(q, keys, valid, obs.scaling, self.chunk) * v_norm
         if self.smooth > 1:
-            b, h, _ = mass.shape
-            mass = F.avg_pool1d(mass.reshape(b * h, 1, t), self.smooth, 1, self.smooth // 2, count_include_pad=False)
-            mass = mass.reshape(b, h, -1)[..., :t]
-        return mass
+            mass = smooth(mass, valid, self.smooth)
+        return left_align(mass, x.valid, undo=True)
+
+
+def smooth(x: Tensor, valid: Tensor | None, width: int) -> Tensor:
+    """``[B, H, T]``: each entry's mean over the real tokens of its centred window of ``width`` (padding is
+    neither averaged in nor counted)."""
+    b, h, t = x.shape
+    w = x.new_ones(b, t) if valid is None else valid.to(x.dtype)
+    w = w[:, None].expand(b, h, t).reshape(b * h, 1, t)
+
+    def pool(y: Tensor) -> Tensor:
+        return F.avg_pool1d(y, width, 1, width // 2, count_include_pad=True)[..., :t]
+
+    out = pool(x.reshape(b * h, 1, t) * w) / pool(w).clamp(min=1e-12)
+    return (out * w).reshape(b, h, t)

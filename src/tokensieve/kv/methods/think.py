@@ -22,8 +22,8 @@ class ThinK(Wrapper):
     ``mean(k_c^2)`` over the context's keys; the lowest ``rho`` of the channels are dropped from the keys, which
     are stored without them (``ChannelLayer``: kept channels + their indices), and from every later query at
     attention (the head's attention scale unchanged). Values stay whole, so at rho=0.5 the cache holds 3/4 of the
-    bytes of the tokens it keeps. Deviation: the channels are chosen per KV head for the whole batch (the paper's
-    per-sequence choice would make rows differ). The token method must leave a dense layer (a per-layer score;
+    bytes of the tokens it keeps. Channels are chosen per sequence and KV head, as in the paper, so a left-padded
+    row keeps what it keeps alone. The token method must leave a dense layer (a per-layer score;
     kvzip with ``scope=layer``)."""
 
     id = "think"
@@ -44,7 +44,7 @@ class ThinK(Wrapper):
 
     def act(self, layer: SieveLayer, x: ScoreInputs, budget: int, allocator: Allocator | None, inplace: bool):
         obs = x._obs("recent queries")
-        scores = channel_scores(obs.queries[..., -self.queries :, :], x.keys, x.valid)  # [Hkv, D]
+        scores = channel_scores(obs.queries[..., -self.queries :, :], x.keys, x.valid)  # [B, Hkv, D]
         d = scores.shape[-1]
         keep = d - round(self.rho * d)
         channels = scores.topk(keep, -1).indices.sort(-1).values

@@ -231,3 +231,17 @@ def test_expected_attention_stats_compresses_from_its_calibration():
     c = compress(model, None, torch.randint(3, 100, (1, 48)), "expected_attention_stats", keep=0.5,
                  calibration_tokens=64)  # fmt: skip
     assert c.stats.kv_bytes == pytest.approx(0.5 * c.stats.kv_bytes_full, rel=0.05)
+
+
+def test_missing_training_corpora_are_named_together(monkeypatch, tmp_path):
+    """Both Debian sources missing: one error names both packages (not one per run)."""
+    from tokensieve.runtime import corpus
+
+    monkeypatch.setitem(corpus.DEBIAN_PACKAGES, "python-docs", (tmp_path / "nope", "python3.11-doc"))
+    monkeypatch.setitem(corpus.DEBIAN_PACKAGES, "debian-reference", (tmp_path / "nope.gz", "debian-reference-en"))
+    with pytest.raises(FileNotFoundError, match="apt-get install python3.11-doc debian-reference-en$"):
+        corpus.documents.__wrapped__(("essays", "python-docs", "debian-reference"))
+    corpus.documents.cache_clear()
+    corpus.prose_paragraphs.cache_clear()
+    with pytest.raises(CalibrationError, match="python3.11-doc debian-reference-en"):
+        training_texts(None, 2, 64, sources=("python-docs", "debian-reference"))

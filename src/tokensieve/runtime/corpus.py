@@ -61,9 +61,14 @@ PYTHON_DOCS_DIR = Path("/usr/share/doc/python3.11/html/_sources")
 DEBIAN_REFERENCE = Path("/usr/share/debian-reference/debian-reference.en.txt.gz")
 
 
+# the Debian package behind each installed source: a missing one is named with every other missing one at once
+DEBIAN_PACKAGES = {
+    "python-docs": (PYTHON_DOCS_DIR, "python3.11-doc"),
+    "debian-reference": (DEBIAN_REFERENCE, "debian-reference-en"),
+}
+
+
 def _python_docs() -> list[str]:
-    if not PYTHON_DOCS_DIR.is_dir():
-        raise FileNotFoundError(f"{PYTHON_DOCS_DIR} does not exist: apt-get install python3.11-doc")
     skip = {"reference", "library"}  # pydoc_data.topics is cut from these
     paths = sorted(p for p in PYTHON_DOCS_DIR.rglob("*.txt") if p.relative_to(PYTHON_DOCS_DIR).parts[0] not in skip)
     return [p.read_text(encoding="utf-8", errors="replace").strip() for p in paths]
@@ -72,8 +77,6 @@ def _python_docs() -> list[str]:
 def _debian_reference() -> list[str]:
     import gzip
 
-    if not DEBIAN_REFERENCE.is_file():
-        raise FileNotFoundError(f"{DEBIAN_REFERENCE} does not exist: apt-get install debian-reference-en")
     return [gzip.decompress(DEBIAN_REFERENCE.read_bytes()).decode("utf-8", errors="replace").strip()]
 
 
@@ -89,10 +92,15 @@ SOURCES = {
 @cache
 def documents(sources: Sequence[str] = DEFAULT_SOURCES) -> tuple[str, ...]:
     """Whole documents from ``sources``, in a fixed order."""
-    out: list[str] = []
     for name in sources:
         if name not in SOURCES:
             raise ValueError(f"unknown corpus source {name!r}; choose from {', '.join(SOURCES)}")
+    missing = [DEBIAN_PACKAGES[n] for n in sources if n in DEBIAN_PACKAGES and not DEBIAN_PACKAGES[n][0].exists()]
+    if missing:
+        paths = ", ".join(str(path) for path, _ in missing)
+        raise FileNotFoundError(f"{paths} not found: apt-get install {' '.join(pkg for _, pkg in missing)}")
+    out: list[str] = []
+    for name in sources:
         out.extend(SOURCES[name]())
     return tuple(out)
 

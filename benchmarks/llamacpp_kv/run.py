@@ -202,6 +202,7 @@ def main() -> None:
     p.add_argument("--model", default="smollm2")
     p.add_argument("--tokens", type=int, default=2000)
     p.add_argument("--samples", type=int, default=30)
+    p.add_argument("--first", type=int, default=0, help="start at this sample (a second process on a later range)")
     p.add_argument("--tasks", default="niah_single:haystack=prose,niah_multikey")
     p.add_argument("--methods", default="kvzip,snapkv,streaming")
     p.add_argument("--aggregates", default=DEFAULT)
@@ -249,7 +250,7 @@ def main() -> None:
             fa = "off" if kind == "f16" else "on"  # a quantized V cache needs flash attention in llama.cpp
             plain[kind] = Engine(args.model, Settings(n_ctx=n_ctx, threads=args.threads, type_k=kind, type_v=kind,
                                                       flash_attn=fa, scoring=False))  # fmt: skip
-        for index in range(args.samples):  # sample-major: every cell grows together, so a cut run stays balanced
+        for index in range(args.first, args.samples):  # sample-major: every cell grows together, so a cut run stays balanced
             for task in tasks:
                 run_sample(args, eng, plain, task, index, done, out)
             print(f"sample {index + 1}/{args.samples} done", flush=True)

@@ -239,9 +239,9 @@ def test_missing_training_corpora_are_named_together(monkeypatch, tmp_path):
 
     monkeypatch.setitem(corpus.DEBIAN_PACKAGES, "python-docs", (tmp_path / "nope", "python3.11-doc"))
     monkeypatch.setitem(corpus.DEBIAN_PACKAGES, "debian-reference", (tmp_path / "nope.gz", "debian-reference-en"))
-    with pytest.raises(FileNotFoundError, match="apt-get install python3.11-doc debian-reference-en$"):
+    with pytest.raises(FileNotFoundError, match=r"apt-get install python3\.11-doc debian-reference-en$"):
         corpus.documents.__wrapped__(("essays", "python-docs", "debian-reference"))
     corpus.documents.cache_clear()
     corpus.prose_paragraphs.cache_clear()
-    with pytest.raises(CalibrationError, match="python3.11-doc debian-reference-en"):
+    with pytest.raises(CalibrationError, match=r"python3\.11-doc debian-reference-en"):
         training_texts(None, 2, 64, sources=("python-docs", "debian-reference"))

@@ -250,7 +250,8 @@ def main() -> None:
             fa = "off" if kind == "f16" else "on"  # a quantized V cache needs flash attention in llama.cpp
             plain[kind] = Engine(args.model, Settings(n_ctx=n_ctx, threads=args.threads, type_k=kind, type_v=kind,
                                                       flash_attn=fa, scoring=False))  # fmt: skip
-        for index in range(args.first, args.samples):  # sample-major: every cell grows together, so a cut run stays balanced
+        # sample-major: every cell grows together, so a cut run stays balanced
+        for index in range(args.first, args.samples):
             for task in tasks:
                 run_sample(args, eng, plain, task, index, done, out)
             print(f"sample {index + 1}/{args.samples} done", flush=True)

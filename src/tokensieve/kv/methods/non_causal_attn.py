@@ -3,12 +3,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from tokensieve.core.observe.capture import Needs
 from tokensieve.core.observe.inputs import ScoreInputs
 from tokensieve.core.ops.select import left_align
+from tokensieve.core.scores.attention import pool_keys
 from tokensieve.kv.methods.base import Method
 
 EVERY_ROW = 1 << 30  # a window longer than any context: the prefill keeps every query row
@@ -71,12 +71,5 @@ class NonCausalAttn(Method):
 def smooth(x: Tensor, valid: Tensor | None, width: int) -> Tensor:
     """``[B, H, T]``: each entry's mean over the real tokens of its centred window of ``width`` (padding is
     neither averaged in nor counted)."""
-    b, h, t = x.shape
-    w = x.new_ones(b, t) if valid is None else valid.to(x.dtype)
-    w = w[:, None].expand(b, h, t).reshape(b * h, 1, t)
-
-    def pool(y: Tensor) -> Tensor:
-        return F.avg_pool1d(y, width, 1, width // 2, count_include_pad=True)[..., :t]
-
-    out = pool(x.reshape(b * h, 1, t) * w) / pool(w).clamp(min=1e-12)
-    return (out * w).reshape(b, h, t)
+    w = (x.new_ones(x.shape[0], x.shape[-1]) if valid is None else valid.to(x.dtype))[:, None].expand_as(x)
+    return pool_keys(x * w, width, "avg") / pool_keys(w, width, "avg").clamp(min=1e-12) * w

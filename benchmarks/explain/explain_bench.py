@@ -151,6 +151,7 @@ def main() -> int:
     p.add_argument("--lengths", nargs="+", type=int, default=[512, 2048])
     p.add_argument("--samples", nargs="+", type=int, default=[1], help="one count, or one per length")
     p.add_argument("--methods", nargs="+", default=list(DEFAULT))
+    p.add_argument("--first", type=int, default=0, help="skip sample indices below this (split a run across processes)")
     p.add_argument("--faith-lengths", nargs="*", type=int, default=[], help="lengths with faithfulness measured")
     p.add_argument("--n-random", type=int, default=8, help="random rankings per problem (the reference)")
     p.add_argument("--soft-samples", type=int, default=2)
@@ -189,7 +190,7 @@ def main() -> int:
         f.flush()  # the kept rows are on disk before the first new sample: a run stopped early loses none
         for spec, task in zip(args.tasks, tasks, strict=True):
             for n in args.lengths:
-                for index in range(counts[n]):
+                for index in range(args.first, counts[n]):
                     if (spec, n, index, args.target) in done:
                         continue
                     sample = task.sample(tok, n, index)

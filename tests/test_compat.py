@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import transformers
 from packaging.version import Version
 
@@ -79,3 +80,33 @@ def test_availability_check_probes_the_environment(nowhere, with_kvpress, monkey
     monkeypatch.chdir(nowhere / "site" if with_kvpress else ROOT / "tests")
     monkeypatch.setenv("TOKENSIEVE_KVPRESS_PYTHON", str(python))  # or named by the environment variable
     assert kvpress_bridge.find_python() == str(python)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("q_len", [1, 7, 40])
+def test_grouped_sdpa_is_bit_identical_to_transformers_and_never_copies_heads(dtype, q_len, monkeypatch):
+    """compat.sdpa lets torch group the KV heads where transformers would copy them (a masked block on CPU): the
+    output must equal transformers' own path exactly, and no [B, H, T, D] key copy may reach the kernel."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    gen = torch.Generator().manual_seed(q_len)
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = 3, True
+    q = torch.randn(2, 6, q_len, 16, generator=gen).to(dtype)
+    k = torch.randn(2, 2, 50, 16, generator=gen).to(dtype)
+    v = torch.randn(2, 2, 50, 16, generator=gen).to(dtype)
+    mask = torch.rand(2, 1, q_len, 50, generator=gen) > 0.3
+    mask[..., 0] = True  # every query sees something
+    want, _ = sdpa_attention_forward(module, q, k, v, mask, dropout=0.0, scaling=0.25)
+    seen = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(query, key, value, **kw):
+        seen.append(key.shape[1])
+        return real(query, key, value, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    got, _ = compat.sdpa(module, q, k, v, mask, dropout=0.0, scaling=0.25, position_ids=None, use_cache=True)
+    assert torch.equal(got, want)
+    assert seen and (q_len == 1 or seen == [2])  # grouped: the kernel saw the 2 KV heads, not 6 copies

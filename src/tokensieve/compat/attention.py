@@ -13,8 +13,34 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 # Relies on: `sdpa_attention_forward(module, q, k, v, mask, **kw)` is the SDPA path models call, `sdpa_mask` builds
 # SDPA's boolean masks, both interfaces take `register(name, fn)`, a model sets `_supports_attention_backend` when
 # its attention goes through the interface, and `config._attn_implementation` names the one in use.
-sdpa = sdpa_attention_forward
 SDPA_MASK = sdpa_mask
+
+_GQA = "enable_gqa" in (torch.nn.functional.scaled_dot_product_attention.__doc__ or "")  # torch >= 2.5
+
+
+def sdpa(module: torch.nn.Module, query: Any, key: Any, value: Any, mask: Any, **kwargs: Any) -> Any:
+    """transformers' SDPA path, except where it would copy every KV head ``groups`` times (``repeat_kv``: a masked
+    multi-query block on CPU) and torch can group the heads itself (``enable_gqa``, torch >= 2.5; transformers only
+    groups them without a mask). Same kernel, bit-identical output on CPU (``tests/test_compat.py``); the copy is
+    ``groups - 1`` times a layer's keys and values, the largest transient of a block-wise prefill."""
+    groups = getattr(module, "num_key_value_groups", 1)
+    plain = (
+        groups == 1
+        or mask is None
+        or query.shape[2] == 1  # transformers packs a single query's group instead, no copy
+        or query.device.type != "cpu"  # CUDA's masked GQA falls back to the math kernel (transformers' reason)
+        or not _GQA
+        or kwargs.get("dropout", 0.0)
+        or kwargs.get("softcap") is not None
+        or kwargs.get("position_bias") is not None  # of the kwargs, only these change what transformers runs
+    )
+    if plain:
+        return sdpa_attention_forward(module, query, key, value, mask, **kwargs)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask, scale=kwargs.get("scaling"), enable_gqa=True
+    )
+    return out.transpose(1, 2).contiguous(), None
+
 
 
 def register_attention(name: str, attention: Any, mask: Any = sdpa_mask) -> None:

@@ -52,7 +52,8 @@ def main() -> None:
     full_score = sum(c["score"] for c in full) / max(1, len(full))
     n_tasks = len({t for t, _ in done})
     lines = [
-        f"# Issue 28 breadth: new scores, question unseen, {folder.name} tokens",
+        f"# Issue 28 breadth: new scores, question unseen, {', '.join(sorted({c['model'] for c in cells}))}, "
+        f"{'/'.join(str(n) for n in sorted({c['length'] for c in cells}))} tokens",
         "",
         f"{len(done)} samples ({n_tasks} tasks: {', '.join(sorted({t for t, _ in done}))}); every row on the same "
         "samples. Score: % of items right (Wilson 95% interval). Share: of the full cache's score. Bytes: KV bytes "

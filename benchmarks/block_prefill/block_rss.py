@@ -72,6 +72,7 @@ def main() -> None:
     p.add_argument("--block", type=int, default=128)
     p.add_argument("--method", default="keydiff")
     p.add_argument("--modes", default="block,compress,prefill")
+    p.add_argument("--repeats", type=int, default=1, help="fresh processes per mode and length (RSS varies by run)")
     p.add_argument("--out", default="benchmarks/block_prefill/results/smollm2_keydiff")
     p.add_argument("--one", default="", help=argparse.SUPPRESS)
     p.add_argument("--from-log", help="rebuild the table from the rows a cut-short run printed (one dict a line)")
@@ -86,10 +87,10 @@ def main() -> None:
     one_arg = [a for a in sys.argv[1:] if not a.startswith("--one")]
     rows = []
     for length in [int(x) for x in args.lengths.split(",")]:
-        for mode in args.modes.split(","):
+        for mode, repeat in [(m, r) for m in args.modes.split(",") for r in range(args.repeats)]:
             out = subprocess.run([sys.executable, __file__, *one_arg, "--one", f"{mode}:{length}"],
                                  capture_output=True, text=True, check=True)  # fmt: skip
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            rows.append({**json.loads(out.stdout.strip().splitlines()[-1]), "repeat": repeat})
             print(rows[-1], flush=True)
     table(args, rows)
 
